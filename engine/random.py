@@ -1,0 +1,47 @@
+"""Per-request random streams.
+
+Each request owns its own streams, keyed by (seed, request id, purpose), so that its certificate does not
+depend on what else ran before it in the same process, and the selection and estimation samples of a
+certificate come from independent streams. The fused kernels issue replaces torch's generator by an
+in-kernel counter-based (Philox) generator with the same (seed, request id, offset) key.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+class Purpose(enum.IntEnum):
+    """Which step of an algorithm a sample feeds; each gets an independent stream."""
+
+    SELECTION = 0     # Cohen: n0 votes that choose the class
+    ESTIMATION = 1    # Cohen: n fresh votes that bound pA
+    PREDICT = 2       # Cohen: PREDICT's n votes
+    CENTER = 3        # center smoothing: the n samples that choose the center
+    CENTER_CHECK = 4  # center smoothing: the n fresh samples of the acceptance check
+    CENTER_RADIUS = 5  # center smoothing: the m fresh samples of the certificate radius
+
+
+@dataclass(frozen=True)
+class RandomStream:
+    """The random streams of one request.
+
+    Args:
+        seed: the user's seed (None: fresh OS entropy, not reproducible).
+        request_id: which request of a run (e.g. the input's index), so inputs get different noise.
+    """
+
+    seed: int | None
+    request_id: int = 0
+
+    def generator(self, purpose: Purpose, device: torch.device | str = "cpu") -> torch.Generator:
+        """A torch.Generator on `device` seeded from (seed, request_id, purpose)."""
+        entropy = None if self.seed is None else [int(self.seed), int(self.request_id), int(purpose)]
+        state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
+        gen = torch.Generator(device=torch.device(device))
+        # torch seeds take 64-bit values; mask to a non-negative int64.
+        gen.manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+        return gen

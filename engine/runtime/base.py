@@ -1,0 +1,44 @@
+"""The Runtime interface shared by every backend."""
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable
+
+import torch
+
+
+class Runtime(abc.ABC):
+    """Runs a base model on batches.
+
+    Attributes:
+        device: where inputs must live and outputs come back.
+        max_batch: the largest batch the backend accepts (None: no limit of its own).
+    """
+
+    device: torch.device
+    max_batch: int | None = None
+
+    @abc.abstractmethod
+    def run(self, batch: torch.Tensor) -> Any:
+        """Model outputs for a batch.
+
+        Shapes:
+            batch: [b, *input_shape] -> a tensor [b, *output_shape] (or a list of b outputs for
+            models whose outputs are sequences).
+        """
+
+    def warmup(self, example: torch.Tensor) -> None:
+        """Run once on a small batch so that lazy initialisation is not timed or certified."""
+        self.run(example[:1].to(self.device))
+
+    def __call__(self, batch: torch.Tensor) -> Any:
+        return self.run(batch)
+
+
+def as_runtime(model: "Runtime | torch.nn.Module | Callable[[torch.Tensor], Any]") -> Runtime:
+    """Wrap a torch module or any callable of a batch into a Runtime (a Runtime passes through)."""
+    if isinstance(model, Runtime):
+        return model
+    from smoothgen.engine.runtime.torch_eager import TorchRuntime
+
+    return TorchRuntime(model)

@@ -1,0 +1,37 @@
+"""PyTorch eager runtime."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from smoothgen.engine.runtime.base import Runtime
+
+
+def _module_device(model: Any) -> torch.device:
+    if isinstance(model, torch.nn.Module):
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
+class TorchRuntime(Runtime):
+    """Runs a torch module (or any callable of a batch) under `torch.inference_mode`.
+
+    Args:
+        model: a torch.nn.Module or a callable of a batch. Modules are put in eval mode.
+        device: where to run; default: the device of the module's first parameter, else CPU.
+    """
+
+    def __init__(self, model: "torch.nn.Module | Callable[[torch.Tensor], Any]", device: str | None = None):
+        if not callable(model):
+            raise TypeError(f"model must be callable, got {type(model).__name__}")
+        if isinstance(model, torch.nn.Module):
+            model.eval()
+        self.model = model
+        self.device = torch.device(device) if device is not None else _module_device(model)
+        self.max_batch = None
+
+    def run(self, batch: torch.Tensor) -> Any:
+        with torch.inference_mode():
+            return self.model(batch)

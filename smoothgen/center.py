@@ -1,0 +1,259 @@
+"""Center smoothing of models with metric-space outputs: Kumar & Goldstein (NeurIPS 2021), THEORY.md §2.
+
+The smoothed output f̂(x) is the center ẑ of a small ball holding more than half of the distribution of
+f(x + ε). `smooth` finds it (or abstains); `certify` bounds how far it can move: with probability
+≥ 1 − α1 − α2, d(f̂(x), f̂(x')) ≤ ε_out for every ‖x − x'‖₂ ≤ ε_in.
+
+Three independent sample sets are drawn, each from its own random stream: the n samples that choose the
+center, the n fresh samples of the acceptance check, and the m fresh samples of the certified radius.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from smoothgen import stats
+from smoothgen.certificates import CenterCertificate, CenterSmoothingResult
+from smoothgen.engine import DEFAULT_BATCH_SIZE, Purpose, RandomStream, Runtime, Sampler, as_runtime
+from smoothgen.errors import InvalidParameterError, ModelOutputError
+from smoothgen.metrics import Metric, get_metric
+from smoothgen.validate import check_alpha, check_count, check_input, check_positive, check_sigma
+
+#: Distance-matrix rows computed at once while choosing the center, as a budget of matrix entries
+#: (16 M float32 = 64 MiB), so that n = 10⁴ never holds the full n×n matrix.
+_ROW_BLOCK_ENTRIES = 1 << 24
+
+
+def _select(outputs: Any, index: torch.Tensor | slice | int) -> Any:
+    """Rows of a batch of outputs (a tensor [n, ...] or a list of n sequences)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs[index] if not isinstance(index, int) else outputs[index : index + 1]
+    if isinstance(index, int):
+        return [outputs[index]]
+    if isinstance(index, slice):
+        return outputs[index]
+    return [outputs[i] for i in index.tolist()]
+
+
+def _length(outputs: Any) -> int:
+    return outputs.shape[0] if isinstance(outputs, torch.Tensor) else len(outputs)
+
+
+def median_distances(candidates: Any, samples: Any, metric: Metric) -> torch.Tensor:
+    """For each candidate, the median (the ⌈n/2⌉-th smallest, an order statistic) of its distances to the samples.
+
+    Computed in row blocks so that at most `_ROW_BLOCK_ENTRIES` distances exist at once.
+
+    Shapes:
+        candidates: n_c outputs, samples: n outputs -> [n_c]
+    """
+    n_c, n = _length(candidates), _length(samples)
+    k = (n + 1) // 2
+    rows = max(1, _ROW_BLOCK_ENTRIES // max(n, 1))
+    medians = []
+    for start in range(0, n_c, rows):
+        block = metric.distances(_select(candidates, slice(start, start + rows)), samples)
+        medians.append(torch.kthvalue(block, k, dim=1).values)
+    return torch.cat(medians)
+
+
+def min_median_center(samples: Any, metric: Metric, n_candidates: int | None = None) -> tuple[Any, float]:
+    """ẑ = argmin over candidates z of median_j d(z, Z_j), and r̂ = that median (THEORY.md §2, SMOOTH step 1).
+
+    Args:
+        samples: the n selection samples Z.
+        metric: the output metric.
+        n_candidates: None: every sample is a candidate (O(n²) distances, β = 2γ); an integer n_c:
+            the first n_c samples are the candidates (the high-dimensional variant, O(n_c·n)). The
+            samples are i.i.d., so the first n_c are a uniformly random subset.
+
+    Returns:
+        (ẑ as a batch of one output, r̂).
+    """
+    n = _length(samples)
+    candidates = samples if n_candidates is None else _select(samples, slice(0, min(n_candidates, n)))
+    medians = median_distances(candidates, samples, metric)
+    best = int(torch.argmin(medians))
+    return _select(candidates, best), float(medians[best])
+
+
+class CenterSmoother:
+    """Center smoothing of f under isotropic Gaussian input noise.
+
+    Args:
+        f: a torch module, Runtime or callable mapping a batch [b, *input_shape] to outputs: a tensor
+            [b, *output_shape], or a list of b token sequences for sequence metrics.
+        sigma: noise standard deviation σ > 0.
+        metric: a registered metric name ("l2", "l1", "cosine", "angular", "tv1d", "tv2d", "jaccard",
+            "levenshtein", "w1", or one you registered) or a `Metric`.
+        batch_size: noisy copies per model call.
+        n_candidates: None for the exact min-median center over all n samples; an integer for the
+            high-dimensional variant that picks the center among that many samples (≈ 30 in the paper).
+        input_shape: if given, inputs of any other shape are rejected.
+        sampler: the Sampler to draw with.
+    """
+
+    def __init__(
+        self,
+        f: torch.nn.Module | Runtime | Callable,
+        sigma: float,
+        metric: str | Metric = "l2",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        n_candidates: int | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        sampler: Sampler | None = None,
+    ):
+        self.runtime = as_runtime(f)
+        self.sigma = check_sigma(sigma)
+        self.metric = get_metric(metric)
+        self.n_candidates = None if n_candidates is None else check_count(n_candidates, "n_candidates")
+        self.input_shape = None if input_shape is None else tuple(input_shape)
+        self.sampler = sampler if sampler is not None else Sampler(batch_size)
+
+    @property
+    def beta(self) -> float:
+        """Approximation factor of the min-median center: β = 2γ."""
+        return 2.0 * self.metric.gamma
+
+    def smooth(
+        self,
+        x: torch.Tensor,
+        n: int = 10_000,
+        delta: float = 0.05,
+        alpha1: float = 0.005,
+        seed: int | None = None,
+        request_id: int = 0,
+    ) -> CenterSmoothingResult:
+        """SMOOTH: the center ẑ, or abstain when its ball does not provably hold about half the mass.
+
+        Args:
+            x: one input (no batch dimension).
+            n: samples for choosing the center, and again (fresh) for the acceptance check.
+            delta: the tolerance Δ ∈ (0, 1/2).
+            alpha1: error probability of this step.
+            seed, request_id: the request's random stream.
+
+        Shapes:
+            x: [*input_shape]
+        """
+        x, n, delta, alpha1 = self._check(x, n, delta, alpha1, "alpha1")
+        stream = RandomStream(seed, request_id)
+        center, center_radius = self._choose_center(x, n, stream)
+        p = self._fraction_within(x, n, center, center_radius, stream)
+        accepted, delta1, delta2 = stats.center_smoothing_check(p, n, alpha1, delta)
+        return CenterSmoothingResult(
+            center=center[0] if not isinstance(center, torch.Tensor) else center[0].clone(),
+            center_radius=center_radius,
+            p=p,
+            delta1=delta1,
+            delta2=delta2,
+            abstained=not accepted,
+            n=n,
+            delta=delta,
+            alpha1=alpha1,
+            n_candidates=self.n_candidates,
+            seed=seed,
+        )
+
+    def certify(
+        self,
+        x: torch.Tensor,
+        eps_in: float,
+        n: int = 10_000,
+        m: int = 10_000,
+        delta: float = 0.05,
+        alpha1: float = 0.005,
+        alpha2: float = 0.005,
+        seed: int | None = None,
+        request_id: int = 0,
+    ) -> CenterCertificate:
+        """CERTIFY: ε_out such that d(f̂(x), f̂(x')) ≤ ε_out for all ‖x − x'‖₂ ≤ eps_in, w.p. ≥ 1 − α1 − α2.
+
+        Steps (THEORY.md §2): SMOOTH with n samples; p = Φ(Φ⁻¹(1/2 + Δ) + ε_in/σ);
+        q = p + sqrt(ln(1/α2)/(2m)) (abstain if q > 1); R̂ = the ⌈q·m⌉-th smallest distance of m fresh
+        samples to ẑ; ε_out = γ·(1 + β)·R̂.
+
+        Args:
+            x: one input (no batch dimension).
+            eps_in: the input radius ε_in ≥ 0 to certify.
+            n: samples of the SMOOTH step (each of its two phases).
+            m: fresh samples for the certified radius (the paper uses 10⁶).
+            delta: Δ ∈ (0, 1/2).
+            alpha1, alpha2: error probabilities of the two steps (they add up).
+            seed, request_id: the request's random stream.
+
+        Shapes:
+            x: [*input_shape]
+        """
+        eps_in = check_positive(eps_in, "eps_in", allow_zero=True)
+        m = check_count(m, "m")
+        alpha2 = check_alpha(alpha2, "alpha2")
+        smoothed = self.smooth(x, n, delta, alpha1, seed, request_id)
+        center = smoothed.center[None] if isinstance(smoothed.center, torch.Tensor) else [smoothed.center]
+        p = stats.center_certify_level(eps_in, self.sigma, delta)
+        q = stats.dkw_quantile_level(p, m, alpha2)
+        k = stats.order_statistic_index(q, m)
+        # q > 1 depends only on the parameters (ε_in too large for σ and m): report it before the check.
+        reason = "q > 1" if k is None else ("center check failed" if smoothed.abstained else None)
+        r_hat = math.inf
+        if reason is None:
+            distances = self._distances_to(x, m, center, Purpose.CENTER_RADIUS, RandomStream(seed, request_id))
+            r_hat = stats.order_statistic(distances.cpu().numpy(), k)
+        eps_out = math.inf if reason is not None else stats.center_eps_out(self.metric.gamma, self.beta, r_hat)
+        return CenterCertificate(
+            center=smoothed.center,
+            abstained=reason is not None,
+            reason=reason,
+            eps_in=eps_in,
+            eps_out=eps_out,
+            r_hat=r_hat,
+            center_radius=smoothed.center_radius,
+            smoothing_error=self.smoothing_error(x, center),
+            p=p,
+            q=q,
+            sigma=self.sigma,
+            metric=self.metric.name,
+            gamma=self.metric.gamma,
+            beta=self.beta,
+            n=n,
+            m=m,
+            delta=delta,
+            alpha1=alpha1,
+            alpha2=alpha2,
+            n_candidates=self.n_candidates,
+            seed=seed,
+        )
+
+    def smoothing_error(self, x: torch.Tensor, center: Any) -> float:
+        """d(ẑ, f(x)): distance between the smoothed output (a batch of one) and the base model's clean output."""
+        clean = self.runtime.run(x.to(self.runtime.device)[None])
+        if _length(clean) != 1:
+            raise ModelOutputError(f"model returned {_length(clean)} outputs for a batch of 1")
+        return float(self.metric.distances(center, clean)[0, 0])
+
+    def _check(self, x, n, delta, alpha, alpha_name):
+        x = check_input(x, self.input_shape)
+        n = check_count(n, "n")
+        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (0.0 < delta < 0.5):
+            raise InvalidParameterError(f"delta must lie strictly between 0 and 1/2, got {delta!r}")
+        return x, n, float(delta), check_alpha(alpha, alpha_name)
+
+    def _choose_center(self, x: torch.Tensor, n: int, stream: RandomStream) -> tuple[Any, float]:
+        """SMOOTH step 1: n samples and their min-median center."""
+        generator = stream.generator(Purpose.CENTER, self.runtime.device)
+        samples = self.sampler.outputs(self.runtime, x, n, self.sigma, generator)
+        return min_median_center(samples, self.metric, self.n_candidates)
+
+    def _fraction_within(self, x: torch.Tensor, n: int, center: Any, radius: float, stream: RandomStream) -> float:
+        """SMOOTH step 2: fraction of n fresh samples within r̂ of ẑ."""
+        distances = self._distances_to(x, n, center, Purpose.CENTER_CHECK, stream)
+        return float((distances <= radius).sum()) / n
+
+    def _distances_to(self, x: torch.Tensor, num: int, center: Any, purpose: Purpose, stream: RandomStream) -> torch.Tensor:
+        """Distances of `num` fresh samples to the center, reduced batch by batch (only num numbers kept)."""
+        generator = stream.generator(purpose, self.runtime.device)
+        return self.sampler.outputs(
+            self.runtime, x, num, self.sigma, generator, reduce=lambda out: self.metric.distances(out, center)[:, 0]
+        )

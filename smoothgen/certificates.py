@@ -1,0 +1,149 @@
+"""Certificates: one frozen dataclass per kind, carrying the parameters that produced it.
+
+A record can be re-checked and re-plotted later from these fields alone (`to_record` gives the JSON
+form written to results files).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+#: The class index reported when the smoothed classifier abstains (as in Cohen et al.'s code).
+ABSTAIN = -1
+
+
+def _record(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name not in exclude}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Result of PREDICT (Cohen et al. 2019): the top class, or ABSTAIN when the test is not significant.
+
+    Attributes:
+        prediction: the predicted class, or ABSTAIN (−1).
+        pvalue: two-sided binomial test p-value of the top count against the runner-up at 1/2.
+        count_top, count_second: the two largest class counts among the n samples.
+    """
+
+    prediction: int
+    pvalue: float
+    count_top: int
+    count_second: int
+    sigma: float
+    n: int
+    alpha: float
+    seed: int | None
+
+    @property
+    def abstained(self) -> bool:
+        return self.prediction == ABSTAIN
+
+    def to_record(self) -> dict[str, Any]:
+        return _record(self)
+
+
+@dataclass(frozen=True)
+class ClassificationCertificate:
+    """Result of CERTIFY (Cohen et al. 2019): a class and an ℓ2 radius, or ABSTAIN with radius 0.
+
+    Holds with probability ≥ 1 − alpha: g(x') = prediction for every ‖x' − x‖₂ < radius.
+
+    Attributes:
+        prediction: the certified class, or ABSTAIN (−1).
+        radius: σ·Φ⁻¹(p_lower) (0 when abstaining).
+        p_lower: one-sided (1 − alpha) Clopper–Pearson lower bound on pA from the estimation sample.
+        count: votes for the selected class in the estimation sample (nA).
+        selected: the class chosen from the selection sample (also when abstaining).
+    """
+
+    prediction: int
+    radius: float
+    p_lower: float
+    count: int
+    selected: int
+    sigma: float
+    n0: int
+    n: int
+    alpha: float
+    seed: int | None
+
+    @property
+    def abstained(self) -> bool:
+        return self.prediction == ABSTAIN
+
+    def to_record(self) -> dict[str, Any]:
+        return _record(self)
+
+
+@dataclass(frozen=True)
+class CenterSmoothingResult:
+    """Result of center smoothing's SMOOTH step (Kumar & Goldstein 2021).
+
+    Attributes:
+        center: the chosen center ẑ (one model output), kept even when abstaining.
+        center_radius: r̂, the median distance of ẑ to the selection samples.
+        p: fraction of fresh samples within r̂ of ẑ.
+        delta1, delta2: Δ1 = sqrt(ln(2/α1)/(2n)), Δ2 = 1/2 − (p − Δ1).
+        abstained: True when max(Δ1, Δ2) > Δ.
+    """
+
+    center: Any
+    center_radius: float
+    p: float
+    delta1: float
+    delta2: float
+    abstained: bool
+    n: int
+    delta: float
+    alpha1: float
+    n_candidates: int | None
+    seed: int | None
+
+    def to_record(self) -> dict[str, Any]:
+        return _record(self, exclude=("center",))
+
+
+@dataclass(frozen=True)
+class CenterCertificate:
+    """Center-smoothing certificate: with probability ≥ 1 − α1 − α2, for every ‖x' − x‖₂ ≤ eps_in,
+    d(f̂(x), f̂(x')) ≤ eps_out.
+
+    Attributes:
+        center: the smoothed output f̂(x) = ẑ.
+        abstained: True when no certificate could be given (see `reason`).
+        reason: why it abstained: "center check failed" or "q > 1" (ε_in too large for σ and m).
+        eps_in: the certified input radius ε1.
+        eps_out: ε2 = γ·(1 + β)·R̂ (inf when abstaining).
+        r_hat: R̂, the ⌈q·m⌉-th smallest distance of m fresh samples to ẑ.
+        center_radius: r̂ from the SMOOTH step.
+        smoothing_error: d(ẑ, f(x)), how far the smoothed output is from the base model's clean output.
+        p, q: the probability level Φ(Φ⁻¹(1/2 + Δ) + ε1/σ) and its DKW-corrected level.
+        gamma, beta: the metric's relaxed-triangle constant and the center's approximation factor 2γ.
+    """
+
+    center: Any
+    abstained: bool
+    reason: str | None
+    eps_in: float
+    eps_out: float
+    r_hat: float
+    center_radius: float
+    smoothing_error: float
+    p: float
+    q: float
+    sigma: float
+    metric: str
+    gamma: float
+    beta: float
+    n: int
+    m: int
+    delta: float
+    alpha1: float
+    alpha2: float
+    n_candidates: int | None
+    seed: int | None
+
+    def to_record(self) -> dict[str, Any]:
+        return _record(self, exclude=("center",))

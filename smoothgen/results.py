@@ -1,0 +1,114 @@
+"""Results files: JSON Lines, one whole record per line, appended and flushed; resumable after a kill.
+
+A record is written with a single `write` of the full line followed by flush and fsync, so a killed run
+leaves at most one partial line at the end; `--resume` drops that partial line and continues after the
+last whole record. Every record carries the run's parameters, and resuming with other parameters is
+refused rather than mixing two runs in one file.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from smoothgen.errors import ResultsFileError
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # NumPy / torch scalars
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to a results file")
+
+
+def _encode(record: dict[str, Any]) -> str:
+    # Infinite radii (abstentions) are written as null: JSON has no Infinity.
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    return json.dumps(clean, default=_json_default, allow_nan=False)
+
+
+class ResultsFile:
+    """An append-only JSONL results file.
+
+    Args:
+        path: the file.
+        run: the parameters every record of this run carries (σ, n, α, seed, model, data, ...).
+        key: the record fields that identify one unit of work (e.g. ("idx",) or ("idx", "eps_in")).
+        resume: continue an existing file; without it an existing non-empty file is an error.
+        overwrite: replace an existing file.
+
+    Raises:
+        ResultsFileError: the file exists (without resume/overwrite), holds a corrupt record, or was
+            written by a run with other parameters.
+    """
+
+    def __init__(self, path: str | Path, run: dict[str, Any], key: tuple[str, ...], resume: bool = False, overwrite: bool = False):
+        self.path = Path(path)
+        self.run = dict(run)
+        self.key = key
+        self.records: list[dict[str, Any]] = []
+        exists = self.path.exists() and self.path.stat().st_size > 0
+        if exists and not (resume or overwrite):
+            raise ResultsFileError(f"{self.path} exists: pass --resume to continue it or --overwrite to replace it")
+        if exists and resume:
+            self.records = self._read_and_repair()
+        elif exists and overwrite:
+            self.path.unlink()
+
+    def done(self) -> set[tuple]:
+        """Keys of the units of work already recorded."""
+        return {tuple(r[k] for k in self.key) for r in self.records}
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one whole record (the run's parameters are added) and make it durable."""
+        full = {**record, **self.run}
+        line = _encode(full) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.records.append(json.loads(line))
+
+    def _read_and_repair(self) -> list[dict[str, Any]]:
+        raw = self.path.read_bytes()
+        lines = raw.split(b"\n")
+        # Everything before the last newline is whole; what follows it is a write cut short by a kill.
+        whole, tail = lines[:-1], lines[-1]
+        records = []
+        for number, line in enumerate(whole, start=1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ResultsFileError(f"{self.path}:{number}: corrupt record ({exc.msg}); not resuming") from exc
+            self._check_same_run(record, number)
+            records.append(record)
+        if tail:
+            # Drop the partial last line so the resumed run appends after the last whole record.
+            with open(self.path, "r+b") as handle:
+                handle.truncate(len(raw) - len(tail))
+        return records
+
+    def _check_same_run(self, record: dict[str, Any], number: int) -> None:
+        for name, value in self.run.items():
+            if record.get(name) != value:
+                raise ResultsFileError(
+                    f"{self.path}:{number} was written with {name}={record.get(name)!r}, this run has {value!r}; "
+                    "use another --out or --overwrite"
+                )
+        missing = [k for k in self.key if k not in record]
+        if missing:
+            raise ResultsFileError(f"{self.path}:{number}: record lacks {missing}")
+
+
+def write_cohen_tsv(records: Iterable[dict[str, Any]], path: str | Path) -> None:
+    """Cohen et al.'s certify TSV (`idx label predict radius correct time`), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write("idx\tlabel\tpredict\tradius\tcorrect\ttime\n")
+        for r in sorted(records, key=lambda r: r["idx"]):
+            handle.write(f"{r['idx']}\t{r['label']}\t{r['predict']}\t{r['radius']:.3f}\t{int(bool(r['correct']))}\t{r['time']:.4f}\n")
+    os.replace(tmp, path)

@@ -1,0 +1,214 @@
+"""Statistics behind every certificate: pure functions of counts and distances (no torch, no engine).
+
+Each function names the formula it computes and where it comes from (see THEORY.md). Special functions
+come from SciPy; nothing here is hand-rolled.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.stats import beta as _beta
+from scipy.stats import binomtest as _binomtest
+from scipy.stats import norm as _norm
+
+from smoothgen.errors import InvalidParameterError
+
+
+def _check_binomial(k: int, n: int) -> None:
+    if isinstance(n, bool) or isinstance(k, bool) or int(n) != n or int(k) != k:
+        raise InvalidParameterError(f"counts must be integers, got k={k!r}, n={n!r}")
+    if n < 1 or k < 0 or k > n:
+        raise InvalidParameterError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+
+
+def _check_alpha(alpha: float) -> None:
+    if not (0.0 < alpha < 1.0):
+        raise InvalidParameterError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+
+
+def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
+    """One-sided (1 − alpha) Clopper–Pearson lower confidence bound on a binomial proportion.
+
+    p_lower = Beta.ppf(alpha; k, n − k + 1), and 0 when k = 0 (Clopper & Pearson 1934; the bound of
+    Cohen et al. 2019, Alg. CERTIFY, step 3).
+
+    Args:
+        k: successes observed.
+        n: trials.
+        alpha: one-sided error probability.
+
+    Returns:
+        The lower bound, in [0, 1).
+    """
+    _check_binomial(k, n)
+    _check_alpha(alpha)
+    if k == 0:
+        return 0.0
+    return float(_beta.ppf(alpha, k, n - k + 1))
+
+
+def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
+    """One-sided (1 − alpha) Clopper–Pearson upper confidence bound: Beta.ppf(1 − alpha; k + 1, n − k), 1 if k = n.
+
+    Args:
+        k: successes observed.
+        n: trials.
+        alpha: one-sided error probability.
+
+    Returns:
+        The upper bound, in (0, 1].
+    """
+    _check_binomial(k, n)
+    _check_alpha(alpha)
+    if k == n:
+        return 1.0
+    return float(_beta.ppf(1.0 - alpha, k + 1, n - k))
+
+
+def binomial_test_pvalue(k: int, n: int, p: float = 0.5) -> float:
+    """Two-sided exact binomial test p-value of k successes out of n at success probability p.
+
+    Used by Cohen et al.'s PREDICT with the top two counts (scipy.stats.binomtest; SciPy removed the
+    older binom_test in 1.12).
+    """
+    _check_binomial(k, n)
+    if not (0.0 < p < 1.0):
+        raise InvalidParameterError(f"p must lie strictly between 0 and 1, got {p!r}")
+    return float(_binomtest(int(k), int(n), p, alternative="two-sided").pvalue)
+
+
+def hoeffding_radius(n: int, alpha: float, two_sided: bool = False) -> float:
+    """Hoeffding deviation for the mean of n samples in [0, 1]: sqrt(ln(1/alpha) / (2n)).
+
+    With probability ≥ 1 − alpha the true mean is ≥ (empirical mean − radius) (one-sided), or within
+    ± sqrt(ln(2/alpha) / (2n)) of it (two-sided). Hoeffding (1963). The same expression is the
+    Dvoretzky–Kiefer–Wolfowitz bound on an empirical CDF (Massart's constant), which is how center
+    smoothing uses it (Δ1 = sqrt(ln(2/α1)/(2n)) and q = p + sqrt(ln(1/α2)/(2m)); THEORY.md §2).
+    """
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise InvalidParameterError(f"n must be an integer >= 1, got {n!r}")
+    _check_alpha(alpha)
+    return math.sqrt(math.log((2.0 if two_sided else 1.0) / alpha) / (2.0 * n))
+
+
+def hoeffding_lower(mean: float, n: int, alpha: float) -> float:
+    """One-sided (1 − alpha) Hoeffding lower bound on the mean of [0, 1] variables, clipped at 0."""
+    return max(0.0, float(mean) - hoeffding_radius(n, alpha))
+
+
+def hoeffding_upper(mean: float, n: int, alpha: float) -> float:
+    """One-sided (1 − alpha) Hoeffding upper bound on the mean of [0, 1] variables, clipped at 1."""
+    return min(1.0, float(mean) + hoeffding_radius(n, alpha))
+
+
+def dkw_quantile_level(p: float, m: int, alpha: float) -> float:
+    """Level q = p + sqrt(ln(1/alpha) / (2m)) at which the empirical CDF of m samples is read.
+
+    By the one-sided DKW inequality (Massart 1990), with probability ≥ 1 − alpha the ⌈q·m⌉-th order
+    statistic of m i.i.d. samples is ≥ the true p-quantile. THEORY.md §2, CERTIFY step 1.
+    """
+    if not (0.0 <= p <= 1.0):
+        raise InvalidParameterError(f"p must lie in [0, 1], got {p!r}")
+    return float(p) + hoeffding_radius(m, alpha)
+
+
+def order_statistic_index(q: float, m: int) -> int | None:
+    """1-based index k = ⌈q·m⌉ of the order statistic that upper-bounds the q-quantile, or None if q > 1.
+
+    The certificate uses the k-th smallest of m values itself, never an interpolated quantile, which
+    can fall below the order statistic the DKW bound assumes (THEORY.md §2).
+    """
+    if isinstance(m, bool) or int(m) != m or m < 1:
+        raise InvalidParameterError(f"m must be an integer >= 1, got {m!r}")
+    if not math.isfinite(q) or q < 0:
+        raise InvalidParameterError(f"q must be a finite number >= 0, got {q!r}")
+    if q > 1.0:
+        return None
+    # Plain ceil: rounding q·m upward can only pick a larger (more conservative) order statistic.
+    k = math.ceil(q * m)
+    return max(1, min(int(k), int(m)))
+
+
+def order_statistic(values: np.ndarray, k: int) -> float:
+    """The k-th smallest (1-based) of values, by selection (np.partition), not by sorting or interpolation."""
+    v = np.asarray(values).ravel()
+    if not (1 <= k <= v.size):
+        raise InvalidParameterError(f"order statistic index {k} outside 1..{v.size}")
+    return float(np.partition(v, k - 1)[k - 1])
+
+
+def normal_cdf(z: float) -> float:
+    """Standard normal CDF Φ(z)."""
+    return float(_norm.cdf(z))
+
+
+def normal_ppf(p: float) -> float:
+    """Standard normal quantile Φ⁻¹(p) (−inf at 0, +inf at 1)."""
+    return float(_norm.ppf(p))
+
+
+def cohen_radius(sigma: float, p_lower: float) -> float:
+    """Certified ℓ2 radius σ·Φ⁻¹(pA_lower) of Cohen et al. (2019), Theorem 1 with pB = 1 − pA.
+
+    Only meaningful when p_lower > 1/2 (the caller abstains otherwise); returns 0 for p_lower ≤ 1/2.
+    """
+    if not (sigma > 0 and math.isfinite(sigma)):
+        raise InvalidParameterError(f"sigma must be a finite number > 0, got {sigma!r}")
+    if not (0.0 <= p_lower <= 1.0):
+        raise InvalidParameterError(f"p_lower must lie in [0, 1], got {p_lower!r}")
+    if p_lower <= 0.5:
+        return 0.0
+    return float(sigma * _norm.ppf(p_lower))
+
+
+def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
+    """Largest radius any certificate with n samples can give: σ·Φ⁻¹(alpha^(1/n)) (all n votes for one class).
+
+    With k = n the Clopper–Pearson lower bound is Beta.ppf(alpha; n, 1) = alpha^(1/n) exactly.
+    """
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise InvalidParameterError(f"n must be an integer >= 1, got {n!r}")
+    _check_alpha(alpha)
+    return cohen_radius(sigma, alpha ** (1.0 / n))
+
+
+def center_smoothing_check(p: float, n: int, alpha1: float, delta: float) -> tuple[bool, float, float]:
+    """Acceptance check of center smoothing's SMOOTH step (Kumar & Goldstein 2021; THEORY.md §2).
+
+    Δ1 = sqrt(ln(2/α1)/(2n)), Δ2 = 1/2 − (p − Δ1); accept when max(Δ1, Δ2) ≤ Δ.
+
+    Args:
+        p: fraction of n fresh samples within r̂ of the center.
+        n: number of fresh samples.
+        alpha1: error probability of the smoothing step.
+        delta: the tolerance Δ of the certificate, in (0, 1/2).
+
+    Returns:
+        (accepted, Δ1, Δ2).
+    """
+    if not (0.0 < delta < 0.5):
+        raise InvalidParameterError(f"delta must lie strictly between 0 and 1/2, got {delta!r}")
+    if not (0.0 <= p <= 1.0):
+        raise InvalidParameterError(f"p must lie in [0, 1], got {p!r}")
+    delta1 = hoeffding_radius(n, alpha1, two_sided=True)
+    delta2 = 0.5 - (p - delta1)
+    return (max(delta1, delta2) <= delta, delta1, delta2)
+
+
+def center_certify_level(eps_in: float, sigma: float, delta: float) -> float:
+    """p = Φ(Φ⁻¹(1/2 + Δ) + ε1/σ): the probability mass the certified ball must hold (THEORY.md §2)."""
+    if not (0.0 < delta < 0.5):
+        raise InvalidParameterError(f"delta must lie strictly between 0 and 1/2, got {delta!r}")
+    if not (eps_in >= 0 and math.isfinite(eps_in)):
+        raise InvalidParameterError(f"eps_in must be a finite number >= 0, got {eps_in!r}")
+    if not (sigma > 0 and math.isfinite(sigma)):
+        raise InvalidParameterError(f"sigma must be a finite number > 0, got {sigma!r}")
+    return float(_norm.cdf(_norm.ppf(0.5 + delta) + eps_in / sigma))
+
+
+def center_eps_out(gamma: float, beta: float, r_hat: float) -> float:
+    """Certified output radius ε2 = γ·(1 + β)·R̂ (Kumar & Goldstein 2021, Thm 1 with a relaxed triangle)."""
+    if not (gamma >= 1 and beta >= 1 and r_hat >= 0):
+        raise InvalidParameterError(f"need gamma >= 1, beta >= 1, r_hat >= 0, got {gamma}, {beta}, {r_hat}")
+    return float(gamma * (1.0 + beta) * r_hat)

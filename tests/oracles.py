@@ -1,0 +1,34 @@
+"""Small analytic models whose smoothed behaviour is known in closed form: the tests' oracles."""
+import torch
+
+
+class LinearBinary(torch.nn.Module):
+    """f(x) = [w·x + b > 0] as two logits. Its smoothed version has pA = Φ(|w·x+b| / (σ‖w‖)) and exact
+    robust radius |w·x+b| / ‖w‖ (Cohen et al. 2019), the oracle of the classification tests."""
+
+    def __init__(self, w: torch.Tensor, b: float):
+        super().__init__()
+        self.register_buffer("w", w.flatten().double())
+        self.b = float(b)
+
+    def margin(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], -1).double() @ self.w + self.b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.margin(x)
+        return torch.stack([-s, s], dim=1).float()
+
+    def exact_radius(self, x: torch.Tensor) -> float:
+        return float(self.margin(x[None]).abs()[0] / self.w.norm())
+
+
+class Linear(torch.nn.Module):
+    """f(x) = A x: the oracle of the center-smoothing tests."""
+
+    def __init__(self, a: torch.Tensor):
+        super().__init__()
+        self.register_buffer("a", a.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], -1) @ self.a.T
+

@@ -1,0 +1,170 @@
+"""SmoothedClassifier against analytic oracles (THEORY.md §1)."""
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binom, norm
+
+from smoothgen import ABSTAIN, SmoothedClassifier
+from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError
+from smoothgen import stats
+
+from oracles import LinearBinary
+
+
+def test_linear_oracle_false_certification_rate_at_most_alpha():
+    """The certified radius may exceed the exact radius |w·x+b|/‖w‖ in at most about an alpha fraction of runs.
+
+    Fails for any certificate built on a point estimate of pA, on reused selection votes, or on a
+    two-sided bound at the wrong level.
+    """
+    model = LinearBinary(torch.tensor([1.0, 2.0, -2.0]), 0.3)
+    x = torch.tensor([0.2, 0.1, -0.1])
+    exact = model.exact_radius(x)
+    sigma, alpha, n0, n, runs = 0.5, 0.1, 50, 500, 400
+    smoothed = SmoothedClassifier(model, 2, sigma, batch_size=500)
+    exceed = 0
+    certified = 0
+    for seed in range(runs):
+        cert = smoothed.certify(x, n0, n, alpha, seed=seed)
+        certified += not cert.abstained
+        exceed += (not cert.abstained) and cert.radius > exact
+    assert certified > runs // 2  # the test has power: most runs certify something
+    assert binom.sf(exceed - 1, runs, alpha) > 1e-3, f"{exceed}/{runs} radii exceed the exact radius"
+
+
+def test_linear_oracle_radius_close_when_pa_moderate():
+    model = LinearBinary(torch.tensor([0.6, 0.8]), 0.0)
+    x = torch.tensor([0.5, 0.0])  # margin 0.3, so with sigma = 0.25 pA = Φ(1.2) ≈ 0.885
+    sigma = 0.25
+    exact = model.exact_radius(x)
+    cert = SmoothedClassifier(model, 2, sigma, batch_size=20_000).certify(x, 100, 100_000, 0.001, seed=0)
+    assert cert.prediction == 1
+    assert cert.radius <= exact
+    assert cert.radius == pytest.approx(exact, rel=0.03)
+    assert cert.p_lower == pytest.approx(norm.cdf(1.2), abs=0.006)
+
+
+class Constant(torch.nn.Module):
+    def __init__(self, cls: int, num_classes: int = 10):
+        super().__init__()
+        self.cls, self.num_classes = cls, num_classes
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], self.num_classes)
+        logits[:, self.cls] = 1.0
+        return logits
+
+
+def test_all_votes_agree_gives_max_radius_exactly():
+    sigma, n, alpha = 0.5, 2_000, 0.001
+    cert = SmoothedClassifier(Constant(3), 10, sigma).certify(torch.zeros(4), 10, n, alpha, seed=1)
+    assert cert.prediction == 3 and cert.count == n
+    assert cert.radius == pytest.approx(sigma * norm.ppf(alpha ** (1 / n)), rel=1e-12)
+    assert cert.radius == pytest.approx(stats.max_certifiable_radius(sigma, n, alpha), rel=1e-12)
+
+
+class Recorder(torch.nn.Module):
+    """Records every noisy input it sees, then answers class 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        return Constant(0, 2)(x)
+
+
+def test_selection_and_estimation_samples_are_disjoint():
+    recorder = Recorder()
+    SmoothedClassifier(recorder, 2, 0.5, batch_size=64).certify(torch.zeros(3), 100, 300, 0.01, seed=7)
+    rows = torch.cat(recorder.seen)
+    assert rows.shape == (400, 3)
+    assert torch.unique(rows, dim=0).shape[0] == 400  # no noisy copy was used twice
+
+
+def test_abstains_on_a_coin_flip():
+    # pA = 1/2 exactly: the lower bound cannot exceed 1/2.
+    model = LinearBinary(torch.tensor([1.0]), 0.0)
+    cert = SmoothedClassifier(model, 2, 1.0).certify(torch.zeros(1), 100, 1000, 0.001, seed=0)
+    assert cert.abstained and cert.prediction == ABSTAIN and cert.radius == 0.0
+
+
+def test_predict_and_abstention(linear_binary):
+    smoothed = SmoothedClassifier(linear_binary, 2, 0.25)
+    pred = smoothed.predict(torch.tensor([1.0, 0.0]), 1000, 0.001, seed=0)
+    assert pred.prediction == 1 and pred.pvalue < 1e-10
+    coin = SmoothedClassifier(LinearBinary(torch.tensor([1.0]), 0.0), 2, 1.0)
+    abstentions = sum(coin.predict(torch.zeros(1), 200, 0.05, seed=s).abstained for s in range(100))
+    assert abstentions >= 80  # PREDICT returns a class on a coin flip in at most ~alpha of runs
+
+
+def test_same_seed_same_certificate_and_seeds_differ(linear_binary):
+    smoothed = SmoothedClassifier(linear_binary, 2, 1.0, batch_size=333)
+    x = torch.tensor([0.1, 0.05])
+    a = smoothed.certify(x, 100, 1000, 0.01, seed=5)
+    b = smoothed.certify(x, 100, 1000, 0.01, seed=5)
+    c = smoothed.certify(x, 100, 1000, 0.01, seed=6)
+    d = smoothed.certify(x, 100, 1000, 0.01, seed=5, request_id=1)
+    assert a == b
+    assert a.count != c.count or a.count != d.count
+
+
+def test_digits_classifier_certifies_most_test_images():
+    from smoothgen.models import load_classifier, load_digits_split
+
+    split = load_digits_split()
+    smoothed = SmoothedClassifier(load_classifier(0.25), 10, 0.25, input_shape=(1, 8, 8))
+    certs = [smoothed.certify(torch.from_numpy(split.x_test[i]), 100, 1000, 0.001, seed=0, request_id=i) for i in range(20)]
+    correct = sum(c.prediction == int(split.y_test[i]) for i, c in enumerate(certs))
+    assert correct >= 17
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(sigma=0.0), dict(sigma=-1.0), dict(sigma=float("nan")), dict(num_classes=1), dict(batch_size=0)],
+)
+def test_bad_construction(kwargs, linear_binary):
+    args = dict(base=linear_binary, num_classes=2, sigma=0.5) | kwargs
+    with pytest.raises(InvalidParameterError):
+        SmoothedClassifier(**args)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.certify(torch.zeros(2), 100, 1000, 0.0),
+        lambda s: s.certify(torch.zeros(2), 100, 1000, 1.0),
+        lambda s: s.certify(torch.zeros(2), 0, 1000, 0.01),
+        lambda s: s.certify(torch.zeros(2), 100, 0, 0.01),
+        lambda s: s.predict(torch.zeros(2), 0, 0.01),
+        lambda s: s.certify(torch.zeros(2), 100, 10.5, 0.01),
+    ],
+)
+def test_bad_parameters(call, linear_binary):
+    with pytest.raises(InvalidParameterError):
+        call(SmoothedClassifier(linear_binary, 2, 0.5, input_shape=(2,)))
+
+
+@pytest.mark.parametrize(
+    "x",
+    [torch.tensor([float("nan"), 0.0]), torch.tensor([float("inf"), 0.0]), torch.zeros(3), torch.zeros(2, dtype=torch.int64), np.zeros(2)],
+)
+def test_bad_inputs(x, linear_binary):
+    with pytest.raises(InvalidInputError):
+        SmoothedClassifier(linear_binary, 2, 0.5, input_shape=(2,)).certify(x, 10, 10, 0.1)
+
+
+@pytest.mark.parametrize(
+    "forward",
+    [
+        lambda x: torch.zeros(x.shape[0], 3),  # wrong number of classes
+        lambda x: torch.zeros(x.shape[0] + 1, 2),  # wrong batch
+        lambda x: torch.full((x.shape[0], 2), float("nan")),
+        lambda x: torch.zeros(x.shape[0], 2, dtype=torch.int64),
+        lambda x: [0] * x.shape[0],
+    ],
+)
+def test_garbage_model_outputs(forward):
+    with pytest.raises(ModelOutputError):
+        SmoothedClassifier(forward, 2, 0.5).certify(torch.zeros(2), 10, 10, 0.1, seed=0)

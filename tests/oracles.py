@@ -32,3 +32,18 @@ class Linear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], -1) @ self.a.T
 
+
+
+class WrongWidth(torch.nn.Module):
+    """A 'classifier' that returns 3 logits for some inputs and 4 for others: garbage."""
+
+    def forward(self, x):
+        return torch.zeros(x.shape[0], 3 if x.shape[0] == 1 else 4)
+
+
+def wrong_width_factory():
+    return WrongWidth()
+
+
+def not_a_module_factory():
+    return "not a model"

@@ -142,7 +142,7 @@ def test_digits_autoencoder_under_total_variation():
     from smoothgen.models import load_autoencoder, load_digits_split
 
     x = torch.from_numpy(load_digits_split().x_test[0])
-    cert = CenterSmoother(load_autoencoder(), 0.1, "tv2d").certify(x, 0.2, n=500, m=4000, delta=0.2, seed=0)
+    cert = CenterSmoother(load_autoencoder(), 0.1, "tv2d").certify(x, 0.2, n=2000, m=20_000, seed=0)
     assert not cert.abstained
     assert 0 < cert.eps_out < 64  # TV of a difference of [0,1] images with 8x8 pixels is at most 112
     assert cert.smoothing_error < cert.eps_out

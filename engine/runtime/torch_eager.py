@@ -27,7 +27,11 @@ class TorchRuntime(Runtime):
         if not callable(model):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
         if isinstance(model, torch.nn.Module):
-            model.eval()
+            try:
+                model.eval()
+            except NotImplementedError:
+                # A torch.export program's module() has no train/eval switch: its mode was fixed at export.
+                pass
         self.model = model
         self.device = torch.device(device) if device is not None else _module_device(model)
         self.max_batch = None

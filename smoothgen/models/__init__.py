@@ -1,0 +1,155 @@
+"""Embedded default models: digits classifiers trained under Gaussian noise, and a digits autoencoder.
+
+The weights ship with the package in `weights/` (safetensors), together with `weights/models.json`,
+which records how each model was trained and its test metrics. They are produced by
+``python -m smoothgen.models.train all`` (see `smoothgen.models.train`).
+
+Example:
+    >>> from smoothgen.models import load_classifier, load_digits_split
+    >>> model = load_classifier(sigma=0.25)       # DigitsCNN trained with N(0, 0.25^2 I) noise
+    >>> split = load_digits_split()                # x_test: [450, 1, 8, 8] in [0, 1]
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from smoothgen.errors import InvalidParameterError, ModelLoadError
+from smoothgen.models.architectures import DigitsAutoencoder, DigitsCNN
+from smoothgen.models.data import DIGITS_SHAPE, NUM_CLASSES, DigitsSplit, load_digits_split
+from smoothgen.validate import check_sigma
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+"""Folder of the shipped weights and of `models.json`."""
+
+METADATA_FILENAME = "models.json"
+
+_ARCHITECTURES: dict[str, type[nn.Module]] = {
+    DigitsCNN.__name__: DigitsCNN,
+    DigitsAutoencoder.__name__: DigitsAutoencoder,
+}
+
+__all__ = [
+    "DIGITS_SHAPE",
+    "NUM_CLASSES",
+    "WEIGHTS_DIR",
+    "DigitsAutoencoder",
+    "DigitsCNN",
+    "DigitsSplit",
+    "available_classifier_sigmas",
+    "load_autoencoder",
+    "load_classifier",
+    "load_digits_split",
+    "model_info",
+]
+
+
+@functools.lru_cache(maxsize=1)
+def _metadata() -> dict[str, Any]:
+    path = WEIGHTS_DIR / METADATA_FILENAME
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the embedded models' metadata {path}: {exc}") from exc
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("models"), dict):
+        raise ModelLoadError(f"{path} has no 'models' table")
+    return metadata
+
+
+def model_info() -> dict[str, Any]:
+    """Return the metadata of the embedded models (the contents of `weights/models.json`).
+
+    Returns:
+        A fresh copy (safe to modify) with a ``models`` table keyed by model name; each record holds
+        ``kind``, ``architecture``, ``kwargs``, ``file``, ``sha256``, the training settings (``sigma``
+        or ``noise_sigmas``, ``seed``, ``epochs``, ...) and test metrics (``clean_test_accuracy`` and
+        ``noisy_test_accuracy`` for classifiers, ``clean_test_mse`` and ``noisy_test_mse`` for the
+        autoencoder).
+
+    Raises:
+        ModelLoadError: The metadata file is missing or corrupt.
+    """
+    return copy.deepcopy(_metadata())
+
+
+def _records(kind: str) -> list[dict[str, Any]]:
+    return [r for r in _metadata()["models"].values() if isinstance(r, dict) and r.get("kind") == kind]
+
+
+def available_classifier_sigmas() -> list[float]:
+    """Return the training noise levels of the embedded classifiers, ascending.
+
+    Returns:
+        For example ``[0.25, 0.5, 1.0]``.
+    """
+    return sorted(float(r["sigma"]) for r in _records("classifier"))
+
+
+def _load(record: dict[str, Any]) -> nn.Module:
+    name = record.get("architecture")
+    architecture = _ARCHITECTURES.get(name)  # type: ignore[arg-type]
+    if architecture is None:
+        raise ModelLoadError(f"unknown architecture {name!r} in {METADATA_FILENAME}")
+    path = WEIGHTS_DIR / str(record.get("file"))
+    try:
+        model = architecture(**record.get("kwargs", {}))
+        state = load_file(path, device="cpu")
+        model.load_state_dict(state, strict=True)
+    except (OSError, SafetensorError, RuntimeError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load {name} weights from {path}: {exc}") from exc
+    return model.eval()
+
+
+def load_classifier(sigma: float = 0.25) -> nn.Module:
+    """Load the embedded `DigitsCNN` trained with Gaussian noise of standard deviation sigma.
+
+    Use it as the base classifier of a smoothed classifier at the same sigma: it was trained on
+    x + N(0, sigma^2 I) (not clamped), the distribution randomized smoothing queries it on.
+
+    Args:
+        sigma: Training noise level; one of `available_classifier_sigmas()`.
+
+    Returns:
+        A fresh model on the CPU in eval mode, float32.
+
+    Raises:
+        InvalidParameterError: No embedded classifier was trained at this sigma.
+        ModelLoadError: The weights are missing or do not match the architecture.
+
+    Shapes:
+        model input: [B, 1, 8, 8] with pixels in [0, 1]; model output: [B, 10] logits.
+    """
+    sigma = check_sigma(sigma)
+    for record in _records("classifier"):
+        if math.isclose(float(record["sigma"]), sigma, rel_tol=1e-9):
+            return _load(record)
+    raise InvalidParameterError(
+        f"no embedded classifier was trained at sigma={sigma}; available sigmas: "
+        f"{available_classifier_sigmas()}"
+    )
+
+
+def load_autoencoder() -> nn.Module:
+    """Load the embedded `DigitsAutoencoder` (trained to denoise inputs with noise sigma up to 0.25).
+
+    Returns:
+        A fresh model on the CPU in eval mode, float32.
+
+    Raises:
+        ModelLoadError: The weights are missing or do not match the architecture.
+
+    Shapes:
+        model input: [B, 1, 8, 8] with pixels in [0, 1]; model output: [B, 1, 8, 8] in [0, 1].
+    """
+    records = _records("autoencoder")
+    if not records:
+        raise ModelLoadError(f"no autoencoder is recorded in {METADATA_FILENAME}")
+    return _load(records[0])

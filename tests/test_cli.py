@@ -1,0 +1,230 @@
+"""The `smoothgen` command line, end to end on the embedded models."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from smoothgen.cli import main
+from smoothgen.models import load_classifier, load_digits_split
+
+FAST = ["--n0", "50", "--n", "300", "--batch-size", "300", "--no-progress"]
+
+
+def _records(path):
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def _run(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_certify_writes_records_and_summary(tmp_path, capsys):
+    out, tsv = tmp_path / "r.jsonl", tmp_path / "r.tsv"
+    code, stdout, _ = _run(["certify", "--num", "4", *FAST, "--out", str(out), "--tsv", str(tsv)], capsys)
+    assert code == 0
+    records = _records(out)
+    assert [r["idx"] for r in records] == [0, 1, 2, 3]
+    labels = load_digits_split().y_test[:4]
+    for r, label in zip(records, labels):
+        assert set(r) >= {"idx", "label", "predict", "radius", "correct", "time", "sigma", "n0", "n", "alpha", "seed"}
+        assert r["label"] == int(label) and r["correct"] == (r["predict"] == r["label"])
+        assert r["sigma"] == 0.25 and r["n0"] == 50 and r["n"] == 300 and r["alpha"] == 0.001 and r["seed"] == 0
+    assert "certified accuracy" in stdout and "abstained" in stdout
+    for radius in ("0.00", "0.25", "0.50", "0.75", "1.00"):
+        assert radius in stdout
+    lines = tsv.read_text().splitlines()
+    assert lines[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime" and len(lines) == 5
+
+
+def test_certify_same_seed_same_records(tmp_path, capsys):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for path in (a, b):
+        assert _run(["certify", "--start", "10", "--num", "2", *FAST, "--out", str(path)], capsys)[0] == 0
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]
+    assert strip(_records(a)) == strip(_records(b))
+    assert [r["idx"] for r in _records(a)] == [10, 11]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--sigma", "0"],
+        ["--sigma", "-0.5"],
+        ["--sigma", "nan"],
+        ["--alpha", "1.5"],
+        ["--alpha", "0"],
+        ["--n", "0"],
+        ["--n0", "0"],
+        ["--num", "0"],
+        ["--start", "100000"],
+        ["--sigma", "0.3"],  # no embedded classifier trained at this sigma
+        ["--model", "/no/such/model.pt"],
+        ["--model", "oracles:wrong_width_factory"],
+        ["--model", "oracles:not_a_module_factory"],
+        ["--model", "no_such_module:factory"],
+        ["--data", "/no/such/data.npy"],
+        ["--batch-size", "0"],
+    ],
+)
+def test_certify_bad_input_exit_2_one_line_no_file(extra, tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    code, _, err = _run(["certify", "--num", "2", *FAST, "--out", str(out), *extra], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("smoothgen certify: error:")
+    assert not out.exists()
+
+
+def _bad_data(tmp_path, kind):
+    x = load_digits_split().x_test[:3].copy()
+    if kind == "nan":
+        x[1, 0, 2, 2] = np.nan
+    elif kind == "inf":
+        x[0, 0, 0, 0] = np.inf
+    elif kind == "shape":
+        x = x.reshape(3, 64)
+    elif kind == "labels":
+        path = tmp_path / "d.npz"
+        np.savez(path, x=x, y=np.array([1.5, 2.0, 3.0]))
+        return path
+    elif kind == "text":
+        path = tmp_path / "d.npy"
+        path.write_text("hello")
+        return path
+    path = tmp_path / "d.npy"
+    np.save(path, x)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf", "shape", "labels", "text"])
+def test_certify_bad_data_exit_2(kind, tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    code, _, err = _run(["certify", *FAST, "--data", str(_bad_data(tmp_path, kind)), "--out", str(out)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["certify", "--sigma", "abc"])
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("command", [[], ["certify"], ["center"]])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: smoothgen" in capsys.readouterr().out
+
+
+def test_existing_output_needs_resume_or_overwrite(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert _run(["certify", "--num", "1", *FAST, "--out", str(out)], capsys)[0] == 0
+    code, _, err = _run(["certify", "--num", "1", *FAST, "--out", str(out)], capsys)
+    assert code == 2 and "--resume" in err
+    assert len(_records(out)) == 1
+    assert _run(["certify", "--num", "2", *FAST, "--out", str(out), "--overwrite"], capsys)[0] == 0
+    assert len(_records(out)) == 2
+    # Resuming with other parameters is refused and leaves the file as it was.
+    code, _, err = _run(["certify", "--num", "3", *FAST, "--sigma", "0.5", "--out", str(out), "--resume"], capsys)
+    assert code == 2 and "sigma" in err and len(_records(out)) == 2
+
+
+def _export_models(tmp_path):
+    model = load_classifier(0.25)
+    example = torch.from_numpy(load_digits_split().x_test[:2])
+    scripted = tmp_path / "cnn.pt"
+    torch.jit.script(model).save(str(scripted))
+    exported = tmp_path / "cnn.pt2"
+    batch = torch.export.Dim("batch", min=1, max=100_000)
+    torch.export.save(torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), str(exported))
+    onnx_path = tmp_path / "cnn.onnx"
+    torch.onnx.export(model, (example,), str(onnx_path), input_names=["x"], output_names=["logits"],
+                      dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    return {"torchscript": scripted, "export": exported, "onnx": onnx_path}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_model_formats_give_the_embedded_models_certificates(tmp_path, capsys):
+    paths = _export_models(tmp_path)
+    data = tmp_path / "d.npz"
+    split = load_digits_split()
+    np.savez(data, x=split.x_test[:3], y=split.y_test[:3])
+    reference = tmp_path / "ref.jsonl"
+    assert _run(["certify", "--num", "3", *FAST, "--out", str(reference)], capsys)[0] == 0
+    expected = [(r["predict"], r["radius"]) for r in _records(reference)]
+    for kind, path in [*paths.items(), ("factory", "smoothgen.models:load_classifier")]:
+        out = tmp_path / f"{kind}.jsonl"
+        code, _, err = _run(["certify", *FAST, "--model", str(path), "--data", str(data), "--out", str(out)], capsys)
+        assert code == 0, err
+        got = [(r["predict"], r["radius"]) for r in _records(out)]
+        assert [g[0] for g in got] == [e[0] for e in expected], kind
+        np.testing.assert_allclose([g[1] for g in got], [e[1] for e in expected], rtol=0.02, err_msg=kind)
+
+
+def test_unreadable_model_files(tmp_path, capsys):
+    for suffix in (".pt", ".pt2", ".onnx"):
+        path = tmp_path / f"bad{suffix}"
+        path.write_bytes(b"garbage")
+        out = tmp_path / "r.jsonl"
+        code, _, err = _run(["certify", *FAST, "--num", "1", "--model", str(path), "--out", str(out)], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, suffix
+        assert not out.exists()
+
+
+def test_resume_after_kill(tmp_path):
+    """Kill a running certify with SIGKILL, resume it, and get exactly the records of an uninterrupted run."""
+    out, reference = tmp_path / "killed.jsonl", tmp_path / "ref.jsonl"
+    args = [sys.executable, "-m", "smoothgen", "certify", "--num", "12", "--n0", "50", "--n", "3000",
+            "--batch-size", "500", "--no-progress"]
+    proc = subprocess.Popen([*args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 3):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kept = len(_records(out))
+    assert 3 <= kept < 12, "the run must be killed mid-way for this test to mean anything"
+    with open(out, "ab") as handle:  # a record cut short by the kill
+        handle.write(b'{"idx": 99, "label"')
+    subprocess.run([*args, "--out", str(out), "--resume"], check=True, capture_output=True)
+    subprocess.run([*args, "--out", str(reference)], check=True, capture_output=True)
+    strip = lambda rs: sorted(({k: v for k, v in r.items() if k != "time"} for r in rs), key=lambda r: r["idx"])
+    resumed = _records(out)
+    assert sorted(r["idx"] for r in resumed) == list(range(12))
+    assert strip(resumed) == strip(_records(reference))
+
+
+def test_center_defaults_shape_and_records(tmp_path, capsys):
+    out = tmp_path / "c.jsonl"
+    code, stdout, err = _run(["center", "--num", "2", "--eps-in", "0.1,0.3", "--n", "2000", "--m", "4000",
+                              "--n-candidates", "30", "--no-progress", "--out", str(out)], capsys)
+    assert code == 0, err
+    records = _records(out)
+    assert sorted((r["idx"], r["eps_in"]) for r in records) == [(0, 0.1), (0, 0.3), (1, 0.1), (1, 0.3)]
+    for r in records:
+        assert r["sigma"] == pytest.approx(r["eps_in"] / 2.0)
+        assert r["metric"] == "tv2d" and r["gamma"] == 1.0
+        assert r["abstained"] or r["eps_out"] > 0
+        assert r["smoothing_error"] >= 0
+    assert "median eps_out" in stdout
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--metric", "nope"], ["--eps-in", "-0.1"], ["--h", "0"], ["--delta", "0.6"], ["--m", "0"], ["--alpha2", "2"],
+     ["--metric", "levenshtein"]],
+)
+def test_center_bad_input_exit_2(extra, tmp_path, capsys):
+    out = tmp_path / "c.jsonl"
+    code, _, err = _run(["center", "--num", "1", "--n", "100", "--m", "100", "--no-progress", "--out", str(out), *extra], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -186,6 +186,41 @@ def _shuffled_batches(
     yield from permutation.split(batch_size)
 
 
+def _fit(
+    model: nn.Module,
+    num_train: int,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    generator: torch.Generator,
+    desc: str,
+    progress: bool,
+) -> float:
+    """Adam with a cosine learning-rate decay over shuffled mini-batches; `batch_loss(indices)` draws
+    its own noise from `generator`. Leaves the model in eval mode and returns the last epoch's mean loss."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    steps = epochs * math.ceil(num_train / batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    model.train()
+    epoch_loss = float("nan")
+    bar = tqdm(range(epochs), desc=desc, file=sys.stderr, disable=not progress)
+    for _ in bar:
+        total, count = 0.0, 0
+        for idx in _shuffled_batches(num_train, batch_size, generator):
+            loss = batch_loss(idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        epoch_loss = total / count
+        bar.set_postfix(loss=f"{epoch_loss:.5f}")
+    model.eval()
+    return epoch_loss
+
+
 def train_classifier(
     sigma: float,
     epochs: int = DEFAULT_CLASSIFIER_EPOCHS,
@@ -222,27 +257,13 @@ def train_classifier(
     kwargs = {"num_classes": NUM_CLASSES}
     with _deterministic(seed) as generator:
         model = DigitsCNN(**kwargs)
-        optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-        steps = epochs * math.ceil(len(x_train) / batch_size)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         loss_fn = nn.CrossEntropyLoss()
-        model.train()
-        epoch_loss = float("nan")
-        bar = tqdm(range(epochs), desc=f"classifier sigma={sigma}", file=sys.stderr, disable=not progress)
-        for _ in bar:
-            total, count = 0.0, 0
-            for idx in _shuffled_batches(len(x_train), batch_size, generator):
-                inputs = _noisy(x_train[idx], sigma, generator)
-                loss = loss_fn(model(inputs), y_train[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total += loss.item() * len(idx)
-                count += len(idx)
-            epoch_loss = total / count
-            bar.set_postfix(loss=f"{epoch_loss:.4f}")
-        model.eval()
+
+        def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+            return loss_fn(model(_noisy(x_train[idx], sigma, generator)), y_train[idx])
+
+        epoch_loss = _fit(model, len(x_train), batch_loss, epochs, batch_size, learning_rate, generator,
+                          f"classifier sigma={sigma}", progress)
     metrics: dict[str, Any] = {
         "kind": "classifier",
         "architecture": DigitsCNN.__name__,
@@ -301,27 +322,14 @@ def train_autoencoder(
     kwargs = {"latent_dim": int(latent_dim)}
     with _deterministic(seed) as generator:
         model = DigitsAutoencoder(**kwargs)
-        optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-        steps = epochs * math.ceil(len(x_train) / batch_size)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        model.train()
-        epoch_loss = float("nan")
-        bar = tqdm(range(epochs), desc="autoencoder", file=sys.stderr, disable=not progress)
-        for _ in bar:
-            total, count = 0.0, 0
-            for idx in _shuffled_batches(len(x_train), batch_size, generator):
-                clean = x_train[idx]
-                sigma = sigmas[int(torch.randint(len(sigmas), (), generator=generator))]
-                loss = torch.mean((model(_noisy(clean, sigma, generator)) - clean) ** 2)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total += loss.item() * len(idx)
-                count += len(idx)
-            epoch_loss = total / count
-            bar.set_postfix(loss=f"{epoch_loss:.5f}")
-        model.eval()
+
+        def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+            clean = x_train[idx]
+            sigma = sigmas[int(torch.randint(len(sigmas), (), generator=generator))]
+            return torch.mean((model(_noisy(clean, sigma, generator)) - clean) ** 2)
+
+        epoch_loss = _fit(model, len(x_train), batch_loss, epochs, batch_size, learning_rate, generator,
+                          "autoencoder", progress)
     noisy_sigma = max(sigmas)
     metrics: dict[str, Any] = {
         "kind": "autoencoder",

@@ -1,20 +1,32 @@
 """smoothgen.engine: turning "n outputs of f at x + noise" into full device batches.
 
-Present now: the in-process `Sampler`, per-request `RandomStream`s, and the PyTorch-eager and ONNX
-Runtime (CPU) runtimes. The streaming scheduler, compiled runtimes and distributed execution arrive with
-the engine issue.
+- `Sampler`: one request at a time, noise written straight into the runtime's input buffer, outputs
+  reduced on the device by a `Reducer` (class counts, kept outputs, score sums).
+- `Scheduler`: many concurrent requests for one model, continuous batching, futures (also asyncio).
+- `RandomStream` / `NoiseKey`: per-request, batch-invariant noise, so a certificate is bit-identical
+  alone or batched.
+- Runtimes: PyTorch eager, torch.compile, ONNX Runtime, TensorRT (see `engine.runtime`).
 """
+from smoothgen.engine.noise import NOISE_BLOCK, NoiseKey, NoiseSource
 from smoothgen.engine.random import Purpose, RandomStream
+from smoothgen.engine.reducers import ClassCounts, KeepOutputs, Reducer, ScoreSums
 from smoothgen.engine.runtime import OnnxRuntime, Runtime, TorchRuntime, as_runtime
 from smoothgen.engine.sampler import DEFAULT_BATCH_SIZE, Sampler
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "NOISE_BLOCK",
+    "ClassCounts",
+    "KeepOutputs",
+    "NoiseKey",
+    "NoiseSource",
     "OnnxRuntime",
     "Purpose",
     "RandomStream",
+    "Reducer",
     "Runtime",
     "Sampler",
+    "ScoreSums",
     "TorchRuntime",
     "as_runtime",
 ]

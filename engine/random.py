@@ -1,9 +1,9 @@
 """Per-request random streams.
 
 Each request owns its own streams, keyed by (seed, request id, purpose), so that its certificate does not
-depend on what else ran before it in the same process, and the selection and estimation samples of a
-certificate come from independent streams. The fused kernels issue replaces torch's generator by an
-in-kernel counter-based (Philox) generator with the same (seed, request id, offset) key.
+depend on what else ran before it or beside it in the same batches, and the selection and estimation
+samples of a certificate come from independent streams. Input noise is drawn in fixed blocks from the
+stream's key (engine/noise.py), so it does not depend on how samples are cut into batches.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from smoothgen.engine.noise import NoiseKey
 
 
 class Purpose(enum.IntEnum):
@@ -37,11 +39,18 @@ class RandomStream:
     seed: int | None
     request_id: int = 0
 
-    def generator(self, purpose: Purpose, device: torch.device | str = "cpu") -> torch.Generator:
-        """A torch.Generator on `device` seeded from (seed, request_id, purpose)."""
+    def _state(self, purpose: Purpose) -> int:
         entropy = None if self.seed is None else [int(self.seed), int(self.request_id), int(purpose)]
-        state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
+        return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
+
+    def key(self, purpose: Purpose) -> NoiseKey:
+        """The key of this request's input noise for `purpose` (see engine/noise.py): batch-invariant."""
+        return NoiseKey(self._state(purpose))
+
+    def generator(self, purpose: Purpose, device: torch.device | str = "cpu") -> torch.Generator:
+        """A torch.Generator on `device` seeded from (seed, request_id, purpose), for randomness that is
+        not input noise (e.g. a randomized base model's own draws)."""
         gen = torch.Generator(device=torch.device(device))
         # torch seeds take 64-bit values; mask to a non-negative int64.
-        gen.manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+        gen.manual_seed(self._state(purpose) & 0x7FFF_FFFF_FFFF_FFFF)
         return gen

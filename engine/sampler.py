@@ -1,11 +1,16 @@
-"""The Sampler: "n outputs of f at x + noise", in full device batches.
+"""The Sampler: "n outputs of f at x + noise", in full device batches, for one request at a time.
 
-The algorithms (`smoothgen.classify`, `smoothgen.center`) ask the sampler for what they need and never
+The algorithms (`smoothgen.classify`, `smoothgen.center`) ask a sampler for what they need and never
 loop over batches themselves:
-- `counts`: class votes of a classifier, reduced on the device (bincount); one host copy per request.
-- `outputs`: every output (center smoothing's center selection), or a per-sample reduction of them
-  (distances to a center), kept on the device until the request is done.
-The engine issue replaces this in-process sampler by the streaming one without touching the algorithms.
+- `counts`: class votes of a classifier, reduced on the device; one host copy per request.
+- `outputs`: every output (center smoothing's center selection), or a per-sample map of them
+  (distances to a center), so that only n numbers are kept.
+- `score_sums`: sums and squared sums of [0, 1] scores.
+Noise is written straight into one preallocated input buffer, which the runtime reads; memory is
+bounded by the batch size for any n (n = 10⁶ with `counts` keeps 10 integers).
+
+`Scheduler.sampler()` (engine/scheduler.py) has the same three methods and batches many concurrent
+requests together; because noise is keyed per request (engine/noise.py), both give identical results.
 """
 from __future__ import annotations
 
@@ -14,20 +19,27 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from smoothgen import kernels
+from smoothgen.engine.noise import NoiseKey, NoiseSource
+from smoothgen.engine.reducers import ClassCounts, KeepOutputs, Reducer, ScoreSums
 from smoothgen.engine.runtime import Runtime, as_runtime
-from smoothgen.errors import InvalidParameterError, ModelOutputError
+from smoothgen.errors import InvalidParameterError
 
 #: Default batch of noisy copies per model call. On the digits CNN (2-core CPU) throughput is flat from
 #: about 500 upwards; larger batches only cost memory.
 DEFAULT_BATCH_SIZE = 1000
 
 
-def _batch_sizes(n: int, batch_size: int):
-    full, rest = divmod(n, batch_size)
-    yield from [batch_size] * full
-    if rest:
-        yield rest
+def check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidParameterError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return batch_size
+
+
+def detach_from(outputs: Any, buffer: torch.Tensor) -> Any:
+    """Outputs that alias the input buffer (an identity model) are copied before the buffer is reused."""
+    if isinstance(outputs, torch.Tensor) and outputs.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr():
+        return outputs.clone()
+    return outputs
 
 
 class Sampler:
@@ -38,57 +50,36 @@ class Sampler:
     """
 
     def __init__(self, batch_size: int = DEFAULT_BATCH_SIZE):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidParameterError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        self.batch_size = batch_size
+        self.batch_size = check_batch_size(batch_size)
 
-    def _batches(self, runtime: Runtime, x: torch.Tensor, n: int, sigma: float, generator: torch.Generator):
+    def run(self, model: Runtime | Callable, x: torch.Tensor, n: int, sigma: float, key: NoiseKey, reducer: Reducer) -> Any:
+        """Feed n noisy copies x + σ·ε_i (noise keyed by `key`) to the model and return `reducer.result()`.
+
+        Shapes:
+            x: one input [*S] (no batch dimension).
+        """
+        runtime = as_runtime(model)
         size = self.batch_size if runtime.max_batch is None else min(self.batch_size, runtime.max_batch)
         x = x.to(runtime.device)
-        for b in _batch_sizes(n, size):
-            yield b, runtime.run(kernels.gaussian_noise(x, b, sigma, generator))
+        buffer = torch.empty((min(size, n), *x.shape), dtype=x.dtype, device=runtime.device)
+        source = NoiseSource(x, sigma, n, key)
+        done = 0
+        while done < n:
+            b = min(size, n - done)
+            batch = buffer[:b]
+            source.fill(batch, done)
+            reducer.add(detach_from(runtime.run(batch), buffer), b)
+            done += b
+        return reducer.result()
 
-    def counts(
-        self,
-        model: Runtime | Callable,
-        x: torch.Tensor,
-        n: int,
-        sigma: float,
-        num_classes: int,
-        generator: torch.Generator,
-    ) -> np.ndarray:
-        """Class counts of argmax f(x + ε) over n noisy copies.
-
-        Args:
-            model: a Runtime, or a torch module / callable returning logits [b, num_classes].
-            x: one input (no batch dimension).
-            n: number of noisy copies.
-            sigma: noise standard deviation.
-            num_classes: number of classes of the base classifier.
-            generator: the request's random stream for this step, on the runtime's device.
-
-        Returns:
-            int64 array [num_classes] of counts (sum n).
+    def counts(self, model: Runtime | Callable, x: torch.Tensor, n: int, sigma: float, num_classes: int, key: NoiseKey) -> np.ndarray:
+        """Class counts of argmax f(x + ε) over n noisy copies: an int64 array [num_classes].
 
         Raises:
             ModelOutputError: the model returned a wrong shape, a non-floating tensor, or NaN/Inf.
         """
         runtime = as_runtime(model)
-        counts = torch.zeros(num_classes, dtype=torch.int64, device=runtime.device)
-        # Non-finite logits are flagged on the device and checked once at the end: no per-batch sync.
-        bad = torch.zeros((), dtype=torch.bool, device=runtime.device)
-        for b, logits in self._batches(runtime, x, n, sigma, generator):
-            if not isinstance(logits, torch.Tensor) or not torch.is_floating_point(logits):
-                raise ModelOutputError(f"model must return a floating tensor of logits, got {_describe(logits)}")
-            if tuple(logits.shape) != (b, num_classes):
-                raise ModelOutputError(
-                    f"model returned logits of shape {tuple(logits.shape)}, expected ({b}, {num_classes})"
-                )
-            bad |= ~torch.isfinite(logits).all()
-            counts += torch.bincount(logits.argmax(dim=1), minlength=num_classes)
-        if bool(bad):
-            raise ModelOutputError("model returned NaN or Inf logits")
-        return counts.cpu().numpy()
+        return self.run(runtime, x, n, sigma, key, ClassCounts(num_classes, runtime.device))
 
     def outputs(
         self,
@@ -96,55 +87,26 @@ class Sampler:
         x: torch.Tensor,
         n: int,
         sigma: float,
-        generator: torch.Generator,
+        key: NoiseKey,
         reduce: Callable[[Any], torch.Tensor] | None = None,
     ) -> Any:
-        """The n outputs f(x + ε_i), or a per-sample reduction of them.
-
-        Args:
-            model: a Runtime, or a callable returning a tensor [b, *out] (or a list of b sequences).
-            x: one input (no batch dimension).
-            n: number of noisy copies.
-            sigma: noise standard deviation.
-            generator: the request's random stream for this step.
-            reduce: optional map of a batch of outputs to a tensor [b] (e.g. distances to a center),
-                so that only n numbers are kept, whatever the output size.
-
-        Returns:
-            A tensor [n, *out] (tensor outputs), a list of n outputs (sequence outputs), or, with
-            `reduce`, a tensor [n].
+        """The n outputs f(x + ε_i) — a tensor [n, *out] or a list — or, with `reduce`, a tensor [n].
 
         Raises:
             ModelOutputError: wrong batch length, changing output shapes, or NaN/Inf outputs.
         """
         runtime = as_runtime(model)
-        kept: list[Any] = []
-        shape: tuple[int, ...] | None = None
-        bad = torch.zeros((), dtype=torch.bool, device=runtime.device)
-        for b, out in self._batches(runtime, x, n, sigma, generator):
-            if isinstance(out, torch.Tensor):
-                if out.ndim == 0 or out.shape[0] != b:
-                    raise ModelOutputError(f"model returned shape {tuple(out.shape)} for a batch of {b}")
-                if shape is None:
-                    shape = tuple(out.shape[1:])
-                elif tuple(out.shape[1:]) != shape:
-                    raise ModelOutputError(f"model output shape changed from {shape} to {tuple(out.shape[1:])}")
-                if torch.is_floating_point(out):
-                    bad = bad | ~torch.isfinite(out).all()
-            elif isinstance(out, (list, tuple)):
-                if len(out) != b:
-                    raise ModelOutputError(f"model returned {len(out)} outputs for a batch of {b}")
-            else:
-                raise ModelOutputError(f"model must return a tensor or a list of outputs, got {_describe(out)}")
-            kept.append(out if reduce is None else reduce(out))
-        if bool(bad):
-            raise ModelOutputError("model returned NaN or Inf outputs")
-        if reduce is not None or isinstance(kept[0], torch.Tensor):
-            return torch.cat(kept)
-        return [item for chunk in kept for item in chunk]
+        return self.run(runtime, x, n, sigma, key, KeepOutputs(reduce, runtime.device))
 
-
-def _describe(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return type(value).__name__
+    def score_sums(
+        self,
+        model: Runtime | Callable,
+        x: torch.Tensor,
+        n: int,
+        sigma: float,
+        key: NoiseKey,
+        score: Callable[[Any], torch.Tensor] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Sums and squared sums of the [0, 1] scores of n noisy copies, and n."""
+        runtime = as_runtime(model)
+        return self.run(runtime, x, n, sigma, key, ScoreSums(score, runtime.device))

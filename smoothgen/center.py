@@ -242,8 +242,7 @@ class CenterSmoother:
 
     def _choose_center(self, x: torch.Tensor, n: int, stream: RandomStream) -> tuple[Any, float]:
         """SMOOTH step 1: n samples and their min-median center."""
-        generator = stream.generator(Purpose.CENTER, self.runtime.device)
-        samples = self.sampler.outputs(self.runtime, x, n, self.sigma, generator)
+        samples = self.sampler.outputs(self.runtime, x, n, self.sigma, stream.key(Purpose.CENTER))
         return min_median_center(samples, self.metric, self.n_candidates)
 
     def _fraction_within(self, x: torch.Tensor, n: int, center: Any, radius: float, stream: RandomStream) -> float:
@@ -253,7 +252,6 @@ class CenterSmoother:
 
     def _distances_to(self, x: torch.Tensor, num: int, center: Any, purpose: Purpose, stream: RandomStream) -> torch.Tensor:
         """Distances of `num` fresh samples to the center, reduced batch by batch (only num numbers kept)."""
-        generator = stream.generator(purpose, self.runtime.device)
         return self.sampler.outputs(
-            self.runtime, x, num, self.sigma, generator, reduce=lambda out: self.metric.distances(out, center)[:, 0]
+            self.runtime, x, num, self.sigma, stream.key(purpose), reduce=lambda out: self.metric.distances(out, center)[:, 0]
         )

@@ -116,5 +116,4 @@ class SmoothedClassifier:
         return int(self._sample_counts(x, n, Purpose.ESTIMATION, stream)[c_hat])
 
     def _sample_counts(self, x: torch.Tensor, num: int, purpose: Purpose, stream: RandomStream) -> np.ndarray:
-        generator = stream.generator(purpose, self.runtime.device)
-        return self.sampler.counts(self.runtime, x, num, self.sigma, self.num_classes, generator)
+        return self.sampler.counts(self.runtime, x, num, self.sigma, self.num_classes, stream.key(purpose))

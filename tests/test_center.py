@@ -71,8 +71,8 @@ def test_eps_out_is_gamma_one_plus_beta_times_the_order_statistic():
         assert not cert.abstained
         gamma = get_metric(metric).gamma
         center = cert.center[None]
-        generator = RandomStream(3, 0).generator(Purpose.CENTER_RADIUS)
-        distances = Sampler(777).outputs(model, x, m, sigma, generator, reduce=lambda o: get_metric(metric).distances(o, center)[:, 0])
+        key = RandomStream(3, 0).key(Purpose.CENTER_RADIUS)
+        distances = Sampler(777).outputs(model, x, m, sigma, key, reduce=lambda o: get_metric(metric).distances(o, center)[:, 0])
         p = norm.cdf(norm.ppf(0.5 + 0.2) + eps_in / sigma)
         q = p + math.sqrt(math.log(1 / alpha2) / (2 * m))
         k = math.ceil(q * m)
@@ -142,7 +142,7 @@ def test_digits_autoencoder_under_total_variation():
     from smoothgen.models import load_autoencoder, load_digits_split
 
     x = torch.from_numpy(load_digits_split().x_test[0])
-    cert = CenterSmoother(load_autoencoder(), 0.1, "tv2d").certify(x, 0.2, n=2000, m=20_000, seed=0)
+    cert = CenterSmoother(load_autoencoder(), 0.1, "tv2d", n_candidates=30).certify(x, 0.2, n=10_000, m=20_000, seed=0)
     assert not cert.abstained
     assert 0 < cert.eps_out < 64  # TV of a difference of [0,1] images with 8x8 pixels is at most 112
     assert cert.smoothing_error < cert.eps_out

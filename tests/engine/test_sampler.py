@@ -1,9 +1,18 @@
-"""The Sampler seam: batching, on-device reduction, validation, reproducibility."""
+"""The Sampler: batching, batch-invariant noise, on-device reducers, validation."""
 import numpy as np
 import pytest
 import torch
 
-from smoothgen.engine import Purpose, RandomStream, Sampler, TorchRuntime
+from smoothgen.engine import (
+    NOISE_BLOCK,
+    ClassCounts,
+    NoiseSource,
+    Purpose,
+    RandomStream,
+    Sampler,
+    ScoreSums,
+    TorchRuntime,
+)
 from smoothgen.errors import InvalidParameterError, ModelOutputError
 
 
@@ -14,60 +23,120 @@ class CountCalls(torch.nn.Module):
 
     def forward(self, x):
         self.sizes.append(x.shape[0])
-        # class = sign of the first coordinate's noise
-        return torch.stack([-x[:, 0], x[:, 0]], dim=1)
+        return torch.stack([-x[:, 0], x[:, 0]], dim=1)  # class = sign of the first coordinate
 
 
-@pytest.mark.parametrize("n,batch", [(1, 1000), (7, 3), (1000, 1000), (1023, 100)])
+def key(seed=0, request=0, purpose=Purpose.SELECTION):
+    return RandomStream(seed, request).key(purpose)
+
+
+@pytest.mark.parametrize("n,batch", [(1, 1000), (7, 3), (1000, 1000), (1023, 100), (250, 64)])
 def test_counts_cover_n_in_batches(n, batch):
     model = CountCalls()
-    counts = Sampler(batch).counts(model, torch.zeros(2), n, 1.0, 2, RandomStream(0).generator(Purpose.SELECTION))
+    counts = Sampler(batch).counts(model, torch.zeros(2), n, 1.0, 2, key())
     assert counts.dtype == np.int64 and counts.sum() == n
     assert model.sizes == [batch] * (n // batch) + ([n % batch] if n % batch else [])
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64, 100, 333, 1000, 5000])
+def test_noise_does_not_depend_on_the_batch_size(batch):
+    """Sample i of a request gets the same noise however samples are cut into batches."""
+    reference = Sampler(1000).outputs(lambda x: x, torch.arange(6.0).reshape(2, 3), 1234, 0.5, key(7, 3))
+    got = Sampler(batch).outputs(lambda x: x, torch.arange(6.0).reshape(2, 3), 1234, 0.5, key(7, 3))
+    assert torch.equal(reference, got)
+
+
+def test_noise_source_fills_any_pieces():
+    x = torch.zeros(5)
+    whole = torch.empty(257, 5)
+    NoiseSource(x, 1.0, 257, key(1)).fill(whole, 0)
+    source = NoiseSource(x, 1.0, 257, key(1))
+    pieces, start = [], 0
+    for size in (3, 97, 1, 99, 57):  # crosses block boundaries at 100 and 200 mid-piece
+        out = torch.empty(size, 5)
+        source.fill(out, start)
+        pieces.append(out)
+        start += size
+    assert torch.equal(torch.cat(pieces), whole)
+    with pytest.raises(ValueError):
+        source.fill(torch.empty(2, 5), 256)
+    assert NOISE_BLOCK == 100
 
 
 def test_runtime_max_batch_caps_the_batch():
     model = CountCalls()
     runtime = TorchRuntime(model)
     runtime.max_batch = 4
-    Sampler(100).counts(runtime, torch.zeros(2), 10, 1.0, 2, RandomStream(0).generator(Purpose.SELECTION))
+    Sampler(100).counts(runtime, torch.zeros(2), 10, 1.0, 2, key())
     assert model.sizes == [4, 4, 2]
 
 
 def test_noise_statistics():
-    # The votes of sign(noise) are Binomial(n, 1/2), and outputs have the requested sigma.
-    gen = RandomStream(3).generator(Purpose.CENTER)
-    out = Sampler(500).outputs(lambda x: x, torch.full((4,), 2.0), 20_000, 0.3, gen)
+    out = Sampler(500).outputs(lambda x: x, torch.full((4,), 2.0), 20_000, 0.3, key(3, purpose=Purpose.CENTER))
     assert out.shape == (20_000, 4)
     assert out.mean().item() == pytest.approx(2.0, abs=0.01)
     assert out.std().item() == pytest.approx(0.3, rel=0.02)
+    flat = (out - 2.0).reshape(-1).numpy()
+    from scipy.stats import kstest
+
+    assert kstest(flat / 0.3, "norm").pvalue > 1e-3
+    # No correlation between coordinates, between neighbouring samples, or across block boundaries.
     assert abs(np.corrcoef(out[:, 0].numpy(), out[:, 1].numpy())[0, 1]) < 0.03
+    assert abs(np.corrcoef(out[:-1, 0].numpy(), out[1:, 0].numpy())[0, 1]) < 0.03
+    blocks = out[: 100 * (20_000 // 100)].reshape(-1, 100, 4)
+    assert abs(np.corrcoef(blocks[:-1, :, 0].reshape(-1).numpy(), blocks[1:, :, 0].reshape(-1).numpy())[0, 1]) < 0.03
 
 
 def test_streams_are_reproducible_and_independent():
     s = RandomStream(11, 5)
+    assert s.key(Purpose.SELECTION) == RandomStream(11, 5).key(Purpose.SELECTION)
+    keys = {s.key(Purpose.SELECTION), s.key(Purpose.ESTIMATION), RandomStream(11, 6).key(Purpose.SELECTION),
+            RandomStream(12, 5).key(Purpose.SELECTION)}
+    assert len(keys) == 4
+    assert RandomStream(None).key(Purpose.SELECTION) != RandomStream(None).key(Purpose.SELECTION)
     a = torch.randn(100, generator=s.generator(Purpose.SELECTION))
-    b = torch.randn(100, generator=s.generator(Purpose.SELECTION))
-    c = torch.randn(100, generator=s.generator(Purpose.ESTIMATION))
-    d = torch.randn(100, generator=RandomStream(11, 6).generator(Purpose.SELECTION))
-    e = torch.randn(100, generator=RandomStream(12, 5).generator(Purpose.SELECTION))
-    assert torch.equal(a, b)
-    for other in (c, d, e):
-        assert not torch.equal(a, other)
-    assert not torch.equal(torch.randn(3, generator=RandomStream(None).generator(Purpose.SELECTION)),
-                           torch.randn(3, generator=RandomStream(None).generator(Purpose.SELECTION)))
+    assert torch.equal(a, torch.randn(100, generator=s.generator(Purpose.SELECTION)))
+    x = torch.zeros(3)
+    outs = [Sampler(64).outputs(lambda v: v, x, 200, 1.0, k) for k in keys]
+    for i in range(len(outs)):
+        for j in range(i):
+            assert not torch.equal(outs[i], outs[j])
 
 
 def test_outputs_reduce_keeps_only_n_numbers():
-    gen = RandomStream(0).generator(Purpose.CENTER)
-    kept = Sampler(64).outputs(lambda x: x, torch.zeros(5), 1000, 1.0, gen, reduce=lambda o: o.norm(dim=1))
+    kept = Sampler(64).outputs(lambda x: x, torch.zeros(5), 1000, 1.0, key(), reduce=lambda o: o.norm(dim=1))
     assert kept.shape == (1000,)
 
 
+def test_identity_model_outputs_are_not_overwritten_by_the_next_batch():
+    out = Sampler(10).outputs(lambda x: x, torch.zeros(2), 30, 1.0, key())
+    assert torch.unique(out, dim=0).shape[0] == 30
+
+
 def test_outputs_of_sequences_are_listed():
-    gen = RandomStream(0).generator(Purpose.CENTER)
-    out = Sampler(4).outputs(lambda x: [[1, 2]] * x.shape[0], torch.zeros(2), 10, 1.0, gen)
+    out = Sampler(4).outputs(lambda x: [[1, 2]] * x.shape[0], torch.zeros(2), 10, 1.0, key())
     assert out == [[1, 2]] * 10
+
+
+def test_score_sums():
+    # scores = 1[x_0 > 0]: its mean estimates Φ(x_0/σ).
+    sums, squares, count = Sampler(128).score_sums(lambda x: (x[:, 0] > 0).double(), torch.zeros(2), 4000, 1.0, key())
+    assert count == 4000 and sums == squares
+    assert sums / count == pytest.approx(0.5, abs=0.03)
+    sums, squares, count = Sampler(128).score_sums(lambda x: torch.softmax(x, dim=1), torch.zeros(3), 500, 1.0, key())
+    assert sums.shape == (3,) and sums.sum() == pytest.approx(500)
+    with pytest.raises(ModelOutputError):
+        Sampler(128).score_sums(lambda x: x[:, 0] * 10, torch.zeros(2), 100, 1.0, key())
+
+
+def test_class_counts_reducer_directly():
+    reducer = ClassCounts(3)
+    reducer.add(torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]]), 2)
+    assert reducer.result().tolist() == [1, 1, 0]
+    bad = ScoreSums()
+    bad.add(torch.tensor([0.5, float("nan")]), 2)
+    with pytest.raises(ModelOutputError):
+        bad.result()
 
 
 @pytest.mark.parametrize(
@@ -81,7 +150,7 @@ def test_outputs_of_sequences_are_listed():
 )
 def test_counts_reject_garbage(model):
     with pytest.raises(ModelOutputError):
-        Sampler(8).counts(model, torch.zeros(2), 20, 1.0, 2, RandomStream(0).generator(Purpose.SELECTION))
+        Sampler(8).counts(model, torch.zeros(2), 20, 1.0, 2, key())
 
 
 @pytest.mark.parametrize(
@@ -96,10 +165,34 @@ def test_counts_reject_garbage(model):
 )
 def test_outputs_reject_garbage(model):
     with pytest.raises(ModelOutputError):
-        Sampler(8).outputs(model, torch.zeros(2), 20, 1.0, RandomStream(0).generator(Purpose.CENTER))
+        Sampler(8).outputs(model, torch.zeros(2), 20, 1.0, key())
 
 
 @pytest.mark.parametrize("batch", [0, -1, 2.5, True])
 def test_bad_batch_size(batch):
     with pytest.raises(InvalidParameterError):
         Sampler(batch)
+
+
+def _peak_rss_mib(n: int) -> float:
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, sys, torch\n"
+        "from smoothgen.engine import Purpose, RandomStream, Sampler\n"
+        "model = lambda x: torch.stack([-x[:, 0], x[:, 0]], dim=1)\n"
+        "key = RandomStream(0).key(Purpose.SELECTION)\n"
+        "counts = Sampler(10_000).counts(model, torch.zeros(64), int(sys.argv[1]), 1.0, 2, key)\n"
+        "assert counts.sum() == int(sys.argv[1])\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(n)], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
+@pytest.mark.slow
+def test_constant_memory_for_a_million_samples():
+    """n = 10⁶ noisy copies of a 64-dim input (256 MiB if they were all held) run in the memory of n = 10⁴."""
+    small, large = _peak_rss_mib(10_000), _peak_rss_mib(1_000_000)
+    assert large - small < 40, f"peak RSS grew from {small:.0f} MiB to {large:.0f} MiB"

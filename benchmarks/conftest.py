@@ -1,13 +1,17 @@
-"""Prints the throughput of each benchmark and the certify/forward ratio at the end of the run."""
-from bench_record import MEDIANS, SAMPLES
+"""Prints the throughput of each benchmark and the certify/forward ratios at the end of the run."""
+from bench_record import LINES, MEDIANS, SAMPLES
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not MEDIANS:
+    if not MEDIANS and not LINES:
         return
     terminalreporter.section("smoothgen throughput (samples/s, median round)")
     rates = {name: SAMPLES[name] / MEDIANS[name] for name in MEDIANS}
     for name, rate in rates.items():
-        terminalreporter.write_line(f"{name:32s} {rate:12.0f}")
-    if "forward" in rates and "certify" in rates:
-        terminalreporter.write_line(f"{'certify / forward ratio':32s} {rates['certify'] / rates['forward']:12.3f}")
+        terminalreporter.write_line(f"{name:40s} {rate:12.0f}")
+    for name in rates:
+        if name.startswith("certify:") and "forward:" + name[8:] in rates:
+            ratio = rates[name] / rates["forward:" + name[8:]]
+            terminalreporter.write_line(f"{'certify / forward ' + name[8:]:40s} {ratio:12.3f}")
+    for text in LINES:
+        terminalreporter.write_line(text)

@@ -39,7 +39,7 @@ def test_forward_throughput(benchmark, setup):
                 model(batch).argmax(1)
 
     benchmark.pedantic(forward, rounds=5, warmup_rounds=1)
-    record(benchmark, "forward", rounds * BATCH)
+    record(benchmark, "forward:digits", rounds * BATCH)
 
 
 def test_certify_throughput(benchmark, setup):
@@ -48,4 +48,4 @@ def test_certify_throughput(benchmark, setup):
     smoothed = SmoothedClassifier(model, 10, 0.25, batch_size=BATCH)
     cert = benchmark.pedantic(lambda: smoothed.certify(x, N0, N, 0.001, seed=0), rounds=5, warmup_rounds=1)
     assert not cert.abstained
-    record(benchmark, "certify", N0 + N)
+    record(benchmark, "certify:digits", N0 + N)

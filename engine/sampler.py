@@ -52,34 +52,61 @@ class Sampler:
     def __init__(self, batch_size: int = DEFAULT_BATCH_SIZE):
         self.batch_size = check_batch_size(batch_size)
 
-    def run(self, model: Runtime | Callable, x: torch.Tensor, n: int, sigma: float, key: NoiseKey, reducer: Reducer) -> Any:
+    def run(
+        self,
+        model: Runtime | Callable,
+        x: torch.Tensor,
+        n: int,
+        sigma: float,
+        key: NoiseKey,
+        reducer: Reducer,
+        start: int = 0,
+        total: int | None = None,
+    ) -> Any:
         """Feed n noisy copies x + σ·ε_i (noise keyed by `key`) to the model and return `reducer.result()`.
+
+        Args:
+            start, total: take copies start .. start + n − 1 of a stream of `total` copies (default:
+                0 .. n − 1 of n), so that a sequential test can continue one stream look by look.
 
         Shapes:
             x: one input [*S] (no batch dimension).
         """
+        total = n if total is None else total
+        if start < 0 or start + n > total:
+            raise InvalidParameterError(f"copies {start}..{start + n} outside the stream of {total}")
         runtime = as_runtime(model)
         size = self.batch_size if runtime.max_batch is None else min(self.batch_size, runtime.max_batch)
         x = x.to(runtime.device)
         buffer = torch.empty((min(size, n), *x.shape), dtype=x.dtype, device=runtime.device)
-        source = NoiseSource(x, sigma, n, key)
+        source = NoiseSource(x, sigma, total, key)
         done = 0
         while done < n:
             b = min(size, n - done)
             batch = buffer[:b]
-            source.fill(batch, done)
+            source.fill(batch, start + done)
             reducer.add(detach_from(runtime.run(batch), buffer), b)
             done += b
         return reducer.result()
 
-    def counts(self, model: Runtime | Callable, x: torch.Tensor, n: int, sigma: float, num_classes: int, key: NoiseKey) -> np.ndarray:
+    def counts(
+        self,
+        model: Runtime | Callable,
+        x: torch.Tensor,
+        n: int,
+        sigma: float,
+        num_classes: int,
+        key: NoiseKey,
+        start: int = 0,
+        total: int | None = None,
+    ) -> np.ndarray:
         """Class counts of argmax f(x + ε) over n noisy copies: an int64 array [num_classes].
 
         Raises:
             ModelOutputError: the model returned a wrong shape, a non-floating tensor, or NaN/Inf.
         """
         runtime = as_runtime(model)
-        return self.run(runtime, x, n, sigma, key, ClassCounts(num_classes, runtime.device))
+        return self.run(runtime, x, n, sigma, key, ClassCounts(num_classes, runtime.device), start, total)
 
     def outputs(
         self,

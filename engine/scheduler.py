@@ -47,6 +47,8 @@ class Request:
         key: the request's noise key (`RandomStream(seed, request_id).key(purpose)`).
         reducer: what to keep (ClassCounts, KeepOutputs, ScoreSums); its result is the future's result.
         quota: at most this many of its samples per device batch (None: the scheduler's quota).
+        start, total: copies start .. start + n − 1 of a stream of `total` copies (default 0 .. n − 1 of
+            n), for sequential tests that continue one stream look by look.
     """
 
     x: torch.Tensor
@@ -55,6 +57,8 @@ class Request:
     key: NoiseKey
     reducer: Reducer
     quota: int | None = None
+    start: int = 0
+    total: int | None = None
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,10 @@ class Scheduler:
                 raise QueueFullError(f"{self.max_pending} requests in flight for {timeout} s")
             if self._closed:
                 raise SchedulerClosedError("the scheduler is closed")
-            source = NoiseSource(x, request.sigma, request.n, request.key)
+            total = request.n if request.total is None else request.total
+            if request.start < 0 or request.start + request.n > total:
+                raise InvalidParameterError(f"copies {request.start}..{request.start + request.n} outside the stream of {total}")
+            source = NoiseSource(x, request.sigma, total, request.key)
             self._active.append(_Active(request, future, source, time.perf_counter()))
             self._lock.notify_all()
         return future
@@ -218,7 +225,7 @@ class Scheduler:
         now = time.perf_counter()
         try:
             for active, offset, count in slices:
-                active.source.fill(batch[offset : offset + count], active.done)
+                active.source.fill(batch[offset : offset + count], active.request.start + active.done)
                 if active.started is None:
                     active.started = now
             outputs = detach_from(self.runtime.run(batch), self._buffer)
@@ -282,8 +289,11 @@ class ScheduledSampler:
         self._check_model(model)
         return self.scheduler.submit(Request(x, n, sigma, key, reducer)).result()
 
-    def counts(self, model: Any, x: torch.Tensor, n: int, sigma: float, num_classes: int, key: NoiseKey) -> np.ndarray:
-        return self._request(model, x, n, sigma, key, ClassCounts(num_classes, self.scheduler.runtime.device))
+    def counts(self, model: Any, x: torch.Tensor, n: int, sigma: float, num_classes: int, key: NoiseKey,
+               start: int = 0, total: int | None = None) -> np.ndarray:
+        self._check_model(model)
+        request = Request(x, n, sigma, key, ClassCounts(num_classes, self.scheduler.runtime.device), start=start, total=total)
+        return self.scheduler.submit(request).result()
 
     def outputs(self, model: Any, x: torch.Tensor, n: int, sigma: float, key: NoiseKey, reduce: Callable | None = None) -> Any:
         return self._request(model, x, n, sigma, key, KeepOutputs(reduce, self.scheduler.runtime.device))

@@ -54,8 +54,11 @@ class ClassificationCertificate:
         prediction: the certified class, or ABSTAIN (−1).
         radius: σ·Φ⁻¹(p_lower) (0 when abstaining).
         p_lower: one-sided (1 − alpha) Clopper–Pearson lower bound on pA from the estimation sample.
-        count: votes for the selected class in the estimation sample (nA).
+        count: votes for the selected class among the estimation samples drawn (nA).
         selected: the class chosen from the selection sample (also when abstaining).
+        samples: estimation samples actually drawn: less than n when the run stopped early because
+            even n votes for the class could not have lifted p_lower above 1/2 (the same abstention
+            the full run gives).
     """
 
     prediction: int
@@ -68,6 +71,11 @@ class ClassificationCertificate:
     n: int
     alpha: float
     seed: int | None
+    samples: int = -1
+
+    def __post_init__(self) -> None:
+        if self.samples == -1:
+            object.__setattr__(self, "samples", self.n)
 
     @property
     def abstained(self) -> bool:
@@ -75,6 +83,51 @@ class ClassificationCertificate:
 
     def to_record(self) -> dict[str, Any]:
         return _record(self)
+
+
+@dataclass(frozen=True)
+class SequentialCertificate:
+    """Answer of CERTIFY-AT: is the smoothed classifier certified at `radius` around x?
+
+    The test of pA > Φ(radius/σ) looks at the estimation sample after `looks[k]` samples, with a
+    Clopper–Pearson bound at level alpha/K at each of the K looks (Bonferroni), and stops at the first
+    look that decides. With probability ≥ 1 − alpha, `certified` implies g(x') = prediction for every
+    ‖x' − x‖₂ < radius.
+
+    Attributes:
+        prediction: the class chosen from the selection sample, or ABSTAIN (−1) when not certified.
+        certified: True when the lower bound cleared Φ(radius/σ) at some look.
+        decision: "certified", "rejected" (an upper bound proved pA ≤ Φ(radius/σ): no n would certify),
+            or "undecided" (the last look came without either).
+        p_lower, p_upper: the bounds at the deciding (or last) look, each at level alpha/K.
+        certified_radius: σ·Φ⁻¹(p_lower) at that look (≥ radius when certified; 0 if p_lower ≤ 1/2).
+        samples: estimation samples drawn (the look that decided); n0 selection samples come on top.
+    """
+
+    prediction: int
+    certified: bool
+    decision: str
+    radius: float
+    certified_radius: float
+    p_lower: float
+    p_upper: float
+    count: int
+    samples: int
+    selected: int
+    sigma: float
+    n0: int
+    looks: tuple[int, ...]
+    alpha: float
+    seed: int | None
+
+    @property
+    def abstained(self) -> bool:
+        return not self.certified
+
+    def to_record(self) -> dict[str, Any]:
+        record = _record(self)
+        record["looks"] = list(self.looks)
+        return record
 
 
 @dataclass(frozen=True)

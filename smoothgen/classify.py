@@ -12,9 +12,16 @@ import numpy as np
 import torch
 
 from smoothgen import stats
-from smoothgen.certificates import ABSTAIN, ClassificationCertificate, Prediction
+from smoothgen.certificates import ABSTAIN, ClassificationCertificate, Prediction, SequentialCertificate
 from smoothgen.engine import DEFAULT_BATCH_SIZE, Purpose, RandomStream, Runtime, Sampler, as_runtime
-from smoothgen.validate import check_alpha, check_count, check_input, check_sigma
+from smoothgen.errors import InvalidParameterError
+from smoothgen.validate import check_alpha, check_count, check_input, check_positive, check_sigma
+
+#: Looks of the sequential test (THEORY.md §6): a geometric schedule up to 10⁵ samples.
+DEFAULT_LOOKS = (100, 1_000, 10_000, 100_000)
+
+#: Estimation samples between two checks of `certify`'s early abstention.
+_ABSTAIN_CHECK_EVERY = 10_000
 
 
 class SmoothedClassifier:
@@ -100,20 +107,101 @@ class SmoothedClassifier:
         alpha = check_alpha(alpha)
         stream = RandomStream(seed, request_id)
         c_hat = self._select(x, n0, stream)
-        n_a = self._estimate(x, n, c_hat, stream)
-        p_lower = stats.clopper_pearson_lower(n_a, n, alpha)
+        n_a, drawn = self._estimate(x, n, c_hat, alpha, stream)
+        p_lower = stats.clopper_pearson_lower(n_a, n, alpha) if drawn == n else 0.0
         if p_lower <= 0.5:
-            return ClassificationCertificate(ABSTAIN, 0.0, p_lower, n_a, c_hat, self.sigma, n0, n, alpha, seed)
+            return ClassificationCertificate(ABSTAIN, 0.0, p_lower, n_a, c_hat, self.sigma, n0, n, alpha, seed, drawn)
         radius = stats.cohen_radius(self.sigma, p_lower)
-        return ClassificationCertificate(c_hat, radius, p_lower, n_a, c_hat, self.sigma, n0, n, alpha, seed)
+        return ClassificationCertificate(c_hat, radius, p_lower, n_a, c_hat, self.sigma, n0, n, alpha, seed, drawn)
+
+    def certify_at(
+        self,
+        x: torch.Tensor,
+        radius: float,
+        alpha: float,
+        n0: int = 100,
+        looks: tuple[int, ...] = DEFAULT_LOOKS,
+        seed: int | None = None,
+        request_id: int = 0,
+    ) -> SequentialCertificate:
+        """CERTIFY-AT: is g certified at `radius` around x? Stops as soon as the answer is known.
+
+        After choosing ĉA from n0 selection samples, tests pA > Φ(radius/σ) on ONE growing estimation
+        sample, looking after looks[k] samples (THEORY.md §6, Voráček 2024): with K looks, each look
+        uses Clopper–Pearson at alpha/K, so the chance that any look wrongly certifies is ≤ alpha
+        (union bound). It stops on the first look whose lower bound clears Φ(radius/σ) (certified) or
+        whose upper bound falls to it or below (rejected: no more samples would certify).
+
+        Args:
+            x: one input (no batch dimension).
+            radius: the ℓ2 radius r > 0 to certify.
+            alpha: failure probability of the certificate.
+            n0: selection samples.
+            looks: increasing cumulative sample counts at which the test looks.
+            seed, request_id: the request's random stream.
+
+        Shapes:
+            x: [*input_shape]
+        """
+        x = check_input(x, self.input_shape)
+        radius = check_positive(radius, "radius")
+        alpha = check_alpha(alpha)
+        n0 = check_count(n0, "n0")
+        looks = tuple(check_count(k, "looks") for k in looks)
+        if not looks or any(b <= a for a, b in zip(looks, looks[1:])):
+            raise InvalidParameterError(f"looks must be a non-empty increasing sequence, got {looks}")
+        stream = RandomStream(seed, request_id)
+        c_hat = self._select(x, n0, stream)
+        threshold = stats.normal_cdf(radius / self.sigma)
+        level = alpha / len(looks)
+        n_a, drawn, key = 0, 0, stream.key(Purpose.ESTIMATION)
+        for look in looks:
+            counts = self.sampler.counts(self.runtime, x, look - drawn, self.sigma, self.num_classes, key,
+                                         start=drawn, total=looks[-1])
+            n_a, drawn = n_a + int(counts[c_hat]), look
+            p_lower = stats.clopper_pearson_lower(n_a, drawn, level)
+            p_upper = stats.clopper_pearson_upper(n_a, drawn, level)
+            decision = "certified" if p_lower > threshold else ("rejected" if p_upper <= threshold else "undecided")
+            if decision != "undecided":
+                break
+        certified = decision == "certified"
+        return SequentialCertificate(
+            prediction=c_hat if certified else ABSTAIN,
+            certified=certified,
+            decision=decision,
+            radius=radius,
+            certified_radius=stats.cohen_radius(self.sigma, p_lower),
+            p_lower=p_lower,
+            p_upper=p_upper,
+            count=n_a,
+            samples=drawn,
+            selected=c_hat,
+            sigma=self.sigma,
+            n0=n0,
+            looks=looks,
+            alpha=alpha,
+            seed=seed,
+        )
 
     def _select(self, x: torch.Tensor, n0: int, stream: RandomStream) -> int:
         """Step 1: ĉA = argmax of the selection counts."""
         return int(np.argmax(self._sample_counts(x, n0, Purpose.SELECTION, stream)))
 
-    def _estimate(self, x: torch.Tensor, n: int, c_hat: int, stream: RandomStream) -> int:
-        """Step 2: nA = votes for ĉA among n fresh samples."""
-        return int(self._sample_counts(x, n, Purpose.ESTIMATION, stream)[c_hat])
+    def _estimate(self, x: torch.Tensor, n: int, c_hat: int, alpha: float, stream: RandomStream) -> tuple[int, int]:
+        """Step 2: nA = votes for ĉA among n fresh samples, and how many were drawn.
+
+        Drawn in chunks; stops early only when even all remaining votes for ĉA could not lift the
+        Clopper–Pearson bound above 1/2 — then the full run would abstain too, so the answer is the same.
+        """
+        key = stream.key(Purpose.ESTIMATION)
+        n_a = drawn = 0
+        while drawn < n:
+            chunk = min(_ABSTAIN_CHECK_EVERY, n - drawn)
+            counts = self.sampler.counts(self.runtime, x, chunk, self.sigma, self.num_classes, key, start=drawn, total=n)
+            n_a, drawn = n_a + int(counts[c_hat]), drawn + chunk
+            if drawn < n and stats.clopper_pearson_lower(n_a + (n - drawn), n, alpha) <= 0.5:
+                break
+        return n_a, drawn
 
     def _sample_counts(self, x: torch.Tensor, num: int, purpose: Purpose, stream: RandomStream) -> np.ndarray:
         return self.sampler.counts(self.runtime, x, num, self.sigma, self.num_classes, stream.key(purpose))

@@ -33,3 +33,7 @@ class ModelLoadError(SmoothgenError, OSError):
 
 class ResultsFileError(SmoothgenError, OSError):
     """A results file cannot be resumed: it belongs to another run or holds a corrupt record."""
+
+
+class BackendUnavailableError(SmoothgenError, RuntimeError):
+    """A requested runtime backend (torch.compile, ONNX Runtime provider, TensorRT) cannot run here."""

@@ -7,6 +7,7 @@ from scipy.stats import binom, norm
 from smoothgen import ABSTAIN, SmoothedClassifier
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError
 from smoothgen import stats
+from smoothgen.engine import Purpose, RandomStream
 
 from oracles import LinearBinary
 
@@ -168,3 +169,83 @@ def test_bad_inputs(x, linear_binary):
 def test_garbage_model_outputs(forward):
     with pytest.raises(ModelOutputError):
         SmoothedClassifier(forward, 2, 0.5).certify(torch.zeros(2), 10, 10, 0.1, seed=0)
+
+
+# ---------------------------------------------------------------- sequential certification (THEORY.md §6)
+def test_certify_at_false_certification_rate_at_most_alpha():
+    """At a radius above the exact one the answer 'certified' is wrong: it may come in at most ~alpha of runs."""
+    model = LinearBinary(torch.tensor([1.0, 0.0]), 0.0)
+    x = torch.tensor([0.25, 0.0])  # exact radius 0.25; sigma 0.5 -> pA = Φ(0.5) ≈ 0.69
+    smoothed = SmoothedClassifier(model, 2, 0.5, batch_size=1000)
+    runs, alpha = 300, 0.2
+    wrong = sum(smoothed.certify_at(x, 0.26, alpha, n0=20, looks=(50, 200, 1000), seed=s).certified for s in range(runs))
+    assert binom.sf(wrong - 1, runs, alpha) > 1e-3, f"{wrong}/{runs} wrong certifications"
+    # ... and the test has power below the exact radius.
+    right = sum(smoothed.certify_at(x, 0.1, alpha, n0=20, looks=(50, 200, 1000), seed=s).certified for s in range(50))
+    assert right >= 40
+
+
+def test_certify_at_pointwise_bound_would_be_caught():
+    """Sanity of the oracle above: a look that used the point estimate certifies wrongly far too often."""
+    model = LinearBinary(torch.tensor([1.0, 0.0]), 0.0)
+    x = torch.tensor([0.25, 0.0])
+    smoothed = SmoothedClassifier(model, 2, 0.5, batch_size=1000)
+    threshold = norm.cdf(0.26 / 0.5)
+    wrong = sum(smoothed.certify_at(x, 0.26, 0.2, n0=20, looks=(50,), seed=s).count / 50 > threshold for s in range(300))
+    assert binom.sf(wrong - 1, 300, 0.2) < 1e-3
+
+
+def test_certify_at_stops_early():
+    easy = SmoothedClassifier(Constant(3), 10, 0.5)
+    cert = easy.certify_at(torch.zeros(4), 0.5, 0.001, n0=10, seed=0)
+    assert cert.certified and cert.decision == "certified" and cert.prediction == 3 and cert.samples == 100
+    assert cert.certified_radius >= 0.5 and cert.to_record()["looks"] == [100, 1_000, 10_000, 100_000]
+    # A radius no sample size can reach at pA = Φ(0.5) ≈ 0.69 is rejected at the first look.
+    model = LinearBinary(torch.tensor([1.0, 0.0]), 0.0)
+    hopeless = SmoothedClassifier(model, 2, 0.5).certify_at(torch.tensor([0.25, 0.0]), 1.0, 0.001, seed=0)
+    assert hopeless.decision == "rejected" and hopeless.samples == 100 and hopeless.prediction == ABSTAIN
+
+
+def test_certify_at_continues_one_stream():
+    """Looks extend one estimation sample: its final count equals one draw of looks[-1] samples."""
+    model = LinearBinary(torch.tensor([1.0, 0.0]), 0.0)
+    x = torch.tensor([0.05, 0.0])
+    smoothed = SmoothedClassifier(model, 2, 0.5, batch_size=64)
+    cert = smoothed.certify_at(x, 0.2, 0.001, n0=50, looks=(100, 300, 1000), seed=4)
+    assert cert.decision in ("rejected", "undecided")
+    full = smoothed.sampler.counts(model, x, cert.samples, 0.5, 2, RandomStream(4, 0).key(Purpose.ESTIMATION))
+    assert cert.count == int(full[cert.selected])
+
+
+def test_certify_abstains_early_with_the_same_answer():
+    # Ten equally likely classes (the argmax of the noise itself): ĉA gets about 10% of the votes, so
+    # after 60 000 of 100 000 samples even 40 000 more votes could not lift its bound above 1/2.
+    uniform = SmoothedClassifier(lambda z: z, 10, 1.0)
+    early = uniform.certify(torch.zeros(10), 100, 100_000, 0.001, seed=0)
+    assert early.abstained and early.samples == 60_000 and early.radius == 0.0
+    # A coin flip can never stop early (ĉA keeps half the votes), and abstains after all n.
+    coin = SmoothedClassifier(LinearBinary(torch.tensor([1.0]), 0.0), 2, 1.0)
+    assert coin.certify(torch.zeros(1), 100, 20_000, 0.001, seed=0).samples == 20_000
+    confident = SmoothedClassifier(Constant(1, 2), 2, 0.5).certify(torch.zeros(1), 10, 30_000, 0.001, seed=0)
+    assert not confident.abstained and confident.samples == 30_000 and confident.count == 30_000
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(radius=0.0), dict(radius=-1.0), dict(alpha=0.0), dict(looks=()), dict(looks=(100, 50)), dict(n0=0)]
+)
+def test_certify_at_bad_parameters(kwargs, linear_binary):
+    args = dict(x=torch.zeros(2), radius=0.5, alpha=0.01) | kwargs
+    with pytest.raises(InvalidParameterError):
+        SmoothedClassifier(linear_binary, 2, 0.5).certify_at(**args)
+
+
+def test_certify_at_with_many_looks_keeps_alpha():
+    """Ten looks at a radius just above the exact one: without the alpha/K split (Bonferroni) about 35% of
+    runs certify wrongly at alpha = 0.1; with it, at most ~alpha may."""
+    model = LinearBinary(torch.tensor([1.0, 0.0]), 0.0)
+    x = torch.tensor([0.25, 0.0])
+    smoothed = SmoothedClassifier(model, 2, 0.5, batch_size=4096)
+    looks = tuple(25 * 2**k for k in range(10))
+    runs, alpha = 300, 0.1
+    wrong = sum(smoothed.certify_at(x, 0.2501, alpha, n0=20, looks=looks, seed=s).certified for s in range(runs))
+    assert binom.sf(wrong - 1, runs, alpha) > 1e-3, f"{wrong}/{runs} wrong certifications"

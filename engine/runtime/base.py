@@ -17,6 +17,7 @@ class Runtime(abc.ABC):
 
     device: torch.device
     max_batch: int | None = None
+    backend: str = "custom"
 
     @abc.abstractmethod
     def run(self, batch: torch.Tensor) -> Any:
@@ -28,8 +29,12 @@ class Runtime(abc.ABC):
         """
 
     def warmup(self, example: torch.Tensor) -> None:
-        """Run once on a small batch so that lazy initialisation is not timed or certified."""
-        self.run(example[:1].to(self.device))
+        """Run once so that lazy initialisation (compilation, engine build) is not timed or certified.
+
+        Args:
+            example: one input, no batch dimension.
+        """
+        self.run(example.to(self.device)[None])
 
     def __call__(self, batch: torch.Tensor) -> Any:
         return self.run(batch)

@@ -23,6 +23,8 @@ class TorchRuntime(Runtime):
         device: where to run; default: the device of the module's first parameter, else CPU.
     """
 
+    backend = "eager"
+
     def __init__(self, model: "torch.nn.Module | Callable[[torch.Tensor], Any]", device: str | None = None):
         if not callable(model):
             raise TypeError(f"model must be callable, got {type(model).__name__}")

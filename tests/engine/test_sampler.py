@@ -196,3 +196,14 @@ def test_constant_memory_for_a_million_samples():
     """n = 10⁶ noisy copies of a 64-dim input (256 MiB if they were all held) run in the memory of n = 10⁴."""
     small, large = _peak_rss_mib(10_000), _peak_rss_mib(1_000_000)
     assert large - small < 40, f"peak RSS grew from {small:.0f} MiB to {large:.0f} MiB"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the fused Triton noise path)")
+@pytest.mark.parametrize("batch", [7, 100, 1000])
+def test_cuda_noise_is_batch_invariant_and_gaussian(batch):
+    x = torch.arange(6.0, device="cuda").reshape(2, 3)
+    reference = Sampler(4096).outputs(lambda v: v, x, 5000, 0.5, key(7, 3))
+    got = Sampler(batch).outputs(lambda v: v, x, 5000, 0.5, key(7, 3))
+    assert got.is_cuda and torch.equal(reference, got)
+    noise = (got - x) / 0.5
+    assert abs(noise.mean().item()) < 0.02 and abs(noise.std().item() - 1.0) < 0.02

@@ -41,6 +41,7 @@ of the inputs plus one block.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -243,6 +244,7 @@ def register_metric(
     kind: str = "tensor",
     description: str = "",
     overwrite: bool = False,
+    jit: bool | None = None,
 ) -> Metric:
     """Register a metric under a name, from a distance of two outputs or a vectorised pairwise.
 
@@ -257,13 +259,20 @@ def register_metric(
         kind: ``"tensor"`` or ``"sequence"``.
         description: One line describing the metric.
         overwrite: Replace a metric already registered under ``name`` instead of raising.
+        jit: How ``fn`` is evaluated (smoothgen.kernels.numba_metrics). None (default): compiled by
+            numba into a parallel pairwise loop when it compiles for the outputs (``fn`` then gets
+            NumPy arrays: float64 for floating outputs, int64 for integer outputs and token
+            sequences), else the plain double loop with the reason logged once. True: numba or a
+            `MetricError`. False: always the plain double loop (``fn`` gets the items as given).
+            ``SMOOTHGEN_KERNELS=reference`` turns the numba path off unless ``jit=True``.
 
     Returns:
         The registered `Metric`.
 
     Raises:
-        InvalidParameterError: a bad name, gamma or kind; both or neither of ``fn`` and
-            ``pairwise``; or ``name`` already registered and ``overwrite`` is false.
+        InvalidParameterError: a bad name, gamma, kind or jit; both or neither of ``fn`` and
+            ``pairwise``; ``jit`` given with ``pairwise``; or ``name`` already registered and
+            ``overwrite`` is false.
     """
     if (fn is None) == (pairwise is None):
         raise InvalidParameterError(
@@ -273,8 +282,10 @@ def register_metric(
         raise InvalidParameterError(f"fn must be callable, got {type(fn).__name__}")
     if kind not in _KINDS:
         raise InvalidParameterError(f"metric kind must be one of {_KINDS}, got {kind!r}")
+    if jit is not None and (not isinstance(jit, bool) or fn is None):
+        raise InvalidParameterError(f"jit must be None, True or False and applies to fn metrics only, got {jit!r}")
     if fn is not None:
-        pairwise = _pairwise_from_fn(fn, kind, name)
+        pairwise = _pairwise_from_fn(fn, kind, name, jit)
     metric = Metric(name=name, gamma=gamma, pairwise=pairwise, kind=kind, description=description)
     with _REGISTRY_LOCK:
         if name in _REGISTRY and not overwrite:
@@ -286,15 +297,26 @@ def register_metric(
 
 
 def _pairwise_from_fn(
-    fn: Callable[[Any, Any], float], kind: str, name: str
+    fn: Callable[[Any, Any], float], kind: str, name: str, jit: bool | None = None
 ) -> Callable[[Outputs, Outputs], torch.Tensor]:
-    """Wrap a distance of two single outputs into a pairwise distance (a plain double loop)."""
+    """Wrap a distance of two single outputs into a pairwise distance: numba's parallel loop when it
+    compiles (see `register_metric`'s ``jit``), else a plain double loop."""
+    from smoothgen.kernels import numba_metrics
+
+    compiled = None if jit is False else numba_metrics.NumbaPairwise(fn, kind, name)
 
     def pairwise(a: Outputs, b: Outputs) -> torch.Tensor:
         device = torch.device("cpu")
         if kind == "tensor":
             a, b = _check_tensor_outputs(a, b, name)
             device = a.device
+        if compiled is not None and (jit or os.environ.get("SMOOTHGEN_KERNELS", "").strip().lower() != "reference"):
+            try:
+                return compiled(a, b).to(device)
+            except numba_metrics.NumbaUnavailable as exc:
+                if jit:
+                    raise MetricError(f"metric {name!r} was registered with jit=True, but {exc}") from exc
+                numba_metrics.log_fallback(name, str(exc))
         rows = [[_to_float(fn(x, y), name) for y in b] for x in a]
         return torch.tensor(rows, dtype=torch.float64, device=device).reshape(len(a), len(b))
 

@@ -1,0 +1,56 @@
+"""What every Triton launcher needs to know: can a kernel run on this tensor's device?
+
+Triton compiles for CUDA devices. On CPU tensors a kernel runs only under Triton's interpreter, which
+must be switched on (``TRITON_INTERPRET=1``) before ``triton`` is first imported: triton 3.x decides
+at decoration time whether ``@triton.jit`` builds a compiled or an interpreted function, and its own
+library functions (``tl.randn4x``, ...) are decorated when triton is imported. The tests do this in
+tests/kernels/conftest.py. This module is imported only by the kernel files, never at package import.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from smoothgen.errors import InvalidInputError
+
+#: True when triton's own library functions were built by the interpreter (TRITON_INTERPRET=1 was set
+#: before triton was imported). Then every kernel runs interpreted (NumPy on the host), on any device.
+INTERPRETED: bool = type(tl.randn4x).__name__ == "InterpretedFunction"
+
+
+#: The interpreter casts float32 to bfloat16 by truncation (triton 3.9), the GPU rounds to nearest even.
+#: Kernels cast through `to_bf16_rne` when interpreted so that both give the GPU's (and torch's) result.
+EXACT_BF16_CAST: bool = INTERPRETED
+
+
+@triton.jit
+def to_bf16_rne(x):
+    """float32 -> bfloat16, round to nearest even, in integer arithmetic (finite and infinite values)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+def check_device(*tensors: torch.Tensor) -> torch.device:
+    """The one device of `tensors`, after checking a Triton kernel can run there."""
+    device = tensors[0].device
+    for t in tensors[1:]:
+        if t is not None and t.device != device:
+            raise InvalidInputError(f"tensors on different devices: {device} and {t.device}")
+    if INTERPRETED or device.type == "cuda":
+        return device
+    raise InvalidInputError(
+        f"Triton kernels run on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1, set before "
+        f"triton is imported); got a tensor on {device}. Use the smoothgen.kernels dispatch or the *_reference op."
+    )
+
+
+def launch_options(**gpu_options) -> dict:
+    """Keyword arguments of a launch: GPU tuning options, and fp fusion off so that x + σ·ε rounds
+    exactly as torch's separate multiply and add do (explicit-noise results are then bit for bit
+    those of the reference). The interpreter ignores them."""
+    return {"enable_fp_fusion": False, **gpu_options}
+
+
+__all__ = ["EXACT_BF16_CAST", "INTERPRETED", "to_bf16_rne", "check_device", "launch_options", "tl", "triton"]

@@ -6,6 +6,11 @@ f(x + ε). `smooth` finds it (or abstains); `certify` bounds how far it can move
 
 Three independent sample sets are drawn, each from its own random stream: the n samples that choose the
 center, the n fresh samples of the acceptance check, and the m fresh samples of the certified radius.
+
+Distances and selections run in smoothgen's C++ core (`smoothgen._C`) for the built-in metrics it
+implements (l2, l1, cosine, tv1d, tv2d) on CPU float tensors, when it is built and enabled; the torch code
+here is the reference, used for everything else and with `SMOOTHGEN_CORE=0`. Both give the same medians
+and centers for the same distances, and distances equal to float32 rounding (tests/csrc).
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from smoothgen import stats
+from smoothgen import _core, metrics, stats
 from smoothgen.certificates import CenterCertificate, CenterSmoothingResult
 from smoothgen.engine import DEFAULT_BATCH_SIZE, Purpose, RandomStream, Runtime, Sampler, as_runtime
 from smoothgen.errors import InvalidParameterError, ModelOutputError
@@ -41,10 +46,81 @@ def _length(outputs: Any) -> int:
     return outputs.shape[0] if isinstance(outputs, torch.Tensor) else len(outputs)
 
 
+#: The built-in metrics the C++ core computes, by their pairwise function (a metric registered over a
+#: built-in name with another function is not one of them), and the core's metric kind.
+_CORE_KINDS = {
+    fn: kind
+    for fn, kind in (
+        (getattr(metrics, "_l2", None), 0),
+        (getattr(metrics, "_l1", None), 1),
+        (getattr(metrics, "_cosine", None), 2),
+        (getattr(metrics, "_tv1d", None), 3),
+        (getattr(metrics, "_tv2d", None), 4),
+    )
+    if fn is not None
+}
+#: Output dtypes whose reference distances are computed in float32 (metrics._float_outputs).
+_CORE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _core_metric(metric: Metric, *outputs: Any) -> dict[str, int] | None:
+    """The core's metric arguments for these outputs, or None when the core cannot compute them exactly
+    as the reference would (then the reference runs): core off, a metric it lacks, outputs that are not
+    non-empty CPU float32/16 tensors of one shape, or shapes the metric rejects (the reference says why)."""
+    if not _core.enabled():
+        return None
+    kind = _CORE_KINDS.get(metric.pairwise)
+    if kind is None:
+        return None
+    shape = None
+    for x in outputs:
+        if not isinstance(x, torch.Tensor) or x.device.type != "cpu" or x.dtype not in _CORE_DTYPES:
+            return None
+        if x.dim() < 1 or x.shape[0] < 1 or (shape is not None and x.shape[1:] != shape):
+            return None
+        shape = x.shape[1:]
+    if shape is None or math.prod(shape) == 0:
+        return None
+    args = {"kind": kind}
+    if kind == 3:  # tv1d: along the last axis
+        if len(shape) < 1:
+            return None
+        args["length"] = shape[-1]
+    elif kind == 4:  # tv2d: [C, H, W] or [H, W]
+        if len(shape) not in (2, 3):
+            return None
+        args["channels"], args["height"], args["width"] = (1, *shape) if len(shape) == 2 else tuple(shape)
+    return args
+
+
+def _core_rows(x: torch.Tensor):
+    """Outputs [n, *shape] as a C-contiguous float32 NumPy array [n, prod(shape)] (a view when possible)."""
+    x = x.detach()
+    if x.dtype != torch.float32:
+        x = x.float()  # what the reference computes in for half precision
+    return x.reshape(x.shape[0], -1).contiguous().numpy()
+
+
 def median_distances(candidates: Any, samples: Any, metric: Metric) -> torch.Tensor:
     """For each candidate, the median (the ⌈n/2⌉-th smallest, an order statistic) of its distances to the samples.
 
-    Computed in row blocks so that at most `_ROW_BLOCK_ENTRIES` distances exist at once.
+    Computed in row blocks so that at most `_ROW_BLOCK_ENTRIES` distances exist at once (in the C++ core
+    when it can, see `_core_metric`; else by `median_distances_reference`).
+
+    Shapes:
+        candidates: n_c outputs, samples: n outputs -> [n_c]
+    """
+    args = _core_metric(metric, candidates, samples)
+    if args is not None:
+        try:
+            return torch.from_numpy(_core.get().median_distances(_core_rows(candidates), _core_rows(samples), **args))
+        except _core.CoreError:
+            pass  # NaN/Inf outputs, a zero vector for cosine, ...: the reference raises the documented error
+    return median_distances_reference(candidates, samples, metric)
+
+
+def median_distances_reference(candidates: Any, samples: Any, metric: Metric) -> torch.Tensor:
+    """`median_distances` in torch: `metric.distances` by row blocks, then torch.kthvalue.
 
     Shapes:
         candidates: n_c outputs, samples: n outputs -> [n_c]
@@ -73,6 +149,17 @@ def min_median_center(samples: Any, metric: Metric, n_candidates: int | None = N
         (ẑ as a batch of one output, r̂).
     """
     n = _length(samples)
+    args = _core_metric(metric, samples) if n_candidates is None or n_candidates >= 1 else None
+    if args is not None:
+        try:
+            # The same argmin (first index on ties) of the same medians; rows whose median provably
+            # exceeds the best one found skip their selection.
+            best, radius = _core.get().min_median_center(
+                _core_rows(samples), 0 if n_candidates is None else int(n_candidates), **args
+            )
+            return _select(samples, int(best)), float(radius)
+        except _core.CoreError:
+            pass  # the reference raises the documented error
     candidates = samples if n_candidates is None else _select(samples, slice(0, min(n_candidates, n)))
     medians = median_distances(candidates, samples, metric)
     best = int(torch.argmin(medians))
@@ -253,5 +340,16 @@ class CenterSmoother:
     def _distances_to(self, x: torch.Tensor, num: int, center: Any, purpose: Purpose, stream: RandomStream) -> torch.Tensor:
         """Distances of `num` fresh samples to the center, reduced batch by batch (only num numbers kept)."""
         return self.sampler.outputs(
-            self.runtime, x, num, self.sigma, stream.key(purpose), reduce=lambda out: self.metric.distances(out, center)[:, 0]
+            self.runtime, x, num, self.sigma, stream.key(purpose), reduce=lambda out: _center_distances(self.metric, out, center)
         )
+
+
+def _center_distances(metric: Metric, outputs: Any, center: Any) -> torch.Tensor:
+    """d(outputs_i, ẑ) for a batch of outputs and the center (a batch of one): [b]."""
+    args = _core_metric(metric, outputs, center)
+    if args is not None:
+        try:
+            return torch.from_numpy(_core.get().distances_to_center(_core_rows(center)[0], _core_rows(outputs), **args))
+        except _core.CoreError:
+            pass  # the reference raises the documented error
+    return metric.distances(outputs, center)[:, 0]

@@ -2,6 +2,15 @@
 
 Each function names the formula it computes and where it comes from (see THEORY.md). Special functions
 come from SciPy; nothing here is hand-rolled.
+
+The Python code below is the reference implementation. When smoothgen's C++ core is built
+(`smoothgen._C`, csrc/: the same formulas with Boost.Math, ~1e-15 relative to SciPy), the functions that
+need a special function or a selection (Clopper–Pearson, the binomial test, Φ and Φ⁻¹, the radii, the
+order statistic) check their arguments here and then let the core compute the value; the pure
+arithmetic ones (Hoeffding/DKW, the order-statistic index, the center check, ε_out) are the same
+expression in both and stay here. `SMOOTHGEN_CORE=0` (or `smoothgen._core.disabled()`) runs the reference
+only. Values the core declines (non-finite inputs, integers beyond int64) take the reference path, so
+behaviour is the same either way.
 """
 from __future__ import annotations
 
@@ -13,6 +22,19 @@ from scipy.stats import binomtest as _binomtest
 from scipy.stats import norm as _norm
 
 from smoothgen.errors import InvalidParameterError
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _core_value(name: str, *args):
+    """The C++ core's `name(*args)`, or None when it is not built, switched off, or declines the arguments
+    (non-finite values, integers beyond int64): then the caller runs its reference code."""
+    from smoothgen import _core  # on first use: loading stats imports nothing beyond smoothgen.errors
+
+    if not all(_INT64_MIN <= a <= _INT64_MAX for a in args if isinstance(a, int) and not isinstance(a, bool)):
+        return None
+    value = _core.call(name, *args)
+    return None if value is _core.NOT_COMPUTED else value
 
 
 def _check_binomial(k: int, n: int) -> None:
@@ -45,6 +67,9 @@ def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
     _check_alpha(alpha)
     if k == 0:
         return 0.0
+    value = _core_value("clopper_pearson_lower", int(k), int(n), float(alpha))
+    if value is not None:
+        return value
     return float(_beta.ppf(alpha, k, n - k + 1))
 
 
@@ -63,6 +88,9 @@ def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
     _check_alpha(alpha)
     if k == n:
         return 1.0
+    value = _core_value("clopper_pearson_upper", int(k), int(n), float(alpha))
+    if value is not None:
+        return value
     return float(_beta.ppf(1.0 - alpha, k + 1, n - k))
 
 
@@ -75,6 +103,9 @@ def binomial_test_pvalue(k: int, n: int, p: float = 0.5) -> float:
     _check_binomial(k, n)
     if not (0.0 < p < 1.0):
         raise InvalidParameterError(f"p must lie strictly between 0 and 1, got {p!r}")
+    value = _core_value("binomial_test_pvalue", int(k), int(n), float(p))
+    if value is not None:
+        return value
     return float(_binomtest(int(k), int(n), p, alternative="two-sided").pvalue)
 
 
@@ -135,16 +166,27 @@ def order_statistic(values: np.ndarray, k: int) -> float:
     v = np.asarray(values).ravel()
     if not (1 <= k <= v.size):
         raise InvalidParameterError(f"order statistic index {k} outside 1..{v.size}")
+    if v.dtype in (np.float32, np.float64) and v.flags.c_contiguous:
+        # The same k-th smallest value by std::nth_element, without the partitioned copy.
+        value = _core_value("order_statistic", v, int(k))
+        if value is not None:
+            return value
     return float(np.partition(v, k - 1)[k - 1])
 
 
 def normal_cdf(z: float) -> float:
     """Standard normal CDF Φ(z)."""
+    value = _core_value("normal_cdf", float(z)) if math.isfinite(z) else None
+    if value is not None:
+        return value
     return float(_norm.cdf(z))
 
 
 def normal_ppf(p: float) -> float:
     """Standard normal quantile Φ⁻¹(p) (−inf at 0, +inf at 1)."""
+    value = _core_value("normal_ppf", float(p)) if 0.0 <= p <= 1.0 else None
+    if value is not None:
+        return value
     return float(_norm.ppf(p))
 
 
@@ -159,6 +201,9 @@ def cohen_radius(sigma: float, p_lower: float) -> float:
         raise InvalidParameterError(f"p_lower must lie in [0, 1], got {p_lower!r}")
     if p_lower <= 0.5:
         return 0.0
+    value = _core_value("cohen_radius", float(sigma), float(p_lower))
+    if value is not None:
+        return value
     return float(sigma * _norm.ppf(p_lower))
 
 
@@ -204,6 +249,9 @@ def center_certify_level(eps_in: float, sigma: float, delta: float) -> float:
         raise InvalidParameterError(f"eps_in must be a finite number >= 0, got {eps_in!r}")
     if not (sigma > 0 and math.isfinite(sigma)):
         raise InvalidParameterError(f"sigma must be a finite number > 0, got {sigma!r}")
+    value = _core_value("center_certify_level", float(eps_in), float(sigma), float(delta))
+    if value is not None:
+        return value
     return float(_norm.cdf(_norm.ppf(0.5 + delta) + eps_in / sigma))
 
 

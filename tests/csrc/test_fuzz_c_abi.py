@@ -1,0 +1,50 @@
+"""Bounded fuzzing of the C ABI (fuzz_c_abi.py, atheris + ctypes): under ASan/UBSan when the sanitized
+library exists (`make sanitize`; `make test` passes it as SMOOTHGEN_FUZZ_LIB), and on the plain library,
+where the harness's Python coverage guides the search. SMOOTHGEN_FUZZ_SECONDS bounds each run (15 s)."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+SECONDS = int(os.environ.get("SMOOTHGEN_FUZZ_SECONDS", "15"))
+PLAIN = Path(os.environ.get("SMOOTHGEN_CORE_BUILD", ROOT / "build" / "core")) / "libsmoothgen_core.so"
+SANITIZED = Path(os.environ.get("SMOOTHGEN_FUZZ_LIB", ROOT / "build" / "core-asan" / "libsmoothgen_core.so"))
+
+
+def _preload(library: Path) -> str:
+    """For a sanitized library loaded into a plain Python: its ASan runtime must come first, and
+    libstdc++ with it (ASan intercepts __cxa_throw, which it must find when it starts)."""
+    ldd = subprocess.run(["ldd", str(library)], capture_output=True, text=True, check=True).stdout
+    found = dict(re.findall(r"^\s*(libasan\S*|libstdc\+\+\S*) => (\S+)", ldd, re.M))
+    asan = [path for name, path in found.items() if name.startswith("libasan")]
+    if not asan:
+        return ""
+    return " ".join(asan + [path for name, path in found.items() if name.startswith("libstdc++")])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("library", [SANITIZED, PLAIN], ids=["asan-ubsan", "plain"])
+def test_fuzz_c_abi(library, tmp_path):
+    pytest.importorskip("atheris")
+    if not library.exists():
+        pytest.skip(f"{library} not built (make sanitize / make core)")
+    env = dict(os.environ)
+    preload = _preload(library)
+    if preload:
+        env["LD_PRELOAD"] = preload
+        # Python itself leaks by design; impossible allocations must come back as an error code.
+        env["ASAN_OPTIONS"] = "detect_leaks=0:allocator_may_return_null=1"
+        env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
+    run = subprocess.run(
+        [sys.executable, str(HERE / "fuzz_c_abi.py"), str(library), f"-max_total_time={SECONDS}", "-seed=1",
+         f"-artifact_prefix={tmp_path}/", "-print_final_stats=1"],
+        capture_output=True, text=True, env=env, timeout=SECONDS + 120,
+    )
+    tail = (run.stdout + run.stderr)[-6000:]
+    assert run.returncode == 0, tail
+    assert re.search(r"Done \d+ runs", tail), tail

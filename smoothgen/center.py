@@ -8,8 +8,9 @@ Three independent sample sets are drawn, each from its own random stream: the n 
 center, the n fresh samples of the acceptance check, and the m fresh samples of the certified radius.
 
 Distances and selections run in smoothgen's C++ core (`smoothgen._C`) for the built-in metrics it
-implements (l2, l1, cosine, tv1d, tv2d) on CPU float tensors, when it is built and enabled; the torch code
-here is the reference, used for everything else and with `SMOOTHGEN_CORE=0`. Both give the same medians
+implements (l2, l1, cosine, tv1d, tv2d) on CPU float tensors, when it is built and enabled, and in the
+fused Triton kernels (smoothgen.kernels) for l2, l1 and cosine on CUDA tensors; the torch code here is
+the reference, used for everything else and with `SMOOTHGEN_CORE=0`. Both give the same medians
 and centers for the same distances, and distances equal to float32 rounding (tests/csrc).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from smoothgen import _core, metrics, stats
+from smoothgen import _core, kernels, metrics, stats
 from smoothgen.certificates import CenterCertificate, CenterSmoothingResult
 from smoothgen.engine import DEFAULT_BATCH_SIZE, Purpose, RandomStream, Runtime, Sampler, as_runtime
 from smoothgen.errors import InvalidParameterError, ModelOutputError
@@ -93,6 +94,25 @@ def _core_metric(metric: Metric, *outputs: Any) -> dict[str, int] | None:
     return args
 
 
+#: Built-in metrics the fused GPU kernels compute (smoothgen.kernels.min_median_center / median_distances).
+_KERNEL_METRICS = {
+    fn: name
+    for fn, name in ((getattr(metrics, "_l2", None), "l2"), (getattr(metrics, "_l1", None), "l1"), (getattr(metrics, "_cosine", None), "cosine"))
+    if fn is not None
+}
+
+
+def _kernel_metric(metric: Metric, *outputs: Any) -> str | None:
+    """The kernels' metric name when every output batch is a CUDA float tensor under l2/l1/cosine, else None."""
+    name = _KERNEL_METRICS.get(metric.pairwise)
+    if name is None:
+        return None
+    for x in outputs:
+        if not isinstance(x, torch.Tensor) or not x.is_cuda or x.dtype not in _CORE_DTYPES or x.dim() < 2:
+            return None
+    return name
+
+
 def _core_rows(x: torch.Tensor):
     """Outputs [n, *shape] as a C-contiguous float32 NumPy array [n, prod(shape)] (a view when possible)."""
     x = x.detach()
@@ -110,6 +130,9 @@ def median_distances(candidates: Any, samples: Any, metric: Metric) -> torch.Ten
     Shapes:
         candidates: n_c outputs, samples: n outputs -> [n_c]
     """
+    kernel_metric = _kernel_metric(metric, candidates, samples)
+    if kernel_metric is not None:  # CUDA: tiled Triton distances + row medians
+        return kernels.median_distances(candidates, samples, kernel_metric)
     args = _core_metric(metric, candidates, samples)
     if args is not None:
         try:
@@ -149,6 +172,10 @@ def min_median_center(samples: Any, metric: Metric, n_candidates: int | None = N
         (ẑ as a batch of one output, r̂).
     """
     n = _length(samples)
+    kernel_metric = _kernel_metric(metric, samples)
+    if kernel_metric is not None:  # CUDA: never holds n×n, same argmin (first index on ties)
+        best, radius = kernels.min_median_center(samples, kernel_metric, n_candidates)
+        return _select(samples, int(best)), float(radius)
     args = _core_metric(metric, samples) if n_candidates is None or n_candidates >= 1 else None
     if args is not None:
         try:

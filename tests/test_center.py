@@ -195,3 +195,18 @@ def test_bad_construction_and_inputs():
 def test_garbage_model_outputs(forward):
     with pytest.raises(ModelOutputError):
         CenterSmoother(forward, 0.5, "l2").certify(torch.zeros(2), 0.1, n=10, m=10, seed=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the fused Triton center selection)")
+@pytest.mark.parametrize("metric", ["l2", "l1", "cosine"])
+@pytest.mark.parametrize("n_candidates", [None, 30])
+def test_cuda_center_selection_matches_the_reference(metric, n_candidates):
+    gen = torch.Generator().manual_seed(0)
+    samples = torch.randn(1023, 65, generator=gen) + 3.0
+    center_cpu, radius_cpu = min_median_center(samples, get_metric(metric), n_candidates)
+    center_gpu, radius_gpu = min_median_center(samples.cuda(), get_metric(metric), n_candidates)
+    assert torch.equal(center_gpu.cpu(), center_cpu)
+    assert radius_gpu == pytest.approx(radius_cpu, rel=1e-4)
+    smoother = CenterSmoother(Linear(torch.eye(65)).cuda(), 0.25, metric, n_candidates=n_candidates)
+    cert = smoother.certify(torch.zeros(65, device="cuda"), 0.5, n=10_000, m=20_000, seed=0)
+    assert not cert.abstained and cert.center.is_cuda

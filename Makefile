@@ -38,10 +38,10 @@ $(CORE_STAMP): $(STAMP) $(CORE_SOURCES)
 
 # The main job: certify the embedded digits classifier (sigma=0.25, n0=100, n=10000, alpha=0.001).
 run: $(CORE_STAMP)
-	$(VENV)/bin/smoothgen certify --out results/certify.jsonl
+	$(VENV)/bin/smoothgen certify --out results/certify.jsonl --overwrite
 
 center: $(CORE_STAMP)
-	$(VENV)/bin/smoothgen center --out results/center.jsonl
+	$(VENV)/bin/smoothgen center --out results/center.jsonl --overwrite
 
 # The standalone C++ core: library, tests, example (the README's three commands, plus the Boost path).
 core: $(STAMP)

@@ -1,18 +1,20 @@
 """Figures of the benchmarks of one run, so that their ratios are printed together at the end."""
 
-MEDIANS: dict[str, float] = {}
+#: Fastest round of each benchmark (seconds). Ratios use the fastest rounds: on a shared machine a
+#: transient load slows some rounds, and the minimum is what the code costs without it.
+MINIMA: dict[str, float] = {}
 SAMPLES: dict[str, int] = {}
 LINES: list[str] = []
 
 
 def record(benchmark, name: str, samples: int) -> None:
-    """Remember a finished benchmark's median (seconds) and how many model evaluations it made.
+    """Remember a finished benchmark's fastest round (seconds) and how many model evaluations it made.
 
     Names "forward:<model>" and "certify:<model>" are paired into a certify/forward ratio.
     """
     stats = getattr(benchmark, "stats", None)
     if stats is not None and not benchmark.disabled:
-        MEDIANS[name] = stats.stats.median
+        MINIMA[name] = stats.stats.min
         SAMPLES[name] = samples
 
 

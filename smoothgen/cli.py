@@ -22,6 +22,8 @@ from smoothgen.results import ResultsFile, write_cohen_tsv
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_EPS_IN = (0.1, 0.2, 0.3, 0.4, 0.5)
+DEFAULT_LOCAL_SAMPLES = 5
+DEFAULT_LOCAL_SIGMA = 0.25
 
 
 def _floats(text: str) -> list[float]:
@@ -29,6 +31,21 @@ def _floats(text: str) -> list[float]:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+class _Explicit(argparse.Action):
+    """Store the value and remember that the option was given: some options apply only with another one."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.explicit_options = getattr(namespace, "explicit_options", set()) | {self.option_strings[0]}
 
 
 def _common(parser: argparse.ArgumentParser, default_num: int, default_out: str) -> None:
@@ -46,6 +63,10 @@ def _common(parser: argparse.ArgumentParser, default_num: int, default_out: str)
     run.add_argument("--batch-size", type=int, default=1000, help="noisy copies per model call (default: 1000)")
     run.add_argument("--seed", type=int, default=0, help="seed of the random streams; input i uses stream (seed, i) (default: 0)")
     run.add_argument("--device", default="cpu", help="torch device for torch models, e.g. cpu or cuda (default: cpu)")
+    run.add_argument("--backend", default="auto", choices=["auto", "eager", "compile", "onnxruntime", "tensorrt"],
+                     help="runtime for torch models: auto = TensorRT, then torch.compile, then eager on CUDA, eager on "
+                     "CPU (a backend auto cannot use is skipped with a logged reason; one named explicitly must work) "
+                     "(default: auto)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -73,6 +94,34 @@ def build_parser() -> argparse.ArgumentParser:
     cert.add_argument("--num-classes", type=int, help="classes of the base model (default: read from its output)")
     cert.add_argument("--radii", type=_floats, default=list(DEFAULT_RADII), help="radii of the certified-accuracy summary")
     cert.add_argument("--tsv", help="also write Cohen et al.'s TSV (idx label predict radius correct time) here")
+    seq = cert.add_argument_group(
+        "sequential certification at one radius (THEORY.md section 6)",
+        "With --target-radius r, each input answers 'is the smoothed classifier certified at radius r?' and stops "
+        "sampling as soon as the answer is known: one estimation sample is tested at --looks with Clopper-Pearson at "
+        "alpha/K per look. --n is not used then.",
+    )
+    seq.add_argument("--target-radius", type=float, help="the l2 radius to certify each input at")
+    seq.add_argument("--looks", type=_ints, default=[100, 1_000, 10_000, 100_000],
+                     help="cumulative sample counts at which the test looks (default: 100,1000,10000,100000)")
+    den = cert.add_argument_group(
+        "diffusion purification (DDS, DiffSmooth; THEORY.md section 3)",
+        "A one-shot DDPM purifier in front of the classifier makes a randomized base classifier; CERTIFY runs on "
+        "top of it unchanged, at --sigma. The classifier is --model, or the embedded one trained at "
+        "--classifier-sigma (default 0: the clean classifier).",
+    )
+    den.add_argument("--denoiser", choices=["none", "dds", "diffsmooth"], default="none",
+                     help="none: plain smoothing of the classifier; dds: purify, then classify (Carlini et al. 2023); diffsmooth: purify, then average the "
+                     "classifier's softmax over --local-samples noisy copies at --local-sigma (Zhang et al. 2023)")
+    den.add_argument("--ddpm", action=_Explicit, default="embedded",
+                     help="noise-prediction model eps(x_t, t) with a `betas` attribute: package.module:factory or a "
+                     "TorchScript file; or diffusers:FOLDER (a diffusers DDPM pipeline folder; needs the optional "
+                     "diffusers package; untested); embedded = the digits DDPM, used unconditionally")
+    den.add_argument("--local-samples", action=_Explicit, type=int, default=DEFAULT_LOCAL_SAMPLES,
+                     help="DiffSmooth: local noisy copies m per purified input")
+    den.add_argument("--local-sigma", action=_Explicit, type=float, default=DEFAULT_LOCAL_SIGMA,
+                     help="DiffSmooth: local noise sigma'")
+    den.add_argument("--classifier-sigma", action=_Explicit, type=float, default=0.0,
+                     help="training noise of the embedded classifier behind the purifier (0 = the clean classifier)")
     _common(cert, default_num=100, default_out="results/certify.jsonl")
     cert.set_defaults(func=cmd_certify)
 
@@ -134,6 +183,19 @@ def _load_model(args: argparse.Namespace, embedded, embedded_name: str, x: np.nd
     return TorchRuntime(embedded().to(args.device), device=args.device), embedded_name
 
 
+def _apply_backend(args: argparse.Namespace, runtime, x: np.ndarray):
+    """The runtime for --backend: torch models are re-wrapped (compiled, exported); ONNX files stay on ONNX Runtime."""
+    from smoothgen.engine.runtime import OnnxRuntime, TorchRuntime, create_runtime
+
+    if isinstance(runtime, OnnxRuntime):
+        if args.backend not in ("auto", "onnxruntime"):
+            raise InvalidParameterError(f"--backend {args.backend} needs a torch model; {args.model} is an ONNX file")
+        return runtime
+    if not isinstance(runtime, TorchRuntime) or not isinstance(runtime.model, torch.nn.Module):
+        raise InvalidParameterError("--backend needs a torch module")
+    return create_runtime(runtime.model, torch.from_numpy(x[0]), args.backend, batch_size=args.batch_size, device=args.device)
+
+
 def _probe(runtime, x0: np.ndarray) -> Any:
     """Run the model once on a clean input so that a wrong model fails before any record is written."""
     try:
@@ -149,6 +211,75 @@ def _progress(iterable, args, total: int, desc: str):
     return tqdm(iterable, total=total, desc=desc, unit="input", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
 
 
+def _check_denoiser_options(args: argparse.Namespace) -> None:
+    """Options of the purifier only make sense with the --denoiser that uses them."""
+    from smoothgen.validate import check_count, check_positive
+
+    if args.denoiser == "none":
+        args.denoiser = None
+    given = getattr(args, "explicit_options", set())
+    used_with = {"--ddpm": ("dds", "diffsmooth"), "--classifier-sigma": ("dds", "diffsmooth"),
+                 "--local-samples": ("diffsmooth",), "--local-sigma": ("diffsmooth",)}
+    for option, denoisers in used_with.items():
+        if option in given and args.denoiser not in denoisers:
+            raise InvalidParameterError(f"{option} applies only with --denoiser {' or '.join(denoisers)}")
+    if args.denoiser == "diffsmooth":
+        check_count(args.local_samples, "--local-samples")
+        check_positive(args.local_sigma, "--local-sigma")
+        # DiffSmooth draws its local noise from its own seeded stream, reseeded per input; a compiled or
+        # exported graph would not keep that stream (an ONNX export would freeze one noise draw).
+        if getattr(args, "backend", "auto") not in ("auto", "eager"):
+            raise InvalidParameterError(f"--denoiser diffsmooth runs on --backend eager only, got --backend {args.backend}")
+        args.backend = "eager"
+    check_positive(args.classifier_sigma, "--classifier-sigma", allow_zero=True)
+    if args.model is not None and "--classifier-sigma" in given:
+        raise InvalidParameterError("--classifier-sigma picks an embedded classifier; it cannot be combined with --model")
+
+
+def _load_noise_model(args: argparse.Namespace, x: np.ndarray) -> tuple[torch.nn.Module, str]:
+    """The DDPM's noise-prediction network (--ddpm, or the embedded digits DDPM) on --device."""
+    if args.ddpm == "embedded":
+        from smoothgen.models import DIGITS_SHAPE, load_ddpm
+
+        if x.shape[1:] != DIGITS_SHAPE:
+            raise InvalidInputError(f"the embedded digits DDPM takes inputs of shape {DIGITS_SHAPE}, got {x.shape[1:]}")
+        return load_ddpm().to(args.device), "embedded:digits_ddpm"
+    if args.ddpm.startswith("diffusers:"):
+        from smoothgen.denoise import load_diffusers_noise_model
+
+        return load_diffusers_noise_model(args.ddpm.partition(":")[2], device=args.device), args.ddpm
+    from smoothgen.loading import load_model
+
+    runtime = load_model(args.ddpm, device=args.device)
+    module = getattr(runtime, "model", None)
+    if module is None or getattr(module, "betas", None) is None:
+        raise InvalidParameterError(f"--ddpm {args.ddpm} must be a torch module with a `betas` attribute (its noise schedule)")
+    return module, args.ddpm
+
+
+def _load_denoised(args: argparse.Namespace, x: np.ndarray):
+    """The randomized base classifier DDS(purifier, classifier) or DiffSmooth(...). Returns (runtime, name)."""
+    from smoothgen.denoise import DDS, DiffSmooth, DiffusionPurifier
+    from smoothgen.engine.runtime import TorchRuntime
+    from smoothgen.models import load_classifier
+
+    noise_model, ddpm_name = _load_noise_model(args, x)
+    purifier = DiffusionPurifier(noise_model, args.sigma)
+    classifier, classifier_name = _load_model(
+        args, lambda: load_classifier(args.classifier_sigma), f"embedded:digits_cnn_sigma{float(args.classifier_sigma)}", x
+    )
+    if isinstance(classifier, TorchRuntime) and isinstance(classifier.model, torch.nn.Module):
+        classifier = classifier.model  # a submodule of DDS/DiffSmooth: moved, compiled and exported with it
+    if args.denoiser == "dds":
+        base = DDS(purifier, classifier)
+        name = f"dds({ddpm_name}, t*={purifier.t_star}) -> {classifier_name}"
+    else:
+        base = DiffSmooth(purifier, classifier, args.local_samples, args.local_sigma, seed=args.seed)
+        name = (f"diffsmooth({ddpm_name}, t*={purifier.t_star}, m={args.local_samples}, "
+                f"local_sigma={args.local_sigma}) -> {classifier_name}")
+    return TorchRuntime(base, device=args.device), name
+
+
 def cmd_certify(args: argparse.Namespace) -> int:
     from smoothgen.classify import SmoothedClassifier
     from smoothgen.validate import check_alpha, check_count, check_sigma
@@ -157,10 +288,21 @@ def cmd_certify(args: argparse.Namespace) -> int:
     check_alpha(args.alpha)
     check_count(args.n0, "--n0")
     check_count(args.n, "--n")
+    _check_denoiser_options(args)
+    if args.target_radius is not None:
+        from smoothgen.validate import check_positive
+
+        check_positive(args.target_radius, "--target-radius")
+        if not args.looks or any(k < 1 for k in args.looks) or any(b <= a for a, b in zip(args.looks, args.looks[1:])):
+            raise InvalidParameterError(f"--looks must be increasing positive integers, got {args.looks}")
     x, y, data_name = _load_inputs(args)
     from smoothgen.models import load_classifier
 
-    runtime, model_name = _load_model(args, lambda: load_classifier(args.sigma), f"embedded:digits_cnn_sigma{args.sigma}", x)
+    if args.denoiser is None:
+        runtime, model_name = _load_model(args, lambda: load_classifier(args.sigma), f"embedded:digits_cnn_sigma{args.sigma}", x)
+    else:
+        runtime, model_name = _load_denoised(args, x)
+    runtime = _apply_backend(args, runtime, x)
     logits = _probe(runtime, x[0])
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != 1:
         raise ModelOutputError(f"a classifier must return logits [batch, classes]; got {getattr(logits, 'shape', type(logits).__name__)} for a batch of 1")
@@ -172,21 +314,38 @@ def cmd_certify(args: argparse.Namespace) -> int:
     smoothed = SmoothedClassifier(runtime, num_classes, args.sigma, batch_size=args.batch_size, input_shape=x.shape[1:])
 
     run = {"sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha, "seed": args.seed,
-           "model": model_name, "data": data_name}
+           "model": model_name, "data": data_name, "backend": runtime.backend}
+    if args.target_radius is not None:
+        run.update(n=None, target_radius=args.target_radius, looks=list(args.looks))
+    if args.denoiser is not None:
+        run["denoiser"] = args.denoiser
+        if args.denoiser == "diffsmooth":
+            run.update(local_samples=args.local_samples, local_sigma=args.local_sigma)
+    reseed = getattr(getattr(runtime, "model", None), "reseed", None)  # DiffSmooth's local-noise stream
     results = ResultsFile(args.out, run, key=("idx",), resume=args.resume, overwrite=args.overwrite)
     done = results.done()
     todo = [i for i in range(len(x)) if (args.start + i,) not in done]
     for i in _progress(todo, args, len(todo), "certify"):
         idx = args.start + i
+        if reseed is not None:
+            # Per-input local-noise stream (seed, idx): a certificate does not depend on what ran before it.
+            reseed(args.seed, idx)
         t0 = time.perf_counter()
-        cert = smoothed.certify(torch.from_numpy(x[i]), args.n0, args.n, args.alpha, seed=args.seed, request_id=idx)
-        elapsed = time.perf_counter() - t0
         label = None if y is None else int(y[i])
-        results.append({"idx": idx, "label": label, "predict": cert.prediction, "radius": cert.radius,
-                        "correct": None if label is None else cert.prediction == label, "time": elapsed,
-                        "p_lower": cert.p_lower, "count": cert.count})
+        if args.target_radius is None:
+            cert = smoothed.certify(torch.from_numpy(x[i]), args.n0, args.n, args.alpha, seed=args.seed, request_id=idx)
+            record = {"radius": cert.radius, "p_lower": cert.p_lower, "count": cert.count, "samples": cert.samples}
+        else:
+            cert = smoothed.certify_at(torch.from_numpy(x[i]), args.target_radius, args.alpha, n0=args.n0,
+                                       looks=tuple(args.looks), seed=args.seed, request_id=idx)
+            record = {"radius": cert.certified_radius if cert.certified else 0.0, "decision": cert.decision,
+                      "p_lower": cert.p_lower, "p_upper": cert.p_upper, "count": cert.count, "samples": cert.samples}
+        results.append({"idx": idx, "label": label, "predict": cert.prediction,
+                        "correct": None if label is None else cert.prediction == label,
+                        "time": time.perf_counter() - t0, **record})
     records = sorted(results.records, key=lambda r: r["idx"])
-    _print_certify_summary(records, args.radii)
+    _print_certify_summary(records, args.radii if args.target_radius is None else [args.target_radius])
+    print(f"mean estimation samples per input: {statistics.fmean(r['samples'] for r in records):.0f}")
     if args.tsv:
         write_cohen_tsv(records, args.tsv)
     print(f"wrote {len(records)} records to {args.out}" + (f" and {args.tsv}" if args.tsv else ""))
@@ -231,10 +390,11 @@ def cmd_center(args: argparse.Namespace) -> int:
     from smoothgen.models import load_autoencoder
 
     runtime, model_name = _load_model(args, load_autoencoder, "embedded:digits_autoencoder", x)
+    runtime = _apply_backend(args, runtime, x)
     clean = _probe(runtime, x[0])
     metric.distances(clean, clean)  # a metric that cannot handle these outputs fails here, before any record
 
-    run = {"metric": metric.name, "h": args.h, "n": args.n, "m": args.m, "delta": args.delta, "alpha1": args.alpha1,
+    run = {"backend": runtime.backend, "metric": metric.name, "h": args.h, "n": args.n, "m": args.m, "delta": args.delta, "alpha1": args.alpha1,
            "alpha2": args.alpha2, "n_candidates": n_candidates, "seed": args.seed, "model": model_name, "data": data_name}
     results = ResultsFile(args.out, run, key=("idx", "eps_in"), resume=args.resume, overwrite=args.overwrite)
     done = results.done()

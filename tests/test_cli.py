@@ -228,3 +228,39 @@ def test_center_bad_input_exit_2(extra, tmp_path, capsys):
     code, _, err = _run(["center", "--num", "1", "--n", "100", "--m", "100", "--no-progress", "--out", str(out), *extra], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_certify_target_radius_is_sequential(tmp_path, capsys):
+    out = tmp_path / "seq.jsonl"
+    code, stdout, err = _run(["certify", "--num", "4", "--target-radius", "0.25", "--looks", "100,1000", "--no-progress",
+                              "--out", str(out)], capsys)
+    assert code == 0, err
+    records = _records(out)
+    assert len(records) == 4
+    for r in records:
+        assert r["target_radius"] == 0.25 and r["looks"] == [100, 1000] and r["n"] is None
+        assert r["decision"] in ("certified", "rejected", "undecided") and r["samples"] in (100, 1000)
+        assert (r["predict"] != -1) == (r["decision"] == "certified")
+        assert r["radius"] >= 0.25 if r["decision"] == "certified" else r["radius"] == 0.0
+    assert "mean estimation samples per input" in stdout
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_certify_backend_onnxruntime_matches_eager(tmp_path, capsys):
+    eager, onnx = tmp_path / "e.jsonl", tmp_path / "o.jsonl"
+    assert _run(["certify", "--num", "3", *FAST, "--backend", "eager", "--out", str(eager)], capsys)[0] == 0
+    assert _run(["certify", "--num", "3", *FAST, "--backend", "onnxruntime", "--out", str(onnx)], capsys)[0] == 0
+    assert [r["backend"] for r in _records(onnx)] == ["onnxruntime"] * 3
+    assert [r["predict"] for r in _records(onnx)] == [r["predict"] for r in _records(eager)]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--target-radius", "0"], ["--target-radius", "0.5", "--looks", "1000,100"], ["--target-radius", "0.5", "--looks", "0"]]
+    + ([] if torch.cuda.is_available() else [["--backend", "tensorrt"]]),
+)
+def test_certify_sequential_and_backend_errors(extra, tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    code, _, err = _run(["certify", "--num", "1", *FAST, "--out", str(out), *extra], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -1,4 +1,5 @@
-"""Embedded default models: digits classifiers trained under Gaussian noise, and a digits autoencoder.
+"""Embedded default models: digits classifiers (clean and trained under Gaussian noise), a digits
+autoencoder, and a class-conditional digits DDPM (the purifier of DDS / DiffSmooth, `smoothgen.denoise`).
 
 The weights ship with the package in `weights/` (safetensors), together with `weights/models.json`,
 which records how each model was trained and its test metrics. They are produced by
@@ -7,6 +8,8 @@ which records how each model was trained and its test metrics. They are produced
 Example:
     >>> from smoothgen.models import load_classifier, load_digits_split
     >>> model = load_classifier(sigma=0.25)       # DigitsCNN trained with N(0, 0.25^2 I) noise
+    >>> clean = load_classifier(sigma=0.0)        # DigitsCNN trained on clean images (for DDS/DiffSmooth)
+    >>> ddpm = load_ddpm()                         # DigitsDDPM: eps(x_t, t, y) with its betas
     >>> split = load_digits_split()                # x_test: [450, 1, 8, 8] in [0, 1]
 """
 from __future__ import annotations
@@ -25,7 +28,8 @@ from torch import nn
 from smoothgen.errors import InvalidParameterError, ModelLoadError
 from smoothgen.models.architectures import DigitsAutoencoder, DigitsCNN
 from smoothgen.models.data import DIGITS_SHAPE, NUM_CLASSES, DigitsSplit, load_digits_split
-from smoothgen.validate import check_sigma
+from smoothgen.models.ddpm import DigitsDDPM
+from smoothgen.validate import check_positive
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 """Folder of the shipped weights and of `models.json`."""
@@ -35,6 +39,7 @@ METADATA_FILENAME = "models.json"
 _ARCHITECTURES: dict[str, type[nn.Module]] = {
     DigitsCNN.__name__: DigitsCNN,
     DigitsAutoencoder.__name__: DigitsAutoencoder,
+    DigitsDDPM.__name__: DigitsDDPM,
 }
 
 __all__ = [
@@ -43,10 +48,12 @@ __all__ = [
     "WEIGHTS_DIR",
     "DigitsAutoencoder",
     "DigitsCNN",
+    "DigitsDDPM",
     "DigitsSplit",
     "available_classifier_sigmas",
     "load_autoencoder",
     "load_classifier",
+    "load_ddpm",
     "load_digits_split",
     "model_info",
 ]
@@ -88,7 +95,7 @@ def available_classifier_sigmas() -> list[float]:
     """Return the training noise levels of the embedded classifiers, ascending.
 
     Returns:
-        For example ``[0.25, 0.5, 1.0]``.
+        For example ``[0.0, 0.25, 0.5, 1.0]`` (0.0: the clean classifier).
     """
     return sorted(float(r["sigma"]) for r in _records("classifier"))
 
@@ -113,9 +120,11 @@ def load_classifier(sigma: float = 0.25) -> nn.Module:
 
     Use it as the base classifier of a smoothed classifier at the same sigma: it was trained on
     x + N(0, sigma^2 I) (not clamped), the distribution randomized smoothing queries it on.
+    sigma = 0 loads the classifier trained on clean images, the one to put behind a diffusion
+    purifier (`smoothgen.denoise.DDS`, `DiffSmooth`).
 
     Args:
-        sigma: Training noise level; one of `available_classifier_sigmas()`.
+        sigma: Training noise level (>= 0); one of `available_classifier_sigmas()`.
 
     Returns:
         A fresh model on the CPU in eval mode, float32.
@@ -127,7 +136,7 @@ def load_classifier(sigma: float = 0.25) -> nn.Module:
     Shapes:
         model input: [B, 1, 8, 8] with pixels in [0, 1]; model output: [B, 10] logits.
     """
-    sigma = check_sigma(sigma)
+    sigma = check_positive(sigma, "sigma", allow_zero=True)
     for record in _records("classifier"):
         if math.isclose(float(record["sigma"]), sigma, rel_tol=1e-9):
             return _load(record)
@@ -153,3 +162,29 @@ def load_autoencoder() -> nn.Module:
     if not records:
         raise ModelLoadError(f"no autoencoder is recorded in {METADATA_FILENAME}")
     return _load(records[0])
+
+
+def load_ddpm() -> DigitsDDPM:
+    """Load the embedded class-conditional digits DDPM (`DigitsDDPM`, ε-prediction, 1000 linear-β steps).
+
+    Trained on the digits training split with classifier-free-guidance dropout: label 10 (or y=None) is
+    the null class, which is what one-shot purification uses. Wrap it in
+    `smoothgen.denoise.DiffusionPurifier(ddpm, sigma)` for DDS / DiffSmooth, or generate digits with
+    `smoothgen.models.ddpm.sample`.
+
+    Returns:
+        A fresh model on the CPU in eval mode (float32 weights, float64 `betas`).
+
+    Raises:
+        ModelLoadError: The weights are missing or do not match the architecture.
+
+    Shapes:
+        model(x_t [B, 1, 8, 8] in the [-1, 1] scale, t [B] int64, y [B] int64 or None) -> eps [B, 1, 8, 8].
+    """
+    records = _records("ddpm")
+    if not records:
+        raise ModelLoadError(f"no DDPM is recorded in {METADATA_FILENAME}")
+    model = _load(records[0])
+    if not isinstance(model, DigitsDDPM):
+        raise ModelLoadError(f"the DDPM record in {METADATA_FILENAME} names {type(model).__name__}, not DigitsDDPM")
+    return model

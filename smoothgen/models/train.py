@@ -4,11 +4,13 @@ Usage::
 
     python -m smoothgen.models.train all                      # everything shipped in weights/
     python -m smoothgen.models.train classifier --sigma 0.5   # one classifier
+    python -m smoothgen.models.train classifier --sigma 0     # the clean classifier (no noise augmentation)
     python -m smoothgen.models.train autoencoder --epochs 50 --out /tmp/weights
+    python -m smoothgen.models.train ddpm                     # the class-conditional digits DDPM
 
 Training is deterministic: the seed fixes the initial weights, the shuffling and every noise draw, and
 deterministic algorithms are enforced, so the same command on the same software stack reproduces the
-weights bit for bit. The training functions are importable (`train_classifier`, `train_autoencoder`)
+weights bit for bit. The training functions are importable (`train_classifier`, `train_autoencoder`, `train_ddpm`)
 and restore the caller's global RNG and determinism settings when they return.
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ from tqdm import tqdm
 from smoothgen.errors import InvalidParameterError
 from smoothgen.models import METADATA_FILENAME, WEIGHTS_DIR
 from smoothgen.models.architectures import DigitsAutoencoder, DigitsCNN
+from smoothgen.models.ddpm import DigitsDDPM
 from smoothgen.models.data import NUM_CLASSES, SPLIT_SEED, TEST_SIZE, load_digits_split
 from smoothgen.validate import check_count, check_positive
 
@@ -42,8 +45,8 @@ AUTOENCODER_NAME = "digits_autoencoder"
 AUTOENCODER_FILENAME = f"{AUTOENCODER_NAME}.safetensors"
 METADATA_FORMAT_VERSION = 1
 
-DEFAULT_SIGMAS: tuple[float, ...] = (0.25, 0.5, 1.0)
-"""Noise levels of the shipped classifiers."""
+DEFAULT_SIGMAS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
+"""Noise levels of the shipped classifiers; 0.0 is the clean classifier behind the DDPM purifier (DDS, DiffSmooth)."""
 
 DEFAULT_SEED = 0
 DEFAULT_CLASSIFIER_EPOCHS = 150
@@ -56,6 +59,18 @@ AUTOENCODER_NOISE_SIGMAS: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
 """Noise levels the autoencoder is trained on, one drawn per batch, so it behaves under smoothing noise."""
 
 EVAL_NOISE_SEED = 1234
+
+DDPM_NAME = "digits_ddpm"
+DDPM_FILENAME = f"{DDPM_NAME}.safetensors"
+DEFAULT_DDPM_EPOCHS = 1500
+DDPM_BATCH_SIZE = 128
+DDPM_KWARGS: dict[str, Any] = {"hidden": 128, "num_blocks": 4, "embed_dim": 64, "num_classes": NUM_CLASSES,
+                               "num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+DDPM_P_UNCOND = 0.2
+"""Classifier-free-guidance dropout: the probability that a training image's label is replaced by the
+null class. Higher than the usual 0.1 because unconditional purification is the model's main use here."""
+DDPM_EVAL_SIGMAS: tuple[float, ...] = (0.25, 0.5, 1.0)
+"""Smoothing noise levels at which the one-shot denoising error on the test split is recorded."""
 """Seed of the single noise draw per test image behind the noisy test metrics (independent of training)."""
 
 
@@ -233,10 +248,11 @@ def train_classifier(
     """Train a `DigitsCNN` on the digits training split with Gaussian noise augmentation.
 
     Every training image gets a fresh N(0, sigma^2 I) draw each time it is seen (not clamped), which
-    is the noise the smoothed classifier is evaluated under. Adam with a cosine learning-rate decay.
+    is the noise the smoothed classifier is evaluated under. sigma = 0 trains on clean images: the
+    classifier behind a diffusion purifier (DDS, DiffSmooth). Adam with a cosine learning-rate decay.
 
     Args:
-        sigma: Training noise level (> 0).
+        sigma: Training noise level (>= 0; 0 = clean training).
         epochs: Passes over the training split.
         seed: Seed of initialization, shuffling and noise.
         batch_size: Images per optimizer step.
@@ -247,7 +263,7 @@ def train_classifier(
         The trained model in eval mode, and its metadata record: architecture and kwargs, training
         settings, clean and noisy (at sigma) test accuracy, parameter count.
     """
-    sigma = check_positive(sigma, "sigma")
+    sigma = check_positive(sigma, "sigma", allow_zero=True)
     epochs = check_count(epochs, "epochs")
     # The seed feeds np.random.SeedSequence (see _deterministic), which needs an integer >= 0.
     seed = check_count(seed, "seed", minimum=0)
@@ -353,6 +369,153 @@ def train_autoencoder(
     return model, metrics
 
 
+def _ddpm_training_pair(
+    model: DigitsDDPM, x: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, t, ε) for clean images x in [0, 1]: t uniform in [0, T), x_t = sqrt(ᾱ_t)(2x − 1) + sqrt(1 − ᾱ_t)ε."""
+    alpha_bar = torch.cumprod(1.0 - model.betas.to(torch.float64), dim=0)
+    t = torch.randint(model.num_timesteps, (x.shape[0],), generator=generator)
+    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    ab = alpha_bar[t].to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    return ab.sqrt() * (2.0 * x - 1.0) + (1.0 - ab).sqrt() * eps, t, eps
+
+
+@torch.no_grad()
+def ddpm_noise_mse(
+    model: DigitsDDPM, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor | None = None,
+    seed: int = EVAL_NOISE_SEED,
+) -> float:
+    """Return the DDPM training loss on clean images: the MSE of ε̂ against ε at a uniformly drawn t per image.
+
+    Args:
+        model: The noise-prediction network.
+        x: Clean images in [0, 1].
+        y: Labels (conditional loss), or None for the null class (unconditional loss).
+        seed: Seed of the timestep and noise draws.
+
+    Returns:
+        The mean squared error over all pixels of all images.
+
+    Shapes:
+        x: [N, 1, 8, 8]; y: [N] or None.
+    """
+    x_t_clean = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    labels = None if y is None else torch.as_tensor(np.asarray(y, dtype=np.int64))
+    was_training = model.training
+    model.eval()
+    try:
+        x_t, t, eps = _ddpm_training_pair(model, x_t_clean, torch.Generator().manual_seed(seed))
+        prediction = model(x_t, t, labels)
+    finally:
+        model.train(was_training)
+    return float(torch.mean((prediction.double() - eps.double()) ** 2))
+
+
+@torch.no_grad()
+def ddpm_denoise_mse(model: nn.Module, x: np.ndarray | torch.Tensor, sigma: float, seed: int = EVAL_NOISE_SEED) -> float:
+    """Return the per-pixel MSE ([0, 1] units) of one-shot purification (THEORY.md §3) of x + N(0, sigma^2 I).
+
+    Args:
+        model: The noise-prediction network (with its betas).
+        x: Clean images in [0, 1].
+        sigma: Smoothing noise level (> 0).
+        seed: Seed of the single noise draw per image.
+
+    Returns:
+        The mean squared error between the purified and the clean images.
+
+    Shapes:
+        x: [N, 1, 8, 8].
+    """
+    from smoothgen.denoise import DiffusionPurifier
+
+    sigma = check_positive(sigma, "sigma")
+    x_t = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    was_training = model.training
+    model.eval()
+    try:
+        purified = DiffusionPurifier(model, sigma)(_noisy(x_t, sigma, torch.Generator().manual_seed(seed)))
+    finally:
+        model.train(was_training)
+    return float(torch.mean((purified.double() - x_t.double()) ** 2))
+
+
+def train_ddpm(
+    epochs: int = DEFAULT_DDPM_EPOCHS,
+    seed: int = DEFAULT_SEED,
+    *,
+    p_uncond: float = DDPM_P_UNCOND,
+    batch_size: int = DDPM_BATCH_SIZE,
+    learning_rate: float = LEARNING_RATE,
+    progress: bool = False,
+    **model_kwargs: Any,
+) -> tuple[DigitsDDPM, dict[str, Any]]:
+    """Train the class-conditional digits DDPM (`DigitsDDPM`) on the digits training split.
+
+    The ε-prediction loss of Ho et al. (2020): each image is mapped to [−1, 1], gets a uniform timestep
+    t and a fresh noise ε, and the network regresses ε from x_t = sqrt(ᾱ_t)x_0 + sqrt(1−ᾱ_t)ε. With
+    probability p_uncond the label is replaced by the null class (classifier-free guidance dropout), so
+    the same network is also an unconditional model. Adam with a cosine learning-rate decay.
+
+    Args:
+        epochs: Passes over the training split.
+        seed: Seed of initialization, shuffling, timesteps, noise and label dropout.
+        p_uncond: Probability of training a label as the null class, in [0, 1].
+        batch_size: Images per optimizer step.
+        learning_rate: Initial Adam learning rate.
+        progress: Whether to show a tqdm progress bar on stderr.
+        **model_kwargs: Overrides of `DDPM_KWARGS` (hidden, num_blocks, embed_dim, num_timesteps, ...).
+
+    Returns:
+        The trained model in eval mode, and its metadata record: architecture and kwargs, training
+        settings, test noise-prediction MSE (conditional and unconditional), and the one-shot
+        denoising MSE on the test split at each of `DDPM_EVAL_SIGMAS` with its t*.
+    """
+    from smoothgen.denoise import DiffusionPurifier
+
+    epochs = check_count(epochs, "epochs")
+    seed = check_count(seed, "seed", minimum=0)
+    p_uncond = check_positive(p_uncond, "p_uncond", allow_zero=True)
+    if p_uncond > 1.0:
+        raise InvalidParameterError(f"p_uncond must lie in [0, 1], got {p_uncond}")
+    unknown = set(model_kwargs) - set(DDPM_KWARGS)
+    if unknown:
+        raise InvalidParameterError(f"unknown DigitsDDPM arguments {sorted(unknown)}; known: {sorted(DDPM_KWARGS)}")
+    kwargs = {**DDPM_KWARGS, **model_kwargs}
+    split = load_digits_split()
+    x_train = torch.from_numpy(split.x_train)
+    y_train = torch.from_numpy(split.y_train)
+    with _deterministic(seed) as generator:
+        model = DigitsDDPM(**kwargs)
+
+        def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+            x_t, t, eps = _ddpm_training_pair(model, x_train[idx], generator)
+            drop = torch.rand(len(idx), generator=generator) < p_uncond
+            labels = torch.where(drop, torch.full_like(y_train[idx], model.null_class), y_train[idx])
+            return torch.mean((model(x_t, t, labels) - eps) ** 2)
+
+        epoch_loss = _fit(model, len(x_train), batch_loss, epochs, batch_size, learning_rate, generator,
+                          "ddpm", progress)
+    metrics: dict[str, Any] = {
+        "kind": "ddpm",
+        "architecture": DigitsDDPM.__name__,
+        "kwargs": kwargs,
+        "p_uncond": p_uncond,
+        "seed": seed,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "num_parameters": _num_parameters(model),
+        "final_train_loss": epoch_loss,
+        "test_noise_mse_conditional": ddpm_noise_mse(model, split.x_test, split.y_test),
+        "test_noise_mse_unconditional": ddpm_noise_mse(model, split.x_test),
+        "denoise_t_star_by_sigma": {str(s): DiffusionPurifier(model, s).t_star for s in DDPM_EVAL_SIGMAS},
+        "denoise_test_mse_by_sigma": {str(s): ddpm_denoise_mse(model, split.x_test, s) for s in DDPM_EVAL_SIGMAS},
+        "eval_noise_seed": EVAL_NOISE_SEED,
+    }
+    return model, metrics
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -434,13 +597,15 @@ def _build_parser() -> argparse.ArgumentParser:
             "their test metrics merged into models.json. Classifiers (DigitsCNN) are trained with "
             "Gaussian noise augmentation x + sigma*N(0, I), the noise randomized smoothing certifies; "
             "the autoencoder (DigitsAutoencoder) learns to reconstruct clean images from inputs with "
-            f"noise sigma drawn per batch from {list(AUTOENCODER_NOISE_SIGMAS)}."
+            f"noise sigma drawn per batch from {list(AUTOENCODER_NOISE_SIGMAS)}. --sigma 0 trains a clean "
+            "classifier (no noise), the one behind the DDPM purifier. The DDPM (DigitsDDPM) is a "
+            "class-conditional noise-prediction network with classifier-free-guidance dropout."
         ),
     )
     parser.add_argument(
         "what",
-        choices=["classifier", "autoencoder", "all"],
-        help="which models to train: the classifiers, the autoencoder, or both",
+        choices=["classifier", "autoencoder", "ddpm", "all"],
+        help="which models to train: the classifiers, the autoencoder, the DDPM, or all of them",
     )
     parser.add_argument(
         "--sigma",
@@ -448,7 +613,7 @@ def _build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="S",
-        help=f"training noise level(s) of the classifiers (default: {' '.join(map(str, DEFAULT_SIGMAS))})",
+        help=f"training noise level(s) of the classifiers, 0 = clean (default: {' '.join(map(str, DEFAULT_SIGMAS))})",
     )
     parser.add_argument(
         "--epochs",
@@ -457,7 +622,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="E",
         help=(
             f"passes over the training split (default: {DEFAULT_CLASSIFIER_EPOCHS} for classifiers, "
-            f"{DEFAULT_AUTOENCODER_EPOCHS} for the autoencoder)"
+            f"{DEFAULT_AUTOENCODER_EPOCHS} for the autoencoder, {DEFAULT_DDPM_EPOCHS} for the DDPM)"
         ),
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="N", help="training seed (default: 0)")
@@ -485,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
-    if args.sigma is not None and args.what == "autoencoder":
+    if args.sigma is not None and args.what in ("autoencoder", "ddpm"):
         parser.error("--sigma applies to classifiers only")
     if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be >= 1")
@@ -495,8 +660,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--threads must be >= 1")
     sigmas = DEFAULT_SIGMAS if args.sigma is None else tuple(args.sigma)
     for sigma in sigmas:
-        if not (math.isfinite(sigma) and sigma > 0):
-            parser.error(f"--sigma must be finite and > 0, got {sigma}")
+        if not (math.isfinite(sigma) and sigma >= 0):
+            parser.error(f"--sigma must be finite and >= 0, got {sigma}")
     torch.set_num_threads(args.threads)
     out_dir: Path = args.out
 
@@ -523,6 +688,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"noisy (sigma={record['noisy_test_sigma']}) {record['noisy_test_mse']:.5f}",
             file=sys.stderr,
         )
+    if args.what in ("ddpm", "all"):
+        epochs = DEFAULT_DDPM_EPOCHS if args.epochs is None else args.epochs
+        model, record = train_ddpm(epochs, args.seed, progress=True)
+        record = save_model(model, out_dir, DDPM_FILENAME, record)
+        records[DDPM_NAME] = record
+        mse = ", ".join(f"sigma={s}: {v:.5f}" for s, v in record["denoise_test_mse_by_sigma"].items())
+        print(f"{record['file']}: one-shot denoising test MSE {mse}", file=sys.stderr)
     update_metadata(out_dir, records)
     print(f"wrote {out_dir / METADATA_FILENAME} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0

@@ -32,7 +32,7 @@ from smoothgen.models.train import (
 )
 
 # Minimum clean test accuracy of the shipped classifiers; sigma=1.0 is allowed to be lower.
-MIN_CLEAN_ACCURACY = {0.25: 0.95, 0.5: 0.90, 1.0: 0.80}
+MIN_CLEAN_ACCURACY = {0.0: 0.95, 0.25: 0.95, 0.5: 0.90, 1.0: 0.80}
 MAX_CLEAN_MSE = 0.02
 MAX_NOISY_MSE = 0.03
 MAX_WEIGHTS_BYTES = 1_000_000
@@ -134,7 +134,7 @@ def test_autoencoder_shapes_and_range() -> None:
 def test_shipped_models_are_listed_and_their_files_match() -> None:
     assert available_classifier_sigmas() == sorted(DEFAULT_SIGMAS)
     info = model_info()
-    assert len(info["models"]) == len(DEFAULT_SIGMAS) + 1
+    assert len(info["models"]) == len(DEFAULT_SIGMAS) + 2  # the classifiers, the autoencoder, the DDPM
     for record in info["models"].values():
         path = WEIGHTS_DIR / record["file"]
         assert path.is_file()
@@ -267,6 +267,16 @@ def test_classifier_training_is_deterministic_and_leaves_global_state_alone() ->
     assert _differs(model_a, model_c)
 
 
+def test_sigma_zero_trains_a_clean_classifier() -> None:
+    model_a, metrics_a = train_classifier(0.0, epochs=1, seed=0)
+    model_b, metrics_b = train_classifier(0.0, epochs=1, seed=0)
+    _assert_same_state(model_a, model_b)
+    assert metrics_a == metrics_b and metrics_a["sigma"] == 0.0
+    # No noise anywhere: the "noisy" test accuracy is the clean one, and training differs from sigma > 0.
+    assert metrics_a["noisy_test_accuracy"] == metrics_a["clean_test_accuracy"]
+    assert _differs(model_a, train_classifier(0.25, epochs=1, seed=0)[0])
+
+
 def test_autoencoder_training_is_deterministic() -> None:
     model_a, metrics_a = train_autoencoder(epochs=1, seed=0)
     model_b, metrics_b = train_autoencoder(epochs=1, seed=0)
@@ -277,7 +287,7 @@ def test_autoencoder_training_is_deterministic() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"sigma": 0.0}, {"sigma": -0.5}, {"sigma": 0.5, "epochs": 0}, {"sigma": 0.5, "seed": -1}]
+    "kwargs", [{"sigma": float("nan")}, {"sigma": -0.5}, {"sigma": 0.5, "epochs": 0}, {"sigma": 0.5, "seed": -1}]
 )
 def test_training_rejects_invalid_parameters(kwargs: dict) -> None:
     with pytest.raises(InvalidParameterError):
@@ -310,4 +320,10 @@ def test_train_command_help_and_usage_errors(capsys) -> None:
     assert "Gaussian noise" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         main(["autoencoder", "--sigma", "0.5"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ddpm", "--sigma", "0.5"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["classifier", "--sigma", "-0.5"])
     assert exit_info.value.code == 2

@@ -59,6 +59,7 @@ AUTOENCODER_NOISE_SIGMAS: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
 """Noise levels the autoencoder is trained on, one drawn per batch, so it behaves under smoothing noise."""
 
 EVAL_NOISE_SEED = 1234
+"""Seed of the single noise draw per test image behind the noisy test metrics (independent of training)."""
 
 DDPM_NAME = "digits_ddpm"
 DDPM_FILENAME = f"{DDPM_NAME}.safetensors"
@@ -71,7 +72,6 @@ DDPM_P_UNCOND = 0.2
 null class. Higher than the usual 0.1 because unconditional purification is the model's main use here."""
 DDPM_EVAL_SIGMAS: tuple[float, ...] = (0.25, 0.5, 1.0)
 """Smoothing noise levels at which the one-shot denoising error on the test split is recorded."""
-"""Seed of the single noise draw per test image behind the noisy test metrics (independent of training)."""
 
 
 def classifier_filename(sigma: float) -> str:

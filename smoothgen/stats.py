@@ -259,4 +259,246 @@ def center_eps_out(gamma: float, beta: float, r_hat: float) -> float:
     """Certified output radius ε2 = γ·(1 + β)·R̂ (Kumar & Goldstein 2021, Thm 1 with a relaxed triangle)."""
     if not (gamma >= 1 and beta >= 1 and r_hat >= 0):
         raise InvalidParameterError(f"need gamma >= 1, beta >= 1, r_hat >= 0, got {gamma}, {beta}, {r_hat}")
+    if r_hat == 0:  # ε2 = 0 even where γ·(1 + β) overflows (inf·0 would be NaN)
+        return 0.0
     return float(gamma * (1.0 + beta) * r_hat)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bounded ([0, 1]) scores: confidence bounds on a mean (THEORY.md §4b/§4c)
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_count_n(n: int, minimum: int = 1) -> int:
+    if isinstance(n, bool) or int(n) != n or n < minimum:
+        raise InvalidParameterError(f"n must be an integer >= {minimum}, got {n!r}")
+    return int(n)
+
+
+def empirical_bernstein_radius(variance: float, n: int, alpha: float) -> float:
+    """Empirical Bernstein deviation for the mean of n i.i.d. samples in [0, 1].
+
+    sqrt(2·V_n·ln(2/alpha)/n) + 7·ln(2/alpha)/(3·(n − 1)), where V_n is the unbiased sample variance
+    (denominator n − 1). Maurer & Pontil (2009), "Empirical Bernstein bounds and sample variance
+    penalization", Theorem 4: with probability ≥ 1 − alpha, E[Z] ≥ mean − radius (one-sided; the
+    ln(2/alpha) already pays for estimating the variance). Apply it to 1 − Z for the upper side.
+
+    Much tighter than Hoeffding when the scores vary little (a confident model: V_n ≈ 0), slightly
+    looser when V_n is near its maximum 1/4.
+
+    Args:
+        variance: the unbiased sample variance V_n of the n scores, in [0, 1/4] up to rounding.
+        n: number of samples (≥ 2).
+        alpha: one-sided error probability.
+
+    Returns:
+        The deviation (may exceed 1: the caller clips its bound to [0, 1]).
+    """
+    n = _check_count_n(n, 2)
+    _check_alpha(alpha)
+    if not (variance >= 0 and math.isfinite(variance)):
+        # Rounding of a sum-of-squares formula can give −1e−17: the caller should clip; NaN is a bug.
+        if math.isfinite(variance) and variance > -1e-12:
+            variance = 0.0
+        else:
+            raise InvalidParameterError(f"variance must be a finite number >= 0, got {variance!r}")
+    log_term = math.log(2.0 / alpha)
+    return math.sqrt(2.0 * variance * log_term / n) + 7.0 * log_term / (3.0 * (n - 1))
+
+
+def empirical_bernstein_lower(mean: float, variance: float, n: int, alpha: float) -> float:
+    """One-sided (1 − alpha) empirical Bernstein lower bound on the mean of [0, 1] scores, clipped at 0.
+
+    mean − sqrt(2·V_n·ln(2/alpha)/n) − 7·ln(2/alpha)/(3·(n − 1)) (Maurer & Pontil 2009, Thm 4).
+    """
+    if not (0.0 <= mean <= 1.0):
+        raise InvalidParameterError(f"mean must lie in [0, 1], got {mean!r}")
+    return max(0.0, float(mean) - empirical_bernstein_radius(variance, n, alpha))
+
+
+#: Methods of `bounded_mean_lower`.
+BOUNDED_MEAN_METHODS = ("hoeffding", "bernstein", "best")
+
+
+def bounded_mean_lower(mean: float, variance: float, n: int, alpha: float, method: str = "best") -> float:
+    """One-sided (1 − alpha) lower confidence bound on E[Z] for i.i.d. Z in [0, 1].
+
+    Args:
+        mean: the sample mean of the n scores.
+        variance: their unbiased sample variance (ignored by "hoeffding").
+        n: number of samples.
+        alpha: one-sided error probability of the returned bound.
+        method: "hoeffding" (mean − sqrt(ln(1/alpha)/(2n)), Hoeffding 1963), "bernstein" (Maurer &
+            Pontil 2009, Thm 4; needs n ≥ 2), or "best": the larger of the two, each computed at
+            alpha/2 (union bound: both hold together with probability ≥ 1 − alpha, so their maximum
+            is a valid (1 − alpha) bound). With n = 1, "best" is Hoeffding at alpha.
+
+    Returns:
+        The lower bound, in [0, 1].
+    """
+    if method not in BOUNDED_MEAN_METHODS:
+        raise InvalidParameterError(f"method must be one of {BOUNDED_MEAN_METHODS}, got {method!r}")
+    _check_alpha(alpha)
+    n = _check_count_n(n)
+    if not (0.0 <= mean <= 1.0):
+        raise InvalidParameterError(f"mean must lie in [0, 1], got {mean!r}")
+    if method == "hoeffding" or (method == "best" and n < 2):
+        return hoeffding_lower(mean, n, alpha)
+    if method == "bernstein":
+        return empirical_bernstein_lower(mean, variance, n, alpha)
+    return max(hoeffding_lower(mean, n, alpha / 2.0), empirical_bernstein_lower(mean, variance, n, alpha / 2.0))
+
+
+def generation_step_radius(sigma: float, lower: float, upper: float) -> float:
+    """Certified radius of one step of smoothed greedy decoding (THEORY.md §4c, from §4b).
+
+    R_t = (σ/2)·(Φ⁻¹(L) − Φ⁻¹(U)) if L > U else 0, where L lower-bounds the smoothed probability p̄_a
+    of the chosen token and U upper-bounds every other token's p̄_b (U = 1 − L is always valid). Since
+    x ↦ σ·Φ⁻¹(p̄_b(x)) is 1-Lipschitz for every b (Salman et al. 2019, App. A, Lemma 2), the top token
+    stays a for every embedding perturbation with ‖Δ‖_F < R_t. With U = 1 − L this is σ·Φ⁻¹(L).
+
+    Args:
+        sigma: noise standard deviation σ > 0.
+        lower: L ∈ [0, 1].
+        upper: U ∈ [0, 1].
+
+    Returns:
+        R_t ≥ 0 (inf only if L = 1 or U = 0, which no finite sample gives).
+    """
+    if not (sigma > 0 and math.isfinite(sigma)):
+        raise InvalidParameterError(f"sigma must be a finite number > 0, got {sigma!r}")
+    if not (0.0 <= lower <= 1.0 and 0.0 <= upper <= 1.0):
+        raise InvalidParameterError(f"lower and upper must lie in [0, 1], got {lower!r}, {upper!r}")
+    if lower <= upper:
+        return 0.0
+    return float(0.5 * sigma * (normal_ppf(lower) - normal_ppf(upper)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Sample-free bounds for smoothed generators (THEORY.md §4a)
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_shift(delta_norm: float, sigma: float) -> None:
+    if not (delta_norm >= 0 and math.isfinite(delta_norm)):
+        raise InvalidParameterError(f"delta_norm must be a finite number >= 0, got {delta_norm!r}")
+    if not (sigma > 0 and math.isfinite(sigma)):
+        raise InvalidParameterError(f"sigma must be a finite number > 0, got {sigma!r}")
+
+
+def tv_bound(delta_norm: float, sigma: float) -> float:
+    """Total-variation bound TV(P_x, P_x') ≤ 2Φ(‖Δ‖/(2σ)) − 1 for a generator smoothed in input space.
+
+    The TV distance between N(x, σ²I) and N(x', σ²I) with ‖x − x'‖ = ‖Δ‖ is exactly 2Φ(‖Δ‖/(2σ)) − 1;
+    by the data-processing inequality no post-processing can increase it (THEORY.md §4a).
+
+    Valid ONLY when the condition reaches the output solely through z = x + ε with a FIXED σ (no
+    input-dependent σ), and everything after (decoder, sampler, diffusion steps, token sampling) uses
+    randomness independent of ε and of x. One output = one noise draw; it says nothing about an
+    aggregate of many draws (use §4c/§4d certificates for those).
+
+    Args:
+        delta_norm: ‖Δ‖₂ (Frobenius norm for embedding matrices) of the input perturbation.
+        sigma: the fixed noise standard deviation.
+
+    Returns:
+        The bound, in [0, 1).
+    """
+    _check_shift(delta_norm, sigma)
+    return float(2.0 * _norm.cdf(delta_norm / (2.0 * sigma)) - 1.0)
+
+
+def wasserstein_bound(delta_norm: float, sigma: float, diameter: float, p: float = 1.0) -> float:
+    """W_p(P_x, P_x') ≤ D·TV^(1/p) for output distributions on a space of diameter D (THEORY.md §4a).
+
+    Any coupling achieving TV moves mass TV at most D, so W_p^p ≤ D^p·TV. Same validity conditions
+    as `tv_bound` (fixed σ, downstream randomness independent of the noise).
+
+    Args:
+        delta_norm: ‖Δ‖₂ of the input perturbation.
+        sigma: the fixed noise standard deviation.
+        diameter: D, the largest distance between two outputs (e.g. T for Levenshtein on sequences of
+            at most T tokens, 2 for unit vectors under ℓ2).
+        p: the order p ≥ 1.
+
+    Returns:
+        The bound on W_p.
+    """
+    if not (diameter >= 0 and math.isfinite(diameter)):
+        raise InvalidParameterError(f"diameter must be a finite number >= 0, got {diameter!r}")
+    if not (p >= 1 and math.isfinite(p)):
+        raise InvalidParameterError(f"p must be a finite number >= 1, got {p!r}")
+    return float(diameter * tv_bound(delta_norm, sigma) ** (1.0 / p))
+
+
+def event_probability_bound(p_event: float, delta_norm: float, sigma: float) -> float:
+    """Lower bound Φ(Φ⁻¹(P_x(S)) − ‖Δ‖/σ) on P_x'(S), for every output event S (THEORY.md §4a).
+
+    Gaussian differential privacy is closed under post-processing (Dvijotham et al., ICLR 2020;
+    equivalently Salman et al. 2019 Lemma 2 applied to h = 1_S): σ·Φ⁻¹(P_x(S)) is 1-Lipschitz in x.
+    Swap the roles (or use 1 − p for the complement) for an upper bound. Same validity conditions as
+    `tv_bound`. If p_event is itself estimated, pass a lower confidence bound on it.
+
+    Args:
+        p_event: P_x(S) (or a lower bound on it), in [0, 1].
+        delta_norm: ‖Δ‖₂ of the input perturbation.
+        sigma: the fixed noise standard deviation.
+
+    Returns:
+        The lower bound on P_x'(S), in [0, 1].
+    """
+    _check_shift(delta_norm, sigma)
+    if not (0.0 <= p_event <= 1.0):
+        raise InvalidParameterError(f"p_event must lie in [0, 1], got {p_event!r}")
+    return float(_norm.cdf(_norm.ppf(p_event) - delta_norm / sigma))
+
+
+# --------------------------------------------------------------------------------------------------
+# Mean smoothing of bounded vector outputs (THEORY.md §4e)
+# --------------------------------------------------------------------------------------------------
+
+
+def mean_smoothing_bound(output_bound: float, delta_norm: float, sigma: float) -> float:
+    """‖F(x) − F(x')‖₂ ≤ 2B·(2Φ(‖Δ‖/(2σ)) − 1) for F(x) = E f(x + ε) and ‖f − c‖₂ ≤ B (THEORY.md §4e).
+
+    For any fixed vector c, F(x) − F(x') = ∫ (f − c) d(P_x − P_x'), whose norm is at most
+    B·‖P_x − P_x'‖₁ = 2B·TV(P_x, P_x'), and the TV is `tv_bound`. Outputs clipped to a box [lo, hi]^k
+    have B = (hi − lo)·sqrt(k)/2 around the box's center, so 2B is the box's ℓ2 diameter. The bound is
+    attained (a two-point f whose sign is a halfspace indicator), so the factor 2 cannot be dropped.
+
+    This bounds the EXPECTATION F. An empirical mean of N samples moves further, by at most
+    `vector_mean_deviation` with probability ≥ 1 − alpha at each input.
+
+    Args:
+        output_bound: B ≥ 0.
+        delta_norm: ‖Δ‖₂ of the input perturbation.
+        sigma: the fixed noise standard deviation.
+
+    Returns:
+        The bound, in [0, 2B).
+    """
+    if not (output_bound >= 0 and math.isfinite(output_bound)):
+        raise InvalidParameterError(f"output_bound must be a finite number >= 0, got {output_bound!r}")
+    return float(2.0 * output_bound * tv_bound(delta_norm, sigma))
+
+
+def vector_mean_deviation(output_bound: float, n: int, alpha: float) -> float:
+    """Confidence radius of the mean of n i.i.d. vectors with ‖X_i − c‖₂ ≤ B: (B/√n)·(1 + sqrt(2·ln(1/alpha))).
+
+    With probability ≥ 1 − alpha, ‖(1/n)Σ X_i − E X‖₂ ≤ this radius, in any dimension. Proof: Z =
+    ‖mean − E X‖ has E Z ≤ sqrt(E Z²) = sqrt(E‖X − E X‖²/n) ≤ B/√n; replacing one X_i moves Z by at
+    most 2B/n, so McDiarmid's bounded-differences inequality gives P(Z ≥ E Z + t) ≤ exp(−n·t²/(2B²)).
+
+    Args:
+        output_bound: B ≥ 0.
+        n: number of vectors averaged.
+        alpha: error probability.
+
+    Returns:
+        The radius.
+    """
+    if not (output_bound >= 0 and math.isfinite(output_bound)):
+        raise InvalidParameterError(f"output_bound must be a finite number >= 0, got {output_bound!r}")
+    n = _check_count_n(n)
+    _check_alpha(alpha)
+    return float(output_bound / math.sqrt(n) * (1.0 + math.sqrt(2.0 * math.log(1.0 / alpha))))

@@ -96,6 +96,9 @@ def test_center_smoothing_formulas():
     assert p == pytest.approx(norm.cdf(norm.ppf(0.55) + 2.0))
     assert stats.center_eps_out(1.0, 2.0, 1.5) == pytest.approx(4.5)
     assert stats.center_eps_out(2.0, 4.0, 1.0) == pytest.approx(10.0)
+    # R̂ = 0 certifies 0 even when γ·(1 + β) overflows (inf·0 would be NaN, the fuzzer found it in C++).
+    assert stats.center_eps_out(1e300, 1e300, 0.0) == 0.0
+    assert stats.center_eps_out(1e300, 1e300, 1.0) == math.inf
 
 
 @pytest.mark.parametrize(

@@ -245,6 +245,9 @@ double center_eps_out(double gamma, double beta, double r_hat) {
   check_finite(r_hat, "r_hat");
   if (!(gamma >= 1.0 && beta >= 1.0 && r_hat >= 0.0))
     fail(Status::InvalidParameter, "need gamma >= 1, beta >= 1, r_hat >= 0, got ", gamma, ", ", beta, ", ", r_hat);
+  // R̂ = 0 certifies ε2 = 0 whatever γ and β are; the product alone would give inf·0 = NaN once
+  // γ·(1 + β) overflows. Any other overflow gives +inf, a vacuous but sound radius.
+  if (r_hat == 0.0) return 0.0;
   return gamma * (1.0 + beta) * r_hat;
 }
 

@@ -66,6 +66,9 @@ TEST(center_check_and_radius) {
   CHECK(!smoothgen::center_smoothing_check(0.4, 10000, 0.005, 0.05).accepted);
   CHECK(!smoothgen::center_smoothing_check(0.9, 300, 0.005, 0.05).accepted);  // delta1 > delta
   CHECK(smoothgen::center_eps_out(2.0, 4.0, 1.5) == 15.0);
+  // R̂ = 0 certifies 0 even when γ·(1 + β) overflows (found by the fuzzer: inf·0 was NaN).
+  CHECK(smoothgen::center_eps_out(1e300, 1e300, 0.0) == 0.0);
+  CHECK(smoothgen::center_eps_out(1e300, 1e300, 1.0) == std::numeric_limits<double>::infinity());
 }
 
 TEST(bad_arguments_throw_with_status) {

@@ -1,6 +1,7 @@
 """Bounded fuzzing of the C ABI (fuzz_c_abi.py, atheris + ctypes): under ASan/UBSan when the sanitized
 library exists (`make sanitize`; `make test` passes it as SMOOTHGEN_FUZZ_LIB), and on the plain library,
-where the harness's Python coverage guides the search. SMOOTHGEN_FUZZ_SECONDS bounds each run (15 s)."""
+where the harness's Python coverage guides the search. SMOOTHGEN_FUZZ_SECONDS bounds each run (15 s).
+Inputs that once found a bug are kept in fuzz_regressions/ and replayed on every run."""
 import os
 import re
 import subprocess
@@ -13,6 +14,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SECONDS = int(os.environ.get("SMOOTHGEN_FUZZ_SECONDS", "15"))
 PLAIN = Path(os.environ.get("SMOOTHGEN_CORE_BUILD", ROOT / "build" / "core")) / "libsmoothgen_core.so"
+REGRESSIONS = sorted((HERE / "fuzz_regressions").iterdir())
 SANITIZED = Path(os.environ.get("SMOOTHGEN_FUZZ_LIB", ROOT / "build" / "core-asan" / "libsmoothgen_core.so"))
 
 
@@ -27,12 +29,7 @@ def _preload(library: Path) -> str:
     return " ".join(asan + [path for name, path in found.items() if name.startswith("libstdc++")])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("library", [SANITIZED, PLAIN], ids=["asan-ubsan", "plain"])
-def test_fuzz_c_abi(library, tmp_path):
-    pytest.importorskip("atheris")
-    if not library.exists():
-        pytest.skip(f"{library} not built (make sanitize / make core)")
+def _environment(library: Path) -> dict[str, str]:
     env = dict(os.environ)
     preload = _preload(library)
     if preload:
@@ -40,6 +37,32 @@ def test_fuzz_c_abi(library, tmp_path):
         # Python itself leaks by design; impossible allocations must come back as an error code.
         env["ASAN_OPTIONS"] = "detect_leaks=0:allocator_may_return_null=1"
         env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
+    return env
+
+
+def _library(library: Path) -> Path:
+    pytest.importorskip("atheris")
+    if not library.exists():
+        pytest.skip(f"{library} not built (make sanitize / make core)")
+    return library
+
+
+@pytest.mark.parametrize("library", [SANITIZED, PLAIN], ids=["asan-ubsan", "plain"])
+def test_fuzz_regressions_replay_clean(library):
+    """Each input that once crashed the harness (a real bug, since fixed) runs clean now."""
+    assert REGRESSIONS, "fuzz_regressions/ is empty"
+    run = subprocess.run([sys.executable, str(HERE / "fuzz_c_abi.py"), str(_library(library)), *map(str, REGRESSIONS)],
+                         capture_output=True, text=True, env=_environment(library), timeout=120)
+    tail = (run.stdout + run.stderr)[-6000:]
+    assert run.returncode == 0, tail
+    assert tail.count("Executed ") == len(REGRESSIONS), tail
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("library", [SANITIZED, PLAIN], ids=["asan-ubsan", "plain"])
+def test_fuzz_c_abi(library, tmp_path):
+    library = _library(library)
+    env = _environment(library)
     run = subprocess.run(
         [sys.executable, str(HERE / "fuzz_c_abi.py"), str(library), f"-max_total_time={SECONDS}", "-seed=1",
          f"-artifact_prefix={tmp_path}/", "-print_final_stats=1"],

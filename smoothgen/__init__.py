@@ -3,6 +3,7 @@
 Public API:
     SmoothedClassifier  — Cohen et al.'s PREDICT and CERTIFY (THEORY.md §1).
     CenterSmoother      — center smoothing of metric-space outputs (THEORY.md §2).
+    DiffusionPurifier, DDS, DiffSmooth — diffusion-purified base classifiers (THEORY.md §3).
     stats, metrics      — the statistics and the metric registry behind them.
     models              — embedded digits models trained by the project's own scripts.
 """
@@ -15,6 +16,7 @@ from smoothgen.certificates import (
 )
 from smoothgen.center import CenterSmoother
 from smoothgen.classify import SmoothedClassifier
+from smoothgen.denoise import DDS, DiffSmooth, DiffusionPurifier
 from smoothgen.errors import (
     InvalidInputError,
     InvalidParameterError,
@@ -33,6 +35,9 @@ __all__ = [
     "CenterSmoother",
     "CenterSmoothingResult",
     "ClassificationCertificate",
+    "DDS",
+    "DiffSmooth",
+    "DiffusionPurifier",
     "InvalidInputError",
     "InvalidParameterError",
     "MetricError",

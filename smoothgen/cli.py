@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         "diffusion purification (DDS, DiffSmooth; THEORY.md section 3)",
         "A one-shot DDPM purifier in front of the classifier makes a randomized base classifier; CERTIFY runs on "
         "top of it unchanged, at --sigma. The classifier is --model, or the embedded one trained at "
-        "--classifier-sigma (default 0: the clean classifier).",
+        "--classifier-sigma (default: the clean classifier for dds; for diffsmooth the one trained at "
+        "--local-sigma when one is embedded, else the clean one).",
     )
     den.add_argument("--denoiser", choices=["none", "dds", "diffsmooth"], default="none",
                      help="none: plain smoothing of the classifier; dds: purify, then classify (Carlini et al. 2023); diffsmooth: purify, then average the "
@@ -120,8 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="DiffSmooth: local noisy copies m per purified input")
     den.add_argument("--local-sigma", action=_Explicit, type=float, default=DEFAULT_LOCAL_SIGMA,
                      help="DiffSmooth: local noise sigma'")
-    den.add_argument("--classifier-sigma", action=_Explicit, type=float, default=0.0,
-                     help="training noise of the embedded classifier behind the purifier (0 = the clean classifier)")
+    den.add_argument("--classifier-sigma", action=_Explicit, type=float, default=None,
+                     help="training noise of the embedded classifier behind the purifier (0 = the clean classifier; "
+                     "default: 0 for dds, --local-sigma for diffsmooth when a classifier trained at it is embedded, "
+                     "since its local copies are noisy at sigma')")
     _common(cert, default_num=100, default_out="results/certify.jsonl")
     cert.set_defaults(func=cmd_certify)
 
@@ -231,9 +234,23 @@ def _check_denoiser_options(args: argparse.Namespace) -> None:
         if getattr(args, "backend", "auto") not in ("auto", "eager"):
             raise InvalidParameterError(f"--denoiser diffsmooth runs on --backend eager only, got --backend {args.backend}")
         args.backend = "eager"
+    if args.classifier_sigma is None:
+        args.classifier_sigma = _default_classifier_sigma(args)
     check_positive(args.classifier_sigma, "--classifier-sigma", allow_zero=True)
     if args.model is not None and "--classifier-sigma" in given:
         raise InvalidParameterError("--classifier-sigma picks an embedded classifier; it cannot be combined with --model")
+
+
+def _default_classifier_sigma(args: argparse.Namespace) -> float:
+    """The embedded classifier behind a purifier: DiffSmooth classifies copies noisy at sigma', so the
+    classifier trained at sigma' (when one is embedded) beats the clean one there (benchmarks/RESULTS.md,
+    DDS/DiffSmooth ablation); DDS classifies the purified image itself, so the clean one."""
+    if args.denoiser == "diffsmooth":
+        from smoothgen.models import available_classifier_sigmas
+
+        if float(args.local_sigma) in available_classifier_sigmas():
+            return float(args.local_sigma)
+    return 0.0
 
 
 def _load_noise_model(args: argparse.Namespace, x: np.ndarray) -> tuple[torch.nn.Module, str]:

@@ -322,9 +322,12 @@ def test_cli_certify_with_a_denoiser(tmp_path, capsys, denoiser):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["idx"] for r in records] == [0, 1]
     assert records[0]["denoiser"] == denoiser and "digits_ddpm" in records[0]["model"]
-    assert "digits_cnn_sigma0.0" in records[0]["model"]
     if denoiser == "diffsmooth":
         assert records[0]["local_samples"] == 5 and records[0]["local_sigma"] == 0.25
+        # Its local copies are noisy at sigma' = 0.25: the classifier trained at 0.25 by default.
+        assert "digits_cnn_sigma0.25" in records[0]["model"]
+    else:
+        assert "digits_cnn_sigma0.0" in records[0]["model"]
     # Reproducible per input: certifying input 1 alone gives the same record as in the run of two.
     single = tmp_path / "single.jsonl"
     assert cli_main(["certify", "--start", "1", "--num", "1", "--n0", "20", "--n", "200", "--out", str(single),
@@ -332,6 +335,19 @@ def test_cli_certify_with_a_denoiser(tmp_path, capsys, denoiser):
     again = json.loads(single.read_text())
     for key in ("predict", "radius", "count", "p_lower"):
         assert again[key] == records[1][key]
+
+
+@pytest.mark.parametrize(("extra", "want"), [
+    (["--local-sigma", "0.5"], "digits_cnn_sigma0.5"),        # an embedded classifier trained at sigma'
+    (["--local-sigma", "0.3"], "digits_cnn_sigma0.0"),        # none trained at 0.3: the clean one
+    (["--classifier-sigma", "0"], "digits_cnn_sigma0.0"),     # an explicit choice wins
+])
+def test_cli_diffsmooth_default_classifier_follows_sigma_prime(tmp_path, capsys, extra, want):
+    out = tmp_path / "r.jsonl"
+    code = cli_main(["certify", "--num", "1", "--n0", "10", "--n", "20", "--out", str(out), "--no-progress",
+                     "--denoiser", "diffsmooth", "--local-samples", "2", "--sigma", "0.5", *extra])
+    assert code == 0, capsys.readouterr().err
+    assert want in json.loads(out.read_text())["model"]
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")

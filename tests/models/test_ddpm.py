@@ -93,6 +93,7 @@ def test_dds_with_the_clean_classifier_classifies_noisy_digits(sigma: float) -> 
     assert accuracy > clean_only  # the purifier is what makes the clean classifier usable under noise
 
 
+@pytest.mark.slow  # 1000 sequential denoising steps
 def test_shipped_ddpm_generates_recognisable_digits() -> None:
     labels = torch.arange(10).repeat_interleave(3)
     images = sample(load_ddpm(), labels, torch.Generator().manual_seed(0))

@@ -132,23 +132,48 @@ class DigitsDDPM(nn.Module):
         self.out_norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, pixels)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        class_embed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Predict the noise in x_t.
 
         Args:
             x_t: Noisy images in the [−1, 1] scale.
             t: Integer timesteps.
             y: Class labels (num_classes = null); None means the null class for every image.
+            class_embed: Conditioning vectors used in place of `class_embedding(y)` (then y must be
+                None). `class_embed = model.class_embedding(y)` gives exactly the label path's output;
+                other vectors (e.g. a noisy class embedding, `smoothgen.conditional`) condition the
+                network on points between and around the classes.
 
         Returns:
             The predicted noise ε̂, same shape as x_t.
 
+        Raises:
+            ValueError: Both y and class_embed are given, or class_embed is not [B, embed_dim].
+
         Shapes:
-            x_t: [B, 1, 8, 8]; t: [B]; y: [B] or None; returns [B, 1, 8, 8].
+            x_t: [B, 1, 8, 8]; t: [B]; y: [B] or None; class_embed: [B, embed_dim] or None;
+            returns [B, 1, 8, 8].
         """
-        if y is None:
-            y = torch.full((x_t.shape[0],), self.null_class, dtype=torch.long, device=x_t.device)
-        cond = self.embed_mlp(timestep_embedding(t, self.embed_dim) + self.class_embedding(y))
+        if class_embed is not None:
+            if y is not None:
+                raise ValueError("pass class labels y or class_embed, not both")
+            if class_embed.ndim != 2 or tuple(class_embed.shape) != (x_t.shape[0], self.embed_dim):
+                raise ValueError(
+                    f"class_embed must have shape ({x_t.shape[0]}, {self.embed_dim}), got {tuple(class_embed.shape)}"
+                )
+            embed = class_embed
+        else:
+            if y is None:
+                y = torch.full((x_t.shape[0],), self.null_class, dtype=torch.long, device=x_t.device)
+            embed = self.class_embedding(y)
+        cond = self.embed_mlp(timestep_embedding(t, self.embed_dim) + embed)
         cond = F.silu(cond)
         h = self.inp(x_t.reshape(x_t.shape[0], -1))
         for block in self.blocks:
@@ -156,56 +181,128 @@ class DigitsDDPM(nn.Module):
         return self.out(self.out_norm(h)).reshape(x_t.shape)
 
 
+def respaced_timesteps(num_timesteps: int, num_steps: int | None = None) -> torch.Tensor:
+    """The timesteps a sampler with `num_steps` steps visits: all T, or num_steps evenly spaced ones.
+
+    Evenly spaced respacing as in Nichol & Dhariwal (ICML 2021, §4): τ_i = round(i·(T − 1)/(S − 1)),
+    always including t = 0 and t = T − 1 (S = 1 visits T − 1 only).
+
+    Args:
+        num_timesteps: T of the trained schedule.
+        num_steps: S in [1, T], or None for all T steps.
+
+    Returns:
+        Increasing int64 timesteps.
+
+    Raises:
+        ValueError: num_steps is not an integer in [1, T].
+
+    Shapes:
+        returns [S].
+    """
+    if num_steps is None or num_steps == num_timesteps:
+        return torch.arange(num_timesteps, dtype=torch.long)
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= num_timesteps:
+        raise ValueError(f"num_steps must be an integer in [1, {num_timesteps}], got {num_steps!r}")
+    if num_steps == 1:
+        return torch.tensor([num_timesteps - 1], dtype=torch.long)
+    # Distinct because the spacing (T − 1)/(S − 1) is ≥ 1 when S ≤ T.
+    return torch.round(torch.linspace(0, num_timesteps - 1, num_steps, dtype=torch.float64)).long()
+
+
 @torch.no_grad()
 def sample(
     model: DigitsDDPM,
-    labels: torch.Tensor,
-    generator: torch.Generator,
+    labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
     guidance: float = 0.0,
+    *,
+    class_embed: torch.Tensor | None = None,
+    num_steps: int | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Generate digits by full ancestral DDPM sampling (Ho et al. 2020, Alg. 2), with classifier-free guidance.
+    """Generate digits by ancestral DDPM sampling (Ho et al. 2020, Alg. 2), with classifier-free guidance.
 
     Each step predicts ε̂ = (1 + w)·ε_θ(x_t, t, y) − w·ε_θ(x_t, t, ∅) (w = guidance; w = 0 is plain
     conditional sampling, and labels equal to `model.null_class` give unconditional samples), forms
     x̂_0 = (x_t − sqrt(1−ᾱ_t)·ε̂)/sqrt(ᾱ_t) clipped to [−1, 1], and draws x_{t−1} from the Gaussian
     posterior q(x_{t−1} | x_t, x̂_0) (variance β̃_t; no noise at the last step).
 
+    With `num_steps` = S < T the sampler visits S evenly spaced timesteps τ (`respaced_timesteps`) and
+    uses the respaced schedule β'_i = 1 − ᾱ_{τ_i}/ᾱ_{τ_{i−1}} (Nichol & Dhariwal 2021, §4); S = None
+    (or T) is the full schedule, exactly as before this option existed.
+
     Args:
         model: The noise-prediction network.
-        labels: One label per image to generate.
-        generator: Random stream of the initial noise and of every step.
+        labels: One label per image to generate (or None when class_embed is given).
+        generator: Random stream of the initial noise and of every step (or None when noise is given).
         guidance: Guidance weight w ≥ 0.
+        class_embed: Conditioning vectors in place of `model.class_embedding(labels)`; the guidance's
+            unconditional branch still uses the null class's embedding.
+        num_steps: Sampling steps S (None: all T).
+        noise: Pre-drawn standard normal noise in place of the generator: noise[:, 0] is the initial
+            x_T, noise[:, k] the noise of the k-th step (k = 1..S−1; the last step adds none). Lets a
+            caller key each image's randomness on its own (`smoothgen.conditional`).
 
     Returns:
         Generated images with pixels in [0, 1].
 
+    Raises:
+        ValueError: Not exactly one of labels/class_embed, not exactly one of generator/noise, or a
+            wrong shape.
+
     Shapes:
-        labels: [N] -> returns [N, 1, 8, 8].
+        labels: [N] or class_embed: [N, embed_dim]; noise: [N, S, 1, 8, 8] -> returns [N, 1, 8, 8].
     """
     device = model.betas.device
-    labels = labels.to(device=device, dtype=torch.long)
-    n = labels.shape[0]
+    if (labels is None) == (class_embed is None):
+        raise ValueError("pass exactly one of labels and class_embed")
+    if (generator is None) == (noise is None):
+        raise ValueError("pass exactly one of generator and noise")
+    if class_embed is not None:
+        cond = {"class_embed": class_embed.to(device=device, dtype=model.class_embedding.weight.dtype)}
+        n = class_embed.shape[0]
+        null_cond = {"class_embed": model.class_embedding.weight[model.null_class].expand(n, -1)}
+    else:
+        labels = labels.to(device=device, dtype=torch.long)
+        n = labels.shape[0]
+        cond = {"y": labels}
+        null_cond = {"y": torch.full_like(labels, model.null_class)}
+    timesteps = respaced_timesteps(model.num_timesteps, num_steps).to(device)
+    steps_count = timesteps.numel()
+    if noise is not None and tuple(noise.shape) != (n, steps_count, *DIGITS_SHAPE):
+        raise ValueError(f"noise must have shape {(n, steps_count, *DIGITS_SHAPE)}, got {tuple(noise.shape)}")
     betas = model.betas.to(torch.float64)
-    alphas = 1.0 - betas
-    alpha_bar = torch.cumprod(alphas, dim=0)
+    alpha_bar_full = torch.cumprod(1.0 - betas, dim=0)
+    if steps_count == model.num_timesteps:
+        alpha_bar, step_betas = alpha_bar_full, betas
+    else:
+        alpha_bar = alpha_bar_full[timesteps]
+        step_betas = 1.0 - alpha_bar / torch.cat([torch.ones(1, dtype=torch.float64, device=device), alpha_bar[:-1]])
+    alphas = 1.0 - step_betas
     alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64, device=device), alpha_bar[:-1]])
-    x = torch.randn((n, *DIGITS_SHAPE), generator=generator, device=device)
-    null = torch.full_like(labels, model.null_class)
-    for t in range(model.num_timesteps - 1, -1, -1):
-        steps = torch.full((n,), t, dtype=torch.long, device=device)
+
+    def draw(k: int) -> torch.Tensor:
+        if noise is not None:
+            return noise[:, k].to(device=device, dtype=torch.float32)
+        return torch.randn((n, *DIGITS_SHAPE), generator=generator, device=device)
+
+    x = draw(0)
+    for i in range(steps_count - 1, -1, -1):
+        steps = torch.full((n,), int(timesteps[i]), dtype=torch.long, device=device)
         if guidance == 0.0:
-            eps = model(x, steps, labels)
+            eps = model(x, steps, **cond)
         else:
-            both = model(torch.cat([x, x]), torch.cat([steps, steps]), torch.cat([labels, null]))
-            eps_cond, eps_null = both.chunk(2)
+            both = {key: torch.cat([value, null_cond[key]]) for key, value in cond.items()}
+            eps_cond, eps_null = model(torch.cat([x, x]), torch.cat([steps, steps]), **both).chunk(2)
             eps = (1.0 + guidance) * eps_cond - guidance * eps_null
-        ab, ab_prev, beta = float(alpha_bar[t]), float(alpha_bar_prev[t]), float(betas[t])
+        ab, ab_prev, beta = float(alpha_bar[i]), float(alpha_bar_prev[i]), float(step_betas[i])
         x0 = ((x - math.sqrt(1.0 - ab) * eps) / math.sqrt(ab)).clamp(-1.0, 1.0)
         # Posterior q(x_{t-1} | x_t, x0) (Ho et al. eq. 7).
         coef_x0 = math.sqrt(ab_prev) * beta / (1.0 - ab)
-        coef_xt = math.sqrt(float(alphas[t])) * (1.0 - ab_prev) / (1.0 - ab)
+        coef_xt = math.sqrt(float(alphas[i])) * (1.0 - ab_prev) / (1.0 - ab)
         x = coef_x0 * x0 + coef_xt * x
-        if t > 0:
+        if i > 0:
             variance = beta * (1.0 - ab_prev) / (1.0 - ab)
-            x = x + math.sqrt(variance) * torch.randn(x.shape, generator=generator, device=device)
+            x = x + math.sqrt(variance) * draw(steps_count - i)
     return ((x + 1.0) / 2.0).clamp(0.0, 1.0)

@@ -7,11 +7,13 @@ refused rather than mixing two runs in one file.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from smoothgen.errors import ResultsFileError
 
@@ -102,13 +104,29 @@ class ResultsFile:
             raise ResultsFileError(f"{self.path}:{number}: record lacks {missing}")
 
 
-def write_cohen_tsv(records: Iterable[dict[str, Any]], path: str | Path) -> None:
-    """Cohen et al.'s certify TSV (`idx label predict radius correct time`), written atomically."""
+def write_atomically(path: str | Path, write: Callable[[str], Any]) -> None:
+    """Create `path` whole or not at all: `write(tmp_name)` fills a temporary file beside it, which is
+    fsync'd and renamed over `path`; an interrupted or failing write leaves no partial file behind.
+    The file is readable by every user (0644), like one made by open()."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write("idx\tlabel\tpredict\tradius\tcorrect\ttime\n")
-        for r in sorted(records, key=lambda r: r["idx"]):
-            handle.write(f"{r['idx']}\t{r['label']}\t{r['predict']}\t{r['radius']:.3f}\t{int(bool(r['correct']))}\t{r['time']:.4f}\n")
-    os.replace(tmp, path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp_name)
+        with open(tmp_name, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp makes it private
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_cohen_tsv(records: Iterable[dict[str, Any]], path: str | Path) -> None:
+    """Cohen et al.'s certify TSV (`idx label predict radius correct time`), written atomically."""
+    lines = ["idx\tlabel\tpredict\tradius\tcorrect\ttime\n"]
+    for r in sorted(records, key=lambda r: r["idx"]):
+        lines.append(f"{r['idx']}\t{r['label']}\t{r['predict']}\t{r['radius']:.3f}\t{int(bool(r['correct']))}\t{r['time']:.4f}\n")
+    write_atomically(path, lambda tmp: Path(tmp).write_text("".join(lines), encoding="utf-8"))

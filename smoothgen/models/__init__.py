@@ -1,16 +1,19 @@
 """Embedded default models: digits classifiers (clean and trained under Gaussian noise), a digits
-autoencoder, and a class-conditional digits DDPM (the purifier of DDS / DiffSmooth, `smoothgen.denoise`).
+autoencoder, a class-conditional digits DDPM (the purifier of DDS / DiffSmooth, `smoothgen.denoise`), and a
+byte-level causal language model of Python source (`CodeLM`, the default model of `smoothgen.generative`).
 
 The weights ship with the package in `weights/` (safetensors), together with `weights/models.json`,
 which records how each model was trained and its test metrics. They are produced by
 ``python -m smoothgen.models.train all`` (see `smoothgen.models.train`).
 
 Example:
-    >>> from smoothgen.models import load_classifier, load_digits_split
+    >>> from smoothgen.models import encode, load_classifier, load_digits_split, load_lm
     >>> model = load_classifier(sigma=0.25)       # DigitsCNN trained with N(0, 0.25^2 I) noise
     >>> clean = load_classifier(sigma=0.0)        # DigitsCNN trained on clean images (for DDS/DiffSmooth)
     >>> ddpm = load_ddpm()                         # DigitsDDPM: eps(x_t, t, y) with its betas
     >>> split = load_digits_split()                # x_test: [450, 1, 8, 8] in [0, 1]
+    >>> lm = load_lm()                             # CodeLM over UTF-8 bytes, context 256
+    >>> logits = lm(input_ids=encode("def main(").unsqueeze(0)).logits   # [1, 9, 256]
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from smoothgen.errors import InvalidParameterError, ModelLoadError
 from smoothgen.models.architectures import DigitsAutoencoder, DigitsCNN
 from smoothgen.models.data import DIGITS_SHAPE, NUM_CLASSES, DigitsSplit, load_digits_split
 from smoothgen.models.ddpm import DigitsDDPM
+from smoothgen.models.lm import VOCAB_SIZE, CodeLM, decode, encode
 from smoothgen.validate import check_positive
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -40,21 +44,27 @@ _ARCHITECTURES: dict[str, type[nn.Module]] = {
     DigitsCNN.__name__: DigitsCNN,
     DigitsAutoencoder.__name__: DigitsAutoencoder,
     DigitsDDPM.__name__: DigitsDDPM,
+    CodeLM.__name__: CodeLM,
 }
 
 __all__ = [
     "DIGITS_SHAPE",
     "NUM_CLASSES",
+    "VOCAB_SIZE",
     "WEIGHTS_DIR",
+    "CodeLM",
     "DigitsAutoencoder",
     "DigitsCNN",
     "DigitsDDPM",
     "DigitsSplit",
     "available_classifier_sigmas",
+    "decode",
+    "encode",
     "load_autoencoder",
     "load_classifier",
     "load_ddpm",
     "load_digits_split",
+    "load_lm",
     "model_info",
 ]
 
@@ -79,7 +89,7 @@ def model_info() -> dict[str, Any]:
         ``kind``, ``architecture``, ``kwargs``, ``file``, ``sha256``, the training settings (``sigma``
         or ``noise_sigmas``, ``seed``, ``epochs``, ...) and test metrics (``clean_test_accuracy`` and
         ``noisy_test_accuracy`` for classifiers, ``clean_test_mse`` and ``noisy_test_mse`` for the
-        autoencoder).
+        autoencoder, ``heldout`` next-byte accuracy and bits per byte for the code LM).
 
     Raises:
         ModelLoadError: The metadata file is missing or corrupt.
@@ -187,4 +197,30 @@ def load_ddpm() -> DigitsDDPM:
     model = _load(records[0])
     if not isinstance(model, DigitsDDPM):
         raise ModelLoadError(f"the DDPM record in {METADATA_FILENAME} names {type(model).__name__}, not DigitsDDPM")
+    return model
+
+
+def load_lm() -> CodeLM:
+    """Load the embedded byte-level code language model (`CodeLM`, trained on the Python standard library).
+
+    Its call convention mirrors a Hugging Face causal LM (``input_ids`` or ``inputs_embeds``,
+    ``past_key_values``, ``use_cache``, ``.logits``), so `smoothgen.generative.SmoothedLM` uses it like a
+    `transformers` model. Tokens are UTF-8 bytes: `encode` / `decode`. Its held-out metrics are in
+    ``model_info()["models"]["code_lm"]``.
+
+    Returns:
+        A fresh model on the CPU in eval mode, float32.
+
+    Raises:
+        ModelLoadError: The weights are missing or do not match the architecture.
+
+    Shapes:
+        model(input_ids=[B, L] int64 in [0, 256)) .logits -> [B, L, 256], with L <= context_length (256).
+    """
+    records = _records("lm")
+    if not records:
+        raise ModelLoadError(f"no language model is recorded in {METADATA_FILENAME}")
+    model = _load(records[0])
+    if not isinstance(model, CodeLM):
+        raise ModelLoadError(f"the LM record in {METADATA_FILENAME} names {type(model).__name__}, not CodeLM")
     return model

@@ -1,4 +1,4 @@
-"""Train the embedded digits models and record their test metrics in `weights/models.json`.
+"""Train the embedded models (digits models, code LM) and record their metrics in `weights/models.json`.
 
 Usage::
 
@@ -7,11 +7,15 @@ Usage::
     python -m smoothgen.models.train classifier --sigma 0     # the clean classifier (no noise augmentation)
     python -m smoothgen.models.train autoencoder --epochs 50 --out /tmp/weights
     python -m smoothgen.models.train ddpm                     # the class-conditional digits DDPM
+    python -m smoothgen.models.train lm                       # the byte-level code LM (Python stdlib corpus)
 
 Training is deterministic: the seed fixes the initial weights, the shuffling and every noise draw, and
 deterministic algorithms are enforced, so the same command on the same software stack reproduces the
-weights bit for bit. The training functions are importable (`train_classifier`, `train_autoencoder`, `train_ddpm`)
-and restore the caller's global RNG and determinism settings when they return.
+weights bit for bit (with the same ``--threads``; for the code LM, whose corpus is the running interpreter's
+standard library, also the same Python release). The code LM takes about 10 minutes on 2 idle CPU cores
+(1 200 steps of 32 × 256 bytes, 28 CPU-minutes). The training functions are importable (`train_classifier`,
+`train_autoencoder`, `train_ddpm`, `train_lm`) and restore the caller's global RNG and determinism settings
+when they return.
 """
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ import hashlib
 import json
 import math
 import os
+import platform
 import sys
-import tempfile
+import sysconfig
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,13 +37,16 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from smoothgen.errors import InvalidParameterError
 from smoothgen.models import METADATA_FILENAME, WEIGHTS_DIR
 from smoothgen.models.architectures import DigitsAutoencoder, DigitsCNN
-from smoothgen.models.ddpm import DigitsDDPM
 from smoothgen.models.data import NUM_CLASSES, SPLIT_SEED, TEST_SIZE, load_digits_split
+from smoothgen.models.ddpm import DigitsDDPM
+from smoothgen.models.lm import DEFAULT_LM_KWARGS, VOCAB_SIZE, CodeLM
+from smoothgen.results import write_atomically
 from smoothgen.validate import check_count, check_positive
 
 AUTOENCODER_NAME = "digits_autoencoder"
@@ -72,6 +80,26 @@ DDPM_P_UNCOND = 0.2
 null class. Higher than the usual 0.1 because unconditional purification is the model's main use here."""
 DDPM_EVAL_SIGMAS: tuple[float, ...] = (0.25, 0.5, 1.0)
 """Smoothing noise levels at which the one-shot denoising error on the test split is recorded."""
+
+LM_NAME = "code_lm"
+LM_FILENAME = f"{LM_NAME}.safetensors"
+LM_KWARGS: dict[str, int] = dict(DEFAULT_LM_KWARGS)
+DEFAULT_LM_STEPS = 1200
+LM_BATCH_SIZE = 32
+LM_LEARNING_RATE = 2e-3
+LM_WARMUP_STEPS = 100
+LM_WEIGHT_DECAY = 0.01
+LM_HELDOUT_MODULUS = 20
+"""A stdlib file is held out when sha256(its path relative to the stdlib folder) is 0 modulo this (~5%)."""
+LM_EXCLUDED_DIRS: frozenset[str] = frozenset({
+    "site-packages", "dist-packages", "__pycache__", "test", "tests", "idlelib", "lib2to3",
+    "encodings", "pydoc_data", "ensurepip",
+})
+"""Folders (at any depth) left out of the LM corpus: installed packages, test suites, and generated or
+table-like modules (codec tables, the pydoc topic strings), which are not representative Python code.
+Folders named ``config-*`` (platform build files) are left out too."""
+LM_SLICE_CHARS = 1024
+"""Characters per held-out file in the fixed evaluation slice recorded for tests (`lm_heldout_slice`)."""
 
 
 def classifier_filename(sigma: float) -> str:
@@ -516,23 +544,345 @@ def train_ddpm(
     return model, metrics
 
 
+
+def stdlib_root() -> Path:
+    """Return the folder of the running interpreter's standard library (``sysconfig`` "stdlib")."""
+    return Path(sysconfig.get_paths()["stdlib"]).resolve()
+
+
+def is_heldout_file(relative_path: str) -> bool:
+    """Return whether a stdlib file belongs to the LM's held-out evaluation files.
+
+    The choice depends only on the path (sha256 of its POSIX form modulo `LM_HELDOUT_MODULUS`), so it
+    is the same on every machine and Python patch release, whatever else the stdlib holds.
+
+    Args:
+        relative_path: Path relative to the stdlib folder, POSIX separators (``"email/parser.py"``).
+    """
+    digest = hashlib.sha256(relative_path.encode("utf-8")).hexdigest()
+    return int(digest, 16) % LM_HELDOUT_MODULUS == 0
+
+
+def lm_corpus_files(root: Path | None = None) -> tuple[list[str], list[str]]:
+    """Return the LM corpus of a standard library folder, split into training and held-out files.
+
+    The corpus is every ``*.py`` file under root outside `LM_EXCLUDED_DIRS` and ``config-*`` folders,
+    sorted by relative path (so the order, hence the training stream, is deterministic).
+
+    Args:
+        root: Standard library folder (default: `stdlib_root()`, the running interpreter's).
+
+    Returns:
+        (train, heldout): relative POSIX paths, each sorted.
+
+    Raises:
+        InvalidParameterError: root holds no corpus file.
+    """
+    root = stdlib_root() if root is None else Path(root)
+    names: list[str] = []
+    for folder, subfolders, filenames in os.walk(root):
+        # Prune while walking: site-packages alone can hold far more files than the stdlib.
+        subfolders[:] = [f for f in subfolders if f not in LM_EXCLUDED_DIRS and not f.startswith("config-")]
+        base = Path(folder).relative_to(root)
+        names.extend((base / f).as_posix() for f in filenames if f.endswith(".py") and (Path(folder) / f).is_file())
+    train: list[str] = []
+    heldout: list[str] = []
+    for name in sorted(names):
+        (heldout if is_heldout_file(name) else train).append(name)
+    if not train or not heldout:
+        raise InvalidParameterError(f"no Python source files for the LM corpus under {root}")
+    return train, heldout
+
+
+def _read_corpus(files: Sequence[str], root: Path) -> list[bytes]:
+    return [(root / name).read_bytes() for name in files]
+
+
+def heldout_texts(max_files: int | None = None, max_chars: int | None = None, root: Path | None = None) -> list[str]:
+    """Return the LM's held-out texts, read from the running interpreter's standard library.
+
+    The weights do not ship the corpus; every machine with Python has its own stdlib, and the held-out
+    choice depends only on file paths (`is_heldout_file`), so evaluations elsewhere read the same files
+    (with the content of their Python release).
+
+    Args:
+        max_files: Keep the first max_files held-out files (sorted by path); None keeps all.
+        max_chars: Keep, of each file, the max_chars characters around its middle (code rather than
+            the license header and module docstring); None keeps whole files.
+        root: Standard library folder (default: `stdlib_root()`).
+
+    Returns:
+        One string per file (UTF-8 decoded; undecodable bytes become U+FFFD).
+    """
+    root = stdlib_root() if root is None else Path(root)
+    _, files = lm_corpus_files(root)
+    if max_files is not None:
+        files = files[: check_count(max_files, "max_files")]
+    texts = [data.decode("utf-8", errors="replace") for data in _read_corpus(files, root)]
+    if max_chars is not None:
+        max_chars = check_count(max_chars, "max_chars")
+        texts = [t[max(0, (len(t) - max_chars) // 2):][:max_chars] for t in texts]
+    return texts
+
+
+def _lm_blocks(texts: Sequence[str | bytes], context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut each text into windows of context_length inputs and their next-byte targets (padding: -100)."""
+    inputs, targets = [], []
+    for text in texts:
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        ids = torch.tensor(list(data), dtype=torch.int64)
+        for start in range(0, len(ids) - 1, context_length):
+            block = ids[start : start + context_length + 1]
+            x = torch.zeros(context_length, dtype=torch.int64)
+            y = torch.full((context_length,), -100, dtype=torch.int64)
+            x[: len(block) - 1] = block[:-1]
+            y[: len(block) - 1] = block[1:]
+            inputs.append(x)
+            targets.append(y)
+    if not inputs:
+        raise InvalidParameterError("the texts hold no byte to predict (each needs at least 2 bytes)")
+    return torch.stack(inputs), torch.stack(targets)
+
+
+def _metrics_from(nll_nats: float, correct: int, count: int) -> dict[str, Any]:
+    mean = nll_nats / count
+    return {"num_predicted_bytes": count, "accuracy": correct / count, "nll_nats_per_byte": mean,
+            "bits_per_byte": mean / math.log(2), "perplexity": math.exp(mean)}
+
+
+@torch.no_grad()
+def lm_metrics(model: nn.Module, texts: Sequence[str | bytes], batch_size: int = 32) -> dict[str, Any]:
+    """Return the next-byte accuracy and perplexity of a byte-level causal LM on texts.
+
+    Each text is cut into consecutive windows of the model's context length; every byte except a text's
+    first is predicted once, from the bytes before it in its window (so from 0 to context_length − 1
+    bytes of context). Accuracy counts argmax predictions equal to the next byte.
+
+    Args:
+        model: A `CodeLM` (or a model with the same call convention and a ``context_length``).
+        texts: Strings (encoded as UTF-8) or bytes.
+        batch_size: Windows per forward pass.
+
+    Returns:
+        ``num_predicted_bytes``, ``accuracy``, ``nll_nats_per_byte``, ``bits_per_byte`` and
+        ``perplexity`` (per byte, exp of the mean negative log-likelihood).
+    """
+    batch_size = check_count(batch_size, "batch_size")
+    inputs, targets = _lm_blocks(texts, int(model.context_length))
+    was_training = model.training
+    model.eval()
+    nll, correct = 0.0, 0
+    try:
+        for x, y in zip(inputs.split(batch_size), targets.split(batch_size)):
+            logits = model(input_ids=x).logits.float()
+            nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                         ignore_index=-100, reduction="sum").double())
+            correct += int(((logits.argmax(-1) == y) & (y >= 0)).sum())
+    finally:
+        model.train(was_training)
+    return _metrics_from(nll, correct, int((targets >= 0).sum()))
+
+
+def unigram_metrics(train: Sequence[str | bytes], texts: Sequence[str | bytes]) -> dict[str, Any]:
+    """Return the metrics of `lm_metrics` for the unigram baseline: byte frequencies of train (add-one).
+
+    The same bytes are predicted as in `lm_metrics` (all but each text's first), always by the most
+    frequent training byte.
+
+    Args:
+        train: Texts whose byte frequencies define the baseline (pass texts itself for the in-sample,
+            best possible unigram).
+        texts: Evaluation texts.
+
+    Returns:
+        As `lm_metrics`.
+    """
+    def counts(items: Sequence[str | bytes], skip_first: bool) -> torch.Tensor:
+        total = torch.zeros(VOCAB_SIZE, dtype=torch.float64)
+        for item in items:
+            data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+            array = np.frombuffer(data[1:] if skip_first else data, dtype=np.uint8)
+            total += torch.from_numpy(np.bincount(array, minlength=VOCAB_SIZE).astype(np.float64))
+        return total
+
+    log_p = torch.log((counts(train, False) + 1.0) / (counts(train, False).sum() + VOCAB_SIZE))
+    target = counts(texts, True)
+    count = int(target.sum())
+    if count == 0:
+        raise InvalidParameterError("the texts hold no byte to predict (each needs at least 2 bytes)")
+    return _metrics_from(float(-(target * log_p).sum()), int(target[int(log_p.argmax())]), count)
+
+
+def lm_heldout_slice(root: Path | None = None) -> list[str]:
+    """Return the fixed held-out evaluation slice: `LM_SLICE_CHARS` characters from the middle of every
+    held-out file (about 27 kB, evaluated in seconds), whose metrics `train_lm` records."""
+    return heldout_texts(max_chars=LM_SLICE_CHARS, root=root)
+
+
+def _texts_sha256(texts: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        data = text.encode("utf-8")
+        digest.update(len(data).to_bytes(8, "little") + data)
+    return digest.hexdigest()
+
+
+LM_TEXT_BYTES: tuple[int, ...] = (9, 10, *range(32, 127))
+"""Tab, newline and printable ASCII: the bytes of ordinary source text."""
+
+
+@torch.no_grad()
+def _embedding_geometry(model: CodeLM) -> dict[str, float]:
+    """Norms of the token embedding rows and distances between them, over `LM_TEXT_BYTES`: the scale
+    against which an embedding-space smoothing σ and a certified radius (THEORY.md §4(c)) are read."""
+    rows = model.get_input_embeddings().weight[list(LM_TEXT_BYTES)].double()
+    distances = torch.cdist(rows, rows)
+    off_diagonal = distances[~torch.eye(len(rows), dtype=torch.bool)]
+    return {"text_bytes": len(rows), "row_norm_median": float(rows.norm(dim=1).median()),
+            "row_distance_min": float(off_diagonal.min()), "row_distance_median": float(off_diagonal.median())}
+
+
+def _lm_learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
+    # Linear warmup, then cosine decay to 10% of the peak.
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train_lm(
+    steps: int = DEFAULT_LM_STEPS,
+    seed: int = DEFAULT_SEED,
+    *,
+    batch_size: int = LM_BATCH_SIZE,
+    learning_rate: float = LM_LEARNING_RATE,
+    warmup_steps: int = LM_WARMUP_STEPS,
+    weight_decay: float = LM_WEIGHT_DECAY,
+    root: Path | None = None,
+    evaluate: bool = True,
+    progress: bool = False,
+    **model_kwargs: Any,
+) -> tuple[CodeLM, dict[str, Any]]:
+    """Train the embedded byte-level code LM (`CodeLM`) on the Python standard library's source.
+
+    The training files of `lm_corpus_files` are concatenated (sorted by path) into one byte stream;
+    each step takes batch_size windows of context_length + 1 bytes at uniformly drawn offsets and
+    minimizes the next-byte cross-entropy. AdamW (β = 0.9, 0.95), linear warmup then cosine decay to
+    10% of the peak learning rate, gradients clipped at norm 1.
+
+    Args:
+        steps: Optimizer steps.
+        seed: Seed of initialization and window offsets.
+        batch_size: Windows per step.
+        learning_rate: Peak learning rate.
+        warmup_steps: Steps of linear warmup.
+        weight_decay: AdamW weight decay.
+        root: Standard library folder (default: the running interpreter's).
+        evaluate: Whether to compute the held-out metrics (all held-out files, and the fixed slice of
+            `lm_heldout_slice`) and the unigram baseline; a tiny test run can skip them.
+        progress: Whether to show a tqdm progress bar on stderr.
+        **model_kwargs: Overrides of `LM_KWARGS` (d_model, n_layers, n_heads, context_length).
+
+    Returns:
+        The trained model in eval mode, and its metadata record: architecture and kwargs, corpus
+        description and sizes, training settings and time, and held-out metrics of the model and of the
+        unigram baseline.
+    """
+    steps = check_count(steps, "steps")
+    seed = check_count(seed, "seed", minimum=0)
+    batch_size = check_count(batch_size, "batch_size")
+    warmup_steps = check_count(warmup_steps, "warmup_steps", minimum=0)
+    learning_rate = check_positive(learning_rate, "learning_rate")
+    weight_decay = check_positive(weight_decay, "weight_decay", allow_zero=True)
+    unknown = set(model_kwargs) - set(LM_KWARGS)
+    if unknown:
+        raise InvalidParameterError(f"unknown CodeLM arguments {sorted(unknown)}; known: {sorted(LM_KWARGS)}")
+    kwargs = {**LM_KWARGS, **model_kwargs}
+    root = stdlib_root() if root is None else Path(root)
+    train_files, heldout_files = lm_corpus_files(root)
+    train_data = _read_corpus(train_files, root)
+    stream = torch.frombuffer(bytearray(b"".join(train_data)), dtype=torch.uint8)
+    context = int(kwargs["context_length"])
+    if len(stream) <= context + 1:
+        raise InvalidParameterError(f"the training corpus ({len(stream)} bytes) is shorter than one window")
+    offsets = torch.arange(context + 1)
+    start_time, start_cpu = time.perf_counter(), time.process_time()
+    with _deterministic(seed) as generator:
+        model = CodeLM(**kwargs)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, 0.95),
+                                      weight_decay=weight_decay)
+        model.train()
+        smoothed_loss = float("nan")
+        bar = tqdm(range(steps), desc="code lm", file=sys.stderr, disable=not progress)
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = _lm_learning_rate(step, steps, learning_rate, warmup_steps)
+            starts = torch.randint(len(stream) - context - 1, (batch_size, 1), generator=generator)
+            windows = stream[starts + offsets].long()
+            logits = model(input_ids=windows[:, :-1]).logits
+            loss = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), windows[:, 1:].reshape(-1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            value = loss.item()
+            smoothed_loss = value if math.isnan(smoothed_loss) else 0.98 * smoothed_loss + 0.02 * value
+            bar.set_postfix(loss=f"{smoothed_loss:.3f}")
+        model.eval()
+    train_seconds, train_cpu_seconds = time.perf_counter() - start_time, time.process_time() - start_cpu
+    heldout_data = _read_corpus(heldout_files, root)
+    metrics: dict[str, Any] = {
+        "kind": "lm",
+        "architecture": CodeLM.__name__,
+        "kwargs": kwargs,
+        "tokenizer": "UTF-8 bytes (vocabulary 256, no special tokens)",
+        "corpus": {
+            "description": (
+                "*.py files of the CPython standard library of the training interpreter, sorted by path, "
+                f"without the folders {sorted(LM_EXCLUDED_DIRS)} and config-*; held out: files whose "
+                f"sha256(relative path) % {LM_HELDOUT_MODULUS} == 0"
+            ),
+            "python_version": platform.python_version(),
+            "python_implementation": platform.python_implementation(),
+            "train_files": len(train_files),
+            "train_bytes": int(len(stream)),
+            "heldout_files": len(heldout_files),
+            "heldout_bytes": sum(len(d) for d in heldout_data),
+            "heldout_file_list": heldout_files,
+        },
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "train_tokens": steps * batch_size * context,
+        "learning_rate": learning_rate,
+        "warmup_steps": warmup_steps,
+        "weight_decay": weight_decay,
+        "num_parameters": _num_parameters(model),
+        "final_train_loss_ema": smoothed_loss,
+        # Wall time depends on what else runs on the machine; CPU time (all threads) much less.
+        "train_seconds": round(train_seconds, 1),
+        "train_cpu_seconds": round(train_cpu_seconds, 1),
+        "train_threads": torch.get_num_threads(),
+    }
+    if evaluate:
+        heldout = lm_metrics(model, heldout_data)
+        unigram = unigram_metrics(train_data, heldout_data)
+        slice_texts = lm_heldout_slice(root)
+        metrics.update({
+            "heldout": heldout,
+            "heldout_unigram_baseline": unigram,
+            "heldout_slice": {
+                "chars_per_file": LM_SLICE_CHARS,
+                "sha256": _texts_sha256(slice_texts),
+                **lm_metrics(model, slice_texts),
+            },
+            "embedding": _embedding_geometry(model),
+        })
+    return model, metrics
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    # Write next to the target and rename, so an interrupted run never leaves a truncated file behind.
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp_name)
-        # mkstemp creates the file private (0600); shipped weights must be readable by every user.
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
 
 
 def save_model(model: nn.Module, out_dir: Path, filename: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -554,7 +904,7 @@ def save_model(model: nn.Module, out_dir: Path, filename: str, record: dict[str,
     # keys would make the file bytes (and its sha256 in models.json) differ between identical runs.
     description = {"architecture": record["architecture"], "kwargs": record["kwargs"]}
     header = {"smoothgen": json.dumps(description, sort_keys=True)}
-    _atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=header))
     return {**record, "file": filename, "sha256": _sha256(path)}
 
 
@@ -585,7 +935,7 @@ def update_metadata(out_dir: Path, records: dict[str, dict[str, Any]]) -> dict[s
         "models": {name: models[name] for name in sorted(models)},
     }
     text = json.dumps(metadata, indent=2, sort_keys=False) + "\n"
-    _atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return metadata
 
 
@@ -593,19 +943,21 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m smoothgen.models.train",
         description=(
-            "Train the embedded digits models deterministically and save them as safetensors, with "
+            "Train the embedded models deterministically and save them as safetensors, with "
             "their test metrics merged into models.json. Classifiers (DigitsCNN) are trained with "
             "Gaussian noise augmentation x + sigma*N(0, I), the noise randomized smoothing certifies; "
             "the autoencoder (DigitsAutoencoder) learns to reconstruct clean images from inputs with "
             f"noise sigma drawn per batch from {list(AUTOENCODER_NOISE_SIGMAS)}. --sigma 0 trains a clean "
             "classifier (no noise), the one behind the DDPM purifier. The DDPM (DigitsDDPM) is a "
-            "class-conditional noise-prediction network with classifier-free-guidance dropout."
+            "class-conditional noise-prediction network with classifier-free-guidance dropout. The code LM "
+            "(CodeLM) is a byte-level causal transformer trained on the running interpreter's standard "
+            "library sources, with about 5% of the files held out for evaluation."
         ),
     )
     parser.add_argument(
         "what",
-        choices=["classifier", "autoencoder", "ddpm", "all"],
-        help="which models to train: the classifiers, the autoencoder, the DDPM, or all of them",
+        choices=["classifier", "autoencoder", "ddpm", "lm", "all"],
+        help="which models to train: the classifiers, the autoencoder, the DDPM, the code LM, or all of them",
     )
     parser.add_argument(
         "--sigma",
@@ -624,6 +976,13 @@ def _build_parser() -> argparse.ArgumentParser:
             f"passes over the training split (default: {DEFAULT_CLASSIFIER_EPOCHS} for classifiers, "
             f"{DEFAULT_AUTOENCODER_EPOCHS} for the autoencoder, {DEFAULT_DDPM_EPOCHS} for the DDPM)"
         ),
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="S",
+        help=f"optimizer steps of the code LM (default: {DEFAULT_LM_STEPS})",
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="N", help="training seed (default: 0)")
     parser.add_argument(
@@ -650,10 +1009,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
-    if args.sigma is not None and args.what in ("autoencoder", "ddpm"):
+    if args.sigma is not None and args.what in ("autoencoder", "ddpm", "lm"):
         parser.error("--sigma applies to classifiers only")
+    if args.epochs is not None and args.what == "lm":
+        parser.error("--epochs does not apply to the code LM; use --steps")
+    if args.steps is not None and args.what not in ("lm", "all"):
+        parser.error("--steps applies to the code LM only")
     if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be >= 1")
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps must be >= 1")
     if args.seed < 0:
         parser.error("--seed must be >= 0")
     if args.threads < 1:
@@ -695,6 +1060,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         records[DDPM_NAME] = record
         mse = ", ".join(f"sigma={s}: {v:.5f}" for s, v in record["denoise_test_mse_by_sigma"].items())
         print(f"{record['file']}: one-shot denoising test MSE {mse}", file=sys.stderr)
+    if args.what in ("lm", "all"):
+        steps = DEFAULT_LM_STEPS if args.steps is None else args.steps
+        model, record = train_lm(steps, args.seed, progress=True)
+        record = save_model(model, out_dir, LM_FILENAME, record)
+        records[LM_NAME] = record
+        heldout, unigram = record["heldout"], record["heldout_unigram_baseline"]
+        print(
+            f"{record['file']}: held-out next-byte accuracy {heldout['accuracy']:.4f}, "
+            f"{heldout['bits_per_byte']:.3f} bits/byte (unigram baseline {unigram['accuracy']:.4f}, "
+            f"{unigram['bits_per_byte']:.3f} bits/byte), trained in {record['train_seconds']:.0f} s",
+            file=sys.stderr,
+        )
     update_metadata(out_dir, records)
     print(f"wrote {out_dir / METADATA_FILENAME} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0

@@ -36,6 +36,7 @@ MIN_CLEAN_ACCURACY = {0.0: 0.95, 0.25: 0.95, 0.5: 0.90, 1.0: 0.80}
 MAX_CLEAN_MSE = 0.02
 MAX_NOISY_MSE = 0.03
 MAX_WEIGHTS_BYTES = 1_000_000
+MAX_LM_WEIGHTS_BYTES = 6_000_000  # the byte-level code LM: 0.86 M float32 parameters (3.4 MB)
 
 
 def _classifier_record(sigma: float) -> dict:
@@ -134,11 +135,11 @@ def test_autoencoder_shapes_and_range() -> None:
 def test_shipped_models_are_listed_and_their_files_match() -> None:
     assert available_classifier_sigmas() == sorted(DEFAULT_SIGMAS)
     info = model_info()
-    assert len(info["models"]) == len(DEFAULT_SIGMAS) + 2  # the classifiers, the autoencoder, the DDPM
+    assert len(info["models"]) == len(DEFAULT_SIGMAS) + 3  # the classifiers, the autoencoder, the DDPM, the LM
     for record in info["models"].values():
         path = WEIGHTS_DIR / record["file"]
         assert path.is_file()
-        assert path.stat().st_size < MAX_WEIGHTS_BYTES
+        assert path.stat().st_size < (MAX_LM_WEIGHTS_BYTES if record["kind"] == "lm" else MAX_WEIGHTS_BYTES)
         assert hashlib.sha256(path.read_bytes()).hexdigest() == record["sha256"]
     # model_info hands out copies: changing one does not change what the loaders see.
     info["models"].clear()

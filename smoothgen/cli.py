@@ -1,4 +1,5 @@
-"""The `smoothgen` command line: `smoothgen certify` (classification) and `smoothgen center` (metric outputs).
+"""The `smoothgen` command line: `smoothgen certify` (classification), `smoothgen center` (metric outputs)
+and `smoothgen generate` (smoothed generators, in `smoothgen.generate_cli`).
 
 Any error smoothgen raises on purpose (`SmoothgenError`) becomes a one-line message on stderr and exit
 code 2; results files only ever hold whole records.
@@ -150,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "O(n_c*n) distances); 0 = among all n samples (O(n^2))")
     _common(cen, default_num=20, default_out="results/center.jsonl")
     cen.set_defaults(func=cmd_center)
+
+    from smoothgen import generate_cli
+
+    generate_cli.add_parser(sub)
     return parser
 
 

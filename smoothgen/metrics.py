@@ -44,7 +44,7 @@ import math
 import os
 import threading
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any, Callable, Sequence, Union
 
 import numpy as np

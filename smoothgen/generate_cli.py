@@ -1,0 +1,296 @@
+"""`smoothgen generate`: SmoothGen from the command line (THEORY.md §4).
+
+Text (default): smoothed greedy decoding of a causal LM with Gaussian noise on the prompt's token
+embeddings (`smoothgen.generative.SmoothedLM`), printed with its certified prefix marked.
+Diffusion (``--diffusion --label k``): the class-conditional digits DDPM with noise on its class
+embedding (`smoothgen.conditional.SmoothedConditionalDiffusion`): a PNG grid of base samples, smoothed
+samples and the smoothed (mean) output, and the certificates of each.
+
+Parsing lives in `add_parser`; `smoothgen.cli.main` turns any `SmoothgenError` into one line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smoothgen.errors import InvalidParameterError, ModelLoadError, ResultsFileError
+from smoothgen.results import write_atomically
+
+#: σ of the embedded byte-level LM, in its embedding units (benchmarks/RESULTS.md, SmoothGen section:
+#: at this σ the smoothed decoder keeps most of the base model's next-byte accuracy).
+DEFAULT_TEXT_SIGMA = 0.1
+#: σ on the digits DDPM's class embedding, in its units (class embeddings lie 9–12 apart:
+#: `class_distances`): the largest σ at which the smoothed samples keep ≥ 95 % of the base samples'
+#: quality (benchmarks/RESULTS.md, conditional diffusion).
+DEFAULT_DIFFUSION_SIGMA = 0.5
+DEFAULT_DIFFUSION_RADIUS = 1.0
+DEFAULT_PROMPT = "def __init__(self"
+#: Markers around the certified part of the generation in the text output.
+CERTIFIED_OPEN, CERTIFIED_CLOSE = "\u27e6", "\u27e7"
+
+
+def add_parser(sub: Any) -> None:
+    gen = sub.add_parser(
+        "generate",
+        help="smoothed generation with certificates: an LM with noisy prompt embeddings, or the digits DDPM with a "
+        "noisy class embedding (SmoothGen)",
+        description="Text (default): decode greedily from the smoothed next-token distribution (softmax averaged over "
+        "noisy copies of the prompt's token embeddings) and certify a prefix: the tokens between "
+        f"{CERTIFIED_OPEN} and {CERTIFIED_CLOSE} are generated unchanged for every perturbation of the prompt "
+        "embeddings of Frobenius norm <= --radius, with probability >= 1 - alpha over the sampling. With no "
+        "arguments: the embedded byte-level LM trained on the Python standard library. "
+        "--diffusion --label k: the embedded class-conditional digits DDPM with noise on its class embedding; "
+        "writes a PNG grid (base samples, smoothed samples, smoothed mean) and prints the TV bound on one sample "
+        "and the certificate of the mean image.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    gen.add_argument("--sigma", type=float, default=None,
+                     help=f"noise sigma in embedding space (default: {DEFAULT_TEXT_SIGMA} for text, "
+                     f"{DEFAULT_DIFFUSION_SIGMA} for --diffusion)")
+    gen.add_argument("--samples", type=int, default=1000,
+                     help="noisy copies N: estimation copies for text, samples averaged for --diffusion")
+    gen.add_argument("--radius", type=float, default=None,
+                     help="l2 radius in embedding space at which the certificate is reported (default: 0 for text, "
+                     f"where the prefix at 0 is what the smoothed decoder certifiably outputs; {DEFAULT_DIFFUSION_RADIUS} "
+                     "for --diffusion)")
+    gen.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certificate")
+    gen.add_argument("--seed", type=int, default=0, help="seed of the random streams")
+    gen.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    gen.add_argument("--json", action="store_true", help="print the certificate as one JSON object instead of text")
+    gen.add_argument("--out", help="also write the JSON record to this file (written whole, atomically)")
+    gen.add_argument("--overwrite", action="store_true", help="replace an existing --out (or --png)")
+    text = gen.add_argument_group("text (the default)")
+    text.add_argument("--prompt", default=None, help=f"the prompt (default: {DEFAULT_PROMPT!r})")
+    text.add_argument("--model", default=None,
+                      help="package.module:factory returning a causal LM that accepts inputs_embeds (smoothgen's "
+                      "CodeLM or a transformers model), or hf:FOLDER (a local transformers model and tokenizer; "
+                      "needs the hf extra; nothing is downloaded) (default: the embedded byte-level LM)")
+    text.add_argument("--selection-samples", type=int, default=100,
+                      help="noisy copies n0 that choose each token (disjoint from the --samples that certify it)")
+    text.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (alpha is split across them)")
+    text.add_argument("--perturb", default="all", choices=["all", "last"],
+                      help="which prompt positions carry noise (and may be attacked): all, or only the last token")
+    text.add_argument("--batch-size", type=int, default=100, help="noisy copies per model call (each with its KV cache)")
+    diff = gen.add_argument_group("conditional diffusion (--diffusion)")
+    diff.add_argument("--diffusion", action="store_true", help="smooth the embedded class-conditional digits DDPM")
+    diff.add_argument("--label", type=int, default=None, help="the digit class k to generate (0-9); needs --diffusion")
+    diff.add_argument("--steps", type=int, default=100, help="DDPM sampling steps (respaced from 1000)")
+    diff.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w >= 0")
+    diff.add_argument("--png", default=None, help="the PNG grid to write (default: results/generate_label{k}.png)")
+    gen.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from smoothgen.validate import check_alpha, check_count, check_positive
+
+    if args.diffusion:
+        for option, value in (("--prompt", args.prompt), ("--model", args.model)):
+            if value is not None:
+                raise InvalidParameterError(f"{option} applies to text generation, not with --diffusion")
+        if args.label is None:
+            raise InvalidParameterError("--diffusion needs --label k (the digit class to generate)")
+    elif args.label is not None or args.png is not None:
+        raise InvalidParameterError("--label and --png apply only with --diffusion")
+    args.sigma = DEFAULT_DIFFUSION_SIGMA if args.sigma is None and args.diffusion else args.sigma
+    args.sigma = DEFAULT_TEXT_SIGMA if args.sigma is None else args.sigma
+    check_positive(args.sigma, "--sigma")
+    check_count(args.samples, "--samples")
+    if args.radius is None:
+        args.radius = DEFAULT_DIFFUSION_RADIUS if args.diffusion else 0.0
+    check_positive(args.radius, "--radius", allow_zero=True)
+    check_alpha(args.alpha)
+    out = _check_out(args.out, args.overwrite, ".json")
+    if args.diffusion:
+        record = _generate_diffusion(args)
+    else:
+        record = _generate_text(args)
+    if out is not None:
+        write_atomically(out, lambda tmp: Path(tmp).write_text(json.dumps(record) + "\n", encoding="utf-8"))
+    if args.json:
+        print(json.dumps(record))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ text
+
+
+def _load_lm(spec: str | None, device: str) -> tuple[Any, Any, str]:
+    """(model, tokenizer or None, name) for --model."""
+    if spec is None:
+        from smoothgen.models import load_lm
+
+        return load_lm().to(device), None, "embedded:code_lm"
+    if spec.startswith("hf:"):
+        folder = spec[3:]
+        try:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:
+            raise ModelLoadError("--model hf:FOLDER needs the transformers package (pip install 'smoothgen[hf]')") from exc
+        if not Path(folder).is_dir():
+            raise ModelLoadError(f"--model {spec}: {folder} is not a folder")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).to(device)
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        except Exception as exc:  # transformers raises OSError, ValueError, ... for unreadable folders
+            raise ModelLoadError(f"cannot load --model {spec}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        return model, tokenizer, spec
+    from smoothgen.loading import _from_factory
+
+    return _from_factory(spec).to(device), None, spec
+
+
+def _decode_text(tokens: Any, tokenizer: Any) -> str:
+    if tokenizer is not None:
+        return tokenizer.decode(list(tokens))
+    from smoothgen.models.lm import decode
+
+    return decode(list(tokens))
+
+
+def _generate_text(args: argparse.Namespace) -> dict[str, Any]:
+    from smoothgen.generative import SmoothedLM, nearest_neighbor_distances
+    from smoothgen.validate import check_count
+
+    check_count(args.selection_samples, "--selection-samples")
+    check_count(args.max_new_tokens, "--max-new-tokens")
+    check_count(args.batch_size, "--batch-size")
+    model, tokenizer, name = _load_lm(args.model, args.device)
+    perturb_last = args.perturb == "last"
+    smoothed = SmoothedLM(model, args.sigma, batch_size=args.batch_size, tokenizer=tokenizer,
+                          mask=(lambda ids: torch.arange(ids.numel()) == ids.numel() - 1) if perturb_last else None)
+    prompt = DEFAULT_PROMPT if args.prompt is None else args.prompt
+    ids = smoothed.prompt_ids(prompt)  # checks emptiness, vocabulary and (below) the context length
+    start = time.perf_counter()
+    cert = smoothed.generate(ids, args.max_new_tokens, n0=args.selection_samples, n=args.samples, alpha=args.alpha,
+                             seed=args.seed, radius=args.radius)
+    seconds = time.perf_counter() - start
+    mask = torch.tensor(cert.mask)
+    nn_dist = nearest_neighbor_distances(smoothed.table, ids.cpu())[mask]
+    k = cert.certified_prefix
+    record = {
+        **cert.to_dict(),
+        "prompt_ids": list(cert.prompt),
+        "model": name,
+        "prompt": prompt,
+        "text": _decode_text(cert.tokens, tokenizer),
+        "certified_text": _decode_text(cert.tokens[:k], tokenizer),
+        "whole_generation_radius": cert.prefix_radius(len(cert.tokens)),
+        "min_substitution_radius": float(nn_dist.min()),
+        "seconds": seconds,
+    }
+    if not args.json:
+        _print_text(record, cert, tokenizer)
+    return record
+
+
+def _print_text(record: dict[str, Any], cert: Any, tokenizer: Any) -> None:
+    k = cert.certified_prefix
+    rest = _decode_text(cert.tokens[k:], tokenizer)
+    print(f"{record['prompt']}{CERTIFIED_OPEN}{record['certified_text']}{CERTIFIED_CLOSE}{rest}")
+    print()
+    print(f"model {record['model']}, sigma={cert.sigma}, n0={cert.n0}, n={cert.n}, alpha={cert.alpha}, "
+          f"{len(cert.tokens)} tokens in {record['seconds']:.1f} s")
+    print(f"certified prefix at radius {cert.radius:g}: {k} of {len(cert.tokens)} tokens (between "
+          f"{CERTIFIED_OPEN} {CERTIFIED_CLOSE}); the whole generation is certified below radius "
+          f"{record['whole_generation_radius']:.4g}")
+    print(f"a single-token substitution in the perturbed prompt moves its embedding by at least "
+          f"{record['min_substitution_radius']:.4g}: "
+          + ("the certificate covers some substitutions" if cert.radius >= record["min_substitution_radius"]
+             else "this radius covers no whole-token substitution, only smaller embedding perturbations"))
+
+
+# ------------------------------------------------------------------------------------------------ diffusion
+
+
+def _generate_diffusion(args: argparse.Namespace) -> dict[str, Any]:
+    from smoothgen.conditional import SmoothedConditionalDiffusion
+    from smoothgen.models import load_ddpm
+    from smoothgen.models.ddpm import sample
+    from smoothgen.validate import check_count, check_positive
+
+    check_count(args.steps, "--steps")
+    check_positive(args.guidance, "--guidance", allow_zero=True)
+    png = _check_out(args.png or f"results/generate_label{args.label}.png", args.overwrite, ".png")
+    ddpm = load_ddpm().to(args.device)
+    smoothed = SmoothedConditionalDiffusion(ddpm, args.sigma, guidance=args.guidance, num_steps=args.steps)
+    start = time.perf_counter()
+    mean = smoothed.certify_mean(args.label, radius=args.radius, n=args.samples, alpha=args.alpha, seed=args.seed)
+    tv = smoothed.tv_bound(args.radius, label=args.label)
+    shown = min(8, args.samples)
+    noisy = smoothed.samples(args.label, n=shown, seed=args.seed, request_id=1)
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    labels = torch.full((shown,), args.label, dtype=torch.long, device=args.device)
+    with torch.no_grad():
+        base = sample(ddpm, labels, generator, args.guidance, num_steps=args.steps)
+    seconds = time.perf_counter() - start
+    _write_grid(png, base.cpu(), noisy.cpu(), mean.mean.cpu(), args)
+    distances = smoothed.class_distances(args.label)
+    record = {
+        "model": "embedded:digits_ddpm",
+        "label": args.label,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "png": str(png),
+        "seconds": seconds,
+        "nearest_other_label_distance": float(min(d for j, d in enumerate(distances) if j != args.label)),
+        "mean_certificate": mean.to_record(),
+        "sample_tv_bound": tv.to_record(),
+    }
+    if not args.json:
+        m = record["mean_certificate"]
+        print(f"wrote {png}: {shown} base samples of digit {args.label}, {shown} smoothed samples (sigma={args.sigma} "
+              f"on the class embedding), and the mean of {args.samples} smoothed samples ({seconds:.1f} s)")
+        print(f"one smoothed sample, any conditioning move of l2 norm <= {args.radius:g}: TV <= {tv.tv:.4f}, "
+              f"W1 (l2 on images) <= {tv.w1_l2:.4f}")
+        print(f"the mean image: moves by at most {m['expectation_bound']:.4f} in l2 in expectation; two runs of "
+              f"{args.samples} samples differ by at most {m['empirical_bound']:.4f} (probability >= 1 - 2*alpha)")
+        print(f"the nearest other digit's embedding is {record['nearest_other_label_distance']:.3f} away; "
+              f"labels covered at this radius: {list(tv.covered_labels) or 'none'}")
+    return record
+
+
+def _write_grid(path: Path, base: torch.Tensor, noisy: torch.Tensor, mean: torch.Tensor, args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = max(base.shape[0], noisy.shape[0], 1)
+    fig, axes = plt.subplots(3, cols, figsize=(1.2 * cols, 4.0), squeeze=False)
+    rows = [("base", base), (f"smoothed (σ={args.sigma:g})", noisy), (f"mean of {args.samples}", mean[None])]
+    for r, (title, images) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < images.shape[0]:
+                ax.imshow(images[c].reshape(8, 8).numpy(), cmap="gray_r", vmin=0.0, vmax=1.0)
+        axes[r][0].set_title(title, fontsize=8, loc="left")
+    fig.suptitle(f"digit {args.label}: DDPM with noise on its class embedding", fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    write_atomically(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+
+def _check_out(path: str | None, overwrite: bool, suffix: str) -> Path | None:
+    """Refuse to replace a file without --overwrite, before any work is done."""
+    if path is None:
+        return None
+    out = Path(path)
+    if out.suffix.lower() != suffix:
+        raise InvalidParameterError(f"{path} must end in {suffix}")
+    if out.exists() and not overwrite:
+        raise ResultsFileError(f"{path} exists; pass --overwrite to replace it")
+    if out.is_dir():
+        raise ResultsFileError(f"{path} is a folder")
+    return out

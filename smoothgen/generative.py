@@ -1,0 +1,864 @@
+"""SmoothGen for language models: noise on the prompt's token embeddings, and the SOUND text certificates.
+
+`SmoothedLM` wraps a causal LM that takes ``inputs_embeds`` (smoothgen's `CodeLM`, or a Hugging Face
+``transformers`` causal LM) and smooths it in embedding space: x = the prompt's embedding rows at the
+perturbed positions (``mask``), z = x + ε with ε ~ N(0, σ²I). Three certificates (THEORY.md §4):
+
+- (c) certified prefix of smoothed greedy decoding (`SmoothedLM.generate`): the first k generated tokens
+  are the same for every embedding perturbation ‖Δ‖_F < R (`GenerationCertificate`);
+- (a) the sample-free TV / Wasserstein bound on the output distribution of ONE noisy generation
+  (`SmoothedLM.sample`, `SmoothedLM.distribution_bound`);
+- (d) center smoothing of the generated token sequences under the Levenshtein metric
+  (`SmoothedLM.center_certify`, through `smoothgen.center.CenterSmoother`).
+
+The smoothed greedy decoder (§4c)::
+
+    p̄_t(x) = E_ε softmax(LM(emb(x) + ε, y_<t))          (mean of the per-copy softmax, a [0,1] score)
+    y_t    = argmax_v p̄_t,v(x)                          (decoded greedily from p̄)
+
+CERTIFY(prompt, T, n0, n, α):
+1. Selection: n0 noisy copies of the prompt, each with its own KV cache. Prefill once; at step t the
+   decoder picks a_t = argmax of the mean softmax of the n0 copies and feeds the clean embedding of a_t
+   to every copy (the prompt is never recomputed).
+2. Estimation: n FRESH noisy copies (an independent random stream), run on the decoded sequence
+   y = (a_0, ..., a_{T−1}) (teacher forcing: prefill + y, in one pass when it fits the logits budget,
+   else in windows through the KV cache). Per step t the per-copy scores s_i,t = softmax_i,t(a_t) ∈ [0, 1].
+3. L_t = a one-sided (1 − α/T) lower confidence bound on p̄_t,a_t from the s_i,t (Bonferroni over the T
+   steps; empirical Bernstein and Hoeffding at α/(2T) each, the larger one: `stats.bounded_mean_lower`).
+   U_t = 1 − L_t. R_t = (σ/2)(Φ⁻¹(L_t) − Φ⁻¹(U_t)) = σ·Φ⁻¹(L_t) if L_t > 1/2, else 0.
+4. The prefix certified at radius R: the largest k with R_t > R for every t < k.
+
+Why the prefix certificate is sound. Let E be the event that all T lower bounds hold: L_t ≤ p̄_t,a_t(x; y_<t)
+for t < T. The decoded y depends only on the selection noise; given y, the estimation noise is
+independent of it, so each bound fails with probability ≤ α/T conditionally on y, and E has
+probability ≥ 1 − α (union bound; this needs T fixed in advance: it is max_new_tokens, whether or not
+decoding stops early at EOS). On E, fix x' = x + Δ with ‖Δ‖_F < min_{t<k} R_t (Δ on the perturbed rows).
+Induction on t < k: assume the smoothed decoder at x' produced y'_<t = y_<t (true for t = 0). Then its
+step-t distribution is p̄_t(x'; y_<t) — the same conditioning sequence the estimation copies used, so the
+same function of the embeddings. For every token b, x ↦ σ·Φ⁻¹(p̄_t,b(x; y_<t)) is 1-Lipschitz (Salman
+et al. 2019, App. A, Lemma 2; the generated tokens' embeddings are clean and fixed), hence
+p̄_t,a_t(x') ≥ Φ(Φ⁻¹(L_t) − ‖Δ‖/σ) > Φ(Φ⁻¹(L_t) − R_t/σ) = 1/2, so a_t is the unique argmax at x': y'_t = a_t.
+With Δ = 0 the same argument shows the smoothed decoder at x itself produces y_<k (the selection sample
+may have chosen badly only where L_t ≤ 1/2, which ends the prefix). The radius is in embedding space
+(Frobenius norm over the perturbed rows); `substitution_radius` translates token substitutions into it.
+
+Assumptions: the model is deterministic given its inputs (eval mode; the wrapper calls ``eval()``), σ is
+fixed (not input-dependent, THEORY.md §5), and the noise is the Philox Gaussian of `smoothgen.kernels`
+computed in float32 — exact-Gaussian soundness in floating point is not proved (THEORY.md §6, Voráček &
+Hein 2023), as everywhere in smoothgen.
+
+Noise: `smoothgen.kernels.noisy_embedding` (the fused Triton kernel on CUDA, the counter-based reference
+on CPU: the same noise on both), keyed per request and purpose by `smoothgen.engine.RandomStream`
+(selection = Purpose.SELECTION, estimation = Purpose.ESTIMATION, next-token distributions and samples =
+Purpose.PREDICT). Copy i of a purpose always gets the noise (key, offset = i), whatever the batch size.
+
+KV caches are opaque here: the wrapper passes back whatever ``past_key_values`` the model returned and
+never indexes, gathers or expands it, so a tuple cache (CodeLM) and a Hugging Face ``Cache`` object work
+alike. Each chunk of ``batch_size`` copies keeps its own cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from numbers import Integral
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from smoothgen import kernels, stats
+from smoothgen.certificates import CenterCertificate
+from smoothgen.engine import Purpose, RandomStream
+from smoothgen.engine.noise import NoiseKey
+from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError
+from smoothgen.validate import check_alpha, check_count, check_positive, check_sigma
+
+#: Noisy copies per model call (and per KV cache). On the 2-core CPU with the embedded CodeLM, 100 copies
+#: per call keep the matrix multiplies large enough that Python overhead stays small.
+DEFAULT_BATCH_SIZE = 100
+
+#: Largest logits tensor one call may produce in the estimation pass, in elements (64 MiB of float32):
+#: teacher forcing runs the whole decoded sequence in one call when [copies, positions, vocab] fits.
+LOGITS_BUDGET = 1 << 24
+
+
+# --------------------------------------------------------------------------------------------------
+# The model behind the HF-style interface
+# --------------------------------------------------------------------------------------------------
+
+
+def model_context_length(model: Any) -> int | None:
+    """The number of positions the model accepts, or None when it does not say.
+
+    Reads ``model.context_length`` (CodeLM), then ``model.config.n_positions`` /
+    ``max_position_embeddings`` / ``context_length`` (Hugging Face configs).
+    """
+    value = getattr(model, "context_length", None)
+    if not isinstance(value, Integral):
+        config = getattr(model, "config", None)
+        value = None
+        for name in ("n_positions", "max_position_embeddings", "context_length"):
+            candidate = getattr(config, name, None)
+            if isinstance(candidate, Integral) and not isinstance(candidate, bool):
+                value = candidate
+                break
+    return None if value is None else int(value)
+
+
+def forward_lm(model: Any, embeds: torch.Tensor, past: Any = None) -> tuple[torch.Tensor, Any]:
+    """One call of a causal LM on embeddings: (logits [B, T, V], the extended cache).
+
+    Raises:
+        ModelOutputError: no ``logits``, a wrong shape, or NaN/Inf logits.
+
+    Shapes:
+        embeds: [B, T, D] -> logits [B, T, V]
+    """
+    out = model(inputs_embeds=embeds, past_key_values=past, use_cache=True)
+    if isinstance(out, (tuple, list)):
+        logits, cache = out[0], (out[1] if len(out) > 1 else None)
+    else:
+        logits, cache = getattr(out, "logits", None), getattr(out, "past_key_values", None)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(embeds.shape[:2]):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ModelOutputError(f"the model returned logits {shape} for inputs_embeds {tuple(embeds.shape)}")
+    if not bool(torch.isfinite(logits).all()):
+        raise ModelOutputError("the model returned NaN or Inf logits")
+    return logits, cache
+
+
+def _check_mask_tensor(mask: Any, length: int, device: torch.device) -> torch.Tensor:
+    try:
+        m = torch.as_tensor(mask, device=device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InvalidInputError(f"mask must be a sequence of booleans: {exc}") from exc
+    if m.dtype != torch.bool:
+        if m.dtype.is_floating_point or not bool(((m == 0) | (m == 1)).all()):
+            raise InvalidInputError("mask must hold booleans (or 0/1)")
+        m = m.bool()
+    if tuple(m.shape) != (length,):
+        raise InvalidInputError(f"mask has shape {tuple(m.shape)}, the prompt has {length} positions")
+    if not bool(m.any()):
+        raise InvalidParameterError("mask perturbs no position: there is nothing to smooth or certify")
+    return m
+
+
+# --------------------------------------------------------------------------------------------------
+# Certificates
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_radius(radius: float | None, name: str = "radius") -> float:
+    return 0.0 if radius is None else check_positive(radius, name, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class GenerationCertificate:
+    """Certified prefix of smoothed greedy decoding (THEORY.md §4c).
+
+    Holds with probability ≥ 1 − alpha over the sampling: for every k and every perturbation Δ of the
+    perturbed prompt rows with ‖Δ‖_F < prefix_radius(k), the smoothed greedy decoder produces
+    ``tokens[:k]`` on the perturbed prompt. Step radii are certified with a strict inequality (as in
+    Cohen et al.): a step with L_t ≤ 1/2 has R_t = 0 and certifies nothing, not even at radius 0.
+
+    Attributes:
+        prompt: the prompt's token ids.
+        tokens: the generated tokens (chosen by the selection copies).
+        certified_prefix: the prefix length certified at `radius` (`prefix_at(radius)`).
+        radius: the radius that was asked for (0.0 when none was).
+        step_radius: R_t per step.
+        p_lower: L_t, the lower confidence bound on p̄_t of the chosen token (level alpha_step).
+        p_mean, p_variance: the estimation copies' mean and unbiased variance of that token's probability.
+        p_selection: the chosen token's mean probability among the selection copies.
+        mask: which prompt positions carry noise (and may be perturbed).
+        alpha_step: alpha / max_new_tokens (Bonferroni over the steps).
+        bound: the confidence bound ("best": the larger of empirical Bernstein and Hoeffding, each at
+            alpha_step / 2; "bernstein"; "hoeffding").
+        stopped: why decoding stopped: "max_new_tokens" or "eos".
+    """
+
+    prompt: tuple[int, ...]
+    tokens: tuple[int, ...]
+    certified_prefix: int
+    radius: float
+    step_radius: tuple[float, ...]
+    p_lower: tuple[float, ...]
+    p_mean: tuple[float, ...]
+    p_variance: tuple[float, ...]
+    p_selection: tuple[float, ...]
+    sigma: float
+    n0: int
+    n: int
+    alpha: float
+    alpha_step: float
+    bound: str
+    max_new_tokens: int
+    mask: tuple[bool, ...]
+    seed: int | None
+    request_id: int
+    stopped: str
+
+    def prefix_radius(self, k: int) -> float:
+        """The radius below which the first k tokens are certified: min_{t<k} R_t (inf for k = 0)."""
+        k = check_count(k, "k", minimum=0)
+        if k > len(self.tokens):
+            raise InvalidParameterError(f"k = {k} exceeds the {len(self.tokens)} generated tokens")
+        return min(self.step_radius[:k], default=math.inf)
+
+    def prefix_at(self, radius: float) -> int:
+        """The largest k with R_t > radius for all t < k: tokens certified against ‖Δ‖_F ≤ radius."""
+        radius = _check_radius(radius)
+        k = 0
+        while k < len(self.step_radius) and self.step_radius[k] > radius:
+            k += 1
+        return k
+
+    def prefix_under_substitutions(self, table: torch.Tensor, substitutions: Any) -> int:
+        """The prefix certified against a set of token substitutions in the prompt (0 if any position is unperturbed)."""
+        if not all(self.mask[p] for p in _substitution_items(substitutions, len(self.prompt))):
+            return 0
+        return self.prefix_at(substitution_radius(table, self.prompt, substitutions))
+
+    @property
+    def certified_tokens(self) -> tuple[int, ...]:
+        return self.tokens[: self.certified_prefix]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-serialisable record (tuples become lists; inf radii stay floats)."""
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
+
+    to_record = to_dict
+
+
+@dataclass(frozen=True)
+class DistributionBound:
+    """Sample-free bound on how far the output distribution of ONE noisy generation can move (§4a).
+
+    For every ‖Δ‖_F ≤ radius on the perturbed rows: TV(P_x, P_x') ≤ tv, W1 ≤ w1 and W2 ≤ w2 under any
+    output metric of diameter `diameter` (Levenshtein on ≤ max_new_tokens generated tokens: diameter
+    max_new_tokens), and P_x'(S) ≥ Φ(Φ⁻¹(P_x(S)) − radius/σ) for every event S
+    (`stats.event_probability_bound`). Valid because the prompt reaches the output only through
+    emb + ε with fixed σ and decoding uses no randomness correlated with ε. It says nothing about an
+    aggregate of many noisy runs (`generate`, `center_certify` certify those).
+    """
+
+    radius: float
+    sigma: float
+    tv: float
+    diameter: float | None
+    w1: float | None
+    w2: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    to_record = to_dict
+
+
+# --------------------------------------------------------------------------------------------------
+# Threat-model translation: token substitutions <-> embedding radius
+# --------------------------------------------------------------------------------------------------
+
+
+def _substitution_items(substitutions: Any, length: int) -> dict[int, int]:
+    items = substitutions.items() if isinstance(substitutions, Mapping) else substitutions
+    out: dict[int, int] = {}
+    try:
+        for pos, tok in items:
+            if isinstance(pos, bool) or isinstance(tok, bool) or int(pos) != pos or int(tok) != tok:
+                raise InvalidInputError(f"substitution ({pos!r}, {tok!r}) is not a pair of integers")
+            pos = int(pos)
+            if not 0 <= pos < length:
+                raise InvalidInputError(f"substitution position {pos} outside the prompt's 0..{length - 1}")
+            if pos in out:
+                raise InvalidInputError(f"position {pos} is substituted twice")
+            out[pos] = int(tok)
+    except TypeError as exc:
+        raise InvalidInputError(f"substitutions must be a mapping or (position, token) pairs: {exc}") from exc
+    return out
+
+
+def _as_ids(ids: Any, vocab: int) -> torch.Tensor:
+    try:
+        t = torch.as_tensor(ids)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InvalidInputError(f"token ids must be a sequence of integers: {exc}") from exc
+    if t.ndim == 1 and t.numel() == 0:
+        return t.long()  # [] is a float tensor to torch
+    if t.ndim != 1 or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise InvalidInputError(f"token ids must be a 1-D integer sequence, got {t.dtype} of shape {tuple(t.shape)}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= vocab):
+        raise InvalidInputError(f"token ids must lie in [0, {vocab}), got values in [{int(t.min())}, {int(t.max())}]")
+    return t.long()
+
+
+def substitution_radius(table: torch.Tensor, ids: Sequence[int], substitutions: Any) -> float:
+    """Embedding distance of a set of token substitutions: sqrt(Σ_i ‖e_{ids[i]} − e_{new_i}‖²).
+
+    Replacing token ids[i] by new_i moves row i of the prompt's embedding matrix by that distance, so the
+    Frobenius norm of the whole move is the root of the sum of squares (THEORY.md §4c).
+
+    Args:
+        table: the embedding table [V, D].
+        ids: the prompt's token ids [L].
+        substitutions: {position: new token} or (position, new token) pairs.
+    """
+    ids_t = _as_ids(ids, table.shape[0])
+    subs = _substitution_items(substitutions, ids_t.numel())
+    if not subs:
+        return 0.0
+    pos = torch.tensor(list(subs), dtype=torch.long)
+    new = _as_ids(list(subs.values()), table.shape[0])
+    with torch.no_grad():
+        rows = table.detach().double().cpu()
+        diff = rows[ids_t[pos]] - rows[new]
+        return float(diff.pow(2).sum().sqrt())
+
+
+def substitutions_covered(
+    table: torch.Tensor, ids: Sequence[int], substitutions: Any, radius: float, mask: Sequence[bool] | None = None
+) -> bool:
+    """Whether a certified radius covers these substitutions: every position perturbed and distance < radius.
+
+    `radius` is a certified radius in the strict sense of `GenerationCertificate` (R_t, or
+    ``prefix_radius(k)``): covered means substitution_radius < radius.
+    """
+    radius = check_positive(radius, "radius", allow_zero=True) if not math.isinf(radius) else math.inf
+    ids_t = _as_ids(ids, table.shape[0])
+    subs = _substitution_items(substitutions, ids_t.numel())
+    if mask is not None:
+        m = _check_mask_tensor(mask, ids_t.numel(), torch.device("cpu"))
+        if not all(bool(m[p]) for p in subs):
+            return False
+    return substitution_radius(table, ids_t, subs) < radius
+
+
+def nearest_neighbor_distances(table: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+    """Per position, the smallest embedding move of any single substitution: min_{v ≠ ids[i]} ‖e_{ids[i]} − e_v‖.
+
+    The smallest radius that admits some one-token substitution at that position (0 when another token
+    shares the embedding row).
+
+    Shapes:
+        table: [V, D], ids: [L] -> [L] (float64)
+    """
+    ids_t = _as_ids(ids, table.shape[0])
+    if table.shape[0] < 2:
+        raise InvalidInputError("a vocabulary of one token admits no substitution")
+    with torch.no_grad():
+        rows = table.detach().double().cpu()
+        d = torch.cdist(rows[ids_t], rows)  # [L, V]
+        d[torch.arange(ids_t.numel()), ids_t] = math.inf
+        return d.min(dim=1).values
+
+
+# --------------------------------------------------------------------------------------------------
+# SmoothedLM
+# --------------------------------------------------------------------------------------------------
+
+
+class SmoothedLM:
+    """A causal LM smoothed with Gaussian noise on its prompt's token embeddings.
+
+    Args:
+        model: a causal LM called as ``model(inputs_embeds=[B, T, D], past_key_values=..., use_cache=True)``
+            returning ``.logits`` [B, T, V] and ``.past_key_values``, with ``get_input_embeddings()``
+            (smoothgen's CodeLM, Hugging Face causal LMs). It is put in eval mode.
+        sigma: noise standard deviation σ > 0 in embedding space.
+        mask: which prompt positions are perturbed: None (all), a sequence of L booleans (prompts must
+            then have length L), or a callable ids [L] -> booleans [L]. Per-call ``mask=`` overrides it.
+            Unperturbed positions keep their exact clean embedding.
+        batch_size: noisy copies per model call; each chunk keeps its own KV cache.
+        device: move the model there (default: where its embedding table is).
+        bound: confidence bound on p̄ ("best", "bernstein" or "hoeffding"; see `stats.bounded_mean_lower`).
+        eos_token_id: decoding stops after this token (None: never early).
+        tokenizer: object with ``encode(str) -> ids`` for string prompts (CodeLM's byte encoding is used
+            by default for a CodeLM).
+
+    Raises:
+        InvalidParameterError: bad σ, batch_size or bound.
+        InvalidInputError: a model without get_input_embeddings().
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        sigma: float,
+        *,
+        mask: Sequence[bool] | Callable[[torch.Tensor], Any] | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        device: str | torch.device | None = None,
+        bound: str = "best",
+        eos_token_id: int | None = None,
+        tokenizer: Any = None,
+    ):
+        self.sigma = check_sigma(sigma)
+        self.batch_size = check_count(batch_size, "batch_size")
+        if bound not in stats.BOUNDED_MEAN_METHODS:
+            raise InvalidParameterError(f"bound must be one of {stats.BOUNDED_MEAN_METHODS}, got {bound!r}")
+        self.bound = bound
+        if not callable(getattr(model, "get_input_embeddings", None)):
+            raise InvalidInputError("model must have get_input_embeddings() (a causal LM that accepts inputs_embeds)")
+        if device is not None:
+            model = model.to(device)
+        if isinstance(model, torch.nn.Module):
+            model.eval()
+        self.model = model
+        table = model.get_input_embeddings().weight
+        if not isinstance(table, torch.Tensor) or table.ndim != 2:
+            raise InvalidInputError("get_input_embeddings().weight must be a [V, D] tensor")
+        self.table = table.detach()
+        self.device = self.table.device
+        self.vocab_size, self.dim = self.table.shape
+        self.context_length = model_context_length(model)
+        self.mask = mask
+        if eos_token_id is not None:
+            eos_token_id = int(_as_ids([eos_token_id], self.vocab_size)[0])
+        self.eos_token_id = eos_token_id
+        self.tokenizer = tokenizer
+
+    # ---------------------------------------------------------------------------------- inputs
+
+    def prompt_ids(self, prompt: Any) -> torch.Tensor:
+        """The prompt as int64 token ids [L] on the model's device (a string goes through the tokenizer).
+
+        Raises:
+            InvalidInputError: an empty prompt, ids out of range, a string without a tokenizer.
+        """
+        if isinstance(prompt, str):
+            prompt = self._encode(prompt)
+        ids = _as_ids(prompt, self.vocab_size)
+        if ids.numel() == 0:
+            raise InvalidInputError("the prompt is empty")
+        return ids.to(self.device)
+
+    def _encode(self, text: str) -> Any:
+        if self.tokenizer is not None:
+            return self.tokenizer.encode(text)
+        from smoothgen.models.lm import CodeLM, encode
+
+        if isinstance(self.model, CodeLM):
+            return encode(text)
+        raise InvalidInputError("a string prompt needs a tokenizer (pass tokenizer=...) or token ids")
+
+    def prompt_mask(self, ids: torch.Tensor, mask: Any = None) -> torch.Tensor:
+        """The bool mask [L] of perturbed positions for this prompt (per-call mask, else the wrapper's)."""
+        mask = self.mask if mask is None else mask
+        if mask is None:
+            return torch.ones(ids.numel(), dtype=torch.bool, device=self.device)
+        if callable(mask):
+            mask = mask(ids)
+        return _check_mask_tensor(mask, ids.numel(), self.device)
+
+    def _check_length(self, length: int, new_tokens: int) -> None:
+        if self.context_length is not None and length + new_tokens > self.context_length:
+            raise InvalidInputError(
+                f"prompt of {length} tokens + {new_tokens} new tokens exceeds the model's context length "
+                f"{self.context_length}"
+            )
+
+    def _check_delta(self, delta: torch.Tensor | None, length: int) -> torch.Tensor | None:
+        if delta is None:
+            return None
+        if not isinstance(delta, torch.Tensor) or tuple(delta.shape) != (length, self.dim):
+            raise InvalidInputError(f"delta must be a tensor [{length}, {self.dim}] (one row per prompt position)")
+        if not bool(torch.isfinite(delta).all()):
+            raise InvalidInputError("delta contains NaN or Inf")
+        return delta.detach().to(self.device, self.table.dtype)
+
+    # ---------------------------------------------------------------------------------- noise
+
+    def noisy_prompts(
+        self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, start: int, count: int, delta: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Copies start .. start + count − 1 of the noisy prompt (emb(ids) + Δ) + σ·ε, noise at masked rows only.
+
+        Copy i's noise is a pure function of (key, i) (the Philox stream of `kernels.noisy_embedding`),
+        so it does not depend on how copies are cut into chunks. Unmasked rows are the clean table rows
+        exactly; `delta` (an embedding perturbation, for attacks) is added to the masked rows only.
+
+        Shapes:
+            ids: [L], mask: [L], delta: [L, D] -> [count, L, D]
+        """
+        out = kernels.noisy_embedding(ids[None], self.table, self.sigma, count, mask, seed=key.key, offset=start)
+        if delta is not None:
+            out = out + (delta * mask[:, None].to(delta.dtype))[None]
+        return out
+
+    def _chunks(self, count: int) -> list[tuple[int, int]]:
+        return [(s, min(self.batch_size, count - s)) for s in range(0, count, self.batch_size)]
+
+    def _forward(self, embeds: torch.Tensor, past: Any = None) -> tuple[torch.Tensor, Any]:
+        return forward_lm(self.model, embeds, past)
+
+    # ---------------------------------------------------------------------------------- p̄
+
+    @torch.no_grad()
+    def next_token_distribution(
+        self,
+        prompt: Any,
+        n: int,
+        seed: int | None = None,
+        *,
+        request_id: int = 0,
+        mask: Any = None,
+        delta: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """p̄(x) = mean over n noisy copies of softmax(LM(emb(prompt) + ε))[last position].
+
+        A point estimate (no confidence); noise from the Purpose.PREDICT stream.
+
+        Returns:
+            float64 tensor [V] on the CPU, summing to 1.
+        """
+        ids = self.prompt_ids(prompt)
+        n = check_count(n, "n")
+        m = self.prompt_mask(ids, mask)
+        delta = self._check_delta(delta, ids.numel())
+        self._check_length(ids.numel(), 0)
+        key = RandomStream(seed, request_id).key(Purpose.PREDICT)
+        total = None
+        for start, count in self._chunks(n):
+            logits, _ = self._forward(self.noisy_prompts(ids, m, key, start, count, delta))
+            part = torch.softmax(logits[:, -1].float(), dim=-1).double().sum(0)
+            total = part if total is None else total + part
+        return (total / n).cpu()
+
+    # ---------------------------------------------------------------------------------- decoding
+
+    def _select(
+        self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, count: int, steps: int,
+        delta: torch.Tensor | None, use_cache: bool,
+    ) -> tuple[list[int], list[float]]:
+        """Smoothed greedy decoding from `count` copies: (tokens, mean probability of each chosen token)."""
+        chunks = self._chunks(count)
+        tokens: list[int] = []
+        top: list[float] = []
+        if use_cache:
+            caches: list[Any] = [None] * len(chunks)
+            total = None
+            for i, (start, c) in enumerate(chunks):  # prefill once per chunk
+                logits, caches[i] = self._forward(self.noisy_prompts(ids, mask, key, start, c, delta))
+                part = torch.softmax(logits[:, -1].float(), dim=-1).double().sum(0)
+                total = part if total is None else total + part
+            for t in range(steps):
+                a = int(torch.argmax(total))
+                tokens.append(a)
+                top.append(float(total[a]) / count)
+                if t == steps - 1 or a == self.eos_token_id:
+                    break
+                row = self.table[a]
+                total = None
+                for i, (start, c) in enumerate(chunks):  # feed the same clean token to every copy
+                    logits, caches[i] = self._forward(row.expand(c, 1, self.dim), caches[i])
+                    part = torch.softmax(logits[:, -1].float(), dim=-1).double().sum(0)
+                    total = part if total is None else total + part
+            return tokens, top
+        prompts = [self.noisy_prompts(ids, mask, key, start, c, delta) for start, c in self._chunks(count)]
+        for t in range(steps):  # recompute every copy's whole sequence at every step
+            total = None
+            suffix = self.table[torch.tensor(tokens, dtype=torch.long, device=self.device)]
+            for noisy in prompts:
+                seq = torch.cat([noisy, suffix[None].expand(noisy.shape[0], -1, -1)], dim=1)
+                logits, _ = self._forward(seq)
+                part = torch.softmax(logits[:, -1].float(), dim=-1).double().sum(0)
+                total = part if total is None else total + part
+            a = int(torch.argmax(total))
+            tokens.append(a)
+            top.append(float(total[a]) / count)
+            if a == self.eos_token_id:
+                break
+        return tokens, top
+
+    def _estimate(
+        self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, count: int, tokens: list[int],
+        delta: torch.Tensor | None, use_cache: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per step t, the sum and the sum of squares over `count` fresh copies of softmax_t(tokens[t]).
+
+        Cached: teacher forcing on the decoded tokens (prefill + tokens[:-1] in as few calls as the
+        logits budget allows, continuing through each chunk's KV cache). Uncached: every step recomputes
+        every copy's whole sequence (the reference for tests and benchmarks).
+
+        Shapes:
+            -> ([T] float64, [T] float64)
+        """
+        steps = len(tokens)
+        length = ids.numel()
+        target = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        feed = self.table[target[:-1]]  # [T − 1, D]: clean embeddings of the fed tokens
+        sums = torch.zeros(steps, dtype=torch.float64, device=self.device)
+        squares = torch.zeros(steps, dtype=torch.float64, device=self.device)
+        for start, c in self._chunks(count):
+            noisy = self.noisy_prompts(ids, mask, key, start, c, delta)
+            scores = torch.empty(c, steps, dtype=torch.float64, device=self.device)
+            if use_cache:
+                per_call = max(1, LOGITS_BUDGET // max(1, c * self.vocab_size))
+                past, done, pos = None, 0, 0  # done: steps scored; pos: positions fed so far
+                total_pos = length + steps - 1
+                while pos < total_pos:
+                    width = max(per_call, length) if pos == 0 else per_call
+                    end = min(total_pos, pos + width)
+                    pieces = []
+                    if pos < length:
+                        pieces.append(noisy[:, pos:min(end, length)])
+                    if end > length:
+                        pieces.append(feed[max(pos, length) - length:end - length][None].expand(c, -1, -1))
+                    logits, past = self._forward(torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0], past)
+                    first = max(pos, length - 1)  # positions ≥ L − 1 predict a generated token
+                    if end > first:
+                        probs = torch.softmax(logits[:, first - pos:].float(), dim=-1)
+                        t0, t1 = first - (length - 1), end - (length - 1)
+                        scores[:, t0:t1] = probs.gather(2, target[t0:t1][None, :, None].expand(c, -1, 1))[..., 0].double()
+                        done = t1
+                    pos = end
+                assert done == steps
+            else:
+                for t in range(steps):
+                    seq = torch.cat([noisy, feed[:t][None].expand(c, -1, -1)], dim=1)
+                    logits, _ = self._forward(seq)
+                    scores[:, t] = torch.softmax(logits[:, -1].float(), dim=-1)[:, tokens[t]].double()
+            scores.clamp_(0.0, 1.0)
+            sums += scores.sum(0)
+            squares += scores.pow(2).sum(0)
+        return sums.cpu(), squares.cpu()
+
+    def _decode_args(self, prompt, max_new_tokens, mask, delta):
+        ids = self.prompt_ids(prompt)
+        max_new_tokens = check_count(max_new_tokens, "max_new_tokens")
+        self._check_length(ids.numel(), max_new_tokens)
+        return ids, max_new_tokens, self.prompt_mask(ids, mask), self._check_delta(delta, ids.numel())
+
+    @torch.no_grad()
+    def decode(
+        self,
+        prompt: Any,
+        max_new_tokens: int,
+        n: int,
+        seed: int | None = None,
+        *,
+        request_id: int = 0,
+        mask: Any = None,
+        delta: torch.Tensor | None = None,
+        use_cache: bool = True,
+    ) -> tuple[int, ...]:
+        """Smoothed greedy decoding with n copies, no certificate (e.g. to evaluate an attack).
+
+        Uses the Purpose.PREDICT stream. `delta` perturbs the prompt's embedding rows (masked rows only).
+        """
+        ids, max_new_tokens, m, delta = self._decode_args(prompt, max_new_tokens, mask, delta)
+        n = check_count(n, "n")
+        key = RandomStream(seed, request_id).key(Purpose.PREDICT)
+        return tuple(self._select(ids, m, key, n, max_new_tokens, delta, use_cache)[0])
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: Any,
+        max_new_tokens: int,
+        n0: int = 100,
+        n: int = 1000,
+        alpha: float = 0.001,
+        seed: int | None = None,
+        radius: float | None = None,
+        *,
+        request_id: int = 0,
+        mask: Any = None,
+        use_cache: bool = True,
+        delta: torch.Tensor | None = None,
+    ) -> GenerationCertificate:
+        """Certified smoothed greedy decoding (THEORY.md §4c; the algorithm is in the module docstring).
+
+        Args:
+            prompt: token ids [L] (or a string, with a tokenizer).
+            max_new_tokens: T, tokens to generate (fixed in advance: α is split across T steps).
+            n0: selection copies (choose the tokens).
+            n: estimation copies (fresh noise; bound p̄ of the chosen tokens).
+            alpha: total error probability of the certificate.
+            seed, request_id: the request's random stream (None: fresh entropy, not reproducible).
+            radius: the radius at which `certified_prefix` is reported (None: 0).
+            mask: per-call perturbed positions (overrides the wrapper's).
+            use_cache: False recomputes every copy's whole sequence at each step (same result, for tests
+                and benchmarks).
+            delta: an embedding perturbation of the prompt rows (for evaluating attacks).
+
+        Returns:
+            A `GenerationCertificate`.
+
+        Raises:
+            InvalidInputError: empty prompt, ids out of range, prompt + max_new_tokens over the context length.
+            InvalidParameterError: n0, n, max_new_tokens < 1, alpha outside (0, 1), negative radius.
+            ModelOutputError: NaN/Inf logits or malformed model outputs.
+        """
+        ids, max_new_tokens, m, delta = self._decode_args(prompt, max_new_tokens, mask, delta)
+        n0, n = check_count(n0, "n0"), check_count(n, "n")
+        alpha = check_alpha(alpha)
+        radius = _check_radius(radius)
+        if self.bound == "bernstein" and n < 2:
+            raise InvalidParameterError("the empirical Bernstein bound needs n >= 2")
+        stream = RandomStream(seed, request_id)
+        selection_key, estimation_key = stream.key(Purpose.SELECTION), stream.key(Purpose.ESTIMATION)
+        tokens, p_selection = self._select(ids, m, selection_key, n0, max_new_tokens, delta, use_cache)
+        sums, squares = self._estimate(ids, m, estimation_key, n, tokens, delta, use_cache)
+        alpha_step = alpha / max_new_tokens  # Bonferroni over the T steps fixed in advance
+        means, variances, lowers, radii = [], [], [], []
+        for t in range(len(tokens)):
+            mean = min(1.0, max(0.0, float(sums[t]) / n))
+            var = max(0.0, (float(squares[t]) - n * mean * mean) / (n - 1)) if n > 1 else 0.0
+            lower = stats.bounded_mean_lower(mean, var, n, alpha_step, self.bound)
+            means.append(mean)
+            variances.append(var)
+            lowers.append(lower)
+            radii.append(stats.generation_step_radius(self.sigma, lower, 1.0 - lower))
+        cert = GenerationCertificate(
+            prompt=tuple(int(v) for v in ids.tolist()),
+            tokens=tuple(tokens),
+            certified_prefix=0,
+            radius=radius,
+            step_radius=tuple(radii),
+            p_lower=tuple(lowers),
+            p_mean=tuple(means),
+            p_variance=tuple(variances),
+            p_selection=tuple(p_selection),
+            sigma=self.sigma,
+            n0=n0,
+            n=n,
+            alpha=alpha,
+            alpha_step=alpha_step,
+            bound=self.bound,
+            max_new_tokens=max_new_tokens,
+            mask=tuple(bool(v) for v in m.tolist()),
+            seed=seed,
+            request_id=int(request_id),
+            stopped="eos" if tokens[-1] == self.eos_token_id else "max_new_tokens",
+        )
+        return dataclasses.replace(cert, certified_prefix=cert.prefix_at(radius))
+
+    # ---------------------------------------------------------------------------------- one noisy run
+
+    def _greedy(self, embeds: torch.Tensor, steps: int) -> list[tuple[int, ...]]:
+        """Base greedy decoding of each row of a batch of prompt embeddings, with its own KV cache.
+
+        Shapes:
+            embeds: [b, L, D] -> b sequences of ≤ steps tokens (cut after EOS)
+        """
+        out = []
+        for start in range(0, embeds.shape[0], self.batch_size):
+            chunk = embeds[start:start + self.batch_size]
+            logits, past = self._forward(chunk)
+            seqs = []
+            for t in range(steps):
+                nxt = torch.argmax(logits[:, -1], dim=-1)  # [c]
+                seqs.append(nxt)
+                if t < steps - 1:
+                    logits, past = self._forward(self.table[nxt][:, None], past)
+            rows = torch.stack(seqs, dim=1).tolist()
+            for row in rows:
+                if self.eos_token_id is not None and self.eos_token_id in row:
+                    row = row[: row.index(self.eos_token_id) + 1]
+                out.append(tuple(row))
+        return out
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompt: Any,
+        max_new_tokens: int,
+        num_samples: int,
+        seed: int | None = None,
+        *,
+        request_id: int = 0,
+        mask: Any = None,
+        delta: torch.Tensor | None = None,
+    ) -> list[tuple[int, ...]]:
+        """Generations of ONE noisy copy each: greedy decoding of the base LM from emb(prompt) + ε.
+
+        The distribution of these outputs is what `distribution_bound` (§4a) bounds. Noise from the
+        Purpose.PREDICT stream.
+        """
+        ids, max_new_tokens, m, delta = self._decode_args(prompt, max_new_tokens, mask, delta)
+        num_samples = check_count(num_samples, "num_samples")
+        key = RandomStream(seed, request_id).key(Purpose.PREDICT)
+        out: list[tuple[int, ...]] = []
+        for start, c in self._chunks(num_samples):
+            out += self._greedy(self.noisy_prompts(ids, m, key, start, c, delta), max_new_tokens)
+        return out
+
+    def distribution_bound(self, radius: float, max_new_tokens: int | None = None) -> DistributionBound:
+        """§4(a): TV and W1/W2 bounds (Levenshtein, diameter max_new_tokens) on the law of `sample`'s outputs."""
+        radius = check_positive(radius, "radius", allow_zero=True)
+        tv = stats.tv_bound(radius, self.sigma)
+        diameter = None if max_new_tokens is None else float(check_count(max_new_tokens, "max_new_tokens"))
+        w1 = None if diameter is None else stats.wasserstein_bound(radius, self.sigma, diameter, 1)
+        w2 = None if diameter is None else stats.wasserstein_bound(radius, self.sigma, diameter, 2)
+        return DistributionBound(radius=radius, sigma=self.sigma, tv=tv, diameter=diameter, w1=w1, w2=w2)
+
+    # ---------------------------------------------------------------------------------- §4(d)
+
+    def center_certify(
+        self,
+        prompt: Any,
+        max_new_tokens: int,
+        eps_in: float,
+        n: int = 1000,
+        m: int = 1000,
+        delta: float = 0.05,
+        alpha1: float = 0.005,
+        alpha2: float = 0.005,
+        seed: int | None = None,
+        *,
+        request_id: int = 0,
+        mask: Any = None,
+        n_candidates: int | None = None,
+    ) -> CenterCertificate:
+        """Center smoothing of the generated token sequences under the Levenshtein metric (THEORY.md §2, §4d).
+
+        The smoothed output is the min-median center of greedy generations from noisy prompts; with
+        probability ≥ 1 − α1 − α2 its edit distance to the smoothed output at any prompt embedding within
+        ‖Δ‖_F ≤ eps_in (perturbed rows) is ≤ eps_out = 3·R̂. The input of `CenterSmoother` is the
+        matrix of the perturbed rows [P, D]; its base model puts them back into the prompt and decodes.
+
+        Args:
+            prompt: token ids [L] (or a string, with a tokenizer).
+            max_new_tokens: tokens each noisy generation decodes (greedy, base LM).
+            eps_in: certified input radius ε1 (Frobenius norm on the perturbed rows).
+            n, m, delta, alpha1, alpha2, n_candidates: as in `CenterSmoother.certify` (delta is the
+                tolerance Δ ∈ (0, 1/2) of center smoothing, not an embedding perturbation).
+            seed, request_id: the request's random streams (CenterSmoother's purposes).
+            mask: per-call perturbed positions.
+
+        Returns:
+            `smoothgen.certificates.CenterCertificate` (center: a tuple of token ids).
+        """
+        from smoothgen.center import CenterSmoother
+        from smoothgen.engine.runtime.torch_eager import TorchRuntime
+
+        ids, max_new_tokens, mk, _ = self._decode_args(prompt, max_new_tokens, mask, None)
+        clean = self.table[ids]  # [L, D]
+        positions = torch.nonzero(mk)[:, 0]
+
+        def base(batch: torch.Tensor) -> list[tuple[int, ...]]:
+            embeds = clean[None].repeat(batch.shape[0], 1, 1)
+            embeds[:, positions] = batch.to(embeds.dtype)
+            return self._greedy(embeds, max_new_tokens)
+
+        smoother = CenterSmoother(
+            TorchRuntime(base, device=str(self.device)), self.sigma, metric="levenshtein",
+            batch_size=self.batch_size, n_candidates=n_candidates,
+        )
+        x = clean[positions].float() if clean.dtype not in (torch.float32, torch.float64) else clean[positions]
+        cert = smoother.certify(x, eps_in, n=n, m=m, delta=delta, alpha1=alpha1, alpha2=alpha2, seed=seed, request_id=request_id)
+        return dataclasses.replace(cert, center=tuple(int(v) for v in cert.center))
+
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DistributionBound",
+    "GenerationCertificate",
+    "SmoothedLM",
+    "forward_lm",
+    "model_context_length",
+    "nearest_neighbor_distances",
+    "substitution_radius",
+    "substitutions_covered",
+]

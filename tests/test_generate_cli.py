@@ -1,0 +1,95 @@
+"""`smoothgen generate`: the embedded LM (text) and the embedded digits DDPM (--diffusion), end to end."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from smoothgen.cli import main as cli_main
+from smoothgen.generate_cli import CERTIFIED_CLOSE, CERTIFIED_OPEN
+
+TEXT = ["generate", "--samples", "40", "--selection-samples", "10", "--max-new-tokens", "6", "--batch-size", "50"]
+DIFFUSION = ["generate", "--diffusion", "--label", "3", "--samples", "16", "--steps", "10"]
+
+
+def test_text_generation_prints_the_certified_prefix_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "g.json"
+    assert cli_main([*TEXT, "--prompt", "import os\nimport s", "--sigma", "0.05", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["prompt"] == "import os\nimport s" and len(record["tokens"]) == 6
+    assert record["n0"] == 10 and record["n"] == 40 and record["sigma"] == 0.05 and record["alpha"] == 0.001
+    k = record["certified_prefix"]
+    assert 0 <= k <= 6 and record["certified_text"] == record["text"][: len(record["certified_text"])]
+    # The marked text is the prompt, the certified part between the markers, then the rest.
+    assert printed.startswith(f"import os\nimport s{CERTIFIED_OPEN}{record['certified_text']}{CERTIFIED_CLOSE}")
+    assert record["min_substitution_radius"] > 0
+    # Reproducible: the same seed gives the same record (bar the timing).
+    assert cli_main([*TEXT, "--prompt", "import os\nimport s", "--sigma", "0.05", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    for key in ("tokens", "step_radius", "p_lower", "certified_prefix"):
+        assert again[key] == record[key]
+
+
+def test_text_generation_perturbing_only_the_last_token(capsys):
+    assert cli_main([*TEXT, "--prompt", "def f(x):", "--perturb", "last", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["mask"] == [False] * 8 + [True]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--prompt", ""], "empty"),
+    (["--prompt", "x" * 300], "context length"),
+    (["--sigma", "0"], "--sigma"),
+    (["--sigma", "nan"], "--sigma"),
+    (["--samples", "0"], "--samples"),
+    (["--alpha", "1.5"], "alpha"),
+    (["--radius", "-1"], "--radius"),
+    (["--max-new-tokens", "0"], "--max-new-tokens"),
+    (["--label", "3"], "only with --diffusion"),
+    (["--model", "no_such_module:factory"], "cannot import"),
+    (["--model", "hf:/no/such/folder"], "not a folder"),
+])
+def test_text_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    out = tmp_path / "g.json"
+    assert cli_main([*TEXT, *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_diffusion_writes_the_grid_and_the_certificates(tmp_path, capsys):
+    png, out = tmp_path / "grid.png", tmp_path / "d.json"
+    assert cli_main([*DIFFUSION, "--png", str(png), "--out", str(out), "--radius", "2"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads(out.read_text())
+    mean, tv = record["mean_certificate"], record["sample_tv_bound"]
+    assert mean["radius"] == 2.0 and mean["n"] == 16 and mean["sigma"] == 0.5 and mean["label"] == 3
+    assert 0 < tv["tv"] < 1 and mean["expectation_bound"] == pytest.approx(2 * 4.0 * tv["tv"])
+    assert record["nearest_other_label_distance"] > 2 and tv["covered_labels"] == []
+    assert "wrote" in capsys.readouterr().out
+    # An existing grid is never replaced without --overwrite, and nothing else is written then.
+    out.unlink()
+    assert cli_main([*DIFFUSION, "--png", str(png), "--out", str(out)]) == 2
+    assert not out.exists()
+    assert cli_main([*DIFFUSION, "--png", str(png), "--overwrite", "--json"]) == 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--label", "10"], "label"),
+    (["--label", "-1"], "label"),
+    (["--steps", "0"], "--steps"),
+    (["--guidance", "-1"], "--guidance"),
+    (["--prompt", "x"], "--prompt applies to text"),
+])
+def test_diffusion_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    png = tmp_path / "grid.png"
+    assert cli_main([*DIFFUSION, *argv, "--png", str(png)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_diffusion_needs_a_label(capsys):
+    assert cli_main(["generate", "--diffusion"]) == 2
+    assert "--label" in capsys.readouterr().err

@@ -110,6 +110,17 @@ def available_classifier_sigmas() -> list[float]:
     return sorted(float(r["sigma"]) for r in _records("classifier"))
 
 
+def _load_only(kind: str, architecture: type[nn.Module], what: str) -> nn.Module:
+    """The one shipped model of a kind, checked to be of the expected architecture."""
+    records = _records(kind)
+    if not records:
+        raise ModelLoadError(f"no {what} is recorded in {METADATA_FILENAME}")
+    model = _load(records[0])
+    if not isinstance(model, architecture):
+        raise ModelLoadError(f"the {what} record in {METADATA_FILENAME} names {type(model).__name__}, not {architecture.__name__}")
+    return model
+
+
 def _load(record: dict[str, Any]) -> nn.Module:
     name = record.get("architecture")
     architecture = _ARCHITECTURES.get(name)  # type: ignore[arg-type]
@@ -191,13 +202,7 @@ def load_ddpm() -> DigitsDDPM:
     Shapes:
         model(x_t [B, 1, 8, 8] in the [-1, 1] scale, t [B] int64, y [B] int64 or None) -> eps [B, 1, 8, 8].
     """
-    records = _records("ddpm")
-    if not records:
-        raise ModelLoadError(f"no DDPM is recorded in {METADATA_FILENAME}")
-    model = _load(records[0])
-    if not isinstance(model, DigitsDDPM):
-        raise ModelLoadError(f"the DDPM record in {METADATA_FILENAME} names {type(model).__name__}, not DigitsDDPM")
-    return model
+    return _load_only("ddpm", DigitsDDPM, "DDPM")
 
 
 def load_lm() -> CodeLM:
@@ -217,10 +222,4 @@ def load_lm() -> CodeLM:
     Shapes:
         model(input_ids=[B, L] int64 in [0, 256)) .logits -> [B, L, 256], with L <= context_length (256).
     """
-    records = _records("lm")
-    if not records:
-        raise ModelLoadError(f"no language model is recorded in {METADATA_FILENAME}")
-    model = _load(records[0])
-    if not isinstance(model, CodeLM):
-        raise ModelLoadError(f"the LM record in {METADATA_FILENAME} names {type(model).__name__}, not CodeLM")
-    return model
+    return _load_only("lm", CodeLM, "language model")

@@ -206,9 +206,12 @@ def _print_text(record: dict[str, Any], cert: Any, tokenizer: Any) -> None:
     print()
     print(f"model {record['model']}, sigma={cert.sigma}, n0={cert.n0}, n={cert.n}, alpha={cert.alpha}, "
           f"{len(cert.tokens)} tokens in {record['seconds']:.1f} s")
+    whole = record["whole_generation_radius"]
     print(f"certified prefix at radius {cert.radius:g}: {k} of {len(cert.tokens)} tokens (between "
-          f"{CERTIFIED_OPEN} {CERTIFIED_CLOSE}); the whole generation is certified below radius "
-          f"{record['whole_generation_radius']:.4g}")
+          f"{CERTIFIED_OPEN} {CERTIFIED_CLOSE}); "
+          + (f"the whole generation is certified below radius {whole:.4g}" if whole > 0 else
+             "the whole generation is not certified (at some step the chosen token's smoothed probability "
+             "is not certifiably above 1/2)"))
     print(f"a single-token substitution in the perturbed prompt moves its embedding by at least "
           f"{record['min_substitution_radius']:.4g}: "
           + ("the certificate covers some substitutions" if cert.radius >= record["min_substitution_radius"]

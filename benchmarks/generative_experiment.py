@@ -104,8 +104,9 @@ def _key(kind: str, **fields: Any) -> str:
 
 
 def machine() -> str:
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() and torch.cuda.is_initialized() else ""
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+            f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}{gpu}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -442,9 +443,17 @@ def attack_prompt(
 # --------------------------------------------------------------------------------------------------
 
 
+def _sync() -> None:
+    """Wait for queued CUDA work, so that wall-clock timings cover it (a no-op on CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    _sync()
     t = time.perf_counter()
     out = fn()
+    _sync()
     return time.perf_counter() - t, out
 
 
@@ -472,6 +481,7 @@ def cost(model: torch.nn.Module, prompt: torch.Tensor, *, ns: Sequence[int] = (1
 
     smoothed = SmoothedLM(model, sigma, batch_size=batch_size)
     table = smoothed.table
+    prompt = prompt.to(table.device)
     times: dict[str, list[float]] = {}
 
     def record(name: str, fn: Callable[[], Any]) -> Any:
@@ -536,7 +546,7 @@ class Runner:
     def __init__(self, args: argparse.Namespace, argv: Sequence[str]):
         self.args = args
         torch.set_num_threads(args.threads)
-        self.model = load_model(args.model, args.model_seed)
+        self.model = load_model(args.model, args.model_seed).to(args.device)
         self.fp = ("random-" if args.model == "random" else "") + fingerprint(self.model)
         self.done = latest_by_key(read_records(args.out)) if not args.fresh else {}
         self.command = "python benchmarks/generative_experiment.py " + " ".join(argv)
@@ -621,7 +631,8 @@ def cmd_cost(run: Runner) -> None:
     data = b"".join(t.encode("utf-8") for t in run.texts)
     for length in a.cost_lengths:
         key = _key("cost", model=run.fp, L=length, T=a.cost_steps, ns=",".join(map(str, a.cost_ns)),
-                   n0=a.cost_n0, n=a.cost_n, rounds=a.rounds, threads=a.threads)
+                   n0=a.cost_n0, n=a.cost_n, rounds=a.rounds, threads=a.threads,
+                   **({} if a.device == "cpu" else {"device": a.device}))
         if key in run.done:
             continue
         prompt = torch.tensor(list(data[:length]), dtype=torch.long)
@@ -856,6 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the trained embedded CodeLM, or a randomly initialised one (development)")
     parser.add_argument("--model-seed", type=int, default=0, help="seed of --model random")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="torch device of the model, e.g. cuda (default cpu)")
     parser.add_argument("--batch-size", type=int, default=100, help="noisy copies per model call")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -107,8 +107,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise InvalidParameterError("--diffusion needs --label k (the digit class to generate)")
     elif args.label is not None or args.png is not None:
         raise InvalidParameterError("--label and --png apply only with --diffusion")
-    args.sigma = DEFAULT_DIFFUSION_SIGMA if args.sigma is None and args.diffusion else args.sigma
-    args.sigma = DEFAULT_TEXT_SIGMA if args.sigma is None else args.sigma
+    if args.sigma is None:
+        args.sigma = DEFAULT_DIFFUSION_SIGMA if args.diffusion else DEFAULT_TEXT_SIGMA
     check_positive(args.sigma, "--sigma")
     check_count(args.samples, "--samples")
     if args.radius is None:

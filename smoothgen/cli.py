@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from smoothgen import __version__
-from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, SmoothgenError
+from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, SmoothgenError, first_line
 from smoothgen.results import ResultsFile, write_cohen_tsv
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -211,7 +211,7 @@ def _probe(runtime, x0: np.ndarray) -> Any:
     except SmoothgenError:
         raise
     except Exception as exc:
-        raise ModelOutputError(f"model failed on an input of shape {tuple(x0.shape)}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise ModelOutputError(f"model failed on an input of shape {tuple(x0.shape)}: {first_line(exc)}") from exc
     return out
 
 

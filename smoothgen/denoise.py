@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from smoothgen import kernels
-from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelLoadError, ModelOutputError, SmoothgenError
+from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelLoadError, ModelOutputError, SmoothgenError, first_line
 from smoothgen.validate import check_count, check_sigma
 
 #: Tag mixed into the seed of DiffSmooth's local-noise stream, so that it never coincides with one of
@@ -104,11 +104,6 @@ def _noise_output(out: Any) -> Any:
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
     return out
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class DiffusionPurifier(nn.Module):
@@ -198,7 +193,7 @@ class DiffusionPurifier(nn.Module):
             raise
         except (RuntimeError, TypeError, ValueError, IndexError) as exc:
             raise ModelOutputError(
-                f"the noise model failed on a batch of shape {tuple(x_t.shape)}: {_first_line(exc)}"
+                f"the noise model failed on a batch of shape {tuple(x_t.shape)}: {first_line(exc)}"
             ) from exc
         if not isinstance(eps, torch.Tensor) or tuple(eps.shape) != tuple(x_t.shape):
             got = f"shape {tuple(eps.shape)}" if isinstance(eps, torch.Tensor) else type(eps).__name__
@@ -362,5 +357,5 @@ def load_diffusers_noise_model(path: str, device: str | torch.device = "cpu") ->
         unet = UNet2DModel.from_pretrained(path, subfolder="unet")
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
     except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError ... for bad folders
-        raise ModelLoadError(f"cannot load a diffusers DDPM from {path}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"cannot load a diffusers DDPM from {path}: {first_line(exc)}") from exc
     return DiffusersNoiseModel(unet.to(device).eval(), scheduler)

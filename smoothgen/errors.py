@@ -37,3 +37,10 @@ class ResultsFileError(SmoothgenError, OSError):
 
 class BackendUnavailableError(SmoothgenError, RuntimeError):
     """A requested runtime backend (torch.compile, ONNX Runtime provider, TensorRT) cannot run here."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty): what a
+    one-line error message quotes of a third-party failure."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

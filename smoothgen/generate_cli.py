@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from smoothgen.errors import InvalidParameterError, ModelLoadError, ResultsFileError
+from smoothgen.errors import InvalidParameterError, ModelLoadError, ResultsFileError, first_line
 from smoothgen.results import write_atomically
 
 #: σ of the embedded byte-level LM, in its embedding units: the largest σ measured at which p̄ keeps
@@ -148,7 +148,7 @@ def _load_lm(spec: str | None, device: str) -> tuple[Any, Any, str]:
             model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).to(device)
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except Exception as exc:  # transformers raises OSError, ValueError, ... for unreadable folders
-            raise ModelLoadError(f"cannot load --model {spec}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+            raise ModelLoadError(f"cannot load --model {spec}: {first_line(exc)}") from exc
         return model, tokenizer, spec
     from smoothgen.loading import _from_factory
 

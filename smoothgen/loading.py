@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from smoothgen.engine.runtime import OnnxRuntime, Runtime, TorchRuntime
-from smoothgen.errors import InvalidInputError, ModelLoadError
+from smoothgen.errors import InvalidInputError, ModelLoadError, first_line
 
 
 def load_model(spec: str, device: str | torch.device = "cpu") -> Runtime:
@@ -42,7 +42,7 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> Runtime:
                 module = torch.jit.load(str(path), map_location=device)
         except Exception as exc:  # torch raises RuntimeError, pickle errors, zip errors ... for bad files
             kind = "torch.export program" if suffix == ".pt2" else "TorchScript model"
-            raise ModelLoadError(f"cannot load {kind} {spec}: {_first_line(exc)}") from exc
+            raise ModelLoadError(f"cannot load {kind} {spec}: {first_line(exc)}") from exc
         return TorchRuntime(module.to(device) if hasattr(module, "to") else module, device=str(device))
     if ":" in spec and not spec.endswith((".onnx", ".pt", ".pt2", ".pth", ".ts")):
         return TorchRuntime(_from_factory(spec).to(device), device=str(device))
@@ -54,11 +54,11 @@ def _from_factory(spec: str) -> torch.nn.Module:
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"cannot import model factory {spec}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"cannot import model factory {spec}: {first_line(exc)}") from exc
     try:
         model = factory()
     except Exception as exc:
-        raise ModelLoadError(f"model factory {spec} failed: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"model factory {spec} failed: {first_line(exc)}") from exc
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(f"model factory {spec} returned {type(model).__name__}, expected a torch.nn.Module")
     return model
@@ -79,7 +79,7 @@ def load_data(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         loaded: Any = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise InvalidInputError(f"cannot read data file {path}: {_first_line(exc)}") from exc
+        raise InvalidInputError(f"cannot read data file {path}: {first_line(exc)}") from exc
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             if "x" not in loaded.files:
@@ -100,8 +100,3 @@ def load_data(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
             raise InvalidInputError(f"{path}: labels 'y' must be integers of shape ({x.shape[0]},), got {y.dtype} {y.shape}")
         y = y.astype(np.int64)
     return x, y
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -6,12 +6,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import integrate
-from scipy.stats import norm, rayleigh
+from scipy import integrate, optimize
+from scipy.stats import chi2, norm, rayleigh
 
 from oracles import Linear
+import smoothgen.adaptive as adaptive_module
 from smoothgen import stats
 from smoothgen.adaptive import (
+    DEFAULT_SIGMA_GRID,
     NO_CERTIFICATE_REASON,
     AdaptiveResult,
     DistanceToSet,
@@ -120,6 +122,121 @@ def test_scale_tv_matches_direct_integration() -> None:
         # d = 2: the radius ‖z‖ is Rayleigh, and TV is that of the radial laws.
         tv2 = 0.5 * integrate.quad(lambda t: abs(rayleigh.pdf(t) - rayleigh.pdf(t, scale=s1)), 0, 60, limit=200)[0]
         assert float(scale_tv(1.0, s1, 2)) == pytest.approx(tv2, abs=1e-8)
+
+
+# --------------------------------------------------------------------------------------------------
+# The minimum over the σ1 interval (worst_over_interval) against independent oracles
+# --------------------------------------------------------------------------------------------------
+
+
+def _interval_minimum(values, h: float) -> float:
+    """An oracle for min over u ∈ [−h, h] of values(u) (values maps an array of ln(σ1/σ0) to an array).
+
+    A fine grid (4001 points and u = 0, far finer than any grid `worst_over_interval` is given here) plus a
+    bounded scalar minimisation on each half of the interval.
+    """
+    if h == 0:
+        return float(values(np.zeros(1))[0])
+    u = np.union1d(np.linspace(-h, h, 4001), [0.0])
+    best = float(np.min(values(u)))
+    for bounds in ((-h, 0.0), (0.0, h)):
+        res = optimize.minimize_scalar(
+            lambda t: float(values(np.array([t]))[0]), bounds=bounds, method="bounded", options={"xatol": 1e-10 * max(h, 1e-3)}
+        )
+        best = min(best, float(res.fun))
+    return best
+
+
+def _grid_step_tv(h: float, grid: int, d: int) -> float:
+    """TV(N(0, I_d), N(0, e^(2·step)·I_d)) for one full step 2h/(grid − 1) of a uniform ln σ grid over [−h, h]."""
+    return float(scale_tv(1.0, math.exp(2 * h / (grid - 1)), d))
+
+
+def _shell_complement_family(sigma0: float, d: int, u_star: float, kappa: float = 2.0):
+    """σ1 ↦ P(‖σ1·ε‖² ∉ [a, b]), ε ~ N(0, I_d): the probability of ONE fixed set under N(x', σ1²I).
+
+    For a fixed set S every σ1 satisfies P_σ1(S) ≥ P_σi(S) − TV(N(0, σi²I), N(0, σ1²I)), the lemma
+    `worst_over_interval`'s grid-gap correction rests on, so its value must bound this family's minimum
+    too. The shell's mass peaks at σ*² = (b − a)/(d·ln(b/a)) (set the derivative to zero), so its
+    complement has its minimum strictly inside the interval, at σ* = σ0·e^(u_star), by choice of a and b.
+    """
+    a = d * (sigma0 * math.exp(u_star)) ** 2 * math.log(kappa) / (kappa - 1)
+    b = kappa * a
+
+    def family(p, radius, s0, sigma1, dim):  # worst_case_probability's signature; p, radius ignored
+        assert dim == d and s0 == sigma0
+        s = np.asarray(sigma1, dtype=np.float64)
+        return 1.0 - (chi2.cdf(b / s**2, d) - chi2.cdf(a / s**2, d))
+
+    return family
+
+
+@pytest.mark.parametrize("grid", [2, 3, 5, 9, DEFAULT_SIGMA_GRID])
+def test_worst_over_interval_bounds_a_minimum_strictly_inside_the_interval(monkeypatch, grid: int) -> None:
+    """With the values of a family whose minimum lies strictly inside I(R) and off every grid, the result is
+    ≤ the true minimum (the grid misses it; the TV correction must pay for that) and loses at most one
+    grid step's TV. The real worst case has, in every configuration we searched, its minimum at an end
+    of the interval, where an uncorrected grid (which contains both ends) is exact; this family is how
+    the correction and the grid's reach inside the interval are tested."""
+    sigma0, d, r, radius, u_star = 0.5, 20, 1.5, 0.4, 0.2
+    h = r * radius  # ln σ1/σ0 ∈ [−0.6, 0.6]; u* = 0.2 is on none of the grids 2, 3, 5, 9, 257
+    family = _shell_complement_family(sigma0, d, u_star)
+    true_min = float(family(0.9, radius, sigma0, sigma0 * math.exp(u_star), d))  # closed form
+    fine = _interval_minimum(lambda u: family(0.9, radius, sigma0, sigma0 * np.exp(u), d), h)
+    assert fine == pytest.approx(true_min, abs=1e-9)
+    ends = float(np.min(family(0.9, radius, sigma0, sigma0 * np.exp([-h, h]), d)))
+    assert ends > true_min + 0.3  # premise: an interval's ends alone miss the minimum by far
+    if grid in (3, 5):  # premise: an uncorrected coarse grid overshoots the true minimum
+        sigmas = sigma0 * np.exp(np.union1d(np.linspace(-h, h, grid), [0.0]))
+        assert float(np.min(family(0.9, radius, sigma0, sigmas, d))) > true_min + 0.05
+
+    calls = []
+    monkeypatch.setattr(adaptive_module, "worst_case_probability", lambda *args: calls.append(args) or family(*args))
+    value = worst_over_interval(0.9, radius, sigma0, r, d, grid)
+    assert calls, "worst_over_interval no longer evaluates adaptive.worst_case_probability: this test needs a new hook"
+    assert value <= true_min + 1e-12, f"grid={grid}: {value} exceeds the interval minimum {true_min}"
+    assert value >= true_min - _grid_step_tv(h, grid, d) - 1e-12, f"grid={grid}: {value} loses more than a grid step's TV"
+
+
+_INTERVAL_CASES = [
+    # p, sigma0, r, d, radius
+    (0.99, 0.5, 0.5, 2, 0.4),
+    (0.999, 0.25, 0.2, 64, 0.3),
+    (0.95, 1.0, 0.01, 3072, 0.5),
+    (0.9, 0.5, 1.0, 10, 0.25),
+    (0.8, 1.0, 0.3, 1, 0.6),
+]
+
+
+@pytest.mark.parametrize("grid", [2, 3, 5, DEFAULT_SIGMA_GRID])
+@pytest.mark.parametrize(("p", "sigma0", "r", "d", "radius"), _INTERVAL_CASES)
+def test_worst_over_interval_is_within_one_grid_step_below_the_fine_oracle(p, sigma0, r, d, radius, grid) -> None:
+    """The real worst case: min over a fine σ1 grid plus a scalar minimisation (the oracle) bounds the result
+    from above (soundness), and the result loses at most one grid step's TV below it (the correction is
+    half a step's; a correction sized for the whole interval, as evaluating only its ends needs, fails)."""
+    h = r * radius
+    oracle = _interval_minimum(lambda u: worst_case_probability(p, radius, sigma0, sigma0 * np.exp(u), d), h)
+    value = worst_over_interval(p, radius, sigma0, r, d, grid)
+    assert value <= oracle + 1e-12
+    assert value >= oracle - _grid_step_tv(h, grid, d) - 1e-12, (value, oracle, _grid_step_tv(h, grid, d))
+
+
+@pytest.mark.parametrize(("p", "sigma0", "r", "d"), [(0.99, 0.5, 0.5, 2), (0.999, 0.25, 0.2, 64), (0.95, 1.0, 0.01, 3072)])
+def test_semi_elastic_radius_lies_between_the_fine_oracle_radii(p, sigma0, r, d) -> None:
+    """With W(R) = the oracle minimum of worst_case_probability over I(R) (non-increasing in R):
+    W(radius) > 1/2 (sound: radius is below the oracle's radius), and at radius/(1 − 2·rtol) already
+    W − one default grid step's TV ≤ 1/2 (tight: the radius is within 2·rtol of the largest one that the
+    default grid and its half-step correction are guaranteed to certify)."""
+    rtol = 1e-3
+
+    def oracle_w(radius: float) -> float:
+        return _interval_minimum(lambda u: worst_case_probability(p, radius, sigma0, sigma0 * np.exp(u), d), r * radius)
+
+    radius = semi_elastic_radius(p, sigma0, r, d, rtol=rtol)
+    assert 0 < radius < stats.cohen_radius(sigma0, p)
+    assert oracle_w(radius) > 0.5, radius
+    further = radius / (1 - 2 * rtol)
+    assert oracle_w(further) - _grid_step_tv(r * further, DEFAULT_SIGMA_GRID, d) <= 0.5, (radius, oracle_w(further))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
   alone or batched.
 - Runtimes: PyTorch eager, torch.compile, ONNX Runtime, TensorRT (see `engine.runtime`).
 """
-from smoothgen.engine.noise import NOISE_BLOCK, NoiseKey, NoiseSource
+from smoothgen.engine.noise import NoiseKey, NoiseSource, noise_tv
 from smoothgen.engine.random import Purpose, RandomStream
 from smoothgen.engine.reducers import ClassCounts, KeepOutputs, Reducer, ScoreSums
 from smoothgen.engine.runtime import OnnxRuntime, Runtime, TorchRuntime, as_runtime
@@ -15,11 +15,11 @@ from smoothgen.engine.sampler import DEFAULT_BATCH_SIZE, Sampler
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
-    "NOISE_BLOCK",
     "ClassCounts",
     "KeepOutputs",
     "NoiseKey",
     "NoiseSource",
+    "noise_tv",
     "OnnxRuntime",
     "Purpose",
     "RandomStream",

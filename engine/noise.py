@@ -1,40 +1,43 @@
-"""Batch-invariant Gaussian noise: sample i of a request always gets the same noise.
+"""Batch-invariant Gaussian noise: copy i of a request always gets the same noise, on every device.
 
 A certificate must be bit-identical whether its request ran alone or shared device batches with other
-requests, and whatever the batch size. So noise is not drawn "per batch": the samples of one request
-and purpose are cut into fixed blocks of `NOISE_BLOCK`, and block j is drawn from a generator keyed by
-(request key, j). A batch is then filled with whole or partial blocks of any requests; where a batch
-boundary cuts a block, the block is drawn once and the rest kept for the next batch.
+requests, and whatever the batch size. So noise is counter-based: copy i of the stream keyed by the
+request's 64-bit key is Philox4x32-10 noise at counters i·⌈d/2⌉ … (i + 1)·⌈d/2⌉ − 1 (the scheme of
+smoothgen/kernels/reference.py), a pure function of (key, i, element). On CUDA the fused Triton kernel
+(smoothgen.kernels.gaussian_noise) makes it in registers; on the CPU the same function runs compiled by
+numba (about 2× torch.randn's time, far below the model's; benchmarks/RESULTS.md). CPU and GPU give the
+same noise up to the last bits of float32 log/sin/cos. A 64-bit key and a 64-bit counter: no two copies
+of a request and purpose can share noise (the kernels refuse streams that would wrap the counter),
+unlike seeding a generator per block, where CPU seeds keep only 32 bits.
 
-Cost: a fresh generator per 100 samples costs about 0.35 ms per 1000 samples of the 8×8 digits on a
-2-core CPU, about 2% of the digits CNN's forward time.
-
-On CUDA, noise comes from the fused Triton kernel instead (smoothgen.kernels.gaussian_noise with
-seed = the key, offset = the copy's index): Philox noise that is a pure function of (key, copy, element),
-so no blocks are needed. Its CPU twin (the counter-based reference) is about 30× slower than the blocks
-on the CPU (65 vs 2 ms per 1000 digit copies, 2-core CPU), which is why the CPU keeps the blocks; the
-same seed therefore gives different (equally valid) noise on CPU and on GPU.
+Distance to the Gaussian of the proofs (`noise_tv`): in exact arithmetic on exact uniforms, each pair
+of coordinates is Box–Muller of a uniform u1 ≥ 2⁻⁶⁵ — the Gaussian truncated at radius
+sqrt(128 ln 2) ≈ 9.42 —, within total variation 2⁻⁶⁴ of N(0, I₂); a copy of d coordinates (⌈d/2⌉
+independent pairs, TV is subadditive over independent coordinates) is within ⌈d/2⌉·2⁻⁶⁴ of N(0, I_d).
+Every certificate charges this per-copy τ (a bound on a probability under the sampler minus τ is a bound
+under the Gaussian). Not covered, and assumed as in THEORY.md §6: that Philox words are independent
+uniforms, and the discreteness and float rounding of the noise and of x + σ·ε (Voráček & Hein 2023).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from smoothgen import kernels
 
-#: Samples per noise block. Larger blocks cost less per sample; 100 divides the usual batch sizes.
-NOISE_BLOCK = 100
-
-_MASK64 = (1 << 64) - 1
+#: Total variation between one Box–Muller pair of the sampler (u1 ≥ 2⁻⁶⁵, a 64-bit uniform) and N(0, I₂).
+PAIR_TV = 2.0**-64
 
 
-def _splitmix64(value: int) -> int:
-    """A 64-bit mixing function (Steele et al. 2014): distinct inputs give well-spread seeds."""
-    value = (value + 0x9E3779B97F4A7C15) & _MASK64
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return value ^ (value >> 31)
+def noise_tv(numel: int) -> float:
+    """τ(d) = ⌈d/2⌉·2⁻⁶⁴: total variation between one noisy copy's sampled noise (d elements) and N(0, I_d).
+
+    Rounded up to the next double, so the float never understates the bound.
+    """
+    pairs = -(-int(numel) // 2)
+    return math.nextafter(pairs * PAIR_TV, math.inf) if pairs else 0.0
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,6 @@ class NoiseKey:
 
     key: int
 
-    def block_generator(self, block: int, device: torch.device) -> torch.Generator:
-        """The generator of noise block `block` on `device`."""
-        generator = torch.Generator(device=device)
-        generator.manual_seed(_splitmix64(self.key ^ _splitmix64(block)) & 0x7FFF_FFFF_FFFF_FFFF)
-        return generator
-
 
 class NoiseSource:
     """The n noisy copies x + σ·ε_i of one request, written into caller-owned buffers in any pieces.
@@ -56,46 +53,25 @@ class NoiseSource:
     Args:
         x: the clean input (no batch dimension), on the device where noise is made.
         sigma: noise standard deviation.
-        n: total number of copies of this request (fixes the length of the last block).
+        n: total number of copies of this request.
         key: the request's noise key for this purpose.
-        block: samples per noise block.
 
     Shapes:
         x: [*S]; `fill` writes [count, *S].
     """
 
-    def __init__(self, x: torch.Tensor, sigma: float, n: int, key: NoiseKey, block: int = NOISE_BLOCK):
-        self.x, self.sigma, self.n, self.key, self.block = x, float(sigma), int(n), key, int(block)
-        self._cached: tuple[int, torch.Tensor] | None = None  # (block index, its noisy copies)
+    def __init__(self, x: torch.Tensor, sigma: float, n: int, key: NoiseKey):
+        self.x, self.sigma, self.n, self.key = x, float(sigma), int(n), key
 
-    def _block_length(self, j: int) -> int:
-        return min(self.block, self.n - j * self.block)
-
-    def _draw_block(self, j: int, out: torch.Tensor) -> None:
-        generator = self.key.block_generator(j, self.x.device)
-        torch.randn(out.shape, generator=generator, out=out)
-        out.mul_(self.sigma).add_(self.x)
+    @property
+    def tv(self) -> float:
+        """Per-copy total variation between this source's noise and N(0, σ²I) (`noise_tv`)."""
+        return noise_tv(self.x.numel())
 
     def fill(self, out: torch.Tensor, start: int) -> None:
         """Write copies start .. start + len(out) − 1 into `out` (a contiguous slice of an input buffer)."""
         count = out.shape[0]
         if start < 0 or start + count > self.n:
             raise ValueError(f"samples {start}..{start + count} outside 0..{self.n}")
-        if self.x.is_cuda:  # fused, counter-based: copy i's noise depends on (key, i) only
+        if count:
             kernels.gaussian_noise(self.x, count, self.sigma, seed=self.key.key, offset=start, out=out)
-            return
-        pos = 0
-        while pos < count:
-            i = start + pos
-            j, inner = divmod(i, self.block)
-            length = self._block_length(j)
-            take = min(length - inner, count - pos)
-            if inner == 0 and take == length:
-                self._draw_block(j, out[pos : pos + take])  # a whole block: straight into the buffer
-            else:
-                if self._cached is None or self._cached[0] != j:
-                    staged = torch.empty((length, *self.x.shape), dtype=self.x.dtype, device=self.x.device)
-                    self._draw_block(j, staged)
-                    self._cached = (j, staged)
-                out[pos : pos + take].copy_(self._cached[1][inner : inner + take])
-            pos += take

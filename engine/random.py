@@ -14,6 +14,14 @@ import numpy as np
 import torch
 
 from smoothgen.engine.noise import NoiseKey
+from smoothgen.errors import InvalidParameterError
+
+
+def _words(value: int) -> list[int]:
+    """A value in [0, 2⁶⁴) as exactly two 32-bit words (low first). SeedSequence concatenates the 32-bit
+    words of each entry, so variable-width entries would make (s + b·2³², r) and (s, b + r·2³²) the same
+    entropy; a fixed width keeps every (seed, request id, purpose) distinct."""
+    return [value & 0xFFFFFFFF, value >> 32]
 
 
 class Purpose(enum.IntEnum):
@@ -39,8 +47,15 @@ class RandomStream:
     seed: int | None
     request_id: int = 0
 
+    def __post_init__(self):
+        for name, value in (("seed", self.seed), ("request_id", self.request_id)):
+            if value is None and name == "seed":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) < 1 << 64:
+                raise InvalidParameterError(f"{name} must be an integer in [0, 2^64), got {value!r}")
+
     def _state(self, purpose: Purpose) -> int:
-        entropy = None if self.seed is None else [int(self.seed), int(self.request_id), int(purpose)]
+        entropy = None if self.seed is None else _words(int(self.seed)) + _words(int(self.request_id)) + [int(purpose)]
         return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
 
     def key(self, purpose: Purpose) -> NoiseKey:

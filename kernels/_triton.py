@@ -32,6 +32,17 @@ def to_bf16_rne(x):
     return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
 
 
+@triton.jit
+def pair_normal(seed, counter):
+    """Two standard normals per 64-bit Philox counter (the scheme of kernels/reference.py): Box–Muller of
+    u1 = w0·2⁻³² + w1·2⁻⁶⁴ + 2⁻⁶⁵ ∈ (0, 1] (a 64-bit uniform, never 0: no clamp) and θ = 2π·w2·2⁻³²."""
+    w0, w1, w2, w3 = tl.randint4x(seed, counter)
+    u1 = w0.to(tl.float32) * 2.3283064365386963e-10 + w1.to(tl.float32) * 5.421010862427522e-20 + 2.710505431213761e-20
+    r = tl.sqrt(-2.0 * tl.log(u1))
+    th = 6.283185307179586 * (w2.to(tl.float32) * 2.3283064365386963e-10)
+    return r * tl.cos(th), r * tl.sin(th)
+
+
 def check_device(*tensors: torch.Tensor) -> torch.device:
     """The one device of `tensors`, after checking a Triton kernel can run there."""
     device = tensors[0].device
@@ -53,4 +64,4 @@ def launch_options(**gpu_options) -> dict:
     return {"enable_fp_fusion": False, **gpu_options}
 
 
-__all__ = ["EXACT_BF16_CAST", "INTERPRETED", "to_bf16_rne", "check_device", "launch_options", "tl", "triton"]
+__all__ = ["EXACT_BF16_CAST", "INTERPRETED", "pair_normal", "to_bf16_rne", "check_device", "launch_options", "tl", "triton"]

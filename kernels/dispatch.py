@@ -185,6 +185,33 @@ def _run(op: str, backend: str, fast: Callable[[], Any], ref: Callable[[], Any])
 # --------------------------------------------------------------------------------------------------
 
 
+def _compiled_counter_noise(backend: str, seed, eps, device: torch.device) -> bool:
+    """Counter-based noise on the CPU under the automatic choice: drawn by the numba build of the same
+    function (reference.counter_normal, the Philox words bit for bit) and passed to the reference as
+    explicit noise, which adds it with the same arithmetic. SMOOTHGEN_KERNELS=reference keeps NumPy's."""
+    return backend == "reference" and seed is not None and eps is None and device.type == "cpu" and requested_backend() is None
+
+
+def _fused_cpu_noise(x, n, sigma, seed, offset, generator, clamp, mean, std, out) -> torch.Tensor | None:
+    """The plain case (float32 x, no clamp/normalisation, a contiguous or no `out`) in one numba pass,
+    with the reference's arithmetic; None where it does not apply (the caller runs the general path)."""
+    if generator is not None or clamp is not None or mean is not None or std is not None or x.dtype != torch.float32:
+        return None
+    sigma = reference.check_sigma(sigma)
+    reference.check_counter_range(offset, n, x.numel())
+    out = reference.check_out(out, (n, *x.shape), x.dtype, x.device)
+    if out is None:
+        out = torch.empty((n, *x.shape), dtype=x.dtype)
+    if x.numel() == 0:
+        return out
+    from smoothgen.kernels.numba_noise import noisy_copies_numba
+
+    flat = x.detach().contiguous().reshape(-1).numpy()
+    if not noisy_copies_numba(flat, sigma, seed, offset, out.view(n, -1).numpy()):
+        return None
+    return out
+
+
 def gaussian_noise(
     x: torch.Tensor,
     num_copies: int,
@@ -217,6 +244,14 @@ def gaussian_noise(
     elif x.dtype not in _HALF_FLOATS:
         unsupported = f"the kernel takes float32/float16/bfloat16 inputs, got {x.dtype}"
     backend = select_backend("gaussian_noise", x.device, triton_unsupported=unsupported)
+    if _compiled_counter_noise(backend, seed, eps, x.device):
+        seed, offset = reference.check_seed_offset(seed, offset)
+        n = reference.check_count(num_copies, "num_copies")
+        fused = _fused_cpu_noise(x, n, sigma, seed, offset, generator, clamp, mean, std, out)
+        if fused is not None:
+            return fused
+        eps = reference.counter_normal(seed, offset, n, x.numel()).reshape(n, *x.shape)
+        seed, offset = None, 0
     kwargs = dict(seed=seed, offset=offset, eps=eps, clamp=clamp, mean=mean, std=std, out=out)
 
     def fast():
@@ -248,6 +283,11 @@ def noisy_embedding(
     if not isinstance(table, torch.Tensor):
         raise InvalidInputError(f"table must be a tensor, got {type(table).__name__}")
     backend = select_backend("noisy_embedding", table.device)
+    if _compiled_counter_noise(backend, seed, eps, table.device):
+        b, l, _, d, n, _ = reference.check_embedding_args(ids, table, num_samples, mask)
+        seed, offset = reference.check_seed_offset(seed, offset)
+        eps = reference.counter_normal(seed, offset * l, b * n * l, d).reshape(b * n, l, d)
+        seed, offset = 0, 0
     args = (ids, table, sigma, num_samples, mask, seed, offset)
 
     def fast():

@@ -14,8 +14,15 @@ from __future__ import annotations
 import torch
 
 from smoothgen.errors import InvalidInputError, InvalidParameterError
-from smoothgen.kernels._triton import EXACT_BF16_CAST, INTERPRETED, check_device, launch_options, tl, to_bf16_rne, triton
-from smoothgen.kernels.reference import check_count, check_noise_options, check_out, check_seed_offset, check_sigma
+from smoothgen.kernels._triton import EXACT_BF16_CAST, INTERPRETED, check_device, launch_options, pair_normal, tl, to_bf16_rne, triton
+from smoothgen.kernels.reference import (
+    check_count,
+    check_counter_range,
+    check_noise_options,
+    check_out,
+    check_seed_offset,
+    check_sigma,
+)
 
 
 @triton.jit(do_not_specialize=["sigma", "seed", "offset", "lo", "hi"])
@@ -31,14 +38,14 @@ def _gaussian_noise_kernel(
     lo,
     hi,
     S,
-    S4,  # ceil(S / 4): Philox counters per copy
+    S2,  # ceil(S / 2): Philox counters per copy (two normals each)
     HW,  # elements per channel (S / C)
     N,
     HAS_EPS: tl.constexpr,
     HAS_LO: tl.constexpr,
     HAS_HI: tl.constexpr,
     NORMALIZE: tl.constexpr,
-    BLOCK4: tl.constexpr,
+    BLOCK2: tl.constexpr,
     COPIES: tl.constexpr,
     BF16_RNE: tl.constexpr,
 ):
@@ -46,8 +53,8 @@ def _gaussian_noise_kernel(
     # statistics are loaded once and reused for every copy.
     pid_c = tl.program_id(0)
     pid_g = tl.program_id(1)
-    cols = pid_c * (4 * BLOCK4) + tl.arange(0, 4 * BLOCK4)
-    q = pid_c * BLOCK4 + tl.arange(0, BLOCK4)
+    cols = pid_c * (2 * BLOCK2) + tl.arange(0, 2 * BLOCK2)
+    q = pid_c * BLOCK2 + tl.arange(0, BLOCK2)
     ok = cols < S
     x = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     if NORMALIZE:
@@ -60,9 +67,9 @@ def _gaussian_noise_kernel(
             if HAS_EPS:
                 e = tl.load(eps_ptr + j * S + cols, mask=ok, other=0.0).to(tl.float32)
             else:
-                n1, n2, n3, n4 = tl.randn4x(seed, (offset + j) * S4 + q)
-                # Lanes interleaved: element 4q + k gets lane k of counter q.
-                e = tl.interleave(tl.interleave(n1, n3), tl.interleave(n2, n4))
+                n1, n2 = pair_normal(seed, (offset + j) * S2 + q)
+                # Lanes interleaved: element 2q + k gets lane k of counter q.
+                e = tl.interleave(n1, n2)
             y = x + sigma * e
             if HAS_LO:
                 y = tl.maximum(y, lo)
@@ -82,14 +89,14 @@ def _next_pow2(v: int) -> int:
     return 1 << max(0, int(v) - 1).bit_length()
 
 
-def _blocks(s4: int, n: int) -> tuple[int, int, int]:
-    """(BLOCK4, COPIES, num_warps)."""
+def _blocks(s2: int, n: int) -> tuple[int, int, int]:
+    """(BLOCK2, COPIES, num_warps)."""
     if INTERPRETED:
-        return min(_next_pow2(s4), 1024), min(n, 64), 4
+        return min(_next_pow2(s2), 2048), min(n, 64), 4
     # GPU: 1024 elements per program (8 per thread at 4 warps) and 8 copies, so that 1 000 copies of
     # 3x224x224 launch 147 x 125 programs; x and the channel statistics are read once per 8 copies.
-    block4 = min(_next_pow2(s4), 256)
-    return block4, min(n, 8), 4 if block4 >= 128 else 2
+    block2 = min(_next_pow2(s2), 512)
+    return block2, min(n, 8), 4 if block2 >= 256 else 2
 
 
 def gaussian_noise(
@@ -164,9 +171,10 @@ def gaussian_noise(
             raise InvalidInputError(f"eps must be a floating tensor of shape {(n, *x.shape)}")
         eps = eps.to(device).contiguous()
     xc = x.detach().contiguous()
-    s4 = -(-s // 4)
-    block4, copies, warps = _blocks(s4, n)
-    grid = (triton.cdiv(s4, block4), triton.cdiv(n, copies))
+    s2 = -(-s // 2)
+    check_counter_range(offset, n, s)
+    block2, copies, warps = _blocks(s2, n)
+    grid = (triton.cdiv(s2, block2), triton.cdiv(n, copies))
     _gaussian_noise_kernel[grid](
         xc,
         out,
@@ -179,14 +187,14 @@ def gaussian_noise(
         0.0 if lo is None else lo,
         0.0 if hi is None else hi,
         s,
-        s4,
+        s2,
         s // x.shape[0] if mean_t is not None else 1,
         n,
         HAS_EPS=eps is not None,
         HAS_LO=lo is not None,
         HAS_HI=hi is not None,
         NORMALIZE=mean_t is not None,
-        BLOCK4=block4,
+        BLOCK2=block2,
         COPIES=copies,
         BF16_RNE=EXACT_BF16_CAST and x.dtype == torch.bfloat16,
         **launch_options(num_warps=warps),

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from smoothgen.kernels._triton import EXACT_BF16_CAST, INTERPRETED, check_device, launch_options, tl, to_bf16_rne, triton
-from smoothgen.kernels.reference import check_embedding_args, check_out, check_seed_offset, check_sigma
+from smoothgen.kernels._triton import EXACT_BF16_CAST, INTERPRETED, check_device, launch_options, pair_normal, tl, to_bf16_rne, triton
+from smoothgen.kernels.reference import check_counter_range, check_embedding_args, check_out, check_seed_offset, check_sigma
 from smoothgen.errors import InvalidInputError
 
 
@@ -32,18 +32,18 @@ def _noisy_embedding_kernel(
     n_pos,  # B·L
     L,
     D,
-    D4,  # ceil(D / 4): Philox counters per row
+    D2,  # ceil(D / 2): Philox counters per row (two normals each)
     N,
     stride_v,
     HAS_MASK: tl.constexpr,
     SIGMA_PER_SAMPLE: tl.constexpr,
     HAS_EPS: tl.constexpr,
     POS_BLOCK: tl.constexpr,
-    BLOCK_D4: tl.constexpr,
+    BLOCK_D2: tl.constexpr,
     SAMPLES: tl.constexpr,
     BF16_RNE: tl.constexpr,
 ):
-    # Program (p, c, g): positions [p·POS_BLOCK, ...) x columns [c·4·BLOCK_D4, ...) x samples
+    # Program (p, c, g): positions [p·POS_BLOCK, ...) x columns [c·2·BLOCK_D2, ...) x samples
     # [g·SAMPLES, ...). The embedding tile is loaded once and reused for every sample.
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -53,8 +53,8 @@ def _noisy_embedding_kernel(
     b = (pos // L).to(tl.int64)
     l = (pos % L).to(tl.int64)
     tok = tl.load(ids_ptr + pos, mask=pos_ok, other=0).to(tl.int64)
-    cols = pid_c * (4 * BLOCK_D4) + tl.arange(0, 4 * BLOCK_D4)
-    d4 = pid_c * BLOCK_D4 + tl.arange(0, BLOCK_D4)
+    cols = pid_c * (2 * BLOCK_D2) + tl.arange(0, 2 * BLOCK_D2)
+    d2 = pid_c * BLOCK_D2 + tl.arange(0, BLOCK_D2)
     ok = pos_ok[:, None] & (cols < D)[None, :]
     row = tl.load(table_ptr + tok[:, None] * stride_v + cols[None, :], mask=ok, other=0.0)
     row_f = row.to(tl.float32)
@@ -68,10 +68,10 @@ def _noisy_embedding_kernel(
             if HAS_EPS:
                 e = tl.load(eps_ptr + out_row[:, None] * D + cols[None, :], mask=ok, other=0.0).to(tl.float32)
             else:
-                t = ((offset + s) * L + l) * D4  # counter of column 0 of this row (int64)
-                n1, n2, n3, n4 = tl.randn4x(seed, t[:, None] + d4[None, :])
-                # Lanes interleaved: column 4q + k gets lane k of counter q.
-                e = tl.interleave(tl.interleave(n1, n3), tl.interleave(n2, n4))
+                t = ((offset + s) * L + l) * D2  # counter of column 0 of this row (int64)
+                n1, n2 = pair_normal(seed, t[:, None] + d2[None, :])
+                # Lanes interleaved: column 2q + k gets lane k of counter q.
+                e = tl.interleave(n1, n2)
             if SIGMA_PER_SAMPLE:
                 sg = tl.load(sigma_ptr + s, mask=pos_ok, other=0.0)[:, None]
             else:
@@ -90,15 +90,15 @@ def _next_pow2(v: int) -> int:
     return 1 << max(0, int(v) - 1).bit_length()
 
 
-def _blocks(n_pos: int, d4: int, n: int) -> tuple[int, int, int, int]:
-    """(POS_BLOCK, BLOCK_D4, SAMPLES, num_warps)."""
+def _blocks(n_pos: int, d2: int, n: int) -> tuple[int, int, int, int]:
+    """(POS_BLOCK, BLOCK_D2, SAMPLES, num_warps)."""
     if INTERPRETED:
         # The interpreter pays per program instance and per op, not per element: few, big programs.
-        return min(_next_pow2(n_pos), 64), min(_next_pow2(d4), 512), min(n, 64), 4
+        return min(_next_pow2(n_pos), 64), min(_next_pow2(d2), 1024), min(n, 64), 4
     # GPU: one position, up to 1024 columns (8 per thread at 4 warps), 16 samples per program, so
     # that B·L = 512, D = 4096, N = 100 launches 512 x 4 x 7 programs.
-    block_d4 = min(_next_pow2(d4), 256)
-    return 1, block_d4, min(n, 16), 4 if block_d4 >= 128 else 2
+    block_d2 = min(_next_pow2(d2), 512)
+    return 1, block_d2, min(n, 16), 4 if block_d2 >= 256 else 2
 
 
 def noisy_embedding(
@@ -158,9 +158,10 @@ def noisy_embedding(
     per_sample = isinstance(sigma, torch.Tensor)
     ids_flat = ids.contiguous().reshape(-1)
     mask_flat = mask.reshape(-1).to(torch.int8) if mask is not None else ids_flat
-    d4 = -(-d // 4)
-    pos_block, block_d4, samples, warps = _blocks(b * l, d4, n)
-    grid = (triton.cdiv(b * l, pos_block), triton.cdiv(d4, block_d4), triton.cdiv(n, samples))
+    d2 = -(-d // 2)
+    check_counter_range(offset * l, b * n * l, d)
+    pos_block, block_d2, samples, warps = _blocks(b * l, d2, n)
+    grid = (triton.cdiv(b * l, pos_block), triton.cdiv(d2, block_d2), triton.cdiv(n, samples))
     _noisy_embedding_kernel[grid](
         ids_flat,
         table,
@@ -174,14 +175,14 @@ def noisy_embedding(
         b * l,
         l,
         d,
-        d4,
+        d2,
         n,
         table.stride(0),
         HAS_MASK=mask is not None,
         SIGMA_PER_SAMPLE=per_sample,
         HAS_EPS=eps is not None,
         POS_BLOCK=pos_block,
-        BLOCK_D4=block_d4,
+        BLOCK_D2=block_d2,
         SAMPLES=samples,
         BF16_RNE=EXACT_BF16_CAST and table.dtype == torch.bfloat16,
         **launch_options(num_warps=warps),

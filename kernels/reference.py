@@ -5,19 +5,28 @@ tested against it (tests/kernels). The references are also what `smoothgen.kerne
 faster path applies (CPU without the C++ core, float64 inputs, an explicit ``SMOOTHGEN_KERNELS=reference``).
 
 Counter-based noise (the ``seed=`` / ``offset=`` arguments). The fused kernels draw ε in-kernel from
-Triton's Philox4x32-10 generator, so no noise tensor ever exists in memory. Noise is defined as a
-matrix ``[rows, cols]`` (see each op for what its rows and columns are): element ``(r, c)`` is lane
-``c % 4`` of ``triton.language.randn4x(seed, t)`` with the 64-bit counter
+Philox4x32-10 (Salmon et al. 2011, as ``triton.language.randint4x``), so no noise tensor ever exists in
+memory. Noise is defined as a matrix ``[rows, cols]`` (see each op for what its rows and columns are):
+element ``(r, c)`` is lane ``c % 2`` of one Box–Muller pair made from the four 32-bit words
+``w0..w3`` of Philox4x32-10 with key ``(seed mod 2³², seed >> 32)`` and counter
+``(t mod 2³², t >> 32, 0, 0)``, where the 64-bit counter is
 
-    t = r * ceil(cols / 4) + c // 4
+    t = r * ceil(cols / 2) + c // 2
 
-i.e. Philox4x32-10 with key ``(seed mod 2³², seed >> 32)`` and counter ``(t mod 2³², t >> 32, 0, 0)``;
-its four 32-bit words become four uniforms ``u = (w as int32, negated bits if < 0) · 4.6566127342e-10``
-and lanes (0, 1) = Box–Muller of (u0, u1), lanes (2, 3) = Box–Muller of (u2, u3), with u0, u2 clamped
-below at 1e-7 (so |ε| ≤ 5.68 — a truncation of mass 1e-7 per pair; see THEORY.md §6 on floating
-point). `philox_normal_reference` computes the same numbers in NumPy: the Philox words are identical
-bit for bit, the normals equal to float32 rounding of log/sqrt/cos/sin (the Triton interpreter
-matches exactly; a GPU's transcendental functions may differ in the last bits).
+so distinct elements pairs of one key never share a counter (the launchers refuse (offset + rows) ·
+ceil(cols / 2) ≥ 2⁶⁴). In float32:
+
+    u1 = w0 · 2⁻³² + w1 · 2⁻⁶⁴ + 2⁻⁶⁵      (a 64-bit uniform in (0, 1]: never 0, no clamp needed)
+    θ  = 2π · (w2 · 2⁻³²)
+    lane 0 = sqrt(−2 ln u1) · cos θ,  lane 1 = sqrt(−2 ln u1) · sin θ          (w3 is not used)
+
+In exact arithmetic on exact uniforms this is the Box–Muller transform truncated at u1 ≥ 2⁻⁶⁴, i.e. at
+radius sqrt(128 ln 2) ≈ 9.42: per pair it is within total variation 2⁻⁶⁴ of N(0, I₂), and a copy of
+``cols`` elements within ⌈cols/2⌉·2⁻⁶⁴ of N(0, I) (`smoothgen.engine.noise.noise_tv`, charged to every
+certificate). The discreteness of the uniforms and float32 rounding remain assumptions (THEORY.md §6,
+README "Soundness"). `philox_normal_reference` computes the same numbers in NumPy: the Philox words are
+identical bit for bit, the normals equal to float32 rounding of log/sqrt/cos/sin (the Triton
+interpreter matches exactly; a GPU's transcendental functions may differ in the last bits).
 """
 from __future__ import annotations
 
@@ -30,7 +39,9 @@ from smoothgen.errors import InvalidInputError, InvalidParameterError
 
 __all__ = [
     "PAIRWISE_METRICS",
+    "check_counter_range",
     "check_seed_offset",
+    "counter_normal",
     "gaussian_noise_reference",
     "median_distances_reference",
     "min_median_center_reference",
@@ -175,19 +186,28 @@ def _philox4x32_10(seed: int, counters: np.ndarray) -> tuple[np.ndarray, ...]:
     return c0, c1, c2, c3
 
 
-def _uniform(word: np.ndarray) -> np.ndarray:
-    """triton.language.uint_to_uniform_float for 32-bit words: [0, 1) in float32."""
-    x = word.astype(np.uint32).view(np.int32)
-    x = np.where(x < 0, ~x, x)
-    return x.astype(np.float32) * np.float32(4.6566127342e-10)
+#: 2⁻³², 2⁻⁶⁴ and 2⁻⁶⁵ as float32 (exact powers of two).
+_TWO_M32 = np.float32(2.0**-32)
+_TWO_M64 = np.float32(2.0**-64)
+_TWO_M65 = np.float32(2.0**-65)
+_TWO_PI = np.float32(6.283185307179586)
 
 
-def _box_muller(u1: np.ndarray, u2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """triton.language.pair_uniform_to_normal, in float32."""
-    u1 = np.maximum(np.float32(1.0e-7), u1)
-    th = np.float32(6.283185307179586) * u2
+def _pair_normal(w0: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Box–Muller of u1 = w0·2⁻³² + w1·2⁻⁶⁴ + 2⁻⁶⁵ ∈ (0, 1] and θ = 2π·w2·2⁻³², in float32 (module docstring)."""
+    u1 = w0.astype(np.float32) * _TWO_M32 + w1.astype(np.float32) * _TWO_M64 + _TWO_M65
     r = np.sqrt(np.float32(-2.0) * np.log(u1))
+    th = _TWO_PI * (w2.astype(np.float32) * _TWO_M32)
     return r * np.cos(th), r * np.sin(th)
+
+
+def check_counter_range(offset: int, rows: int, cols: int) -> None:
+    """Refuse a matrix whose 64-bit Philox counters would wrap around (two copies would then coincide)."""
+    if (int(offset) + int(rows)) * -(-int(cols) // 2) >= 1 << 64:
+        raise InvalidParameterError(
+            f"counter-based noise addresses at most 2^64 pairs per key: rows {offset}..{offset + rows} of "
+            f"{cols} elements exceed it"
+        )
 
 
 def philox_normal_reference(seed: int, row_offset: int, rows: int, cols: int, device=None) -> torch.Tensor:
@@ -206,14 +226,31 @@ def philox_normal_reference(seed: int, row_offset: int, rows: int, cols: int, de
         -> [rows, cols]
     """
     seed, row_offset = check_seed_offset(seed, row_offset)
-    c4 = -(-cols // 4)
+    check_counter_range(row_offset, rows, cols)
+    c2 = -(-cols // 2)
     r = np.arange(row_offset, row_offset + rows, dtype=np.uint64)[:, None]
-    counters = r * np.uint64(c4) + np.arange(c4, dtype=np.uint64)[None, :]
-    w0, w1, w2, w3 = _philox4x32_10(seed, counters)
-    n0, n1 = _box_muller(_uniform(w0), _uniform(w1))
-    n2, n3 = _box_muller(_uniform(w2), _uniform(w3))
-    lanes = np.stack([n0, n1, n2, n3], axis=-1).reshape(rows, 4 * c4)[:, :cols]
+    counters = r * np.uint64(c2) + np.arange(c2, dtype=np.uint64)[None, :]
+    w0, w1, w2, _ = _philox4x32_10(seed, counters)
+    n0, n1 = _pair_normal(w0, w1, w2)
+    lanes = np.stack([n0, n1], axis=-1).reshape(rows, 2 * c2)[:, :cols]
     return torch.from_numpy(np.ascontiguousarray(lanes, dtype=np.float32)).to(device)
+
+
+def counter_normal(seed: int, row_offset: int, rows: int, cols: int, device=None) -> torch.Tensor:
+    """`philox_normal_reference`'s matrix as the CPU computes it for real work (smoothgen.kernels'
+    dispatch): compiled by numba (kernels/numba_noise.py) when available, else the NumPy reference.
+
+    Shapes:
+        -> [rows, cols] float32
+    """
+    seed, row_offset = check_seed_offset(seed, row_offset)
+    check_counter_range(row_offset, rows, cols)
+    from smoothgen.kernels.numba_noise import philox_normal_numba
+
+    values = philox_normal_numba(seed, row_offset, rows, cols)
+    if values is None:
+        return philox_normal_reference(seed, row_offset, rows, cols, device)
+    return torch.from_numpy(values).to(device)
 
 
 # --------------------------------------------------------------------------------------------------

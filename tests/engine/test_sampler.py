@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from smoothgen.engine import (
-    NOISE_BLOCK,
     ClassCounts,
     NoiseSource,
     Purpose,
@@ -52,7 +51,7 @@ def test_noise_source_fills_any_pieces():
     NoiseSource(x, 1.0, 257, key(1)).fill(whole, 0)
     source = NoiseSource(x, 1.0, 257, key(1))
     pieces, start = [], 0
-    for size in (3, 97, 1, 99, 57):  # crosses block boundaries at 100 and 200 mid-piece
+    for size in (3, 97, 1, 99, 57):  # pieces of every size, each continuing the counter stream
         out = torch.empty(size, 5)
         source.fill(out, start)
         pieces.append(out)
@@ -60,7 +59,61 @@ def test_noise_source_fills_any_pieces():
     assert torch.equal(torch.cat(pieces), whole)
     with pytest.raises(ValueError):
         source.fill(torch.empty(2, 5), 256)
-    assert NOISE_BLOCK == 100
+
+
+def test_cpu_noise_never_repeats_a_copy():
+    """Issue 10.3: seeding a CPU generator per block of 100 copies kept 32 bits of a 63-bit seed, and
+    with seed 25, request 0, CENTER_RADIUS copies 765 000–765 099 equalled copies 974 900–974 999.
+    Counter-based noise gives every copy its own Philox counters: those copies differ, element by element."""
+    k = key(25, 0, Purpose.CENTER_RADIUS)
+    x = torch.zeros(8)
+    source = NoiseSource(x, 1.0, 1_000_000, k)
+    a, b = torch.empty(100, 8), torch.empty(100, 8)
+    source.fill(a, 765_000)
+    source.fill(b, 974_900)
+    assert not bool((a == b).all(dim=1).any())
+    assert not bool((a == b).any())
+
+
+def test_noise_is_a_pure_function_of_key_and_copy_on_cpu():
+    """The CPU noise is the counter-based noise of the kernels (copy i = counter row i), not torch.randn."""
+    from smoothgen.kernels.reference import philox_normal_reference
+
+    x = torch.zeros(2, 3)
+    k = key(3, 1, Purpose.ESTIMATION)
+    out = torch.empty(4, 2, 3)
+    NoiseSource(x, 1.0, 10, k).fill(out, 5)
+    expected = philox_normal_reference(k.key, 5, 4, 6).reshape(4, 2, 3)
+    assert torch.allclose(out, expected, rtol=0, atol=1e-5)
+
+
+def test_request_identities_do_not_collide():
+    """Issue 10.4: SeedSequence concatenated variable-width words, so (s + b·2³², r) and (s, b + r·2³²)
+    gave the same key. Fixed-width words keep them apart; values outside [0, 2⁶⁴) are refused."""
+    s, r, b = 5, 7, 3
+    for purpose in Purpose:
+        assert RandomStream(s + (b << 32), r).key(purpose) != RandomStream(s, b + (r << 32)).key(purpose)
+    keys = {RandomStream(seed, req).key(p).key for seed in (0, 1, 1 << 32, (1 << 64) - 1) for req in (0, 1, 1 << 32) for p in Purpose}
+    assert len(keys) == 4 * 3 * len(Purpose)
+    for bad in (-1, 1 << 64, 1.5, True):
+        with pytest.raises(InvalidParameterError):
+            RandomStream(bad, 0)
+        with pytest.raises(InvalidParameterError):
+            RandomStream(0, bad)
+
+
+def test_noise_tv_is_the_truncation_of_every_pair():
+    from smoothgen.engine import noise_tv
+
+    assert noise_tv(0) == 0.0
+    assert noise_tv(1) >= 2.0**-64 and noise_tv(2) == noise_tv(1)
+    assert noise_tv(3 * 224 * 224) >= 75_264 * 2.0**-64
+    assert noise_tv(3 * 224 * 224) < 75_265 * 2.0**-64
+    # The sampler's radius per pair never exceeds the truncation radius sqrt(128 ln 2) (u1 >= 2^-65).
+    out = torch.empty(2000, 64)
+    NoiseSource(torch.zeros(64), 1.0, 2000, key(11)).fill(out, 0)
+    pairs = out.reshape(-1, 2)
+    assert float(pairs.norm(dim=1).max()) <= (130 * np.log(2)) ** 0.5 + 1e-4
 
 
 def test_runtime_max_batch_caps_the_batch():

@@ -2,7 +2,8 @@
 
 The smoothed output f̂(x) is the center ẑ of a small ball holding more than half of the distribution of
 f(x + ε). `smooth` finds it (or abstains); `certify` bounds how far it can move: with probability
-≥ 1 − α1 − α2, d(f̂(x), f̂(x')) ≤ ε_out for every ‖x − x'‖₂ ≤ ε_in.
+≥ 1 − α1 − α2 − candidate_miss, d(f̂(x), f̂(x')) ≤ ε_out for every ‖x − x'‖₂ ≤ ε_in (candidate_miss > 0 only
+for the high-dimensional variant with n_candidates < n; see `CenterSmoother`).
 
 Three independent sample sets are drawn, each from its own random stream: the n samples that choose the
 center, the n fresh samples of the acceptance check, and the m fresh samples of the certified radius.
@@ -22,7 +23,7 @@ import torch
 
 from smoothgen import _core, kernels, metrics, stats
 from smoothgen.certificates import CenterCertificate, CenterSmoothingResult
-from smoothgen.engine import DEFAULT_BATCH_SIZE, Purpose, RandomStream, Runtime, Sampler, as_runtime
+from smoothgen.engine import DEFAULT_BATCH_SIZE, Purpose, RandomStream, Runtime, Sampler, as_runtime, noise_tv
 from smoothgen.errors import InvalidParameterError, ModelOutputError
 from smoothgen.metrics import Metric, get_metric
 from smoothgen.validate import check_alpha, check_count, check_input, check_positive, check_sigma
@@ -203,8 +204,11 @@ class CenterSmoother:
         metric: a registered metric name ("l2", "l1", "cosine", "angular", "tv1d", "tv2d", "jaccard",
             "levenshtein", "w1", or one you registered) or a `Metric`.
         batch_size: noisy copies per model call.
-        n_candidates: None for the exact min-median center over all n samples; an integer for the
-            high-dimensional variant that picks the center among that many samples (≈ 30 in the paper).
+        n_candidates: None for the exact min-median center over all n samples; an integer k for the
+            high-dimensional variant that picks the center among k samples (≈ 30 in the paper). Its
+            certificates charge the chance (1/2 − Δ + τ)^k that no candidate lies in the ball the
+            proof needs (`CenterCertificate.candidate_miss`): 0.45^30 ≈ 4·10⁻¹¹ at Δ = 0.05, but 0.45
+            at k = 1.
         input_shape: if given, inputs of any other shape are rejected.
         sampler: the Sampler to draw with.
     """
@@ -253,10 +257,11 @@ class CenterSmoother:
             x: [*input_shape]
         """
         x, n, delta, alpha1 = self._check(x, n, delta, alpha1, "alpha1")
+        tau = noise_tv(x.numel())
         stream = RandomStream(seed, request_id)
         center, center_radius = self._choose_center(x, n, stream)
         p = self._fraction_within(x, n, center, center_radius, stream)
-        accepted, delta1, delta2 = stats.center_smoothing_check(p, n, alpha1, delta)
+        accepted, delta1, delta2 = stats.center_smoothing_check(p, n, alpha1, delta, n_select=n, noise_tv=tau)
         return CenterSmoothingResult(
             center=center[0] if not isinstance(center, torch.Tensor) else center[0].clone(),
             center_radius=center_radius,
@@ -269,6 +274,7 @@ class CenterSmoother:
             alpha1=alpha1,
             n_candidates=self.n_candidates,
             seed=seed,
+            noise_tv=tau,
         )
 
     def certify(
@@ -283,11 +289,13 @@ class CenterSmoother:
         seed: int | None = None,
         request_id: int = 0,
     ) -> CenterCertificate:
-        """CERTIFY: ε_out such that d(f̂(x), f̂(x')) ≤ ε_out for all ‖x − x'‖₂ ≤ eps_in, w.p. ≥ 1 − α1 − α2.
+        """CERTIFY: ε_out such that d(f̂(x), f̂(x')) ≤ ε_out for all ‖x − x'‖₂ ≤ eps_in, with probability
+        ≥ 1 − α1 − α2 − candidate_miss (the certificate's `failure_probability`).
 
         Steps (THEORY.md §2): SMOOTH with n samples; p = Φ(Φ⁻¹(1/2 + Δ) + ε_in/σ);
-        q = p + sqrt(ln(1/α2)/(2m)) (abstain if q > 1); R̂ = the ⌈q·m⌉-th smallest distance of m fresh
-        samples to ẑ; ε_out = γ·(1 + β)·R̂.
+        q = p + τ + sqrt(ln(1/α2)/(2m)) (abstain if q > 1); R̂ = the ⌈q·m⌉-th smallest distance of m
+        fresh samples to ẑ; ε_out = γ·(1 + β)·R̂. τ = the sampler's per-copy distance from the Gaussian
+        (smoothgen.engine.noise_tv); candidate_miss = (1/2 − Δ + τ)^k for the high-dimensional variant.
 
         Args:
             x: one input (no batch dimension).
@@ -307,7 +315,7 @@ class CenterSmoother:
         smoothed = self.smooth(x, n, delta, alpha1, seed, request_id)
         center = smoothed.center[None] if isinstance(smoothed.center, torch.Tensor) else [smoothed.center]
         p = stats.center_certify_level(eps_in, self.sigma, delta)
-        q = stats.dkw_quantile_level(p, m, alpha2)
+        q = stats.dkw_quantile_level(p, m, alpha2, noise_tv=smoothed.noise_tv)
         k = stats.order_statistic_index(q, m)
         # q > 1 depends only on the parameters (ε_in too large for σ and m): report it before the check.
         reason = "q > 1" if k is None else ("center check failed" if smoothed.abstained else None)
@@ -338,6 +346,8 @@ class CenterSmoother:
             alpha2=alpha2,
             n_candidates=self.n_candidates,
             seed=seed,
+            noise_tv=smoothed.noise_tv,
+            candidate_miss=stats.center_candidate_miss(delta, self.n_candidates, n, smoothed.noise_tv),
         )
 
     def smoothing_error(self, x: torch.Tensor, center: Any) -> float:

@@ -35,6 +35,7 @@ class Prediction:
     n: int
     alpha: float
     seed: int | None
+    noise_tv: float = 0.0  # τ: per-copy total variation between the sampled noise and N(0, σ²I), charged to the bound
 
     @property
     def abstained(self) -> bool:
@@ -53,7 +54,8 @@ class ClassificationCertificate:
     Attributes:
         prediction: the certified class, or ABSTAIN (−1).
         radius: σ·Φ⁻¹(p_lower) (0 when abstaining).
-        p_lower: one-sided (1 − alpha) Clopper–Pearson lower bound on pA from the estimation sample.
+        p_lower: one-sided (1 − alpha) Clopper–Pearson lower bound on pA from the estimation sample,
+            minus noise_tv (so that it bounds pA under the exact Gaussian, not only under the sampler).
         count: votes for the selected class among the estimation samples drawn (nA).
         selected: the class chosen from the selection sample (also when abstaining).
         samples: estimation samples actually drawn: less than n when the run stopped early because
@@ -72,6 +74,7 @@ class ClassificationCertificate:
     alpha: float
     seed: int | None
     samples: int = -1
+    noise_tv: float = 0.0  # τ: per-copy total variation between the sampled noise and N(0, σ²I), charged to the bound
 
     def __post_init__(self) -> None:
         if self.samples == -1:
@@ -99,7 +102,8 @@ class SequentialCertificate:
         certified: True when the lower bound cleared Φ(radius/σ) at some look.
         decision: "certified", "rejected" (an upper bound proved pA ≤ Φ(radius/σ): no n would certify),
             or "undecided" (the last look came without either).
-        p_lower, p_upper: the bounds at the deciding (or last) look, each at level alpha/K.
+        p_lower, p_upper: the bounds at the deciding (or last) look, each at level alpha/K, moved out by
+            noise_tv (bounds under the exact Gaussian).
         certified_radius: σ·Φ⁻¹(p_lower) at that look (≥ radius when certified; 0 if p_lower ≤ 1/2).
         samples: estimation samples drawn (the look that decided); n0 selection samples come on top.
     """
@@ -119,6 +123,7 @@ class SequentialCertificate:
     looks: tuple[int, ...]
     alpha: float
     seed: int | None
+    noise_tv: float = 0.0  # τ: per-copy total variation between the sampled noise and N(0, σ²I), charged to the bound
 
     @property
     def abstained(self) -> bool:
@@ -138,7 +143,7 @@ class CenterSmoothingResult:
         center: the chosen center ẑ (one model output), kept even when abstaining.
         center_radius: r̂, the median distance of ẑ to the selection samples.
         p: fraction of fresh samples within r̂ of ẑ.
-        delta1, delta2: Δ1 = sqrt(ln(2/α1)/(2n)), Δ2 = 1/2 − (p − Δ1).
+        delta1, delta2: Δ1 = sqrt(ln(2/α1)/(2n)) + noise_tv, Δ2 = 1/2 − (p − Δ1).
         abstained: True when max(Δ1, Δ2) > Δ.
     """
 
@@ -153,6 +158,7 @@ class CenterSmoothingResult:
     alpha1: float
     n_candidates: int | None
     seed: int | None
+    noise_tv: float = 0.0  # τ: per-copy total variation between the sampled noise and N(0, σ²I), charged to the bound
 
     def to_record(self) -> dict[str, Any]:
         return _record(self, exclude=("center",))
@@ -160,8 +166,8 @@ class CenterSmoothingResult:
 
 @dataclass(frozen=True)
 class CenterCertificate:
-    """Center-smoothing certificate: with probability ≥ 1 − α1 − α2, for every ‖x' − x‖₂ ≤ eps_in,
-    d(f̂(x), f̂(x')) ≤ eps_out.
+    """Center-smoothing certificate: with probability ≥ 1 − failure_probability, for every
+    ‖x' − x‖₂ ≤ eps_in, d(f̂(x), f̂(x')) ≤ eps_out. failure_probability = α1 + α2 + candidate_miss.
 
     Attributes:
         center: the smoothed output f̂(x) = ẑ.
@@ -174,6 +180,10 @@ class CenterCertificate:
         smoothing_error: d(ẑ, f(x)), how far the smoothed output is from the base model's clean output.
         p, q: the probability level Φ(Φ⁻¹(1/2 + Δ) + ε1/σ) and its DKW-corrected level.
         gamma, beta: the metric's relaxed-triangle constant and the center's approximation factor 2γ.
+        noise_tv: τ, the sampler's per-copy total variation from N(0, σ²I): added to Δ1 and to q.
+        candidate_miss: (1/2 − Δ + τ)^k with k = n_candidates < n, the chance that no candidate of the
+            high-dimensional variant lies in the ball the β = 2γ bound needs (0 for the exact center).
+        failure_probability: α1 + α2 + candidate_miss, what the certificate may fail with.
     """
 
     center: Any
@@ -197,6 +207,12 @@ class CenterCertificate:
     alpha2: float
     n_candidates: int | None
     seed: int | None
+    noise_tv: float = 0.0
+    candidate_miss: float = 0.0
+
+    @property
+    def failure_probability(self) -> float:
+        return min(1.0, self.alpha1 + self.alpha2 + self.candidate_miss)
 
     def to_record(self) -> dict[str, Any]:
-        return _record(self, exclude=("center",))
+        return {**_record(self, exclude=("center",)), "failure_probability": self.failure_probability}

@@ -13,7 +13,7 @@ import torch
 
 from smoothgen import stats
 from smoothgen.certificates import ABSTAIN, ClassificationCertificate, Prediction, SequentialCertificate
-from smoothgen.engine import DEFAULT_BATCH_SIZE, Purpose, RandomStream, Runtime, Sampler, as_runtime
+from smoothgen.engine import DEFAULT_BATCH_SIZE, Purpose, RandomStream, Runtime, Sampler, as_runtime, noise_tv
 from smoothgen.errors import InvalidParameterError
 from smoothgen.validate import check_alpha, check_count, check_input, check_positive, check_sigma
 
@@ -73,13 +73,15 @@ class SmoothedClassifier:
         x = check_input(x, self.input_shape)
         n = check_count(n, "n")
         alpha = check_alpha(alpha)
+        tau = noise_tv(x.numel())
+        level = stats.alpha_under_sampler(alpha, n, tau)  # the n copies are within n·τ of Gaussian ones
         stream = RandomStream(seed, request_id)
         counts = self._sample_counts(x, n, Purpose.PREDICT, stream)
         top_two = np.argsort(counts, kind="stable")[::-1][:2]
         n_a, n_b = int(counts[top_two[0]]), int(counts[top_two[1]])
         pvalue = stats.binomial_test_pvalue(n_a, n_a + n_b, 0.5)
-        prediction = int(top_two[0]) if pvalue <= alpha else ABSTAIN
-        return Prediction(prediction, pvalue, n_a, n_b, self.sigma, n, alpha, seed)
+        prediction = int(top_two[0]) if pvalue <= level else ABSTAIN
+        return Prediction(prediction, pvalue, n_a, n_b, self.sigma, n, alpha, seed, noise_tv=tau)
 
     def certify(
         self, x: torch.Tensor, n0: int, n: int, alpha: float, seed: int | None = None, request_id: int = 0
@@ -106,13 +108,15 @@ class SmoothedClassifier:
         n = check_count(n, "n")
         alpha = check_alpha(alpha)
         stream = RandomStream(seed, request_id)
+        tau = noise_tv(x.numel())
         c_hat = self._select(x, n0, stream)
         n_a, drawn = self._estimate(x, n, c_hat, alpha, stream)
-        p_lower = stats.clopper_pearson_lower(n_a, n, alpha) if drawn == n else 0.0
+        # A bound on pA under the sampler, minus its distance τ from the Gaussian, bounds pA under the Gaussian.
+        p_lower = stats.lower_under_gaussian(stats.clopper_pearson_lower(n_a, n, alpha), tau) if drawn == n else 0.0
         if p_lower <= 0.5:
-            return ClassificationCertificate(ABSTAIN, 0.0, p_lower, n_a, c_hat, self.sigma, n0, n, alpha, seed, drawn)
+            return ClassificationCertificate(ABSTAIN, 0.0, p_lower, n_a, c_hat, self.sigma, n0, n, alpha, seed, drawn, tau)
         radius = stats.cohen_radius(self.sigma, p_lower)
-        return ClassificationCertificate(c_hat, radius, p_lower, n_a, c_hat, self.sigma, n0, n, alpha, seed, drawn)
+        return ClassificationCertificate(c_hat, radius, p_lower, n_a, c_hat, self.sigma, n0, n, alpha, seed, drawn, tau)
 
     def certify_at(
         self,
@@ -151,6 +155,7 @@ class SmoothedClassifier:
         if not looks or any(b <= a for a, b in zip(looks, looks[1:])):
             raise InvalidParameterError(f"looks must be a non-empty increasing sequence, got {looks}")
         stream = RandomStream(seed, request_id)
+        tau = noise_tv(x.numel())
         c_hat = self._select(x, n0, stream)
         threshold = stats.normal_cdf(radius / self.sigma)
         level = alpha / len(looks)
@@ -159,8 +164,8 @@ class SmoothedClassifier:
             counts = self.sampler.counts(self.runtime, x, look - drawn, self.sigma, self.num_classes, key,
                                          start=drawn, total=looks[-1])
             n_a, drawn = n_a + int(counts[c_hat]), look
-            p_lower = stats.clopper_pearson_lower(n_a, drawn, level)
-            p_upper = stats.clopper_pearson_upper(n_a, drawn, level)
+            p_lower = stats.lower_under_gaussian(stats.clopper_pearson_lower(n_a, drawn, level), tau)
+            p_upper = stats.upper_under_gaussian(stats.clopper_pearson_upper(n_a, drawn, level), tau)
             decision = "certified" if p_lower > threshold else ("rejected" if p_upper <= threshold else "undecided")
             if decision != "undecided":
                 break
@@ -181,6 +186,7 @@ class SmoothedClassifier:
             looks=looks,
             alpha=alpha,
             seed=seed,
+            noise_tv=tau,
         )
 
     def _select(self, x: torch.Tensor, n0: int, stream: RandomStream) -> int:

@@ -42,7 +42,7 @@ from torch import nn
 from smoothgen import stats
 from smoothgen.center import CenterSmoother
 from smoothgen.certificates import CenterCertificate
-from smoothgen.engine import Purpose, RandomStream, Runtime, Sampler, as_runtime
+from smoothgen.engine import Purpose, RandomStream, Runtime, Sampler, as_runtime, noise_tv
 from smoothgen.engine.noise import NoiseKey, NoiseSource
 from smoothgen.engine.reducers import Reducer, describe
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError
@@ -174,7 +174,8 @@ class MeanCertificate:
         tv: 2Φ(R/(2σ)) − 1, the TV bound between the noisy-input distributions.
         output_bound: B, the largest ‖f − c‖₂ of a clipped output around the box center c.
         expectation_bound: 2B·tv.
-        estimation_radius: (B/√n)(1 + sqrt(2 ln(1/α))).
+        estimation_radius: (B/√n)(1 + sqrt(2 ln(1/α))) + 2B·noise_tv (the sampled noise is within
+            noise_tv of the Gaussian per copy, so the sampler's mean is within 2B·noise_tv of F).
         empirical_bound: expectation_bound + 2·estimation_radius.
         output_range: the box [lo, hi] every output coordinate was clipped to.
         covered_labels: for a class-conditional model, the labels j whose embedding lies within the
@@ -197,6 +198,7 @@ class MeanCertificate:
     covered_labels: tuple[int, ...] = ()
     label: int | None = None
     certified: bool = True
+    noise_tv: float = 0.0
 
     def to_record(self) -> dict[str, Any]:
         record = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "mean"}
@@ -310,7 +312,9 @@ class MeanSmoother:
         mean = (total / count).to(torch.float32)
         bound = self.output_bound(mean.numel())
         expectation = stats.mean_smoothing_bound(bound, radius, self.sigma)
-        deviation = stats.vector_mean_deviation(bound, n, alpha)
+        # The n outputs estimate the mean under the sampler, which is within 2B·τ of F (Gaussian noise).
+        tau = noise_tv(x.numel())
+        deviation = stats.vector_mean_deviation(bound, n, alpha) + 2.0 * bound * tau
         return MeanCertificate(
             mean=mean,
             radius=radius,
@@ -324,6 +328,7 @@ class MeanSmoother:
             n=n,
             alpha=alpha,
             seed=seed,
+            noise_tv=tau,
         )
 
 
@@ -338,7 +343,8 @@ class GenerationTVBound:
 
     Attributes:
         radius: R, ℓ2 in conditioning-embedding space.
-        tv: TV(P_e, P_e') ≤ 2Φ(R/(2σ)) − 1.
+        tv: TV(P_e, P_e') ≤ 2Φ(R/(2σ)) − 1 + 2·noise_tv (the samples' noise is within noise_tv of the
+            Gaussian at each input).
         w1_l2: W1 of the output distributions under the ℓ2 distance of images ≤ D·tv, D = the ℓ2
             diameter of [0, 1]^64 (= 8).
         covered_labels: labels whose embedding lies within R of this label's (empty for a raw vector).
@@ -351,6 +357,7 @@ class GenerationTVBound:
     covered_labels: tuple[int, ...] = ()
     label: int | None = None
     certified: bool = True
+    noise_tv: float = 0.0
 
     def to_record(self) -> dict[str, Any]:
         record = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -482,15 +489,17 @@ class SmoothedConditionalDiffusion:
     def tv_bound(self, radius: float, label: int | None = None) -> GenerationTVBound:
         """The sample-free §4a bound on one generated sample for conditioning moves of ℓ2 norm ≤ radius."""
         radius = check_positive(radius, "radius", allow_zero=True)
-        tv = stats.tv_bound(radius, self.sigma)
+        tau = noise_tv(self.embed_dim)  # the samples' conditioning noise comes from the engine's sampler
+        tv = stats.tv_bound(radius, self.sigma, tau)
         covered = () if label is None else self.covered_labels(label, radius)
         return GenerationTVBound(
             radius=radius,
             sigma=self.sigma,
             tv=tv,
-            w1_l2=stats.wasserstein_bound(radius, self.sigma, self.image_diameter),
+            w1_l2=stats.wasserstein_bound(radius, self.sigma, self.image_diameter, noise_tv=tau),
             covered_labels=covered,
             label=label,
+            noise_tv=tau,
         )
 
     def certify_mean(
@@ -540,7 +549,8 @@ class SmoothedConditionalDiffusion:
     ) -> CenterCertificate:
         """Center smoothing of the generated images (THEORY.md §2, §4d) with the conditioning vector as input.
 
-        With probability ≥ 1 − α1 − α2, d(ẑ(e), ẑ(e')) ≤ eps_out for every ‖e − e'‖₂ ≤ eps_in. Its
+        With probability ≥ 1 − `failure_probability` (α1 + α2, plus the candidate miss when n_candidates
+        is given), d(ẑ(e), ẑ(e')) ≤ eps_out for every ‖e − e'‖₂ ≤ eps_in. Its
         `smoothing_error` is the distance of the center to ONE sample of the unsmoothed generator at e
         (the base generator is itself random). Labels covered: `covered_labels(label, eps_in)`.
 

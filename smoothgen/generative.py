@@ -68,7 +68,7 @@ import torch
 
 from smoothgen import kernels, stats
 from smoothgen.certificates import CenterCertificate
-from smoothgen.engine import Purpose, RandomStream
+from smoothgen.engine import Purpose, RandomStream, noise_tv
 from smoothgen.engine.noise import NoiseKey
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError
 from smoothgen.validate import check_alpha, check_count, check_positive, check_sigma
@@ -175,6 +175,8 @@ class GenerationCertificate:
         bound: the confidence bound ("best": the larger of empirical Bernstein and Hoeffding, each at
             alpha_step / 2; "bernstein"; "hoeffding").
         stopped: why decoding stopped: "max_new_tokens" or "eos".
+        noise_tv: τ, the per-copy total variation between the sampled prompt noise and N(0, σ²I);
+            every L_t is the bound under the sampler minus τ (smoothgen.engine.noise).
     """
 
     prompt: tuple[int, ...]
@@ -197,6 +199,7 @@ class GenerationCertificate:
     seed: int | None
     request_id: int
     stopped: str
+    noise_tv: float = 0.0
 
     def prefix_radius(self, k: int) -> float:
         """The radius below which the first k tokens are certified: min_{t<k} R_t (inf for k = 0)."""
@@ -248,6 +251,7 @@ class DistributionBound:
     diameter: float | None
     w1: float | None
     w2: float | None
+    noise_tv: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -701,11 +705,12 @@ class SmoothedLM:
         tokens, p_selection = self._select(ids, m, selection_key, n0, max_new_tokens, delta, use_cache)
         sums, squares = self._estimate(ids, m, estimation_key, n, tokens, delta, use_cache)
         alpha_step = alpha / max_new_tokens  # Bonferroni over the T steps fixed in advance
+        tau = self.noise_tv(len(ids))
         means, variances, lowers, radii = [], [], [], []
         for t in range(len(tokens)):
             mean = min(1.0, max(0.0, float(sums[t]) / n))
             var = max(0.0, (float(squares[t]) - n * mean * mean) / (n - 1)) if n > 1 else 0.0
-            lower = stats.bounded_mean_lower(mean, var, n, alpha_step, self.bound)
+            lower = stats.lower_under_gaussian(stats.bounded_mean_lower(mean, var, n, alpha_step, self.bound), tau)
             means.append(mean)
             variances.append(var)
             lowers.append(lower)
@@ -731,6 +736,7 @@ class SmoothedLM:
             seed=seed,
             request_id=int(request_id),
             stopped="eos" if tokens[-1] == self.eos_token_id else "max_new_tokens",
+            noise_tv=tau,
         )
         return dataclasses.replace(cert, certified_prefix=cert.prefix_at(radius))
 
@@ -784,14 +790,28 @@ class SmoothedLM:
             out += self._greedy(self.noisy_prompts(ids, m, key, start, c, delta), max_new_tokens)
         return out
 
-    def distribution_bound(self, radius: float, max_new_tokens: int | None = None) -> DistributionBound:
-        """§4(a): TV and W1/W2 bounds (Levenshtein, diameter max_new_tokens) on the law of `sample`'s outputs."""
+    def noise_tv(self, prompt_length: int | None = None) -> float:
+        """τ for noisy prompts of `prompt_length` tokens (L·D noisy coordinates at most): the per-copy total
+        variation between the sampled noise and N(0, σ²I). None: the longest prompt the model takes
+        (its context length), or 2⁴⁰ coordinates (more than any device holds) when that is unknown."""
+        if prompt_length is None:
+            numel = 1 << 40 if self.context_length is None else self.context_length * self.dim
+        else:
+            numel = check_count(prompt_length, "prompt_length") * self.dim
+        return noise_tv(numel)
+
+    def distribution_bound(
+        self, radius: float, max_new_tokens: int | None = None, prompt_length: int | None = None
+    ) -> DistributionBound:
+        """§4(a): TV and W1/W2 bounds (Levenshtein, diameter max_new_tokens) on the law of `sample`'s outputs,
+        including 2τ for the sampler's distance from the Gaussian (τ = `noise_tv(prompt_length)`)."""
         radius = check_positive(radius, "radius", allow_zero=True)
-        tv = stats.tv_bound(radius, self.sigma)
+        tau = self.noise_tv(prompt_length)
+        tv = stats.tv_bound(radius, self.sigma, tau)
         diameter = None if max_new_tokens is None else float(check_count(max_new_tokens, "max_new_tokens"))
-        w1 = None if diameter is None else stats.wasserstein_bound(radius, self.sigma, diameter, 1)
-        w2 = None if diameter is None else stats.wasserstein_bound(radius, self.sigma, diameter, 2)
-        return DistributionBound(radius=radius, sigma=self.sigma, tv=tv, diameter=diameter, w1=w1, w2=w2)
+        w1 = None if diameter is None else stats.wasserstein_bound(radius, self.sigma, diameter, 1, tau)
+        w2 = None if diameter is None else stats.wasserstein_bound(radius, self.sigma, diameter, 2, tau)
+        return DistributionBound(radius=radius, sigma=self.sigma, tv=tv, diameter=diameter, w1=w1, w2=w2, noise_tv=tau)
 
     # ---------------------------------------------------------------------------------- §4(d)
 
@@ -814,7 +834,8 @@ class SmoothedLM:
         """Center smoothing of the generated token sequences under the Levenshtein metric (THEORY.md §2, §4d).
 
         The smoothed output is the min-median center of greedy generations from noisy prompts; with
-        probability ≥ 1 − α1 − α2 its edit distance to the smoothed output at any prompt embedding within
+        probability ≥ 1 − `failure_probability` (α1 + α2, plus the candidate miss when n_candidates is
+        given) its edit distance to the smoothed output at any prompt embedding within
         ‖Δ‖_F ≤ eps_in (perturbed rows) is ≤ eps_out = 3·R̂. The input of `CenterSmoother` is the
         matrix of the perturbed rows [P, D]; its base model puts them back into the prompt and decodes.
 

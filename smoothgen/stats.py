@@ -44,6 +44,48 @@ def _check_binomial(k: int, n: int) -> None:
         raise InvalidParameterError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
 
 
+#: The largest double below 1. A lower confidence bound on a probability is at most this: for n ≳ 10¹⁸
+#: samples the exact bound rounds to 1.0, and Φ⁻¹(1) = inf would certify an infinite radius.
+BELOW_ONE = math.nextafter(1.0, 0.0)
+
+
+def _below_one(value: float) -> float:
+    return min(float(value), BELOW_ONE)
+
+
+def lower_under_gaussian(p_lower: float, noise_tv: float) -> float:
+    """A lower bound on a probability under the exact Gaussian from one under the sampler: p − τ.
+
+    Every event has probability within τ = TV(sampler, Gaussian) under the two (smoothgen.engine.noise);
+    the subtraction is rounded down (τ is often far below the resolution of doubles near p).
+    """
+    noise_tv = _check_noise_tv(noise_tv)
+    if noise_tv == 0.0:
+        return float(p_lower)
+    return max(0.0, math.nextafter(float(p_lower) - noise_tv, -math.inf))
+
+
+def upper_under_gaussian(p_upper: float, noise_tv: float) -> float:
+    """An upper bound on a probability under the exact Gaussian from one under the sampler: p + τ, rounded up."""
+    noise_tv = _check_noise_tv(noise_tv)
+    if noise_tv == 0.0:
+        return float(p_upper)
+    return min(1.0, math.nextafter(float(p_upper) + noise_tv, math.inf))
+
+
+def alpha_under_sampler(alpha: float, n: int, noise_tv: float) -> float:
+    """The level at which a test on n sampled copies runs so that it errs with probability ≤ alpha
+    under the exact Gaussian: alpha − n·τ (the n copies are within n·τ of i.i.d. Gaussian ones in total
+    variation). Raises when n·τ uses up alpha."""
+    noise_tv = _check_noise_tv(noise_tv)
+    level = float(alpha) - int(n) * noise_tv
+    if noise_tv and level > 0:
+        level = math.nextafter(level, 0.0)
+    if not level > 0.0:
+        raise InvalidParameterError(f"alpha = {alpha} is below n·τ = {int(n) * noise_tv:.3g}, the sampler's distance from the Gaussian")
+    return level
+
+
 def _check_alpha(alpha: float) -> None:
     if not (0.0 < alpha < 1.0):
         raise InvalidParameterError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
@@ -68,9 +110,9 @@ def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
     if k == 0:
         return 0.0
     value = _core_value("clopper_pearson_lower", int(k), int(n), float(alpha))
-    if value is not None:
-        return value
-    return float(_beta.ppf(alpha, k, n - k + 1))
+    if value is None:
+        value = _beta.ppf(alpha, k, n - k + 1)
+    return _below_one(value)
 
 
 def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
@@ -125,7 +167,7 @@ def hoeffding_radius(n: int, alpha: float, two_sided: bool = False) -> float:
 
 def hoeffding_lower(mean: float, n: int, alpha: float) -> float:
     """One-sided (1 − alpha) Hoeffding lower bound on the mean of [0, 1] variables, clipped at 0."""
-    return max(0.0, float(mean) - hoeffding_radius(n, alpha))
+    return _below_one(max(0.0, float(mean) - hoeffding_radius(n, alpha)))
 
 
 def hoeffding_upper(mean: float, n: int, alpha: float) -> float:
@@ -133,15 +175,23 @@ def hoeffding_upper(mean: float, n: int, alpha: float) -> float:
     return min(1.0, float(mean) + hoeffding_radius(n, alpha))
 
 
-def dkw_quantile_level(p: float, m: int, alpha: float) -> float:
-    """Level q = p + sqrt(ln(1/alpha) / (2m)) at which the empirical CDF of m samples is read.
+def _check_noise_tv(noise_tv: float) -> float:
+    if isinstance(noise_tv, bool) or not isinstance(noise_tv, (int, float)) or not (0.0 <= noise_tv < 1.0):
+        raise InvalidParameterError(f"noise_tv must be a number in [0, 1), got {noise_tv!r}")
+    return float(noise_tv)
+
+
+def dkw_quantile_level(p: float, m: int, alpha: float, noise_tv: float = 0.0) -> float:
+    """Level q = p + τ + sqrt(ln(1/alpha) / (2m)) at which the empirical CDF of m samples is read.
 
     By the one-sided DKW inequality (Massart 1990), with probability ≥ 1 − alpha the ⌈q·m⌉-th order
-    statistic of m i.i.d. samples is ≥ the true p-quantile. THEORY.md §2, CERTIFY step 1.
+    statistic of m i.i.d. samples is ≥ the (p + τ)-quantile of the sampled distribution, hence ≥ the
+    p-quantile of every distribution within total variation τ of it (the exact Gaussian's, when τ is
+    the sampler's `noise_tv`). THEORY.md §2, CERTIFY step 1.
     """
     if not (0.0 <= p <= 1.0):
         raise InvalidParameterError(f"p must lie in [0, 1], got {p!r}")
-    return float(p) + hoeffding_radius(m, alpha)
+    return float(p) + _check_noise_tv(noise_tv) + hoeffding_radius(m, alpha)
 
 
 def order_statistic_index(q: float, m: int) -> int | None:
@@ -218,16 +268,26 @@ def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
     return cohen_radius(sigma, alpha ** (1.0 / n))
 
 
-def center_smoothing_check(p: float, n: int, alpha1: float, delta: float) -> tuple[bool, float, float]:
+def center_smoothing_check(
+    p: float, n: int, alpha1: float, delta: float, n_select: int | None = None, noise_tv: float = 0.0
+) -> tuple[bool, float, float]:
     """Acceptance check of center smoothing's SMOOTH step (Kumar & Goldstein 2021; THEORY.md §2).
 
-    Δ1 = sqrt(ln(2/α1)/(2n)), Δ2 = 1/2 − (p − Δ1); accept when max(Δ1, Δ2) ≤ Δ.
+    Δ1 = sqrt(ln(2/α1)/(2·min(n, n_select))) + τ, Δ2 = 1/2 − (p − Δ1); accept when max(Δ1, Δ2) ≤ Δ.
+
+    Why min(n, n_select): at a neighbour x' the proof needs (a) more than half of the n_select samples
+    that choose f̂(x') inside a ball of mass ≥ 1/2 + Δ, which fails with probability ≤ exp(−2·n_select·Δ²)
+    ≤ α1/2 only when Δ ≥ Δ1(n_select), and (b) the check's Hoeffding bound at its n fresh samples
+    (α1/2). Why + τ: the samples come from a sampler within total variation τ per copy of the exact
+    Gaussian, so every probability the proof uses is known only up to ±τ.
 
     Args:
         p: fraction of n fresh samples within r̂ of the center.
-        n: number of fresh samples.
+        n: number of fresh samples of the check.
         alpha1: error probability of the smoothing step.
         delta: the tolerance Δ of the certificate, in (0, 1/2).
+        n_select: samples that chose the center (default n, as `CenterSmoother` draws).
+        noise_tv: τ, the sampler's per-copy total variation from the exact Gaussian.
 
     Returns:
         (accepted, Δ1, Δ2).
@@ -236,9 +296,35 @@ def center_smoothing_check(p: float, n: int, alpha1: float, delta: float) -> tup
         raise InvalidParameterError(f"delta must lie strictly between 0 and 1/2, got {delta!r}")
     if not (0.0 <= p <= 1.0):
         raise InvalidParameterError(f"p must lie in [0, 1], got {p!r}")
-    delta1 = hoeffding_radius(n, alpha1, two_sided=True)
+    n_select = n if n_select is None else n_select
+    delta1 = hoeffding_radius(min(n, n_select), alpha1, two_sided=True) + _check_noise_tv(noise_tv)
     delta2 = 0.5 - (p - delta1)
     return (max(delta1, delta2) <= delta, delta1, delta2)
+
+
+def center_candidate_miss(delta: float, n_candidates: int | None, n: int, noise_tv: float = 0.0) -> float:
+    """Probability, charged to the certificate, that none of the candidates of the high-dimensional
+    variant lies in the ball the proof needs: (1/2 − Δ + τ)^k for k = n_candidates < n, else 0.
+
+    The β = 2γ approximation at a neighbour x' needs one candidate inside a ball of mass ≥ 1/2 + Δ
+    (≥ 1/2 + Δ − τ under the sampler); the k candidates are i.i.d. samples, so all miss it with
+    probability ≤ (1/2 − Δ + τ)^k. When every sample is a candidate (n_candidates None or ≥ n) the
+    Hoeffding step of `center_smoothing_check` already puts more than half of them there.
+
+    Args:
+        delta: the tolerance Δ in (0, 1/2).
+        n_candidates: k, or None for the exact min-median center.
+        n: the selection samples.
+        noise_tv: τ, the sampler's per-copy total variation from the exact Gaussian.
+    """
+    if not (0.0 < delta < 0.5):
+        raise InvalidParameterError(f"delta must lie strictly between 0 and 1/2, got {delta!r}")
+    noise_tv = _check_noise_tv(noise_tv)
+    if n_candidates is None or n_candidates >= n:
+        return 0.0
+    if isinstance(n_candidates, bool) or int(n_candidates) != n_candidates or n_candidates < 1:
+        raise InvalidParameterError(f"n_candidates must be an integer >= 1, got {n_candidates!r}")
+    return float(min(1.0, 0.5 - delta + noise_tv) ** int(n_candidates))
 
 
 def center_certify_level(eps_in: float, sigma: float, delta: float) -> float:
@@ -313,7 +399,7 @@ def empirical_bernstein_lower(mean: float, variance: float, n: int, alpha: float
     """
     if not (0.0 <= mean <= 1.0):
         raise InvalidParameterError(f"mean must lie in [0, 1], got {mean!r}")
-    return max(0.0, float(mean) - empirical_bernstein_radius(variance, n, alpha))
+    return _below_one(max(0.0, float(mean) - empirical_bernstein_radius(variance, n, alpha)))
 
 
 #: Methods of `bounded_mean_lower`.
@@ -386,7 +472,7 @@ def _check_shift(delta_norm: float, sigma: float) -> None:
         raise InvalidParameterError(f"sigma must be a finite number > 0, got {sigma!r}")
 
 
-def tv_bound(delta_norm: float, sigma: float) -> float:
+def tv_bound(delta_norm: float, sigma: float, noise_tv: float = 0.0) -> float:
     """Total-variation bound TV(P_x, P_x') ≤ 2Φ(‖Δ‖/(2σ)) − 1 for a generator smoothed in input space.
 
     The TV distance between N(x, σ²I) and N(x', σ²I) with ‖x − x'‖ = ‖Δ‖ is exactly 2Φ(‖Δ‖/(2σ)) − 1;
@@ -397,18 +483,23 @@ def tv_bound(delta_norm: float, sigma: float) -> float:
     randomness independent of ε and of x. One output = one noise draw; it says nothing about an
     aggregate of many draws (use §4c/§4d certificates for those).
 
+    With noise from a sampler within total variation τ = noise_tv of N(0, σ²I) (smoothgen.engine.noise),
+    the sampled input distributions at x and x' are each within τ of the Gaussian ones: + 2τ.
+
     Args:
         delta_norm: ‖Δ‖₂ (Frobenius norm for embedding matrices) of the input perturbation.
         sigma: the fixed noise standard deviation.
+        noise_tv: τ, the sampler's per-copy distance from the Gaussian (0: the exact Gaussian).
 
     Returns:
-        The bound, in [0, 1).
+        The bound, in [0, 1].
     """
     _check_shift(delta_norm, sigma)
-    return float(2.0 * _norm.cdf(delta_norm / (2.0 * sigma)) - 1.0)
+    tv = float(2.0 * _norm.cdf(delta_norm / (2.0 * sigma)) - 1.0)
+    return upper_under_gaussian(upper_under_gaussian(tv, noise_tv), noise_tv)
 
 
-def wasserstein_bound(delta_norm: float, sigma: float, diameter: float, p: float = 1.0) -> float:
+def wasserstein_bound(delta_norm: float, sigma: float, diameter: float, p: float = 1.0, noise_tv: float = 0.0) -> float:
     """W_p(P_x, P_x') ≤ D·TV^(1/p) for output distributions on a space of diameter D (THEORY.md §4a).
 
     Any coupling achieving TV moves mass TV at most D, so W_p^p ≤ D^p·TV. Same validity conditions
@@ -420,6 +511,7 @@ def wasserstein_bound(delta_norm: float, sigma: float, diameter: float, p: float
         diameter: D, the largest distance between two outputs (e.g. T for Levenshtein on sequences of
             at most T tokens, 2 for unit vectors under ℓ2).
         p: the order p ≥ 1.
+        noise_tv: τ of the sampler (as in `tv_bound`).
 
     Returns:
         The bound on W_p.
@@ -428,10 +520,10 @@ def wasserstein_bound(delta_norm: float, sigma: float, diameter: float, p: float
         raise InvalidParameterError(f"diameter must be a finite number >= 0, got {diameter!r}")
     if not (p >= 1 and math.isfinite(p)):
         raise InvalidParameterError(f"p must be a finite number >= 1, got {p!r}")
-    return float(diameter * tv_bound(delta_norm, sigma) ** (1.0 / p))
+    return float(diameter * tv_bound(delta_norm, sigma, noise_tv) ** (1.0 / p))
 
 
-def event_probability_bound(p_event: float, delta_norm: float, sigma: float) -> float:
+def event_probability_bound(p_event: float, delta_norm: float, sigma: float, noise_tv: float = 0.0) -> float:
     """Lower bound Φ(Φ⁻¹(P_x(S)) − ‖Δ‖/σ) on P_x'(S), for every output event S (THEORY.md §4a).
 
     Gaussian differential privacy is closed under post-processing (Dvijotham et al., ICLR 2020;
@@ -443,6 +535,8 @@ def event_probability_bound(p_event: float, delta_norm: float, sigma: float) -> 
         p_event: P_x(S) (or a lower bound on it), in [0, 1].
         delta_norm: ‖Δ‖₂ of the input perturbation.
         sigma: the fixed noise standard deviation.
+        noise_tv: τ of the sampler: P_x(S) under the sampler bounds the Gaussian's from below after − τ,
+            and the result moves back to the sampler with another − τ.
 
     Returns:
         The lower bound on P_x'(S), in [0, 1].
@@ -450,7 +544,8 @@ def event_probability_bound(p_event: float, delta_norm: float, sigma: float) -> 
     _check_shift(delta_norm, sigma)
     if not (0.0 <= p_event <= 1.0):
         raise InvalidParameterError(f"p_event must lie in [0, 1], got {p_event!r}")
-    return float(_norm.cdf(_norm.ppf(p_event) - delta_norm / sigma))
+    gaussian = lower_under_gaussian(p_event, noise_tv)
+    return lower_under_gaussian(float(_norm.cdf(_norm.ppf(gaussian) - delta_norm / sigma)), noise_tv)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -192,3 +192,15 @@ def test_smoothgen_bounds_reject_bad_parameters():
                  lambda: stats.vector_mean_deviation(math.inf, 5, 0.1), lambda: stats.empirical_bernstein_radius(0.1, 1, 0.1)):
         with pytest.raises(InvalidParameterError):
             call()
+
+
+@pytest.mark.parametrize("n", [10**16, 10**18, 2**62])
+def test_lower_bounds_never_round_to_one(n):
+    """Issue 10.7: with all n votes, the exact bound α^(1/n) rounds to 1.0 for n ≳ 10¹⁸ and Φ⁻¹(1) = inf
+    would certify an infinite radius. Lower bounds stop at the largest double below 1."""
+    p = stats.clopper_pearson_lower(n, n, 0.001)
+    assert p < 1.0 and math.isfinite(stats.cohen_radius(0.25, p))
+    for method in stats.BOUNDED_MEAN_METHODS:
+        lower = stats.bounded_mean_lower(1.0, 0.0, n, 0.001, method)
+        assert lower < 1.0 and math.isfinite(stats.generation_step_radius(0.5, lower, 1.0 - lower))
+    assert stats.hoeffding_lower(1.0, n, 0.001) < 1.0

@@ -2,7 +2,7 @@
 
 Each request owns its own streams, keyed by (seed, request id, purpose), so that its certificate does not
 depend on what else ran before it or beside it in the same batches, and the selection and estimation
-samples of a certificate come from independent streams. Input noise is drawn in fixed blocks from the
+samples of a certificate come from independent streams. Input noise is counter-based noise of the
 stream's key (engine/noise.py), so it does not depend on how samples are cut into batches.
 """
 from __future__ import annotations

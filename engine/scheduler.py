@@ -5,7 +5,7 @@ fills each device batch with samples from several requests — oldest first, eac
 quota per batch — runs the model once, and hands each request its slice of the outputs. Requests
 finish independently: a request's reducer syncs with the host once, when its last sample is in.
 
-Because every request draws its noise from its own key in fixed blocks (engine/noise.py), a
+Because every request draws its noise from its own key, copy by copy (counter-based, engine/noise.py), a
 certificate computed among 64 concurrent requests is bit-identical to the one computed alone.
 """
 from __future__ import annotations

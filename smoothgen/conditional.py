@@ -75,7 +75,7 @@ class DiffusionGenerator(nn.Module):
     """The randomized base generator: a batch of conditioning vectors -> one DDPM sample each.
 
     Copy number i since the last `reseed` gets sampler noise (its initial x_T and every step's noise)
-    that is a pure function of (seed, request_id, i), drawn with the engine's block-keyed noise
+    that is a pure function of (seed, request_id, i), drawn with the engine's counter-based noise
     (engine/noise.py), so results do not depend on how copies are cut into batches. Copies are numbered
     in call order: it serves one request at a time (the in-process `Sampler`), not the multi-request
     `Scheduler`, which would interleave requests.

@@ -34,6 +34,19 @@ class Linear(torch.nn.Module):
 
 
 
+class Constant(torch.nn.Module):
+    """A classifier that always answers `cls` (all n votes agree: the largest radius n can certify)."""
+
+    def __init__(self, cls: int, num_classes: int = 10):
+        super().__init__()
+        self.cls, self.num_classes = cls, num_classes
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], self.num_classes)
+        logits[:, self.cls] = 1.0
+        return logits
+
+
 class WrongWidth(torch.nn.Module):
     """A 'classifier' that returns 3 logits for some inputs and 4 for others: garbage."""
 

@@ -9,7 +9,7 @@ from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutp
 from smoothgen import stats
 from smoothgen.engine import Purpose, RandomStream
 
-from oracles import LinearBinary
+from oracles import Constant, LinearBinary
 
 
 def test_linear_oracle_false_certification_rate_at_most_alpha():
@@ -43,17 +43,6 @@ def test_linear_oracle_radius_close_when_pa_moderate():
     assert cert.radius <= exact
     assert cert.radius == pytest.approx(exact, rel=0.03)
     assert cert.p_lower == pytest.approx(norm.cdf(1.2), abs=0.006)
-
-
-class Constant(torch.nn.Module):
-    def __init__(self, cls: int, num_classes: int = 10):
-        super().__init__()
-        self.cls, self.num_classes = cls, num_classes
-
-    def forward(self, x):
-        logits = torch.zeros(x.shape[0], self.num_classes)
-        logits[:, self.cls] = 1.0
-        return logits
 
 
 def test_all_votes_agree_gives_max_radius_exactly():

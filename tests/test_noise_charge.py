@@ -16,18 +16,7 @@ from smoothgen import CenterSmoother, SmoothedClassifier, stats
 from smoothgen.engine import noise_tv
 from smoothgen.errors import InvalidParameterError
 
-from oracles import Linear
-
-
-class Constant(torch.nn.Module):
-    def __init__(self, cls=1, classes=3):
-        super().__init__()
-        self.cls, self.classes = cls, classes
-
-    def forward(self, x):
-        out = torch.zeros(x.shape[0], self.classes)
-        out[:, self.cls] = 1.0
-        return out
+from oracles import Constant, Linear
 
 
 def test_shift_helpers_round_outward():
@@ -46,7 +35,7 @@ def test_shift_helpers_round_outward():
 
 
 def test_classification_certificate_charges_tau():
-    clf = SmoothedClassifier(Constant(), 3, 0.5)
+    clf = SmoothedClassifier(Constant(1, 3), 3, 0.5)
     x = torch.zeros(4, 4)
     cert = clf.certify(x, 10, 1000, 0.001, seed=0)
     assert cert.noise_tv == noise_tv(16) > 0
@@ -57,7 +46,7 @@ def test_classification_certificate_charges_tau():
 
 
 def test_sequential_certificate_charges_tau():
-    clf = SmoothedClassifier(Constant(), 3, 0.5)
+    clf = SmoothedClassifier(Constant(1, 3), 3, 0.5)
     cert = clf.certify_at(torch.zeros(8), 0.5, 0.001, n0=10, looks=(100, 1000), seed=0)
     level = 0.001 / 2
     assert cert.p_lower < stats.clopper_pearson_lower(cert.count, cert.samples, level)
@@ -69,7 +58,7 @@ def test_predict_tests_at_alpha_less_n_tau(monkeypatch):
     """PREDICT runs its binomial test at α − n·τ: with τ inflated the test must refuse or tighten."""
     import smoothgen.classify as classify
 
-    clf = SmoothedClassifier(Constant(), 3, 0.5)
+    clf = SmoothedClassifier(Constant(1, 3), 3, 0.5)
     pred = clf.predict(torch.zeros(4), 200, 0.001, seed=0)
     assert pred.noise_tv == noise_tv(4) and pred.prediction == 1
     # With τ = 4·10⁻⁶ per copy, 200 copies use up α = 0.001 (n·τ = 8·10⁻⁴ leaves 2·10⁻⁴): p-values just

@@ -9,6 +9,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -73,7 +74,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("hoeffding_radius", &smoothgen::hoeffding_radius, py::arg("n"), py::arg("alpha"), py::arg("two_sided") = false);
   m.def("hoeffding_lower", &smoothgen::hoeffding_lower, py::arg("mean"), py::arg("n"), py::arg("alpha"));
   m.def("hoeffding_upper", &smoothgen::hoeffding_upper, py::arg("mean"), py::arg("n"), py::arg("alpha"));
-  m.def("dkw_quantile_level", &smoothgen::dkw_quantile_level, py::arg("p"), py::arg("m"), py::arg("alpha"));
+  m.def("dkw_quantile_level", &smoothgen::dkw_quantile_level, py::arg("p"), py::arg("m"), py::arg("alpha"),
+        py::arg("noise_tv") = 0.0, "q = p + noise_tv + sqrt(ln(1/alpha) / (2m)).");
   m.def("order_statistic_index", &smoothgen::order_statistic_index, py::arg("q"), py::arg("m"),
         "ceil(q m) clamped to [1, m], or 0 when q > 1.");
   m.def("normal_cdf", &smoothgen::normal_cdf, py::arg("z"));
@@ -82,11 +84,22 @@ PYBIND11_MODULE(_C, m) {
   m.def("max_certifiable_radius", &smoothgen::max_certifiable_radius, py::arg("sigma"), py::arg("n"), py::arg("alpha"));
   m.def(
       "center_smoothing_check",
-      [](double p, int64_t n, double alpha1, double delta) {
-        const smoothgen::CenterCheck c = smoothgen::center_smoothing_check(p, n, alpha1, delta);
+      [](double p, int64_t n, double alpha1, double delta, std::optional<int64_t> n_select, double noise_tv) {
+        const smoothgen::CenterCheck c =
+            smoothgen::center_smoothing_check(p, n, alpha1, delta, n_select.value_or(n), noise_tv);
         return py::make_tuple(c.accepted, c.delta1, c.delta2);
       },
-      py::arg("p"), py::arg("n"), py::arg("alpha1"), py::arg("delta"));
+      py::arg("p"), py::arg("n"), py::arg("alpha1"), py::arg("delta"), py::arg("n_select") = py::none(),
+      py::arg("noise_tv") = 0.0,
+      "(accepted, delta1, delta2) with delta1 = sqrt(ln(2/alpha1) / (2 min(n, n_select))) + noise_tv "
+      "(n_select None: n).");
+  m.def(
+      "center_candidate_miss",
+      [](double delta, std::optional<int64_t> n_candidates, int64_t n, double noise_tv) {
+        return smoothgen::center_candidate_miss(delta, n_candidates.value_or(0), n, noise_tv);
+      },
+      py::arg("delta"), py::arg("n_candidates"), py::arg("n"), py::arg("noise_tv") = 0.0,
+      "(1/2 - delta + noise_tv)^n_candidates (capped at 1) when 1 <= n_candidates < n, else 0 (None: exact).");
   m.def("center_certify_level", &smoothgen::center_certify_level, py::arg("eps_in"), py::arg("sigma"), py::arg("delta"));
   m.def("center_eps_out", &smoothgen::center_eps_out, py::arg("gamma"), py::arg("beta"), py::arg("r_hat"));
 
@@ -226,7 +239,7 @@ PYBIND11_MODULE(_C, m) {
       "center_certify",
       [](const py::array& selection, const py::array& check, const py::array& radius_samples, double sigma,
          double eps_in, double delta, double alpha1, double alpha2, int64_t n_candidates, int kind, int64_t length,
-         int64_t channels, int64_t height, int64_t width) {
+         int64_t channels, int64_t height, int64_t width, double noise_tv) {
         const float* p1 = input<float>(selection, "selection", 2);
         const float* p2 = input<float>(check, "check", 2);
         const float* p3 = input<float>(radius_samples, "radius_samples", 2);
@@ -240,6 +253,7 @@ PYBIND11_MODULE(_C, m) {
         params.alpha1 = alpha1;
         params.alpha2 = alpha2;
         params.n_candidates = n_candidates;
+        params.noise_tv = noise_tv;
         smoothgen::CenterCertificate c;
         {
           py::gil_scoped_release release;
@@ -264,8 +278,13 @@ PYBIND11_MODULE(_C, m) {
         d["eps_out"] = c.eps_out;
         d["gamma"] = c.gamma;
         d["beta"] = c.beta;
+        d["candidate_miss"] = c.candidate_miss;
+        d["failure_probability"] = c.failure_probability;
         return d;
       },
       py::arg("selection"), py::arg("check"), py::arg("radius_samples"), py::arg("sigma"), py::arg("eps_in"),
-      py::arg("delta"), py::arg("alpha1"), py::arg("alpha2"), py::arg("n_candidates"), SG_METRIC_ARGS);
+      py::arg("delta"), py::arg("alpha1"), py::arg("alpha2"), py::arg("n_candidates"), SG_METRIC_ARGS,
+      py::arg("noise_tv") = 0.0,
+      "The center certificate as a dict (smoothgen::CenterCertificate's fields, reason as text or None). "
+      "Samples: i.i.d. draws from a sampler within noise_tv (total variation per copy) of N(0, sigma^2 I).");
 }

@@ -102,7 +102,8 @@ int main(int argc, char** argv) {
               static_cast<long long>(cohen.count), static_cast<long long>(cohen.n), sigma, alpha);
 
   const smoothgen_metric metric{metric_kind, dim, 0, 0, 0, 0};
-  const smoothgen_center_params params{sigma, eps_in, 0.05, 0.005, 0.005, 0};
+  // Exact min-median center (n_candidates = 0); noise_tv = 0: this stack samples the exact Gaussian.
+  const smoothgen_center_params params{sigma, eps_in, 0.05, 0.005, 0.005, 0, 0.0};
   smoothgen_center_certificate center;
   const float* selection = outputs.data();
   const float* check = selection + n * dim;
@@ -111,10 +112,10 @@ int main(int argc, char** argv) {
   if (status != SMOOTHGEN_OK) return fail("smoothgen_center_certify", status);
   static const char* reasons[] = {"certified", "abstain: q > 1", "abstain: center check failed"};
   std::printf("center certificate: %s center_index=%lld center_radius=%.6f eps_in=%g eps_out=%.6f r_hat=%.6f "
-              "p_within=%.4f k=%lld (n=%lld m=%lld)\n",
+              "p_within=%.4f k=%lld (n=%lld m=%lld) failure_probability=%g\n",
               reasons[center.reason], static_cast<long long>(center.center_index), center.center_radius, eps_in,
               center.eps_out, center.r_hat, center.p_within, static_cast<long long>(center.k),
-              static_cast<long long>(n), static_cast<long long>(m));
+              static_cast<long long>(n), static_cast<long long>(m), center.failure_probability);
   std::printf("center:");
   for (int64_t j = 0; j < dim && j < 8; ++j) std::printf(" %.6f", selection[center.center_index * dim + j]);
   std::printf("%s\n", dim > 8 ? " ..." : "");

@@ -104,8 +104,8 @@ int smoothgen_hoeffding_lower(double mean, int64_t n, double alpha, double* out)
 int smoothgen_hoeffding_upper(double mean, int64_t n, double alpha, double* out) {
   return scalar(out, [&] { return smoothgen::hoeffding_upper(mean, n, alpha); });
 }
-int smoothgen_dkw_quantile_level(double p, int64_t m, double alpha, double* out) {
-  return scalar(out, [&] { return smoothgen::dkw_quantile_level(p, m, alpha); });
+int smoothgen_dkw_quantile_level(double p, int64_t m, double alpha, double noise_tv, double* out) {
+  return scalar(out, [&] { return smoothgen::dkw_quantile_level(p, m, alpha, noise_tv); });
 }
 int smoothgen_order_statistic_index(double q, int64_t m, int64_t* out) {
   return scalar(out, [&] { return smoothgen::order_statistic_index(q, m); });
@@ -128,17 +128,20 @@ int smoothgen_cohen_radius(double sigma, double p_lower, double* out) {
 int smoothgen_max_certifiable_radius(double sigma, int64_t n, double alpha, double* out) {
   return scalar(out, [&] { return smoothgen::max_certifiable_radius(sigma, n, alpha); });
 }
-int smoothgen_center_smoothing_check(double p, int64_t n, double alpha1, double delta, int32_t* accepted,
-                                     double* delta1, double* delta2) {
+int smoothgen_center_smoothing_check(double p, int64_t n, double alpha1, double delta, int64_t n_select,
+                                     double noise_tv, int32_t* accepted, double* delta1, double* delta2) {
   return guard([&] {
     need(accepted, "accepted");
     need(delta1, "delta1");
     need(delta2, "delta2");
-    const smoothgen::CenterCheck c = smoothgen::center_smoothing_check(p, n, alpha1, delta);
+    const smoothgen::CenterCheck c = smoothgen::center_smoothing_check(p, n, alpha1, delta, n_select, noise_tv);
     *accepted = c.accepted ? 1 : 0;
     *delta1 = c.delta1;
     *delta2 = c.delta2;
   });
+}
+int smoothgen_center_candidate_miss(double delta, int64_t n_candidates, int64_t n, double noise_tv, double* out) {
+  return scalar(out, [&] { return smoothgen::center_candidate_miss(delta, n_candidates, n, noise_tv); });
 }
 int smoothgen_center_certify_level(double eps_in, double sigma, double delta, double* out) {
   return scalar(out, [&] { return smoothgen::center_certify_level(eps_in, sigma, delta); });
@@ -204,6 +207,7 @@ int smoothgen_center_certify(const float* selection, int64_t n, const float* che
     p.alpha1 = params->alpha1;
     p.alpha2 = params->alpha2;
     p.n_candidates = params->n_candidates;
+    p.noise_tv = params->noise_tv;
     const smoothgen::CenterCertificate c =
         smoothgen::center_certify(selection, n, check, n_check, radius_samples, m, to_metric(metric), p);
     smoothgen_center_certificate r;
@@ -221,6 +225,8 @@ int smoothgen_center_certify(const float* selection, int64_t n, const float* che
     r.eps_out = c.eps_out;
     r.gamma = c.gamma;
     r.beta = c.beta;
+    r.candidate_miss = c.candidate_miss;
+    r.failure_probability = c.failure_probability;
     *out = r;
   });
 }

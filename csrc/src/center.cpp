@@ -453,6 +453,7 @@ CenterCertificate center_certify(const float* selection, int64_t n, const float*
     fail(Status::InvalidParameter, "delta must lie strictly between 0 and 1/2, got ", params.delta);
   detail::check_alpha(params.alpha1, "alpha1");
   detail::check_alpha(params.alpha2, "alpha2");
+  detail::check_noise_tv(params.noise_tv);
 
   CenterCertificate cert{};
   cert.gamma = metric_gamma(metric.kind);
@@ -467,13 +468,17 @@ CenterCertificate center_certify(const float* selection, int64_t n, const float*
   int64_t within = 0;
   for (int64_t i = 0; i < n_check; ++i) within += dist[static_cast<size_t>(i)] <= choice.radius;
   cert.p_within = static_cast<double>(within) / static_cast<double>(n_check);
-  const CenterCheck chk = center_smoothing_check(cert.p_within, n_check, params.alpha1, params.delta);
+  // delta1 at min(n, n_check): the center was chosen from n selection samples, checked on n_check.
+  const CenterCheck chk =
+      center_smoothing_check(cert.p_within, n_check, params.alpha1, params.delta, /*n_select=*/n, params.noise_tv);
   cert.accepted = chk.accepted;
   cert.delta1 = chk.delta1;
   cert.delta2 = chk.delta2;
+  cert.candidate_miss = center_candidate_miss(params.delta, params.n_candidates, n, params.noise_tv);
+  cert.failure_probability = std::min(1.0, params.alpha1 + params.alpha2 + cert.candidate_miss);
   // CERTIFY: the level, the order statistic, the radius.
   cert.p = center_certify_level(params.eps_in, params.sigma, params.delta);
-  cert.q = dkw_quantile_level(cert.p, m, params.alpha2);
+  cert.q = dkw_quantile_level(cert.p, m, params.alpha2, params.noise_tv);
   cert.k = order_statistic_index(cert.q, m);
   cert.reason = cert.k == 0 ? CenterAbstain::QAboveOne : (!cert.accepted ? CenterAbstain::CheckFailed : CenterAbstain::None);
   cert.r_hat = std::numeric_limits<double>::infinity();

@@ -38,6 +38,14 @@ inline void check_alpha(double alpha, const char* name = "alpha") {
     fail(Status::InvalidParameter, name, " must lie strictly between 0 and 1, got ", alpha);
 }
 
+/// noise_tv: the per-copy total-variation distance of the caller's sampler from the exact Gaussian, a
+/// finite number in [0, 1) (NonFiniteInput for NaN/Inf, InvalidParameter outside [0, 1)).
+inline void check_noise_tv(double noise_tv) {
+  check_finite(noise_tv, "noise_tv");
+  if (!(noise_tv >= 0.0 && noise_tv < 1.0))
+    fail(Status::InvalidParameter, "noise_tv must lie in [0, 1), got ", noise_tv);
+}
+
 /// rows * cols as a number of floats that a buffer can hold (throws InvalidSize on overflow).
 inline int64_t checked_elements(int64_t rows, int64_t cols, const char* what) {
   constexpr int64_t limit = std::numeric_limits<int64_t>::max() / 8;

@@ -19,7 +19,12 @@ namespace {
 using detail::check_alpha;
 using detail::check_count;
 using detail::check_finite;
+using detail::check_noise_tv;
 using detail::fail;
+
+// The largest double below 1: the cap of every lower confidence bound on a probability. The exact bounds
+// are < 1 for any finite sample, but can round to 1 (then Cohen's radius would be +inf).
+const double kBelowOne = std::nextafter(1.0, 0.0);
 
 // SciPy's precision policy for its Boost-backed distributions (scipy.special's StatsPolicy): no
 // promotion of double to long double, so that both compute the same algorithm in the same precision.
@@ -121,9 +126,10 @@ double clopper_pearson_lower(int64_t k, int64_t n, double alpha) {
   check_binomial(k, n);
   check_alpha(alpha);
   if (k == 0) return 0.0;
-  return guarded("clopper_pearson_lower", [&] {
+  const double lower = guarded("clopper_pearson_lower", [&] {
     return boost::math::quantile(Beta(static_cast<double>(k), static_cast<double>(n - k + 1)), alpha);
   });
+  return std::min(lower, kBelowOne);
 }
 
 double clopper_pearson_upper(int64_t k, int64_t n, double alpha) {
@@ -171,7 +177,7 @@ double hoeffding_radius(int64_t n, double alpha, bool two_sided) {
 
 double hoeffding_lower(double mean, int64_t n, double alpha) {
   check_finite(mean, "mean");
-  return std::max(0.0, mean - hoeffding_radius(n, alpha));
+  return std::min(std::max(0.0, mean - hoeffding_radius(n, alpha)), kBelowOne);
 }
 
 double hoeffding_upper(double mean, int64_t n, double alpha) {
@@ -179,9 +185,10 @@ double hoeffding_upper(double mean, int64_t n, double alpha) {
   return std::min(1.0, mean + hoeffding_radius(n, alpha));
 }
 
-double dkw_quantile_level(double p, int64_t m, double alpha) {
+double dkw_quantile_level(double p, int64_t m, double alpha, double noise_tv) {
   check_probability(p, "p");
-  return p + hoeffding_radius(m, alpha);
+  check_noise_tv(noise_tv);
+  return p + noise_tv + hoeffding_radius(m, alpha);
 }
 
 int64_t order_statistic_index(double q, int64_t m) {
@@ -220,15 +227,32 @@ double cohen_radius(double sigma, double p_lower) {
 double max_certifiable_radius(double sigma, int64_t n, double alpha) {
   if (n < 1) fail(Status::InvalidParameter, "n must be an integer >= 1, got ", n);
   check_alpha(alpha);
-  return cohen_radius(sigma, std::pow(alpha, 1.0 / static_cast<double>(n)));
+  // alpha^(1/n) is clopper_pearson_lower(n, n, alpha): capped below 1 like it.
+  return cohen_radius(sigma, std::min(std::pow(alpha, 1.0 / static_cast<double>(n)), kBelowOne));
 }
 
-CenterCheck center_smoothing_check(double p, int64_t n, double alpha1, double delta) {
+CenterCheck center_smoothing_check(double p, int64_t n, double alpha1, double delta, int64_t n_select,
+                                   double noise_tv) {
   check_delta(delta);
   check_probability(p, "p");
-  const double delta1 = hoeffding_radius(n, alpha1, /*two_sided=*/true);
+  if (n < 1) fail(Status::InvalidParameter, "n must be an integer >= 1, got ", n);
+  if (n_select < 1) fail(Status::InvalidParameter, "n_select must be an integer >= 1, got ", n_select);
+  check_noise_tv(noise_tv);
+  // Hoeffding at the smaller of the two samples: the selection sample must put more than half of its
+  // points in the ball of mass >= 1/2 + delta at a neighbouring input, and the check must hold at n.
+  const double delta1 = hoeffding_radius(std::min(n, n_select), alpha1, /*two_sided=*/true) + noise_tv;
   const double delta2 = 0.5 - (p - delta1);
   return CenterCheck{std::max(delta1, delta2) <= delta, delta1, delta2};
+}
+
+double center_candidate_miss(double delta, int64_t n_candidates, int64_t n, double noise_tv) {
+  check_delta(delta);
+  if (n < 1) fail(Status::InvalidParameter, "n must be an integer >= 1, got ", n);
+  check_noise_tv(noise_tv);
+  if (n_candidates < 1 || n_candidates >= n) return 0.0;  // the exact variant: every sample is a candidate
+  // Each candidate lands outside the ball of mass >= 1/2 + delta (under the exact Gaussian) with
+  // probability <= 1/2 - delta, and <= 1/2 - delta + noise_tv under the caller's sampler.
+  return std::min(1.0, std::pow(0.5 - delta + noise_tv, static_cast<double>(n_candidates)));
 }
 
 double center_certify_level(double eps_in, double sigma, double delta) {

@@ -8,6 +8,7 @@
 
 #include "harness.h"
 #include "smoothgen/center.h"
+#include "smoothgen/stats.h"
 
 using smoothgen::Metric;
 using smoothgen::MetricKind;
@@ -205,6 +206,102 @@ TEST(center_certificate_on_gaussian_outputs) {
   const smoothgen::CenterCertificate a =
       smoothgen::center_certify(sel.data(), n, chk.data(), n, rad.data(), m_count, m, p);
   CHECK(a.reason == smoothgen::CenterAbstain::QAboveOne && std::isinf(a.eps_out) && a.k == 0);
+}
+
+TEST(center_certificate_counts_the_selection_sample) {
+  // 60 % of the outputs at 0, 40 % spread over [5, 100]: 5 selection samples, 3 of them at 0, give the
+  // center 0 with r-hat 0, and 60 % of 10 000 check samples sit within it. The check alone (delta1 at
+  // n_check) accepted; with only 5 selection samples, delta1 is Hoeffding's deviation at 5 (0.77 > delta).
+  const int64_t n = 5, n_check = 10000, m_count = 10000;
+  const std::vector<float> sel = {0.0f, 50.0f, 0.0f, 70.0f, 0.0f};
+  std::vector<float> chk(static_cast<size_t>(n_check)), rad(static_cast<size_t>(m_count));
+  std::mt19937 rng(31);
+  std::uniform_real_distribution<float> far(5.0f, 100.0f);
+  for (size_t i = 0; i < chk.size(); ++i) chk[i] = i % 5 < 3 ? 0.0f : far(rng);
+  for (size_t i = 0; i < rad.size(); ++i) rad[i] = i % 5 < 3 ? 0.0f : far(rng);
+  const Metric m = metric(MetricKind::L1, 1);
+  smoothgen::CenterParams p;
+  p.sigma = 0.25;
+  p.eps_in = 0.0;
+  const smoothgen::CenterCertificate c = smoothgen::center_certify(sel.data(), n, chk.data(), n_check, rad.data(),
+                                                                   m_count, m, p);
+  CHECK(c.center_index == 0 && c.center_radius == 0.0f);
+  CHECK(c.p_within == 0.6);
+  CHECK(c.delta1 == smoothgen::hoeffding_radius(n, p.alpha1, /*two_sided=*/true));
+  CHECK(!c.accepted && c.reason == smoothgen::CenterAbstain::CheckFailed && std::isinf(c.eps_out));
+  // The same buffers with the roles of the two sizes swapped: a 5-sample check fails the same way.
+  const smoothgen::CenterCertificate d = smoothgen::center_certify(chk.data(), 2000, sel.data(), n, rad.data(),
+                                                                   m_count, m, p);
+  CHECK(d.center_radius == 0.0f && d.p_within == 0.6 && d.delta1 == c.delta1 && !d.accepted);
+}
+
+TEST(candidate_variant_charges_its_miss_probability) {
+  const int64_t n = 4000, m_count = 8000, dim = 16;
+  const Metric m = metric(MetricKind::L2, dim);
+  const std::vector<float> sel = gaussian(n, dim, 41, 0.1f), chk = gaussian(n, dim, 42, 0.1f),
+                           rad = gaussian(m_count, dim, 43, 0.1f);
+  smoothgen::CenterParams p;
+  p.sigma = 0.25;
+  p.eps_in = 0.1;
+  p.n_candidates = 30;
+  const smoothgen::CenterCertificate hd = smoothgen::center_certify(sel.data(), n, chk.data(), n, rad.data(), m_count, m, p);
+  CHECK(hd.reason == smoothgen::CenterAbstain::None);
+  CHECK(hd.candidate_miss == std::pow(0.5 - p.delta, 30.0));
+  CHECK(hd.candidate_miss == smoothgen::center_candidate_miss(p.delta, 30, n));
+  CHECK(hd.failure_probability == p.alpha1 + p.alpha2 + hd.candidate_miss);
+  // One candidate misses the ball of mass >= 1/2 + delta with probability up to 1/2 - delta.
+  p.n_candidates = 1;
+  const smoothgen::CenterCertificate one = smoothgen::center_certify(sel.data(), n, chk.data(), n, rad.data(), m_count, m, p);
+  CHECK(one.candidate_miss == 0.5 - p.delta && one.failure_probability == p.alpha1 + p.alpha2 + (0.5 - p.delta));
+  // The exact variant (every sample a candidate) has nothing to charge.
+  for (int64_t k : {int64_t{0}, n, 2 * n}) {
+    p.n_candidates = k;
+    const smoothgen::CenterCertificate ex = smoothgen::center_certify(sel.data(), n, chk.data(), n, rad.data(), m_count, m, p);
+    CHECK(ex.candidate_miss == 0.0 && ex.failure_probability == p.alpha1 + p.alpha2);
+  }
+  // Capped at 1 (alpha1 + alpha2 + a miss probability near 1 under a poor sampler).
+  p.n_candidates = 1;
+  p.alpha1 = 0.3;
+  p.alpha2 = 0.3;
+  p.noise_tv = 0.5;
+  const smoothgen::CenterCertificate capped = smoothgen::center_certify(sel.data(), n, chk.data(), n, rad.data(), m_count, m, p);
+  CHECK(capped.failure_probability == 1.0);
+}
+
+TEST(noise_tv_is_charged_in_the_certificate) {
+  const int64_t n = 4000, n_check = 3000, m_count = 8000, dim = 16;
+  const Metric m = metric(MetricKind::L2, dim);
+  const std::vector<float> sel = gaussian(n, dim, 51, 0.1f), chk = gaussian(n_check, dim, 52, 0.1f),
+                           rad = gaussian(m_count, dim, 53, 0.1f);
+  smoothgen::CenterParams p;
+  p.sigma = 0.25;
+  p.eps_in = 0.05;
+  p.delta = 0.1;
+  p.n_candidates = 30;
+  const smoothgen::CenterCertificate exact =
+      smoothgen::center_certify(sel.data(), n, chk.data(), n_check, rad.data(), m_count, m, p);
+  p.noise_tv = 0.01;
+  const smoothgen::CenterCertificate c =
+      smoothgen::center_certify(sel.data(), n, chk.data(), n_check, rad.data(), m_count, m, p);
+  CHECK(c.reason == smoothgen::CenterAbstain::None);
+  CHECK(c.delta1 == smoothgen::hoeffding_radius(n_check, p.alpha1, true) + 0.01);
+  CHECK(c.delta1 == exact.delta1 + 0.01);
+  CHECK(c.q == c.p + 0.01 + smoothgen::hoeffding_radius(m_count, p.alpha2));
+  CHECK(c.q > exact.q && c.k >= exact.k && c.r_hat >= exact.r_hat);
+  CHECK(c.candidate_miss == std::pow(0.5 - p.delta + 0.01, 30.0));
+  // q > 1 once the sampler's distance eats the margin: abstain.
+  p.noise_tv = 0.35;
+  const smoothgen::CenterCertificate far =
+      smoothgen::center_certify(sel.data(), n, chk.data(), n_check, rad.data(), m_count, m, p);
+  CHECK(far.q > 1.0 && far.reason == smoothgen::CenterAbstain::QAboveOne);
+  for (double bad : {-0.01, 1.0}) {
+    p.noise_tv = bad;
+    CHECK_THROWS(smoothgen::center_certify(sel.data(), n, chk.data(), n_check, rad.data(), m_count, m, p),
+                 Status::InvalidParameter);
+  }
+  p.noise_tv = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS(smoothgen::center_certify(sel.data(), n, chk.data(), n_check, rad.data(), m_count, m, p),
+               Status::NonFiniteInput);
 }
 
 TEST(center_functions_reject_bad_buffers) {

@@ -59,16 +59,93 @@ TEST(hoeffding_dkw_and_order_statistics) {
 }
 
 TEST(center_check_and_radius) {
-  const smoothgen::CenterCheck c = smoothgen::center_smoothing_check(0.9, 10000, 0.005, 0.05);
+  const smoothgen::CenterCheck c = smoothgen::center_smoothing_check(0.9, 10000, 0.005, 0.05, 10000);
   CHECK(c.accepted);
   CHECK_NEAR(c.delta1, std::sqrt(std::log(2 / 0.005) / 20000), 1e-15);
   CHECK_NEAR(c.delta2, 0.5 - (0.9 - c.delta1), 1e-15);
-  CHECK(!smoothgen::center_smoothing_check(0.4, 10000, 0.005, 0.05).accepted);
-  CHECK(!smoothgen::center_smoothing_check(0.9, 300, 0.005, 0.05).accepted);  // delta1 > delta
+  CHECK(!smoothgen::center_smoothing_check(0.4, 10000, 0.005, 0.05, 10000).accepted);
+  CHECK(!smoothgen::center_smoothing_check(0.9, 300, 0.005, 0.05, 300).accepted);  // delta1 > delta
   CHECK(smoothgen::center_eps_out(2.0, 4.0, 1.5) == 15.0);
   // R̂ = 0 certifies 0 even when γ·(1 + β) overflows (found by the fuzzer: inf·0 was NaN).
   CHECK(smoothgen::center_eps_out(1e300, 1e300, 0.0) == 0.0);
   CHECK(smoothgen::center_eps_out(1e300, 1e300, 1.0) == std::numeric_limits<double>::infinity());
+}
+
+TEST(center_check_takes_delta1_from_the_smaller_sample) {
+  // A center chosen from 5 selection samples and checked on 10 000: the proof needs Hoeffding at the
+  // selection size too, so delta1 is the deviation at 5 samples (0.77 > delta) and the check fails.
+  // (It used to take delta1 from the check alone and accept.)
+  const smoothgen::CenterCheck few = smoothgen::center_smoothing_check(0.9, 10000, 0.005, 0.05, /*n_select=*/5);
+  CHECK(few.delta1 == smoothgen::hoeffding_radius(5, 0.005, true));
+  CHECK(few.delta2 == 0.5 - (0.9 - few.delta1));
+  CHECK(!few.accepted);
+  // The other way round: a small check sample bounds delta1 as before.
+  CHECK(smoothgen::center_smoothing_check(0.9, 5, 0.005, 0.05, 10000).delta1 == smoothgen::hoeffding_radius(5, 0.005, true));
+  // A larger selection than check changes nothing.
+  const smoothgen::CenterCheck big = smoothgen::center_smoothing_check(0.9, 10000, 0.005, 0.05, 1000000);
+  CHECK(big.accepted && big.delta1 == smoothgen::hoeffding_radius(10000, 0.005, true));
+  CHECK_THROWS(smoothgen::center_smoothing_check(0.9, 10000, 0.005, 0.05, 0), Status::InvalidParameter);
+  CHECK_THROWS(smoothgen::center_smoothing_check(0.9, 0, 0.005, 0.05, 10000), Status::InvalidParameter);
+}
+
+TEST(noise_tv_is_charged_in_delta1_and_q) {
+  const double tv = 0.04;
+  const smoothgen::CenterCheck c = smoothgen::center_smoothing_check(0.9, 10000, 0.005, 0.05, 10000, tv);
+  CHECK(c.delta1 == smoothgen::hoeffding_radius(10000, 0.005, true) + tv);
+  CHECK(c.delta2 == 0.5 - (0.9 - c.delta1));
+  CHECK(!c.accepted);  // 0.0173 + 0.04 > 0.05; accepted with an exact sampler (center_check_and_radius)
+  CHECK(smoothgen::center_smoothing_check(0.9, 10000, 0.005, 0.05, 10000, 0.0).accepted);
+  CHECK(smoothgen::dkw_quantile_level(0.9, 10000, 0.005, 0.02) == 0.9 + 0.02 + smoothgen::hoeffding_radius(10000, 0.005));
+  CHECK(smoothgen::dkw_quantile_level(0.9, 10000, 0.005, 0.0) == smoothgen::dkw_quantile_level(0.9, 10000, 0.005));
+  // noise_tv must be a finite number in [0, 1).
+  for (double bad : {-1e-12, 1.0, 1.5}) {
+    CHECK_THROWS(smoothgen::dkw_quantile_level(0.9, 100, 0.005, bad), Status::InvalidParameter);
+    CHECK_THROWS(smoothgen::center_smoothing_check(0.9, 100, 0.005, 0.05, 100, bad), Status::InvalidParameter);
+    CHECK_THROWS(smoothgen::center_candidate_miss(0.05, 3, 100, bad), Status::InvalidParameter);
+  }
+  for (double bad : {std::nan(""), std::numeric_limits<double>::infinity()}) {
+    CHECK_THROWS(smoothgen::dkw_quantile_level(0.9, 100, 0.005, bad), Status::NonFiniteInput);
+    CHECK_THROWS(smoothgen::center_smoothing_check(0.9, 100, 0.005, 0.05, 100, bad), Status::NonFiniteInput);
+    CHECK_THROWS(smoothgen::center_candidate_miss(0.05, 3, 100, bad), Status::NonFiniteInput);
+  }
+}
+
+TEST(candidate_miss_of_the_high_dimensional_variant) {
+  // (1/2 - delta + noise_tv)^n_candidates, computed as written.
+  const double base = 0.5 - 0.05, base_tv = 0.5 - 0.05 + 0.1;
+  CHECK(smoothgen::center_candidate_miss(0.05, 30, 10000) == std::pow(base, 30.0));
+  CHECK_NEAR(smoothgen::center_candidate_miss(0.05, 30, 10000), 3.9479842665806633e-11, 1e-12);
+  CHECK(smoothgen::center_candidate_miss(0.05, 1, 10000) == base);
+  CHECK(smoothgen::center_candidate_miss(0.05, 30, 10000, 0.1) == std::pow(base_tv, 30.0));
+  CHECK(smoothgen::center_candidate_miss(0.05, 9999, 10000) == std::pow(base, 9999.0));
+  // The exact variant (no candidates, or every sample one): nothing to charge.
+  for (int64_t k : {int64_t{0}, int64_t{-3}, int64_t{10000}, int64_t{20000}})
+    CHECK(smoothgen::center_candidate_miss(0.05, k, 10000, 0.1) == 0.0);
+  // A probability: capped at 1 when noise_tv pushes the base past 1.
+  CHECK(smoothgen::center_candidate_miss(0.05, 3, 100, 0.9) == 1.0);
+  CHECK_THROWS(smoothgen::center_candidate_miss(0.5, 3, 100), Status::InvalidParameter);
+  CHECK_THROWS(smoothgen::center_candidate_miss(0.05, 3, 0), Status::InvalidParameter);
+}
+
+TEST(lower_bounds_on_probabilities_stay_below_one) {
+  // Beta.ppf(0.001; n, 1) = 0.001^(1/n) = 1 - 6.9e-18 rounds to 1 for n = 1e18: Cohen's radius was +inf.
+  const int64_t n = 1000000000000000000;
+  const double below_one = std::nextafter(1.0, 0.0);
+  const double lower = smoothgen::clopper_pearson_lower(n, n, 0.001);
+  CHECK(lower < 1.0);
+  CHECK(lower == below_one);
+  CHECK(std::isfinite(smoothgen::cohen_radius(0.25, lower)));
+  CHECK(std::isfinite(smoothgen::max_certifiable_radius(0.25, n, 0.001)));
+  CHECK(smoothgen::max_certifiable_radius(0.25, n, 0.001) == smoothgen::cohen_radius(0.25, lower));
+  const int64_t selection[] = {0, 100};
+  const int64_t estimation[] = {0, n};
+  const smoothgen::CohenCertificate c = smoothgen::cohen_certify(selection, estimation, 2, 0.25, 0.001);
+  CHECK(c.prediction == 1 && c.p_lower < 1.0 && std::isfinite(c.radius) && c.radius > 0);
+  // Hoeffding: mean 1 minus a deviation below half an ulp (alpha next to 1, n huge) rounded to 1.
+  CHECK(smoothgen::hoeffding_lower(1.0, int64_t{1} << 62, 1.0 - 1e-16) < 1.0);
+  // Bounds that are not at the edge are unchanged.
+  CHECK_NEAR(smoothgen::clopper_pearson_lower(100, 100, 0.01), std::pow(0.01, 1.0 / 100), 1e-13);
+  CHECK(smoothgen::hoeffding_lower(0.5, 100, 0.05) == 0.5 - smoothgen::hoeffding_radius(100, 0.05));
 }
 
 TEST(bad_arguments_throw_with_status) {
@@ -85,7 +162,7 @@ TEST(bad_arguments_throw_with_status) {
   CHECK_THROWS(smoothgen::order_statistic(static_cast<const float*>(nullptr), 5, 1), Status::NullPointer);
   const float nan_values[] = {1.0f, std::nanf("")};
   CHECK_THROWS(smoothgen::order_statistic(nan_values, 2, 1), Status::NonFiniteInput);
-  CHECK_THROWS(smoothgen::center_smoothing_check(0.9, 100, 0.005, 0.5), Status::InvalidParameter);
+  CHECK_THROWS(smoothgen::center_smoothing_check(0.9, 100, 0.005, 0.5, 100), Status::InvalidParameter);
   CHECK_THROWS(smoothgen::center_eps_out(0.5, 2.0, 1.0), Status::InvalidParameter);
 }
 
@@ -95,6 +172,11 @@ TEST(huge_counts_do_not_hang_or_crash) {
   CHECK(lower > 0.7 && lower < 0.75);
   const double p = smoothgen::binomial_test_pvalue(big / 2 + 12345, big, 0.5);
   CHECK(p >= 0.0 && p <= 1.0);
+  // Beta(1026, 2^63 - 1026): b/a below epsilon trips an internal Boost.Math assertion (temme_root_finder)
+  // in builds with assertions on, which aborted through the C ABI (found by the fuzzer). Release builds
+  // (and SciPy) compute it fine; the value is SciPy's.
+  CHECK_NEAR(smoothgen::clopper_pearson_lower(1026, std::numeric_limits<int64_t>::max(), 0.00784313725490196),
+             1.030233931115362e-16, 1e-12);
 }
 
 TEST(cohen_from_counts) {

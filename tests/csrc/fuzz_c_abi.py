@@ -25,13 +25,14 @@ class Metric(ctypes.Structure):
 
 
 class CenterParams(ctypes.Structure):
-    _fields_ = [("sigma", F64), ("eps_in", F64), ("delta", F64), ("alpha1", F64), ("alpha2", F64), ("n_candidates", I64)]
+    _fields_ = [("sigma", F64), ("eps_in", F64), ("delta", F64), ("alpha1", F64), ("alpha2", F64), ("n_candidates", I64),
+                ("noise_tv", F64)]
 
 
 class CenterCertificate(ctypes.Structure):
     _fields_ = [("center_index", I64), ("center_radius", F32), ("p_within", F64), ("delta1", F64), ("delta2", F64),
                 ("accepted", I32), ("p", F64), ("q", F64), ("k", I64), ("reason", I32), ("r_hat", F64),
-                ("eps_out", F64), ("gamma", F64), ("beta", F64)]
+                ("eps_out", F64), ("gamma", F64), ("beta", F64), ("candidate_miss", F64), ("failure_probability", F64)]
 
 
 class CohenCertificate(ctypes.Structure):
@@ -46,14 +47,19 @@ lib = ctypes.CDLL(sys.argv[1])
 SCALARS = {  # name: argument types (the output pointer comes last)
     "clopper_pearson_lower": ("i", "i", "d"), "clopper_pearson_upper": ("i", "i", "d"),
     "binomial_test_pvalue": ("i", "i", "d"), "hoeffding_radius": ("i", "d", "b"),
-    "hoeffding_lower": ("d", "i", "d"), "hoeffding_upper": ("d", "i", "d"), "dkw_quantile_level": ("d", "i", "d"),
+    "hoeffding_lower": ("d", "i", "d"), "hoeffding_upper": ("d", "i", "d"), "dkw_quantile_level": ("d", "i", "d", "d"),
     "normal_cdf": ("d",), "normal_ppf": ("d",), "cohen_radius": ("d", "d"), "max_certifiable_radius": ("d", "i", "d"),
-    "center_certify_level": ("d", "d", "d"), "center_eps_out": ("d", "d", "d"),
+    "center_certify_level": ("d", "d", "d"), "center_eps_out": ("d", "d", "d"), "center_candidate_miss": ("d", "i", "i", "d"),
 }
 for name, kinds in SCALARS.items():
     fn = getattr(lib, f"smoothgen_{name}")
     fn.argtypes = [{"i": I64, "d": F64, "b": I32}[k] for k in kinds] + [P]
     fn.restype = ctypes.c_int
+# Every prototype is declared, so that ctypes passes each argument in the register the C ABI expects.
+lib.smoothgen_center_smoothing_check.argtypes = [F64, I64, F64, F64, I64, F64, P, P, P]
+lib.smoothgen_center_smoothing_check.restype = ctypes.c_int
+lib.smoothgen_center_certify.argtypes = [P, I64, P, I64, P, I64, P, P, P]
+lib.smoothgen_center_certify.restype = ctypes.c_int
 lib.smoothgen_last_error.restype = ctypes.c_char_p
 
 
@@ -97,8 +103,10 @@ def fuzz_scalar(fdp):
         v = out.value
         if math.isnan(v):
             raise RuntimeError(f"{name}{tuple(args)} returned NaN")
-        if name.startswith(("clopper", "binomial", "normal_cdf")) and not 0.0 <= v <= 1.0:
+        if name.startswith(("clopper", "binomial", "normal_cdf", "center_candidate_miss")) and not 0.0 <= v <= 1.0:
             raise RuntimeError(f"{name}{tuple(args)} returned {v}, not a probability")
+        if name in ("clopper_pearson_lower", "hoeffding_lower") and not v < 1.0:
+            raise RuntimeError(f"{name}{tuple(args)} returned {v}: a lower bound on a probability must stay below 1")
         if name.endswith(("radius", "eps_out")) and v < 0:
             raise RuntimeError(f"{name}{tuple(args)} returned a negative radius {v}")
 
@@ -160,13 +168,21 @@ def fuzz_buffers(fdp):
             raise RuntimeError(f"min_median_center returned index {index.value} radius {radius.value}")
         return
     else:
-        params = CenterParams(*(a_double(fdp) for _ in range(5)), an_int(fdp))
+        params = CenterParams(*(a_double(fdp) for _ in range(5)), an_int(fdp), a_double(fdp))
         cert = CenterCertificate()
         status = lib.smoothgen_center_certify(pa, I64(rows_a), b, I64(rows_b), a, I64(rows_a), mp, ctypes.byref(params),
                                               ctypes.byref(cert))
         check_status(status, "center_certify")
         if status == 0 and not (0 <= cert.center_index < rows_a and cert.reason in (0, 1, 2)):
             raise RuntimeError("center_certify returned an impossible certificate")
+        if status == 0:
+            exact = params.n_candidates <= 0 or params.n_candidates >= rows_a
+            if not (0.0 <= cert.candidate_miss <= 1.0) or (exact and cert.candidate_miss != 0.0):
+                raise RuntimeError(f"center_certify returned candidate_miss {cert.candidate_miss}")
+            if cert.failure_probability != min(1.0, params.alpha1 + params.alpha2 + cert.candidate_miss):
+                raise RuntimeError(f"center_certify returned failure_probability {cert.failure_probability}")
+            if not (cert.delta1 >= params.noise_tv and (cert.accepted == 0 or max(cert.delta1, cert.delta2) <= params.delta)):
+                raise RuntimeError(f"center_certify accepted with delta1 {cert.delta1}, delta2 {cert.delta2}")
         return
     check_status(status, ["pairwise", "to_center", "medians"][which])
     if huge and status == 0:
@@ -210,10 +226,28 @@ def fuzz_order_statistic(fdp):
 
 
 @atheris.instrument_func
+def fuzz_center_check(fdp):
+    p, n, alpha1, delta, n_select, noise_tv = a_double(fdp), an_int(fdp), a_double(fdp), a_double(fdp), an_int(fdp), a_double(fdp)
+    accepted, delta1, delta2 = I32(-1), F64(-1.0), F64(-1.0)
+    null = fdp.ConsumeIntInRange(0, 15) == 0
+    status = lib.smoothgen_center_smoothing_check(F64(p), I64(n), F64(alpha1), F64(delta), I64(n_select), F64(noise_tv),
+                                                  ctypes.byref(accepted), None if null else ctypes.byref(delta1),
+                                                  ctypes.byref(delta2))
+    check_status(status, "center_smoothing_check")
+    if status == 0 and null:
+        raise RuntimeError("center_smoothing_check accepted a null output pointer")
+    # delta1 may be +inf (alpha1 below 2 / DBL_MAX overflows ln(2 / alpha1)): a check that rejects, sound.
+    if status == 0 and not (accepted.value in (0, 1) and delta1.value >= noise_tv
+                            and (accepted.value == 0 or max(delta1.value, delta2.value) <= delta)):
+        raise RuntimeError(f"center_smoothing_check{(p, n, alpha1, delta, n_select, noise_tv)} returned "
+                           f"{accepted.value}, {delta1.value}, {delta2.value}")
+
+
+@atheris.instrument_func
 def test_one_input(data):
     fdp = atheris.FuzzedDataProvider(data)
-    target = fdp.ConsumeIntInRange(0, 3)
-    (fuzz_scalar, fuzz_buffers, fuzz_counts, fuzz_order_statistic)[target](fdp)
+    target = fdp.ConsumeIntInRange(0, 4)
+    (fuzz_scalar, fuzz_buffers, fuzz_counts, fuzz_order_statistic, fuzz_center_check)[target](fdp)
 
 
 if __name__ == "__main__":

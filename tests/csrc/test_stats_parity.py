@@ -134,3 +134,71 @@ def test_dispatched_functions_take_the_core_and_agree():
     with _core.disabled(), pytest.raises(Exception) as reference_error:
         stats.clopper_pearson_lower(11, 10, 0.1)
     assert str(core_error.value) == str(reference_error.value)
+
+
+# --- the soundness fixes of center smoothing: the C++ formulas and their Python twins ------------------
+
+def _has_parameter(fn, name):
+    import inspect
+
+    return name in inspect.signature(fn).parameters
+
+
+@pytest.mark.skipif(not hasattr(stats, "center_candidate_miss"), reason="Python twin stats.center_candidate_miss not landed yet")
+def test_center_candidate_miss_parity():
+    rng = np.random.default_rng(6)
+    cases = [(0.05, 30, 10_000, 0.0), (0.05, 1, 10_000, 0.0), (0.05, 9_999, 10_000, 0.0), (0.05, 30, 10_000, 0.1),
+             (0.499999, 2, 3, 0.0), (1e-9, 1000, 10**6, 1e-12), (0.2, 5, 5, 0.3), (0.2, 6, 5, 0.3), (0.1, None, 50, 0.2)]
+    for _ in range(500):
+        n = int(np.exp(rng.uniform(0, 14))) + 1
+        k = rng.choice([None, int(rng.integers(1, n + 1)), n, n + 7, 1, 30])
+        cases.append((float(rng.uniform(1e-6, 0.5 - 1e-6)), None if k is None else int(k), n,
+                      float(rng.choice([0.0, rng.uniform(0, 0.2), 10 ** rng.uniform(-12, -2)]))))
+    for delta, k, n, tv in cases:
+        want, got = stats.center_candidate_miss(delta, k, n, tv), C.center_candidate_miss(delta, k, n, tv)
+        assert close(got, want, rel=1e-15, abs_=0.0), (delta, k, n, tv, got, want)
+        if k is None or k >= n:
+            assert got == want == 0.0
+    # A probability: both cap at 1 when noise_tv pushes 1/2 - delta + noise_tv past 1.
+    for delta, k, n, tv in [(0.05, 3, 100, 0.9), (0.01, 1, 2, 0.51), (0.25, 40, 41, 0.75)]:
+        assert C.center_candidate_miss(delta, k, n, tv) == stats.center_candidate_miss(delta, k, n, tv) == 1.0
+    for bad in (-0.1, 1.0, math.nan):
+        with pytest.raises(ValueError):
+            C.center_candidate_miss(0.05, 3, 100, bad)
+        with pytest.raises(ValueError):
+            stats.center_candidate_miss(0.05, 3, 100, bad)
+
+
+@pytest.mark.skipif(not _has_parameter(stats.dkw_quantile_level, "noise_tv")
+                    or not _has_parameter(stats.center_smoothing_check, "n_select"),
+                    reason="Python twins with n_select / noise_tv not landed yet")
+def test_center_check_and_level_parity_with_selection_size_and_noise_tv():
+    rng = np.random.default_rng(7)
+    for _ in range(1000):
+        n, n_select, m = (int(np.exp(rng.uniform(0, 16))) for _ in range(3))
+        alpha, p = float(np.exp(rng.uniform(-25, -0.01))), float(rng.uniform(0, 1))
+        delta = float(rng.uniform(1e-6, 0.499))
+        tv = float(rng.choice([0.0, rng.uniform(0, 0.5), 10 ** rng.uniform(-15, -1)]))
+        for sel in (n_select, None, n, 1):
+            got = C.center_smoothing_check(p, n, alpha, delta, sel, tv)
+            want = stats.center_smoothing_check(p, n, alpha, delta, n_select=sel, noise_tv=tv)
+            assert got[0] == want[0] and close(got[1], want[1], rel=1e-15) and close(got[2], want[2], rel=1e-15, abs_=1e-16), (
+                p, n, alpha, delta, sel, tv, got, want)
+        assert close(C.dkw_quantile_level(p, m, alpha, tv), stats.dkw_quantile_level(p, m, alpha, noise_tv=tv), rel=1e-15)
+    # The selection size is what the old check ignored: 5 selection samples dominate 10 000 check samples.
+    assert C.center_smoothing_check(0.9, 10_000, 0.005, 0.05, 5) == stats.center_smoothing_check(0.9, 10_000, 0.005, 0.05, n_select=5)
+    assert not stats.center_smoothing_check(0.9, 10_000, 0.005, 0.05, n_select=5)[0]
+    for bad in (-0.1, 1.0, math.nan):
+        for fn in (lambda tv: C.dkw_quantile_level(0.5, 100, 0.01, tv),
+                   lambda tv: stats.dkw_quantile_level(0.5, 100, 0.01, noise_tv=tv),
+                   lambda tv: C.center_smoothing_check(0.5, 100, 0.01, 0.1, 100, tv),
+                   lambda tv: stats.center_smoothing_check(0.5, 100, 0.01, 0.1, n_select=100, noise_tv=tv)):
+            with pytest.raises(ValueError):
+                fn(bad)
+
+
+def test_lower_bounds_below_one_parity():
+    # Both paths cap the Clopper-Pearson and Hoeffding lower bounds below 1 (k = n = 1e18 rounded to 1).
+    n = 10**18
+    assert C.clopper_pearson_lower(n, n, 0.001) == ref(stats.clopper_pearson_lower, n, n, 0.001) == math.nextafter(1.0, 0.0)
+    assert C.hoeffding_lower(1.0, 2**62, 1 - 1e-16) == ref(stats.hoeffding_lower, 1.0, 2**62, 1 - 1e-16) < 1.0

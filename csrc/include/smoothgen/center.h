@@ -83,7 +83,14 @@ struct CenterParams {
   double delta = 0.05;   ///< tolerance Delta in (0, 1/2)
   double alpha1 = 0.005; ///< error probability of SMOOTH
   double alpha2 = 0.005; ///< error probability of the radius
-  int64_t n_candidates = 0;  ///< <= 0: exact min-median center; else the high-dimensional variant
+  /// <= 0 or >= n: exact min-median center over all n selection samples; 1 <= n_candidates < n: the
+  /// high-dimensional variant (center among the first n_candidates samples), whose miss probability
+  /// center_candidate_miss(...) is added to the certificate's failure probability.
+  int64_t n_candidates = 0;
+  /// Per-copy total-variation distance between the sampler that drew the samples and the exact
+  /// Gaussian N(0, sigma^2 I), a finite number in [0, 1) (0: exact sampler). Charged in delta1, in the
+  /// candidate-miss probability and in the quantile level q.
+  double noise_tv = 0.0;
 };
 
 /// Why a center certificate abstains. Values are part of the C ABI.
@@ -98,22 +105,34 @@ struct CenterCertificate {
   int64_t center_index;  ///< row of the center among the selection samples
   float center_radius;   ///< r-hat of SMOOTH (median distance of the center)
   double p_within;       ///< fraction of the check samples within center_radius of the center
-  double delta1, delta2; ///< terms of the acceptance check
-  bool accepted;         ///< the acceptance check passed
+  /// terms of the acceptance check: delta1 = sqrt(ln(2/alpha1) / (2 min(n, n_check))) + noise_tv,
+  /// delta2 = 1/2 - (p_within - delta1) (center_smoothing_check)
+  double delta1, delta2;
+  bool accepted;         ///< the acceptance check passed: max(delta1, delta2) <= delta
   double p;              ///< Phi(Phi^-1(1/2 + delta) + eps_in / sigma)
-  double q;              ///< p + sqrt(ln(1/alpha2) / (2m))
+  double q;              ///< p + noise_tv + sqrt(ln(1/alpha2) / (2m))
   int64_t k;             ///< ceil(q m), 0 when q > 1
   CenterAbstain reason;  ///< None when certified
   double r_hat;          ///< k-th smallest distance of the radius samples to the center (+inf when abstaining)
   double eps_out;        ///< gamma (1 + beta) r_hat (+inf when abstaining)
   double gamma;          ///< the metric's relaxed-triangle constant
   double beta;           ///< 2 gamma (min-median center)
+  /// (1/2 - delta + noise_tv)^n_candidates (capped at 1) when 1 <= n_candidates < n, else 0: the
+  /// probability that no candidate of the high-dimensional variant lies in the ball of mass
+  /// >= 1/2 + delta (center_candidate_miss)
+  double candidate_miss;
+  /// min(1, alpha1 + alpha2 + candidate_miss): the certificate holds with probability >= 1 - this
+  double failure_probability;
 };
 
 /// CERTIFY of center smoothing from three disjoint buffers of sampled outputs: `selection` [n, dim]
 /// chooses the center, `check` [n_check, dim] runs the acceptance check, `radius_samples` [m, dim]
-/// give the certified radius. The check's error probability uses n_check fresh samples (the Python
-/// reference draws n of each). Returns a certificate that may abstain; throws only on bad arguments.
+/// give the certified radius. The samples are assumed to be i.i.d. draws of f(x + eps) from a sampler
+/// within params.noise_tv (total variation, per copy) of eps ~ N(0, sigma^2 I), the three buffers
+/// independent of each other. The acceptance check's delta1 is Hoeffding's two-sided deviation at
+/// min(n, n_check) (both the selection and the check sample enter the proof) plus noise_tv. With
+/// probability >= 1 - failure_probability the certificate is correct. Returns a certificate that may
+/// abstain; throws only on bad arguments.
 CenterCertificate center_certify(const float* selection, int64_t n, const float* check, int64_t n_check,
                                  const float* radius_samples, int64_t m, const Metric& metric,
                                  const CenterParams& params);

@@ -265,7 +265,7 @@ def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
     if isinstance(n, bool) or int(n) != n or n < 1:
         raise InvalidParameterError(f"n must be an integer >= 1, got {n!r}")
     _check_alpha(alpha)
-    return cohen_radius(sigma, alpha ** (1.0 / n))
+    return cohen_radius(sigma, _below_one(alpha ** (1.0 / n)))
 
 
 def center_smoothing_check(

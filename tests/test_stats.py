@@ -204,3 +204,4 @@ def test_lower_bounds_never_round_to_one(n):
         lower = stats.bounded_mean_lower(1.0, 0.0, n, 0.001, method)
         assert lower < 1.0 and math.isfinite(stats.generation_step_radius(0.5, lower, 1.0 - lower))
     assert stats.hoeffding_lower(1.0, n, 0.001) < 1.0
+    assert math.isfinite(stats.max_certifiable_radius(0.25, n, 0.001))

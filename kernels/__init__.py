@@ -42,6 +42,7 @@ from smoothgen.kernels.reference import (
     noisy_embedding_reference,
     pairwise_distances_reference,
     philox_normal_reference,
+    philox_uint64_reference,
 )
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "pairwise_distances",
     "pairwise_distances_reference",
     "philox_normal_reference",
+    "philox_uint64_reference",
     "select_backend",
 ]
 

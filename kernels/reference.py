@@ -48,6 +48,7 @@ __all__ = [
     "noisy_embedding_reference",
     "pairwise_distances_reference",
     "philox_normal_reference",
+    "philox_uint64_reference",
 ]
 
 #: Metrics of the pairwise ops (the same formulas as smoothgen.metrics' l2, l1 and cosine).
@@ -234,6 +235,23 @@ def philox_normal_reference(seed: int, row_offset: int, rows: int, cols: int, de
     n0, n1 = _pair_normal(w0, w1, w2)
     lanes = np.stack([n0, n1], axis=-1).reshape(rows, 2 * c2)[:, :cols]
     return torch.from_numpy(np.ascontiguousarray(lanes, dtype=np.float32)).to(device)
+
+
+def philox_uint64_reference(seed: int, row_offset: int, rows: int, cols: int) -> np.ndarray:
+    """A matrix of 64-bit random words: element (r, c) = w0·2³² + w1 of Philox4x32-10 with key `seed` at
+    counter (row_offset + r)·cols + c (the counter layout of the noise, one counter per element). Used
+    for random subsets (token ablation: keep the k positions with the smallest words).
+
+    Shapes:
+        -> [rows, cols] uint64 (NumPy)
+    """
+    seed, row_offset = check_seed_offset(seed, row_offset)
+    if (int(row_offset) + int(rows)) * int(cols) >= 1 << 64:
+        raise InvalidParameterError(f"rows {row_offset}..{row_offset + rows} of {cols} words exceed 2^64 counters")
+    r = np.arange(row_offset, row_offset + rows, dtype=np.uint64)[:, None]
+    counters = r * np.uint64(cols) + np.arange(cols, dtype=np.uint64)[None, :]
+    w0, w1, _, _ = _philox4x32_10(seed, counters)
+    return (w0 << np.uint64(32)) | w1
 
 
 def counter_normal(seed: int, row_offset: int, rows: int, cols: int, device=None) -> torch.Tensor:

@@ -1,8 +1,12 @@
 """SmoothGen for language models: noise on the prompt's token embeddings, and the SOUND text certificates.
 
 `SmoothedLM` wraps a causal LM that takes ``inputs_embeds`` (smoothgen's `CodeLM`, or a Hugging Face
-``transformers`` causal LM) and smooths it in embedding space: x = the prompt's embedding rows at the
-perturbed positions (``mask``), z = x + ε with ε ~ N(0, σ²I). Three certificates (THEORY.md §4):
+``transformers`` causal LM) and smooths it in one of two noise spaces: in embedding space
+(`EmbeddingGaussian`: x = the prompt's embedding rows at the perturbed positions (``mask``),
+z = x + ε with ε ~ N(0, σ²I)), or over the prompt's tokens (`TokenAblation`, THEORY.md §4g: keep k random
+perturbed positions, mask the others; the certified prefix is then stated in substituted tokens: step t
+holds against r substitutions when L_t > 1/2 + Δ_r, by the same induction as below with the Lipschitz
+step replaced by |p̄(x) − p̄(x')| ≤ Δ_r). Three certificates (THEORY.md §4):
 
 - (c) certified prefix of smoothed greedy decoding (`SmoothedLM.generate`): the first k generated tokens
   are the same for every embedding perturbation ‖Δ‖_F < R (`GenerationCertificate`);
@@ -59,11 +63,14 @@ alike. Each chunk of ``batch_size`` copies keeps its own cache.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from numbers import Integral
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from smoothgen import kernels, stats
@@ -175,8 +182,13 @@ class GenerationCertificate:
         bound: the confidence bound ("best": the larger of empirical Bernstein and Hoeffding, each at
             alpha_step / 2; "bernstein"; "hoeffding").
         stopped: why decoding stopped: "max_new_tokens" or "eos".
-        noise_tv: τ, the per-copy total variation between the sampled prompt noise and N(0, σ²I);
+        noise_tv: τ, the per-copy total variation between the sampled prompt noise and N(0, σ²I)
+            (token ablation: the chance of a tie between the random words that pick the kept subset);
             every L_t is the bound under the sampler minus τ (smoothgen.engine.noise).
+        noise: "gaussian" (σ; radii in embedding distance) or "ablation" (keep k of the perturbed
+            positions; sigma is None and `step_radius[t]` is the number r of substituted tokens step t
+            is certified against, −1 for none: L_t > 1/2 + Δ_r).
+        keep: k of token ablation (None for Gaussian noise).
     """
 
     prompt: tuple[int, ...]
@@ -188,7 +200,7 @@ class GenerationCertificate:
     p_mean: tuple[float, ...]
     p_variance: tuple[float, ...]
     p_selection: tuple[float, ...]
-    sigma: float
+    sigma: float | None
     n0: int
     n: int
     alpha: float
@@ -200,6 +212,8 @@ class GenerationCertificate:
     request_id: int
     stopped: str
     noise_tv: float = 0.0
+    noise: str = "gaussian"
+    keep: int | None = None
 
     def prefix_radius(self, k: int) -> float:
         """The radius below which the first k tokens are certified: min_{t<k} R_t (inf for k = 0)."""
@@ -209,17 +223,24 @@ class GenerationCertificate:
         return min(self.step_radius[:k], default=math.inf)
 
     def prefix_at(self, radius: float) -> int:
-        """The largest k with R_t > radius for all t < k: tokens certified against ‖Δ‖_F ≤ radius."""
+        """The largest k whose steps all cover `radius`: Gaussian noise, R_t > radius (tokens certified
+        against ‖Δ‖_F ≤ radius); token ablation, r_t ≥ radius (against any `radius` substituted tokens)."""
         radius = _check_radius(radius)
+        covers = TokenAblation.covers if self.noise == "ablation" else EmbeddingGaussian.covers
         k = 0
-        while k < len(self.step_radius) and self.step_radius[k] > radius:
+        while k < len(self.step_radius) and covers(self.step_radius[k], radius):
             k += 1
         return k
 
     def prefix_under_substitutions(self, table: torch.Tensor, substitutions: Any) -> int:
-        """The prefix certified against a set of token substitutions in the prompt (0 if any position is unperturbed)."""
-        if not all(self.mask[p] for p in _substitution_items(substitutions, len(self.prompt))):
+        """The prefix certified against a set of token substitutions in the prompt (0 if any position is
+        unperturbed): by their embedding distance under Gaussian noise, by their number under ablation."""
+        subs = _substitution_items(substitutions, len(self.prompt))
+        if not all(self.mask[p] for p in subs):
             return 0
+        if self.noise == "ablation":
+            changed = sum(1 for p, tok in subs.items() if tok != self.prompt[p])
+            return self.prefix_at(changed)
         return self.prefix_at(substitution_radius(table, self.prompt, substitutions))
 
     @property
@@ -357,18 +378,146 @@ def nearest_neighbor_distances(table: torch.Tensor, ids: Sequence[int]) -> torch
 
 
 # --------------------------------------------------------------------------------------------------
+# Noise spaces: where the randomness goes, and the unit of the certificate
+# --------------------------------------------------------------------------------------------------
+
+
+class EmbeddingGaussian:
+    """Gaussian noise on the perturbed prompt rows' embeddings: z = emb(x) + ε, ε ~ N(0, σ²I) (§4c).
+
+    A step with lower bound L certifies R = σ·Φ⁻¹(L) (0 when L ≤ 1/2) in embedding distance (the
+    Frobenius norm over the perturbed rows); a set of substitutions is covered when its embedding
+    distance (`substitution_radius`) is below R.
+    """
+
+    kind = "gaussian"
+    unit = "embedding distance (Frobenius norm over the perturbed rows)"
+
+    def __init__(self, sigma: float):
+        self.sigma = check_sigma(sigma)
+
+    def prompts(self, table, ids, mask, key: NoiseKey, start: int, count: int, delta=None) -> torch.Tensor:
+        out = kernels.noisy_embedding(ids[None], table, self.sigma, count, mask, seed=key.key, offset=start)
+        if delta is not None:
+            out = out + (delta * mask[:, None].to(delta.dtype))[None]
+        return out
+
+    def noise_tv(self, length: int, dim: int, perturbed: int | None = None) -> float:
+        return noise_tv(length * dim)
+
+    def step_radius(self, lower: float, perturbed: int) -> float:
+        return stats.generation_step_radius(self.sigma, lower, 1.0 - lower)
+
+    @staticmethod
+    def covers(step_radius: float, radius: float) -> bool:
+        return step_radius > radius
+
+    def __repr__(self) -> str:
+        return f"EmbeddingGaussian(sigma={self.sigma})"
+
+
+def ablation_delta(length: int, keep: int, edits: int) -> Fraction:
+    """Δ_r = 1 − C(L − r, k)/C(L, k), exactly: the probability that a uniformly random k-subset of L
+    positions meets a fixed set of r positions (THEORY.md §4g; Levine & Feizi 2020). k ≥ L keeps every
+    position: then any edit is seen (Δ_r = 1 for r ≥ 1)."""
+    keep = min(keep, length)
+    if edits <= 0:
+        return Fraction(0)
+    return 1 - Fraction(math.comb(length - edits, keep), math.comb(length, keep)) if edits <= length else Fraction(1)
+
+
+def ablation_radius(lower: float, length: int, keep: int) -> int:
+    """The largest r with L > 1/2 + Δ_r (exact rational comparison), or −1 when even r = 0 fails (L ≤ 1/2)."""
+    margin = Fraction(lower) - Fraction(1, 2)
+    r = -1
+    while r < length and margin > ablation_delta(length, keep, r + 1 if r >= 0 else 0):
+        r += 1
+    return r
+
+
+class TokenAblation:
+    """Randomized ablation of prompt tokens (THEORY.md §4g; Levine & Feizi, AAAI 2020): each copy keeps a
+    uniformly random subset of `keep` of the perturbed positions and replaces every other perturbed
+    position by `mask_token_id` (positions stay; unperturbed positions are always kept).
+
+    If x' differs from x in r perturbed positions, a copy sees the same ablated prompt at both unless its
+    subset meets those positions, which has probability Δ_r = 1 − C(L − r, k)/C(L, k) (L = perturbed
+    positions). So every smoothed probability moves by at most Δ_r, and a step whose chosen token has
+    lower bound L_t > 1/2 + Δ_r keeps it at every prompt within r substitutions. The certificate's unit is
+    edited tokens.
+
+    The subset of copy i is a pure function of (key, i): the `keep` positions with the smallest 64-bit
+    Philox words (`kernels.philox_uint64_reference`); ties, which would bias the subset, have probability
+    at most C(L, 2)·2⁻⁶⁴ per copy, charged like the Gaussian sampler's `noise_tv`.
+    """
+
+    kind = "ablation"
+    unit = "substituted tokens"
+
+    def __init__(self, keep: int, mask_token_id: int):
+        self.keep = check_count(keep, "keep")
+        if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, Integral) or mask_token_id < 0:
+            raise InvalidParameterError(f"mask_token_id must be a token id (an integer >= 0), got {mask_token_id!r}")
+        self.mask_token_id = int(mask_token_id)
+
+    def prompts(self, table, ids, mask, key: NoiseKey, start: int, count: int, delta=None) -> torch.Tensor:
+        if delta is not None:
+            raise InvalidParameterError("delta is an embedding perturbation: it applies to Gaussian noise, not to token ablation")
+        if self.mask_token_id >= table.shape[0]:
+            raise InvalidParameterError(f"mask_token_id {self.mask_token_id} is outside the vocabulary of {table.shape[0]}")
+        tokens = ids.to(table.device).expand(count, -1).clone()
+        perturbed = torch.nonzero(mask, as_tuple=False)[:, 0].to(table.device)
+        keep = min(self.keep, perturbed.numel())
+        if keep < perturbed.numel():
+            words = kernels.philox_uint64_reference(key.key, start, count, perturbed.numel())
+            order = torch.from_numpy(np.argsort(words, axis=1, kind="stable").astype(np.int64)).to(table.device)
+            dropped = perturbed[order[:, keep:]]  # [count, L − k] positions to mask
+            tokens.scatter_(1, dropped, self.mask_token_id)
+        return table[tokens]
+
+    def subset_prompts(self, table, ids, mask, subsets: torch.Tensor) -> torch.Tensor:
+        """The ablated prompts of explicit kept subsets [S, k] (indices into the perturbed positions)."""
+        tokens = ids.to(table.device).expand(subsets.shape[0], -1).clone()
+        perturbed = torch.nonzero(mask, as_tuple=False)[:, 0].to(table.device)
+        drop = torch.ones(subsets.shape[0], perturbed.numel(), dtype=torch.bool, device=table.device)
+        drop.scatter_(1, subsets.to(table.device), False)
+        rows = drop.nonzero(as_tuple=True)
+        tokens[rows[0], perturbed[rows[1]]] = self.mask_token_id
+        return table[tokens]
+
+    def noise_tv(self, length: int, dim: int, perturbed: int | None = None) -> float:
+        pairs = math.comb(length if perturbed is None else perturbed, 2)
+        return math.nextafter(pairs * 2.0**-64, math.inf) if pairs else 0.0
+
+    def step_radius(self, lower: float, perturbed: int) -> float:
+        return float(ablation_radius(lower, perturbed, self.keep))
+
+    @staticmethod
+    def covers(step_radius: float, radius: float) -> bool:
+        return radius <= step_radius
+
+    def __repr__(self) -> str:
+        return f"TokenAblation(keep={self.keep}, mask_token_id={self.mask_token_id})"
+
+
+NoiseSpace = EmbeddingGaussian | TokenAblation
+
+
+# --------------------------------------------------------------------------------------------------
 # SmoothedLM
 # --------------------------------------------------------------------------------------------------
 
 
 class SmoothedLM:
-    """A causal LM smoothed with Gaussian noise on its prompt's token embeddings.
+    """A causal LM smoothed with Gaussian noise on its prompt's token embeddings, or with randomized
+    ablation of its prompt's tokens (`TokenAblation`: certificates in substituted tokens).
 
     Args:
         model: a causal LM called as ``model(inputs_embeds=[B, T, D], past_key_values=..., use_cache=True)``
             returning ``.logits`` [B, T, V] and ``.past_key_values``, with ``get_input_embeddings()``
             (smoothgen's CodeLM, Hugging Face causal LMs). It is put in eval mode.
-        sigma: noise standard deviation σ > 0 in embedding space.
+        sigma: the noise space: a number σ > 0 (Gaussian noise of that standard deviation in embedding
+            space, `EmbeddingGaussian`), or `TokenAblation(keep, mask_token_id)`.
         mask: which prompt positions are perturbed: None (all), a sequence of L booleans (prompts must
             then have length L), or a callable ids [L] -> booleans [L]. Per-call ``mask=`` overrides it.
             Unperturbed positions keep their exact clean embedding.
@@ -387,7 +536,7 @@ class SmoothedLM:
     def __init__(
         self,
         model: Any,
-        sigma: float,
+        sigma: float | EmbeddingGaussian | TokenAblation,
         *,
         mask: Sequence[bool] | Callable[[torch.Tensor], Any] | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
@@ -396,7 +545,8 @@ class SmoothedLM:
         eos_token_id: int | None = None,
         tokenizer: Any = None,
     ):
-        self.sigma = check_sigma(sigma)
+        self.noise: NoiseSpace = sigma if isinstance(sigma, (EmbeddingGaussian, TokenAblation)) else EmbeddingGaussian(sigma)
+        self.sigma = getattr(self.noise, "sigma", None)
         self.batch_size = check_count(batch_size, "batch_size")
         if bound not in stats.BOUNDED_MEAN_METHODS:
             raise InvalidParameterError(f"bound must be one of {stats.BOUNDED_MEAN_METHODS}, got {bound!r}")
@@ -484,10 +634,11 @@ class SmoothedLM:
         Shapes:
             ids: [L], mask: [L], delta: [L, D] -> [count, L, D]
         """
-        out = kernels.noisy_embedding(ids[None], self.table, self.sigma, count, mask, seed=key.key, offset=start)
-        if delta is not None:
-            out = out + (delta * mask[:, None].to(delta.dtype))[None]
-        return out
+        return self.noise.prompts(self.table, ids, mask, key, start, count, delta)
+
+    def _gaussian_only(self, what: str) -> None:
+        if not isinstance(self.noise, EmbeddingGaussian):
+            raise InvalidParameterError(f"{what} is a certificate of Gaussian embedding noise; this SmoothedLM uses {self.noise!r}")
 
     def _chunks(self, count: int) -> list[tuple[int, int]]:
         return [(s, min(self.batch_size, count - s)) for s in range(0, count, self.batch_size)]
@@ -705,7 +856,8 @@ class SmoothedLM:
         tokens, p_selection = self._select(ids, m, selection_key, n0, max_new_tokens, delta, use_cache)
         sums, squares = self._estimate(ids, m, estimation_key, n, tokens, delta, use_cache)
         alpha_step = alpha / max_new_tokens  # Bonferroni over the T steps fixed in advance
-        tau = self.noise_tv(len(ids))
+        perturbed = int(m.sum())
+        tau = self.noise.noise_tv(len(ids), self.dim, perturbed)
         means, variances, lowers, radii = [], [], [], []
         for t in range(len(tokens)):
             mean = min(1.0, max(0.0, float(sums[t]) / n))
@@ -714,7 +866,7 @@ class SmoothedLM:
             means.append(mean)
             variances.append(var)
             lowers.append(lower)
-            radii.append(stats.generation_step_radius(self.sigma, lower, 1.0 - lower))
+            radii.append(self.noise.step_radius(lower, perturbed))
         cert = GenerationCertificate(
             prompt=tuple(int(v) for v in ids.tolist()),
             tokens=tuple(tokens),
@@ -737,6 +889,8 @@ class SmoothedLM:
             request_id=int(request_id),
             stopped="eos" if tokens[-1] == self.eos_token_id else "max_new_tokens",
             noise_tv=tau,
+            noise=self.noise.kind,
+            keep=getattr(self.noise, "keep", None),
         )
         return dataclasses.replace(cert, certified_prefix=cert.prefix_at(radius))
 
@@ -766,6 +920,49 @@ class SmoothedLM:
         return out
 
     @torch.no_grad()
+    @torch.no_grad()
+    def exact_decode(
+        self, prompt: Any, max_new_tokens: int, *, mask: Any = None, max_subsets: int = 20_000
+    ) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """Token ablation only: the smoothed greedy decoder computed exactly, with no sampling, by
+        enumerating every kept subset (C(P, k) of them for P perturbed positions).
+
+        The discrete threat model makes small cases checkable: the decoder's output at each edited prompt
+        is then known exactly, so a certified prefix that changes under a covered edit is a failure of
+        the certificate (probability ≤ α) or a bug, never Monte Carlo noise.
+
+        Returns:
+            (tokens, the exact smoothed probability p̄_t of each chosen token).
+
+        Raises:
+            InvalidParameterError: Gaussian noise, or more than `max_subsets` subsets.
+        """
+        if not isinstance(self.noise, TokenAblation):
+            raise InvalidParameterError("exact_decode enumerates the subsets of token ablation; Gaussian noise has none")
+        ids, max_new_tokens, m, _ = self._decode_args(prompt, max_new_tokens, mask, None)
+        perturbed = int(m.sum())
+        keep = min(self.noise.keep, perturbed)
+        if math.comb(perturbed, keep) > check_count(max_subsets, "max_subsets"):
+            raise InvalidParameterError(f"C({perturbed}, {keep}) = {math.comb(perturbed, keep)} subsets exceed max_subsets = {max_subsets}")
+        subsets = torch.tensor(list(itertools.combinations(range(perturbed), keep)), dtype=torch.long).reshape(-1, keep)
+        prompts = self.noise.subset_prompts(self.table, ids, m, subsets)
+        tokens: list[int] = []
+        probs: list[float] = []
+        for _ in range(max_new_tokens):
+            suffix = self.table[torch.tensor(tokens, dtype=torch.long, device=self.device)]
+            total = torch.zeros(self.vocab_size, dtype=torch.float64, device=self.device)
+            for start in range(0, prompts.shape[0], self.batch_size):
+                chunk = prompts[start : start + self.batch_size]
+                logits, _ = self._forward(torch.cat([chunk, suffix[None].expand(chunk.shape[0], -1, -1)], dim=1))
+                total += torch.softmax(logits[:, -1].float(), dim=-1).double().sum(0)
+            p_bar = total / prompts.shape[0]
+            a = int(torch.argmax(p_bar))
+            tokens.append(a)
+            probs.append(float(p_bar[a]))
+            if a == self.eos_token_id:
+                break
+        return tuple(tokens), tuple(probs)
+
     def sample(
         self,
         prompt: Any,
@@ -795,16 +992,17 @@ class SmoothedLM:
         variation between the sampled noise and N(0, σ²I). None: the longest prompt the model takes
         (its context length), or 2⁴⁰ coordinates (more than any device holds) when that is unknown."""
         if prompt_length is None:
-            numel = 1 << 40 if self.context_length is None else self.context_length * self.dim
+            length = (1 << 40) // self.dim if self.context_length is None else self.context_length
         else:
-            numel = check_count(prompt_length, "prompt_length") * self.dim
-        return noise_tv(numel)
+            length = check_count(prompt_length, "prompt_length")
+        return self.noise.noise_tv(length, self.dim)
 
     def distribution_bound(
         self, radius: float, max_new_tokens: int | None = None, prompt_length: int | None = None
     ) -> DistributionBound:
         """§4(a): TV and W1/W2 bounds (Levenshtein, diameter max_new_tokens) on the law of `sample`'s outputs,
         including 2τ for the sampler's distance from the Gaussian (τ = `noise_tv(prompt_length)`)."""
+        self._gaussian_only("distribution_bound")
         radius = check_positive(radius, "radius", allow_zero=True)
         tau = self.noise_tv(prompt_length)
         tv = stats.tv_bound(radius, self.sigma, tau)
@@ -851,6 +1049,7 @@ class SmoothedLM:
         Returns:
             `smoothgen.certificates.CenterCertificate` (center: a tuple of token ids).
         """
+        self._gaussian_only("center_certify")
         from smoothgen.center import CenterSmoother
         from smoothgen.engine.runtime.torch_eager import TorchRuntime
 

@@ -1,0 +1,201 @@
+"""Token ablation for SmoothedLM: certificates in substituted tokens (THEORY.md §4g), checked exactly.
+
+The threat is discrete, so small cases are verified without Monte Carlo: `exact_decode` enumerates
+every kept subset, giving the smoothed decoder's exact output at every edited prompt.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from smoothgen.engine import Purpose, RandomStream
+from smoothgen.errors import InvalidParameterError
+from smoothgen.generative import SmoothedLM, TokenAblation, ablation_delta, ablation_radius
+
+MASK = 0
+
+
+@dataclass
+class _Out:
+    logits: torch.Tensor
+    past_key_values: tuple
+
+
+class CopyPositionLM(torch.nn.Module):
+    """Predicts the token at prompt position j (steeply), or token `default` when j is masked: its exact
+    smoothed probability of x_j is k/P, and a substitution at j moves it by exactly Δ_1 = k/P — the
+    worst case the certificate must survive."""
+
+    def __init__(self, vocab: int, j: int, default: int, prompt_length: int):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, vocab)
+        with torch.no_grad():
+            self.emb.weight.copy_(torch.eye(vocab))  # one-hot rows: the token is readable from its row
+        self.j, self.default, self.prompt_length, self.vocab = j, default, prompt_length, vocab
+
+    def get_input_embeddings(self):
+        return self.emb
+
+    def forward(self, inputs_embeds, past_key_values=None, use_cache=True):
+        past = past_key_values[0] if past_key_values else inputs_embeds[:, :0]
+        full = torch.cat([past, inputs_embeds], dim=1)
+        token = full[:, self.j].argmax(dim=-1)  # [B]
+        token = torch.where(token == MASK, torch.full_like(token, self.default), token)
+        logits = torch.full((full.shape[0], inputs_embeds.shape[1], self.vocab), -30.0)
+        logits[torch.arange(full.shape[0]), :, token] = 30.0
+        return _Out(logits, (full,))
+
+
+class BagLM(torch.nn.Module):
+    """A tiny causal LM with a small vocabulary: logits at position t = W·(mean of the embeddings up to t)
+    + b, random weights scaled to make decisions peaked. Small enough to enumerate every substitution."""
+
+    def __init__(self, vocab: int = 9, dim: int = 6, seed: int = 0, scale: float = 6.0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.emb = torch.nn.Embedding(vocab, dim)
+        with torch.no_grad():
+            self.emb.weight.copy_(torch.randn(vocab, dim, generator=g))
+        self.w = torch.nn.Parameter(scale * torch.randn(vocab, dim, generator=g))
+        self.b = torch.nn.Parameter(torch.randn(vocab, generator=g))
+
+    def get_input_embeddings(self):
+        return self.emb
+
+    def forward(self, inputs_embeds, past_key_values=None, use_cache=True):
+        past = past_key_values[0] if past_key_values else inputs_embeds[:, :0]
+        full = torch.cat([past, inputs_embeds], dim=1)
+        means = full.cumsum(dim=1) / torch.arange(1, full.shape[1] + 1, dtype=full.dtype)[None, :, None]
+        logits = means[:, past.shape[1] :] @ self.w.T + self.b
+        return _Out(logits, (full,))
+
+
+# --------------------------------------------------------------------------------------------------
+# Δ_r and the radius
+# --------------------------------------------------------------------------------------------------
+
+
+def test_delta_is_the_hitting_probability_of_a_random_subset():
+    """Δ_r against a direct count: the share of k-subsets of L positions that meet {0, .., r − 1}."""
+    for length, keep in [(6, 2), (7, 3), (5, 5), (4, 9)]:
+        subsets = list(itertools.combinations(range(length), min(keep, length)))
+        for r in range(length + 1):
+            hit = sum(1 for s in subsets if any(p < r for p in s))
+            assert ablation_delta(length, keep, r) == Fraction(hit, len(subsets))
+
+
+def test_radius_is_the_largest_r_with_margin_strictly_above_delta():
+    assert ablation_radius(0.5, 10, 3) == -1  # L ≤ 1/2 certifies nothing, not even r = 0
+    assert ablation_radius(0.5000001, 10, 3) == 0
+    assert ablation_radius(0.7999999, 10, 3) == 0  # Δ_1 = 0.3: needs L > 0.8 strictly
+    assert ablation_radius(0.8000001, 10, 3) == 1
+    assert ablation_radius(Fraction(4, 5), 10, 3) == 0  # exactly 0.8 (compared as rationals, no rounding)
+    assert ablation_radius(1.0, 10, 3) == 1  # Δ_2 = 1 − 56/120 > 1/2
+    assert ablation_radius(1.0, 100, 1) == 49  # Δ_r = r/100: r = 49 has 0.5 > 0.49, r = 50 not 0.5 > 0.5
+
+
+# --------------------------------------------------------------------------------------------------
+# The noise space
+# --------------------------------------------------------------------------------------------------
+
+
+def test_copies_keep_exactly_k_uniform_positions_and_never_touch_unperturbed_ones():
+    lm = SmoothedLM(BagLM(), TokenAblation(3, MASK), mask=[True] * 6 + [False, False])
+    ids = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8])
+    key = RandomStream(1, 0).key(Purpose.ESTIMATION)
+    embeds = lm.noisy_prompts(ids, lm.prompt_mask(ids), key, 0, 6000)
+    kept = (embeds[:, :6] != lm.table[MASK]).any(dim=-1)  # [copies, 6]
+    assert bool((kept.sum(dim=1) == 3).all())
+    assert torch.equal(embeds[:, 6:], lm.table[ids[6:]].expand(6000, -1, -1))
+    frequency = kept.double().mean(dim=0)
+    assert torch.allclose(frequency, torch.full((6,), 0.5, dtype=torch.float64), atol=0.03)
+    pairs = {tuple(np.flatnonzero(row)) for row in kept.numpy()}
+    assert len(pairs) == math.comb(6, 3)  # every subset occurs
+    # batch invariance: copy i's subset depends on (key, i) only
+    again = torch.cat([lm.noisy_prompts(ids, lm.prompt_mask(ids), key, s, 1000) for s in range(0, 6000, 1000)])
+    assert torch.equal(again, embeds)
+
+
+def test_gaussian_only_certificates_refuse_ablation():
+    lm = SmoothedLM(BagLM(), TokenAblation(2, MASK))
+    with pytest.raises(InvalidParameterError):
+        lm.distribution_bound(0.1)
+    with pytest.raises(InvalidParameterError):
+        lm.center_certify([1, 2, 3], 2, 0.1, n=10, m=10)
+    with pytest.raises(InvalidParameterError):
+        TokenAblation(0, MASK)
+    with pytest.raises(InvalidParameterError):
+        TokenAblation(2, -1)
+    with pytest.raises(InvalidParameterError):
+        SmoothedLM(BagLM(vocab=9), TokenAblation(2, 50)).generate([1, 2, 3], 1, n0=5, n=5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Oracles
+# --------------------------------------------------------------------------------------------------
+
+
+def test_copy_position_oracle_exact_probability_and_no_false_certificate():
+    """p̄(x_j) = k/P exactly; a substitution at j drops it by exactly Δ_1 = k/P, so r = 1 can never be
+    certified, while r = 0 is when k/P is comfortably above 1/2. A Δ_r below the truth (e.g. r/P) would
+    certify r = 1 here, and the exact decoder at the edited prompt shows the change."""
+    P, keep, j = 10, 8, 4
+    ids = [3, 5, 2, 7, 6, 1, 4, 8, 2, 3]
+    lm = SmoothedLM(CopyPositionLM(9, j, default=8, prompt_length=P), TokenAblation(keep, MASK), batch_size=500)
+    tokens, probs = lm.exact_decode(ids, 1)
+    assert tokens == (ids[j],) and probs[0] == pytest.approx(keep / P)
+    cert = lm.generate(ids, 1, n0=200, n=4000, alpha=0.001, seed=0)
+    assert cert.noise == "ablation" and cert.keep == keep and cert.sigma is None
+    assert cert.tokens == (ids[j],)
+    assert cert.p_lower[0] <= keep / P and cert.step_radius[0] == 0  # certified at r = 0 only
+    assert cert.prefix_at(0) == 1 and cert.prefix_at(1) == 0
+    edited = list(ids)
+    edited[j] = 2
+    assert lm.exact_decode(edited, 1)[0] != cert.tokens  # the edit that r = 1 would have had to cover
+    assert cert.prefix_under_substitutions(lm.table, {j: 2}) == 0
+    assert cert.prefix_under_substitutions(lm.table, {j: ids[j]}) == 1  # no change is no edit
+
+
+def test_every_single_substitution_keeps_the_certified_prefix_exhaustively():
+    """Item 3: for short prompts, every one-token substitution at every position, with the smoothed
+    decoder computed exactly at each edited prompt. A disagreement inside the certified prefix would be a
+    certificate failure (probability ≤ α = 10⁻³ per certificate) or a bug; none may occur."""
+    checked = certified_steps = 0
+    for seed, (ids, keep) in enumerate([([1, 2, 3, 4, 5, 6, 7], 2), ([8, 8, 2, 5, 1, 3, 3, 6], 2), ([4, 7, 1, 2, 6, 5], 1)]):
+        lm = SmoothedLM(BagLM(seed=seed), TokenAblation(keep, MASK), batch_size=256)
+        cert = lm.generate(ids, 3, n0=300, n=3000, alpha=0.001, seed=seed)
+        exact, _ = lm.exact_decode(ids, 3)
+        k1 = cert.prefix_at(1)
+        assert exact[: cert.prefix_at(0)] == cert.tokens[: cert.prefix_at(0)]
+        certified_steps += k1
+        for pos in range(len(ids)):
+            for tok in range(1, 9):  # every other non-mask token
+                if tok == ids[pos]:
+                    continue
+                edited = list(ids)
+                edited[pos] = tok
+                assert lm.exact_decode(edited, max(k1, 1))[0][:k1] == cert.tokens[:k1], (seed, pos, tok)
+                checked += 1
+    assert certified_steps >= 1, "no prefix was certified at r = 1: the check would be vacuous"
+    assert checked > 100
+
+
+def test_sabotaged_delta_is_caught(monkeypatch):
+    """Δ_r replaced by the too-small r/L: the copy-position model is then certified at r = 1, and the
+    exact decoder at the edited prompt refutes it (what the oracle test above guards against)."""
+    import smoothgen.generative as generative
+
+    monkeypatch.setattr(generative, "ablation_delta", lambda length, keep, edits: Fraction(max(edits, 0), length))
+    P, keep, j = 10, 8, 4
+    ids = [3, 5, 2, 7, 6, 1, 4, 8, 2, 3]
+    lm = SmoothedLM(CopyPositionLM(9, j, default=8, prompt_length=P), TokenAblation(keep, MASK), batch_size=500)
+    cert = lm.generate(ids, 1, n0=200, n=4000, alpha=0.001, seed=0)
+    edited = list(ids)
+    edited[j] = 2
+    assert cert.prefix_at(1) == 1 and lm.exact_decode(edited, 1)[0] != cert.tokens

@@ -87,6 +87,24 @@ def add_parser(sub: Any) -> None:
     text.add_argument("--perturb", default="all", choices=["all", "last"],
                       help="which prompt positions carry noise (and may be attacked): all, or only the last token")
     text.add_argument("--batch-size", type=int, default=100, help="noisy copies per model call (each with its KV cache)")
+    text.add_argument("--noise", default="gaussian", choices=["gaussian", "ablate"],
+                      help="gaussian: noise of --sigma on the prompt's token embeddings (radii in embedding distance); "
+                      "ablate: each copy keeps --keep random prompt positions and masks the others (THEORY.md §4g: the "
+                      "certificate is stated in edited tokens)")
+    text.add_argument("--keep", type=int, default=None,
+                      help="with --noise ablate: prompt positions each copy keeps (default: a quarter of the perturbed "
+                      "positions, at least 1); any r substituted tokens are covered while L_t > 1/2 + "
+                      "1 - C(P-r, keep)/C(P, keep)")
+    text.add_argument("--mask-token", type=int, default=None,
+                      help="with --noise ablate: the token id that replaces dropped positions (default: byte 0 for the "
+                      "embedded byte-level LM; the tokenizer's mask or unknown token for hf: models)")
+    text.add_argument("--edits", type=int, default=None,
+                      help="with --noise ablate: report the prefix certified against this many substituted tokens "
+                      "(default 1)")
+    text.add_argument("--exhaustive", action="store_true",
+                      help="with --noise ablate: also decode exactly (every kept subset, no sampling) at every prompt with "
+                      "one substituted token and report whether any changes the prefix certified at one edit "
+                      "(small prompts and vocabularies only)")
     diff = gen.add_argument_group("conditional diffusion (--diffusion)")
     diff.add_argument("--diffusion", action="store_true", help="smooth the embedded class-conditional digits DDPM")
     diff.add_argument("--label", type=int, default=None, help="the digit class k to generate (0-9); needs --diffusion")
@@ -107,11 +125,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise InvalidParameterError("--diffusion needs --label k (the digit class to generate)")
     elif args.label is not None or args.png is not None:
         raise InvalidParameterError("--label and --png apply only with --diffusion")
-    if args.sigma is None:
+    ablate = not args.diffusion and args.noise == "ablate"
+    if not ablate:
+        for option, value in (("--keep", args.keep), ("--mask-token", args.mask_token), ("--edits", args.edits)):
+            if value is not None:
+                raise InvalidParameterError(f"{option} applies with --noise ablate")
+        if args.exhaustive:
+            raise InvalidParameterError("--exhaustive applies with --noise ablate")
+    elif args.sigma is not None or args.radius is not None:
+        raise InvalidParameterError("--sigma and --radius apply to Gaussian noise; with --noise ablate the certificate is in --edits")
+    if args.diffusion and args.noise != "gaussian":
+        raise InvalidParameterError("--noise ablate applies to text generation, not with --diffusion")
+    if args.sigma is None and not ablate:
         args.sigma = DEFAULT_DIFFUSION_SIGMA if args.diffusion else DEFAULT_TEXT_SIGMA
-    check_positive(args.sigma, "--sigma")
+    if not ablate:
+        check_positive(args.sigma, "--sigma")
     check_count(args.samples, "--samples")
-    if args.radius is None:
+    if ablate:
+        args.edits = 1 if args.edits is None else check_count(args.edits, "--edits", minimum=0)
+        args.radius = float(args.edits)
+    elif args.radius is None:
         args.radius = DEFAULT_DIFFUSION_RADIUS if args.diffusion else 0.0
     check_positive(args.radius, "--radius", allow_zero=True)
     check_alpha(args.alpha)
@@ -172,10 +205,16 @@ def _generate_text(args: argparse.Namespace) -> dict[str, Any]:
     check_count(args.batch_size, "--batch-size")
     model, tokenizer, name = _load_lm(args.model, args.device)
     perturb_last = args.perturb == "last"
-    smoothed = SmoothedLM(model, args.sigma, batch_size=args.batch_size, tokenizer=tokenizer,
-                          mask=(lambda ids: torch.arange(ids.numel()) == ids.numel() - 1) if perturb_last else None)
+    mask = (lambda ids: torch.arange(ids.numel()) == ids.numel() - 1) if perturb_last else None
+    # With --noise ablate this first instance only parses the prompt and its mask (σ = 1 is never used).
+    smoothed = SmoothedLM(model, 1.0 if args.noise == "ablate" else args.sigma, batch_size=args.batch_size,
+                          tokenizer=tokenizer, mask=mask)
     prompt = DEFAULT_PROMPT if args.prompt is None else args.prompt
     ids = smoothed.prompt_ids(prompt)  # checks emptiness, vocabulary and (below) the context length
+    if args.noise == "ablate":
+        smoothed = SmoothedLM(model, _ablation(args, smoothed, ids, tokenizer, name), batch_size=args.batch_size,
+                              tokenizer=tokenizer, mask=mask)
+        return _generate_ablated(args, smoothed, ids, prompt, tokenizer, name)
     start = time.perf_counter()
     cert = smoothed.generate(ids, args.max_new_tokens, n0=args.selection_samples, n=args.samples, alpha=args.alpha,
                              seed=args.seed, radius=args.radius)
@@ -197,6 +236,98 @@ def _generate_text(args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
         _print_text(record, cert, tokenizer)
     return record
+
+
+def _ablation(args: argparse.Namespace, smoothed: Any, ids: torch.Tensor, tokenizer: Any, name: str) -> Any:
+    """The TokenAblation of --keep and --mask-token for this prompt."""
+    from smoothgen.generative import TokenAblation
+
+    perturbed = int(smoothed.prompt_mask(ids).sum())
+    keep = max(1, round(perturbed / 4)) if args.keep is None else args.keep
+    mask_token = args.mask_token
+    if mask_token is None:
+        from smoothgen.models.lm import CodeLM
+
+        if tokenizer is None and isinstance(smoothed.model, CodeLM):
+            mask_token = 0  # byte-level LMs: NUL, never in source text (the ablation-trained LM's mask byte)
+        else:
+            mask_token = getattr(tokenizer, "mask_token_id", None)
+            mask_token = getattr(tokenizer, "unk_token_id", None) if mask_token is None else mask_token
+            if mask_token is None:
+                raise InvalidParameterError("this model's tokenizer has no mask or unknown token: pass --mask-token ID")
+    return TokenAblation(keep, mask_token)
+
+
+def _generate_ablated(args: argparse.Namespace, smoothed: Any, ids: torch.Tensor, prompt: str, tokenizer: Any,
+                      name: str) -> dict[str, Any]:
+    start = time.perf_counter()
+    cert = smoothed.generate(ids, args.max_new_tokens, n0=args.selection_samples, n=args.samples, alpha=args.alpha,
+                             seed=args.seed, radius=args.edits)
+    seconds = time.perf_counter() - start
+    k = cert.certified_prefix
+    record = {
+        **cert.to_dict(),
+        "prompt_ids": list(cert.prompt),
+        "model": name,
+        "prompt": prompt,
+        "mask_token": smoothed.noise.mask_token_id,
+        "perturbed_positions": int(sum(cert.mask)),
+        "edits": args.edits,
+        "text": _decode_text(cert.tokens, tokenizer),
+        "certified_text": _decode_text(cert.tokens[:k], tokenizer),
+        "whole_generation_edits": int(min(cert.step_radius)),
+        "seconds": seconds,
+    }
+    if args.exhaustive:
+        record["exhaustive"] = _exhaustive_check(smoothed, cert)
+    if not args.json:
+        _print_ablated(record, cert, tokenizer)
+    return record
+
+
+def _exhaustive_check(smoothed: Any, cert: Any) -> dict[str, Any]:
+    """Exact decoding at every prompt with one substituted token (every perturbed position, every other
+    token): how many change the prefix certified at one edit. Exact (all subsets), so a change is a failure
+    of the certificate (probability <= alpha) or a bug, never sampling noise."""
+    steps = cert.prefix_at(1)
+    prompt = list(cert.prompt)
+    positions = [p for p, on in enumerate(cert.mask) if on]
+    if steps == 0:
+        return {"certified_steps": 0, "edited_prompts": 0, "changed": 0}
+    changed = checked = 0
+    for pos in positions:
+        for tok in range(smoothed.vocab_size):
+            if tok == prompt[pos]:
+                continue
+            edited = list(prompt)
+            edited[pos] = tok
+            tokens, _ = smoothed.exact_decode(edited, steps, mask=list(cert.mask), max_subsets=5_000)
+            changed += tokens[:steps] != cert.tokens[:steps]
+            checked += 1
+    return {"certified_steps": steps, "edited_prompts": checked, "changed": changed}
+
+
+def _print_ablated(record: dict[str, Any], cert: Any, tokenizer: Any) -> None:
+    k = cert.certified_prefix
+    rest = _decode_text(cert.tokens[k:], tokenizer)
+    print(f"{record['prompt']}{CERTIFIED_OPEN}{record['certified_text']}{CERTIFIED_CLOSE}{rest}")
+    print()
+    print(f"model {record['model']}, token ablation: keep {cert.keep} of {record['perturbed_positions']} prompt "
+          f"positions (mask token {record['mask_token']}), n0={cert.n0}, n={cert.n}, alpha={cert.alpha}, "
+          f"{len(cert.tokens)} tokens in {record['seconds']:.1f} s")
+    edits = record["edits"]
+    noun = "edited token" if edits == 1 else "edited tokens"
+    print(f"robust to any {edits} {noun}: the first {k} of {len(cert.tokens)} generated tokens (between "
+          f"{CERTIFIED_OPEN} {CERTIFIED_CLOSE}) are the same for every prompt with at most {edits} substituted "
+          f"token{'s' if edits != 1 else ''}, with probability >= {1 - cert.alpha:g}")
+    whole = record["whole_generation_edits"]
+    print(f"the whole generation is robust to any {whole} edited token{'s' if whole != 1 else ''}" if whole >= 1 else
+          "the whole generation is not certified against one edited token (at some step the chosen token's smoothed "
+          "probability is not certifiably above 1/2 + Delta_1)")
+    if "exhaustive" in record:
+        ex = record["exhaustive"]
+        print(f"exhaustive check: {ex['edited_prompts']} prompts with one substituted token decoded exactly; "
+              f"{ex['changed']} changed the {ex['certified_steps']} tokens certified at one edit")
 
 
 def _print_text(record: dict[str, Any], cert: Any, tokenizer: Any) -> None:

@@ -6,7 +6,10 @@ backend        runs                                    chosen automatically
 ``triton``     the fused kernels of this package       on CUDA tensors, when triton imports
 ``core``       smoothgen's C++ core (``smoothgen._C``)  on CPU for the pairwise ops (l2, l1, cosine),
                                                        when it is built and enabled (SMOOTHGEN_CORE)
-``reference``  kernels/reference.py (plain torch)      everywhere else (CPU noise, float64, ...)
+``reference``  kernels/reference.py (plain torch)      everywhere else (float64, ...); CPU counter
+                                                       noise is drawn by numba (kernels/numba_noise.py,
+                                                       the same Philox words) and, in the plain case,
+                                                       fused with x + σ·ε
 =============  ======================================  ============================================
 
 Override with the environment variable ``SMOOTHGEN_KERNELS=reference|triton|core`` (read at each call;
@@ -20,8 +23,8 @@ An automatic choice that fails falls back to the reference and logs why, once pe
 What is reproducible: with ``generator=`` the noise is torch's and depends on that generator only (on
 CPU it is bit for bit what smoothgen always drew). With ``seed=``/``offset=`` the noise is the
 counter-based Philox noise of kernels/reference.py: a pure function of (seed, offset, element index),
-identical (to float32 rounding of log/sin/cos) on the GPU, in the Triton interpreter and in the CPU
-reference, and independent of batch sizes and block sizes.
+identical (to float32 rounding of log/sin/cos) on the GPU, in the Triton interpreter, in the numba build
+and in the NumPy reference, and independent of batch sizes and block sizes.
 """
 from __future__ import annotations
 

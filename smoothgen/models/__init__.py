@@ -1,6 +1,7 @@
 """Embedded default models: digits classifiers (clean and trained under Gaussian noise), a digits
 autoencoder, a class-conditional digits DDPM (the purifier of DDS / DiffSmooth, `smoothgen.denoise`), and a
-byte-level causal language model of Python source (`CodeLM`, the default model of `smoothgen.generative`).
+byte-level causal language model of Python source (`CodeLM`, the default model of `smoothgen.generative`)
+with versions of it fine-tuned for the smoothing distributions of `smoothgen.generative.SmoothedLM` (`lm_names`).
 
 The weights ship with the package in `weights/` (safetensors), together with `weights/models.json`,
 which records how each model was trained and its test metrics. They are produced by
@@ -13,6 +14,7 @@ Example:
     >>> ddpm = load_ddpm()                         # DigitsDDPM: eps(x_t, t, y) with its betas
     >>> split = load_digits_split()                # x_test: [450, 1, 8, 8] in [0, 1]
     >>> lm = load_lm()                             # CodeLM over UTF-8 bytes, context 256
+    >>> ablated = load_lm("code_lm_ablate0.25")    # fine-tuned for token ablation (keep 25%, MASK = byte 0)
     >>> logits = lm(input_ids=encode("def main(").unsqueeze(0)).logits   # [1, 9, 256]
 """
 from __future__ import annotations
@@ -52,6 +54,7 @@ __all__ = [
     "NUM_CLASSES",
     "VOCAB_SIZE",
     "WEIGHTS_DIR",
+    "DEFAULT_LM_NAME",
     "CodeLM",
     "DigitsAutoencoder",
     "DigitsCNN",
@@ -64,6 +67,7 @@ __all__ = [
     "load_classifier",
     "load_ddpm",
     "load_digits_split",
+    "lm_names",
     "load_lm",
     "model_info",
 ]
@@ -205,21 +209,57 @@ def load_ddpm() -> DigitsDDPM:
     return _load_only("ddpm", DigitsDDPM, "DDPM")
 
 
-def load_lm() -> CodeLM:
-    """Load the embedded byte-level code language model (`CodeLM`, trained on the Python standard library).
+DEFAULT_LM_NAME = "code_lm"
+"""The embedded LM trained on clean text, which `load_lm()` returns."""
+
+
+def lm_names() -> list[str]:
+    """Return the names of the embedded language models, sorted.
+
+    Returns:
+        For example ``["code_lm", "code_lm_ablate0.25", "code_lm_gauss0.5"]``: the clean model and the
+        models fine-tuned for a smoothing distribution (token ablation with a keep fraction, Gaussian
+        embedding noise with a σ; see their ``noise`` and ``noise_level`` in `model_info`).
+    """
+    return sorted(name for name, r in _metadata()["models"].items() if isinstance(r, dict) and r.get("kind") == "lm")
+
+
+def load_lm(name: str = DEFAULT_LM_NAME) -> CodeLM:
+    """Load an embedded byte-level code language model (`CodeLM`, trained on the Python standard library).
+
+    ``load_lm()`` is the model trained on clean text. The others (`lm_names`) are fine-tuned from it for
+    the smoothing distribution of `smoothgen.generative.SmoothedLM` they are meant for, and certify far
+    more under it: ``"code_lm_ablate0.25"`` for ``TokenAblation(keep=round(0.25 * P), mask_token_id=0)``
+    (MASK = byte 0), ``"code_lm_gauss0.5"`` for Gaussian embedding noise σ = 0.5 (its embedding table, tied
+    to the output head, is exactly code_lm's).
 
     Its call convention mirrors a Hugging Face causal LM (``input_ids`` or ``inputs_embeds``,
     ``past_key_values``, ``use_cache``, ``.logits``), so `smoothgen.generative.SmoothedLM` uses it like a
-    `transformers` model. Tokens are UTF-8 bytes: `encode` / `decode`. Its held-out metrics are in
-    ``model_info()["models"]["code_lm"]``.
+    `transformers` model. Tokens are UTF-8 bytes: `encode` / `decode`. Its training settings and held-out
+    metrics are in ``model_info()["models"][name]``.
+
+    Args:
+        name: One of `lm_names()` (default ``"code_lm"``).
 
     Returns:
         A fresh model on the CPU in eval mode, float32.
 
     Raises:
-        ModelLoadError: The weights are missing or do not match the architecture.
+        InvalidParameterError: name is not a string.
+        ModelLoadError: No embedded LM has that name (the message lists the known ones), or its weights
+            are missing or do not match the architecture.
 
     Shapes:
         model(input_ids=[B, L] int64 in [0, 256)) .logits -> [B, L, 256], with L <= context_length (256).
     """
-    return _load_only("lm", CodeLM, "language model")
+    if not isinstance(name, str):
+        raise InvalidParameterError(f"the LM name must be a string, got {type(name).__name__}")
+    record = _metadata()["models"].get(name)
+    if not isinstance(record, dict) or record.get("kind") != "lm":
+        raise ModelLoadError(
+            f"no language model named {name!r} is recorded in {METADATA_FILENAME}; known: {lm_names()}"
+        )
+    model = _load(record)
+    if not isinstance(model, CodeLM):
+        raise ModelLoadError(f"the LM record {name!r} in {METADATA_FILENAME} names {type(model).__name__}, not CodeLM")
+    return model

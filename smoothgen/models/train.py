@@ -8,19 +8,24 @@ Usage::
     python -m smoothgen.models.train autoencoder --epochs 50 --out /tmp/weights
     python -m smoothgen.models.train ddpm                     # the class-conditional digits DDPM
     python -m smoothgen.models.train lm                       # the byte-level code LM (Python stdlib corpus)
+    python -m smoothgen.models.train lm-ablate --keep-fraction 0.25   # code LM fine-tuned for token ablation
+    python -m smoothgen.models.train lm-gauss --sigma 0.5     # code LM fine-tuned for Gaussian embedding noise
 
 Training is deterministic: the seed fixes the initial weights, the shuffling and every noise draw, and
 deterministic algorithms are enforced, so the same command on the same software stack reproduces the
 weights bit for bit (with the same ``--threads``; for the code LM, whose corpus is the running interpreter's
 standard library, also the same Python release). The code LM takes about 10 minutes on 2 idle CPU cores
-(1 200 steps of 32 × 256 bytes, 28 CPU-minutes). The training functions are importable (`train_classifier`,
-`train_autoencoder`, `train_ddpm`, `train_lm`) and restore the caller's global RNG and determinism settings
-when they return.
+(1 200 steps of 32 × 256 bytes, 28 CPU-minutes). The smoothing-trained LMs (``lm-ablate``, ``lm-gauss``) are
+fine-tuned from the code LM (500 steps each, a few minutes, plus about a minute and a half of evaluation);
+they start from the weights in the package (or from the code LM trained by the same command, for ``all``).
+The training functions are importable (`train_classifier`, `train_autoencoder`, `train_ddpm`, `train_lm`,
+`finetune_lm`) and restore the caller's global RNG and determinism settings when they return.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -41,7 +46,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from smoothgen.errors import InvalidParameterError
-from smoothgen.models import METADATA_FILENAME, WEIGHTS_DIR
+from smoothgen.models import DEFAULT_LM_NAME, METADATA_FILENAME, WEIGHTS_DIR, load_lm, model_info
 from smoothgen.models.architectures import DigitsAutoencoder, DigitsCNN
 from smoothgen.models.data import NUM_CLASSES, SPLIT_SEED, TEST_SIZE, load_digits_split
 from smoothgen.models.ddpm import DigitsDDPM
@@ -81,9 +86,10 @@ null class. Higher than the usual 0.1 because unconditional purification is the 
 DDPM_EVAL_SIGMAS: tuple[float, ...] = (0.25, 0.5, 1.0)
 """Smoothing noise levels at which the one-shot denoising error on the test split is recorded."""
 
-LM_NAME = "code_lm"
+LM_NAME = DEFAULT_LM_NAME
 LM_FILENAME = f"{LM_NAME}.safetensors"
 LM_KWARGS: dict[str, int] = dict(DEFAULT_LM_KWARGS)
+LM_TOKENIZER = "UTF-8 bytes (vocabulary 256, no special tokens)"
 DEFAULT_LM_STEPS = 1200
 LM_BATCH_SIZE = 32
 LM_LEARNING_RATE = 2e-3
@@ -100,6 +106,23 @@ table-like modules (codec tables, the pydoc topic strings), which are not repres
 Folders named ``config-*`` (platform build files) are left out too."""
 LM_SLICE_CHARS = 1024
 """Characters per held-out file in the fixed evaluation slice recorded for tests (`lm_heldout_slice`)."""
+
+LM_NOISE_KINDS: tuple[str, ...] = ("ablate", "gauss")
+"""Smoothing distributions `finetune_lm` trains for: token ablation and Gaussian embedding noise."""
+DEFAULT_LM_KEEP_FRACTIONS: tuple[float, ...] = (0.25,)
+"""Keep fractions of the shipped ablation-trained LMs (``code_lm_ablate0.25``)."""
+DEFAULT_LM_GAUSS_SIGMAS: tuple[float, ...] = (0.5,)
+"""Embedding noise levels of the shipped Gaussian-trained LMs (``code_lm_gauss0.5``)."""
+ABLATION_MASK_TOKEN = 0
+"""The ablation MASK token: byte 0 (NUL), which the training corpus never contains."""
+DEFAULT_FINETUNE_STEPS = 500
+FINETUNE_LEARNING_RATE = 3e-4
+FINETUNE_WARMUP_STEPS = 25
+FINETUNE_PROMPT_LENGTHS: tuple[int, int] = (8, 160)
+"""Inclusive range of the prompt length drawn per training window (the rest of the window is the clean continuation)."""
+FINETUNE_EVAL_PROMPT_LENGTH = 64
+FINETUNE_EVAL_STRIDE = 32
+FINETUNE_EVAL_COPIES = 32
 
 
 def classifier_filename(sigma: float) -> str:
@@ -750,6 +773,96 @@ def _lm_learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
+
+def _lm_training_stream(root: Path, context_length: int) -> tuple[list[str], list[str], list[bytes], torch.Tensor]:
+    """(train files, held-out files, training file contents, their concatenation as one uint8 stream)."""
+    train_files, heldout_files = lm_corpus_files(root)
+    train_data = _read_corpus(train_files, root)
+    stream = torch.frombuffer(bytearray(b"".join(train_data)), dtype=torch.uint8)
+    if len(stream) <= context_length + 1:
+        raise InvalidParameterError(f"the training corpus ({len(stream)} bytes) is shorter than one window")
+    return train_files, heldout_files, train_data, stream
+
+
+def _lm_corpus_record(
+    train_files: Sequence[str], heldout_files: Sequence[str], stream: torch.Tensor, heldout_data: Sequence[bytes]
+) -> dict[str, Any]:
+    return {
+        "description": (
+            "*.py files of the CPython standard library of the training interpreter, sorted by path, "
+            f"without the folders {sorted(LM_EXCLUDED_DIRS)} and config-*; held out: files whose "
+            f"sha256(relative path) % {LM_HELDOUT_MODULUS} == 0"
+        ),
+        "python_version": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "train_files": len(train_files),
+        "train_bytes": int(len(stream)),
+        "heldout_files": len(heldout_files),
+        "heldout_bytes": sum(len(d) for d in heldout_data),
+        "heldout_file_list": list(heldout_files),
+    }
+
+
+def _timing_record(seconds: float, cpu_seconds: float) -> dict[str, Any]:
+    # Wall time depends on what else runs on the machine; CPU time (all threads) much less.
+    return {"train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
+            "train_threads": torch.get_num_threads()}
+
+
+def _lm_clean_metrics(model: nn.Module, heldout_data: Sequence[bytes], root: Path) -> dict[str, Any]:
+    """Clean next-byte metrics on every held-out file and on the fixed slice of `lm_heldout_slice`."""
+    slice_texts = lm_heldout_slice(root)
+    return {
+        "heldout": lm_metrics(model, heldout_data),
+        "heldout_slice": {"chars_per_file": LM_SLICE_CHARS, "sha256": _texts_sha256(slice_texts),
+                          **lm_metrics(model, slice_texts)},
+    }
+
+
+def _lm_optimize(
+    model: nn.Module,
+    stream: torch.Tensor,
+    window_loss: Callable[[torch.Tensor], torch.Tensor],
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    warmup_steps: int,
+    weight_decay: float,
+    generator: torch.Generator,
+    desc: str,
+    progress: bool,
+) -> float:
+    """The LM training loop shared by `train_lm` and `finetune_lm`.
+
+    Each step draws batch_size windows of context_length + 1 bytes at uniform offsets of the stream (from
+    `generator`), and `window_loss(windows)` (which may draw its own noise from `generator`, after the
+    offsets) returns the loss. AdamW (β = 0.9, 0.95) over the parameters that require gradients (frozen
+    ones get neither updates nor weight decay), the learning rate of `_lm_learning_rate`, gradients clipped
+    at norm 1. Leaves the model in eval mode and returns the exponential moving average (0.98) of the loss.
+    """
+    context = int(model.context_length)
+    offsets = torch.arange(context + 1)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
+                                  betas=(0.9, 0.95), weight_decay=weight_decay)
+    model.train()
+    smoothed_loss = float("nan")
+    bar = tqdm(range(steps), desc=desc, file=sys.stderr, disable=not progress)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _lm_learning_rate(step, steps, learning_rate, warmup_steps)
+        starts = torch.randint(len(stream) - context - 1, (batch_size, 1), generator=generator)
+        loss = window_loss(stream[starts + offsets].long())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        value = loss.item()
+        smoothed_loss = value if math.isnan(smoothed_loss) else 0.98 * smoothed_loss + 0.02 * value
+        bar.set_postfix(loss=f"{smoothed_loss:.3f}")
+    model.eval()
+    return smoothed_loss
+
+
 def train_lm(
     steps: int = DEFAULT_LM_STEPS,
     seed: int = DEFAULT_SEED,
@@ -799,57 +912,223 @@ def train_lm(
         raise InvalidParameterError(f"unknown CodeLM arguments {sorted(unknown)}; known: {sorted(LM_KWARGS)}")
     kwargs = {**LM_KWARGS, **model_kwargs}
     root = stdlib_root() if root is None else Path(root)
-    train_files, heldout_files = lm_corpus_files(root)
-    train_data = _read_corpus(train_files, root)
-    stream = torch.frombuffer(bytearray(b"".join(train_data)), dtype=torch.uint8)
-    context = int(kwargs["context_length"])
-    if len(stream) <= context + 1:
-        raise InvalidParameterError(f"the training corpus ({len(stream)} bytes) is shorter than one window")
-    offsets = torch.arange(context + 1)
+    train_files, heldout_files, train_data, stream = _lm_training_stream(root, int(kwargs["context_length"]))
     start_time, start_cpu = time.perf_counter(), time.process_time()
     with _deterministic(seed) as generator:
         model = CodeLM(**kwargs)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, 0.95),
-                                      weight_decay=weight_decay)
-        model.train()
-        smoothed_loss = float("nan")
-        bar = tqdm(range(steps), desc="code lm", file=sys.stderr, disable=not progress)
-        for step in bar:
-            for group in optimizer.param_groups:
-                group["lr"] = _lm_learning_rate(step, steps, learning_rate, warmup_steps)
-            starts = torch.randint(len(stream) - context - 1, (batch_size, 1), generator=generator)
-            windows = stream[starts + offsets].long()
+
+        def window_loss(windows: torch.Tensor) -> torch.Tensor:
             logits = model(input_ids=windows[:, :-1]).logits
-            loss = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), windows[:, 1:].reshape(-1))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            value = loss.item()
-            smoothed_loss = value if math.isnan(smoothed_loss) else 0.98 * smoothed_loss + 0.02 * value
-            bar.set_postfix(loss=f"{smoothed_loss:.3f}")
-        model.eval()
+            return F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), windows[:, 1:].reshape(-1))
+
+        smoothed_loss = _lm_optimize(model, stream, window_loss, steps, batch_size, learning_rate, warmup_steps,
+                                     weight_decay, generator, "code lm", progress)
     train_seconds, train_cpu_seconds = time.perf_counter() - start_time, time.process_time() - start_cpu
     heldout_data = _read_corpus(heldout_files, root)
     metrics: dict[str, Any] = {
         "kind": "lm",
         "architecture": CodeLM.__name__,
         "kwargs": kwargs,
-        "tokenizer": "UTF-8 bytes (vocabulary 256, no special tokens)",
-        "corpus": {
-            "description": (
-                "*.py files of the CPython standard library of the training interpreter, sorted by path, "
-                f"without the folders {sorted(LM_EXCLUDED_DIRS)} and config-*; held out: files whose "
-                f"sha256(relative path) % {LM_HELDOUT_MODULUS} == 0"
-            ),
-            "python_version": platform.python_version(),
-            "python_implementation": platform.python_implementation(),
-            "train_files": len(train_files),
-            "train_bytes": int(len(stream)),
-            "heldout_files": len(heldout_files),
-            "heldout_bytes": sum(len(d) for d in heldout_data),
-            "heldout_file_list": heldout_files,
-        },
+        "tokenizer": LM_TOKENIZER,
+        "corpus": _lm_corpus_record(train_files, heldout_files, stream, heldout_data),
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "train_tokens": steps * batch_size * int(kwargs["context_length"]),
+        "learning_rate": learning_rate,
+        "warmup_steps": warmup_steps,
+        "weight_decay": weight_decay,
+        "num_parameters": _num_parameters(model),
+        "final_train_loss_ema": smoothed_loss,
+        **_timing_record(train_seconds, train_cpu_seconds),
+    }
+    if evaluate:
+        clean = _lm_clean_metrics(model, heldout_data, root)
+        metrics.update({
+            "heldout": clean["heldout"],
+            "heldout_unigram_baseline": unigram_metrics(train_data, heldout_data),
+            "heldout_slice": clean["heldout_slice"],
+            "embedding": _embedding_geometry(model),
+        })
+    return model, metrics
+
+
+def finetuned_lm_name(noise: str, level: float) -> str:
+    """Return the key in `models.json` of the code LM fine-tuned for a smoothing distribution.
+
+    Args:
+        noise: ``"ablate"`` (token ablation, level = keep fraction) or ``"gauss"`` (Gaussian embedding
+            noise, level = σ).
+        level: The keep fraction or σ.
+
+    Returns:
+        For example ``"code_lm_ablate0.25"`` or ``"code_lm_gauss0.5"`` (also the weights file's stem).
+    """
+    return f"{LM_NAME}_{_check_noise(noise, level)[0]}{float(level)}"
+
+
+def _check_noise(noise: str, level: float) -> tuple[str, float]:
+    if noise not in LM_NOISE_KINDS:
+        raise InvalidParameterError(f"noise must be one of {list(LM_NOISE_KINDS)}, got {noise!r}")
+    level = check_positive(level, "keep fraction" if noise == "ablate" else "sigma")
+    if noise == "ablate" and level > 1.0:
+        raise InvalidParameterError(f"the keep fraction must lie in (0, 1], got {level}")
+    return noise, level
+
+
+def ablation_keep(fraction: float, prompt_length: int) -> int:
+    """Return k = max(1, round(fraction · prompt_length)) (Python's round), the positions an ablated copy
+    keeps: the rule of `finetune_lm`'s training prompts and of `lm_smoothed_metrics` (16 for 0.25 · 64)."""
+    return max(1, round(fraction * prompt_length))
+
+
+def _perturb_prompts(
+    model: CodeLM, ids: torch.Tensor, prompt_lengths: torch.Tensor, noise: str, level: float, mask_token_id: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Input embeddings of ids with the first prompt_lengths[b] positions of row b perturbed as the smoothed
+    LM perturbs a prompt: token ablation (keep ablation_keep(level, P) uniformly random positions, replace
+    the others by mask_token_id) or Gaussian N(0, level² I) noise added to the embedding rows.
+
+    Shapes:
+        ids: [B, L] int64; prompt_lengths: [B] (each in [1, L]); returns [B, L, d_model].
+    """
+    table = model.get_input_embeddings().weight
+    prompt = torch.arange(ids.shape[1]) < prompt_lengths[:, None]  # [B, L]
+    if noise == "ablate":
+        ids = ids.clone()
+        for row, length in enumerate(prompt_lengths.tolist()):
+            keep = ablation_keep(level, length)
+            masked = torch.randperm(length, generator=generator)[keep:]
+            ids[row, masked] = mask_token_id
+        return table[ids]
+    eps = torch.randn((*ids.shape, table.shape[1]), generator=generator, dtype=table.dtype)
+    return table[ids] + level * eps * prompt[..., None].to(table.dtype)
+
+
+def finetune_lm(
+    noise: str,
+    level: float,
+    steps: int = DEFAULT_FINETUNE_STEPS,
+    seed: int = DEFAULT_SEED,
+    *,
+    base: str | CodeLM = LM_NAME,
+    batch_size: int = LM_BATCH_SIZE,
+    learning_rate: float = FINETUNE_LEARNING_RATE,
+    warmup_steps: int = FINETUNE_WARMUP_STEPS,
+    weight_decay: float = LM_WEIGHT_DECAY,
+    prompt_lengths: tuple[int, int] = FINETUNE_PROMPT_LENGTHS,
+    mask_token_id: int = ABLATION_MASK_TOKEN,
+    root: Path | None = None,
+    evaluate: bool = True,
+    progress: bool = False,
+) -> tuple[CodeLM, dict[str, Any]]:
+    """Fine-tune the code LM for a smoothing distribution of `smoothgen.generative.SmoothedLM`.
+
+    The training distribution is the smoothing distribution (THEORY.md §4c, §4g). Each step draws
+    batch_size windows of context_length + 1 bytes from the training stream (as `train_lm`); each window
+    gets a prompt length P uniform in [prompt_lengths[0], prompt_lengths[1]], its first P positions are the
+    prompt and the rest plays the generated tokens (always clean). The prompt is perturbed:
+
+    - ``noise="ablate"``, level = keep fraction f: k = max(1, round(f·P)) uniformly random prompt positions
+      are kept and every other prompt position becomes mask_token_id (byte 0, NUL, by default);
+    - ``noise="gauss"``, level = σ: N(0, σ² I) is added to the prompt positions' input embeddings (fed with
+      ``inputs_embeds``), and the token embedding is frozen. The CodeLM output head is tied to that
+      embedding, so the head is frozen too: the fine-tuned table equals the base's exactly, and a
+      certified embedding radius means the same token substitutions for both models.
+
+    The loss is the next-byte cross-entropy of the predictions at positions ≥ P − 1 (the continuation, what
+    smoothed decoding uses). Optimizer and schedule as `train_lm` (shared loop), with a smaller peak
+    learning rate and a short warmup. All randomness (offsets, P, subsets, noise) comes from the seeded
+    generator of `_deterministic`, so a run is reproducible bit for bit on the same software stack.
+
+    Args:
+        noise: ``"ablate"`` or ``"gauss"``.
+        level: Keep fraction in (0, 1] for ablation, σ > 0 for Gaussian noise.
+        steps: Optimizer steps.
+        seed: Seed of the data and noise draws.
+        base: Name of an embedded LM (`smoothgen.models.load_lm`) or a `CodeLM` to start from (copied,
+            the caller's model is not changed).
+        batch_size: Windows per step.
+        learning_rate: Peak learning rate.
+        warmup_steps: Steps of linear warmup.
+        weight_decay: AdamW weight decay (not applied to frozen parameters).
+        prompt_lengths: Inclusive range (min, max) of the prompt length P; max ≤ context_length.
+        mask_token_id: The ablation MASK token (ignored for Gaussian noise).
+        root: Standard library folder (default: the running interpreter's).
+        evaluate: Whether to compute the held-out metrics: clean (all held-out files and the fixed slice)
+            and smoothed (`lm_smoothed_metrics` on the slice, also for the base model at the same noise).
+        progress: Whether to show a tqdm progress bar on stderr.
+
+    Returns:
+        The fine-tuned model in eval mode, and its metadata record: base model, noise kind and level, mask
+        token, training settings and time, and the clean and smoothed held-out metrics.
+    """
+    noise, level = _check_noise(noise, level)
+    steps = check_count(steps, "steps")
+    seed = check_count(seed, "seed", minimum=0)
+    batch_size = check_count(batch_size, "batch_size")
+    warmup_steps = check_count(warmup_steps, "warmup_steps", minimum=0)
+    learning_rate = check_positive(learning_rate, "learning_rate")
+    weight_decay = check_positive(weight_decay, "weight_decay", allow_zero=True)
+    mask_token_id = check_count(mask_token_id, "mask_token_id", minimum=0)
+    if mask_token_id >= VOCAB_SIZE:
+        raise InvalidParameterError(f"mask_token_id must be a byte value in [0, {VOCAB_SIZE}), got {mask_token_id}")
+    if isinstance(base, str):
+        model = load_lm(base)
+        base_name, base_sha256 = base, model_info()["models"][base].get("sha256")
+    elif isinstance(base, CodeLM):
+        base_name, base_sha256, model = None, None, copy.deepcopy(base)
+    else:
+        raise InvalidParameterError(f"base must be an embedded LM name or a CodeLM, got {type(base).__name__}")
+    context = int(model.context_length)
+    min_prompt, max_prompt = (check_count(n, "prompt length") for n in prompt_lengths)
+    if not min_prompt <= max_prompt <= context:
+        raise InvalidParameterError(
+            f"prompt_lengths must satisfy 1 <= min <= max <= context_length ({context}), got {tuple(prompt_lengths)}"
+        )
+    base_model = copy.deepcopy(model).eval() if evaluate else None
+    kwargs = {"d_model": model.d_model, "n_layers": model.n_layers, "n_heads": model.n_heads,
+              "context_length": context}
+    root = stdlib_root() if root is None else Path(root)
+    train_files, heldout_files, _, stream = _lm_training_stream(root, context)
+    if noise == "gauss":
+        model.get_input_embeddings().weight.requires_grad_(False)  # also the tied output head
+    positions = torch.arange(context)
+    start_time, start_cpu = time.perf_counter(), time.process_time()
+    with _deterministic(seed) as generator:
+
+        def window_loss(windows: torch.Tensor) -> torch.Tensor:
+            lengths = torch.randint(min_prompt, max_prompt + 1, (len(windows),), generator=generator)
+            embeds = _perturb_prompts(model, windows[:, :-1], lengths, noise, level, mask_token_id, generator)
+            logits = model(inputs_embeds=embeds).logits
+            # The prediction at position i is of byte i + 1: score those from the last prompt byte on.
+            targets = windows[:, 1:].masked_fill(positions[None] < lengths[:, None] - 1, -100)
+            return F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), targets.reshape(-1), ignore_index=-100)
+
+        smoothed_loss = _lm_optimize(model, stream, window_loss, steps, batch_size, learning_rate, warmup_steps,
+                                     weight_decay, generator, f"code lm {noise} {level}", progress)
+    train_seconds, train_cpu_seconds = time.perf_counter() - start_time, time.process_time() - start_cpu
+    model.get_input_embeddings().weight.requires_grad_(True)
+    heldout_data = _read_corpus(heldout_files, root)
+    metrics: dict[str, Any] = {
+        "kind": "lm",
+        "architecture": CodeLM.__name__,
+        "kwargs": kwargs,
+        "tokenizer": LM_TOKENIZER,
+        "base_model": base_name,
+        "base_sha256": base_sha256,
+        "noise": noise,
+        "noise_level": level,
+        "smoothing": (
+            f"TokenAblation(keep=max(1, round({level}·P)), mask_token_id={mask_token_id})" if noise == "ablate"
+            else f"EmbeddingGaussian(sigma={level})"
+        ),
+        "mask_token_id": mask_token_id if noise == "ablate" else None,
+        "frozen": ["token_embedding (tied output head)"] if noise == "gauss" else [],
+        "prompt_lengths": [min_prompt, max_prompt],
+        "loss": "next-byte cross-entropy of the predictions at positions >= P - 1 (clean continuation)",
+        "corpus": _lm_corpus_record(train_files, heldout_files, stream, heldout_data),
         "seed": seed,
         "steps": steps,
         "batch_size": batch_size,
@@ -859,26 +1138,120 @@ def train_lm(
         "weight_decay": weight_decay,
         "num_parameters": _num_parameters(model),
         "final_train_loss_ema": smoothed_loss,
-        # Wall time depends on what else runs on the machine; CPU time (all threads) much less.
-        "train_seconds": round(train_seconds, 1),
-        "train_cpu_seconds": round(train_cpu_seconds, 1),
-        "train_threads": torch.get_num_threads(),
+        **_timing_record(train_seconds, train_cpu_seconds),
     }
     if evaluate:
-        heldout = lm_metrics(model, heldout_data)
-        unigram = unigram_metrics(train_data, heldout_data)
+        assert base_model is not None
+        start_eval = time.perf_counter()
+        metrics.update(_lm_clean_metrics(model, heldout_data, root))
         slice_texts = lm_heldout_slice(root)
-        metrics.update({
-            "heldout": heldout,
-            "heldout_unigram_baseline": unigram,
-            "heldout_slice": {
-                "chars_per_file": LM_SLICE_CHARS,
-                "sha256": _texts_sha256(slice_texts),
-                **lm_metrics(model, slice_texts),
-            },
-            "embedding": _embedding_geometry(model),
-        })
+        settings = {"prompt_length": FINETUNE_EVAL_PROMPT_LENGTH, "stride": FINETUNE_EVAL_STRIDE}
+        smoothed = {"noise": noise, "noise_level": level, "copies": FINETUNE_EVAL_COPIES, "seed": EVAL_NOISE_SEED,
+                    "mask_token_id": mask_token_id if noise == "ablate" else None, **settings}
+        if noise == "ablate":
+            smoothed["keep"] = ablation_keep(level, FINETUNE_EVAL_PROMPT_LENGTH)
+        for key, evaluated in (("model", model), ("base", base_model)):
+            smoothed[key] = lm_smoothed_metrics(evaluated, slice_texts, noise, level, copies=FINETUNE_EVAL_COPIES,
+                                                mask_token_id=mask_token_id, **settings)
+            smoothed[f"{key}_unsmoothed"] = lm_smoothed_metrics(evaluated, slice_texts, None, **settings)
+        smoothed["num_prompts"] = smoothed["model"]["num_predicted_bytes"]
+        metrics["smoothed_heldout_slice"] = smoothed
+        metrics["eval_seconds"] = round(time.perf_counter() - start_eval, 1)
     return model, metrics
+
+
+@torch.no_grad()
+def lm_smoothed_metrics(
+    model: CodeLM,
+    texts: Sequence[str | bytes],
+    noise: str | None,
+    level: float = 0.0,
+    *,
+    prompt_length: int = FINETUNE_EVAL_PROMPT_LENGTH,
+    stride: int = FINETUNE_EVAL_STRIDE,
+    copies: int = FINETUNE_EVAL_COPIES,
+    mask_token_id: int = ABLATION_MASK_TOKEN,
+    seed: int = EVAL_NOISE_SEED,
+    batch_prompts: int = 8,
+) -> dict[str, Any]:
+    """Return the next-byte metrics of the smoothed predictor on fixed-length prompts of texts.
+
+    The prompts are the bytes [s, s + prompt_length) of each text for s = 0, stride, 2·stride, ... (while
+    the next byte exists), each followed by its next byte. The smoothed next-byte distribution is the mean
+    softmax over `copies` perturbed copies of the prompt (token ablation with k = `ablation_keep(level,
+    prompt_length)`, or Gaussian noise of σ = level on the prompt embeddings; the distribution of
+    `smoothgen.generative.SmoothedLM`'s first step, with the copies drawn here from a seeded torch
+    generator, the same draws for every model of the same width). noise=None scores the model itself on
+    the same prompts (one clean copy).
+
+    Args:
+        model: A `CodeLM` (or a model with its call convention and ``context_length``).
+        texts: Strings (encoded as UTF-8) or bytes.
+        noise: ``"ablate"``, ``"gauss"`` or None.
+        level: Keep fraction or σ (ignored for None).
+        prompt_length: Bytes per prompt.
+        stride: Bytes between consecutive prompt starts in a text (a deterministic subsample).
+        copies: Perturbed copies per prompt.
+        mask_token_id: The ablation MASK token.
+        seed: Seed of the perturbations.
+        batch_prompts: Prompts per forward pass.
+
+    Returns:
+        ``num_predicted_bytes`` (the number of prompts), ``accuracy`` (argmax of the mean distribution),
+        ``nll_nats_per_byte``, ``bits_per_byte`` and ``perplexity`` of the mean distribution, and
+        ``mean_top_probability``, the mean over prompts of the largest mean probability. With noise,
+        also ``plugin_threshold`` (1/2 + Δ_1 = 1/2 + k/P for ablation, 1/2 for Gaussian noise) and
+        ``plugin_fraction_above_threshold``: the fraction of prompts whose top mean probability exceeds it,
+        a plug-in estimate (no confidence bound) of how often the first step could be certified (against 1
+        substituted token; against some embedding radius > 0).
+    """
+    prompt_length = check_count(prompt_length, "prompt_length")
+    stride, copies = check_count(stride, "stride"), check_count(copies, "copies")
+    batch_prompts = check_count(batch_prompts, "batch_prompts")
+    if prompt_length > int(model.context_length):
+        raise InvalidParameterError(f"prompt_length {prompt_length} exceeds the context length {model.context_length}")
+    if noise is None:
+        copies = 1
+    else:
+        noise, level = _check_noise(noise, level)
+    prompts, targets = [], []
+    for text in texts:
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        for start in range(0, len(data) - prompt_length, stride):
+            prompts.append(list(data[start : start + prompt_length]))
+            targets.append(data[start + prompt_length])
+    if not prompts:
+        raise InvalidParameterError(f"no text is longer than the prompt length {prompt_length}")
+    ids_all, target_all = torch.tensor(prompts, dtype=torch.int64), torch.tensor(targets, dtype=torch.int64)
+    generator = torch.Generator().manual_seed(seed)
+    table = model.get_input_embeddings().weight
+    lengths = torch.full((copies,), prompt_length, dtype=torch.int64)
+    was_training = model.training
+    model.eval()
+    nll, correct, top = 0.0, 0, []
+    try:
+        for ids, target in zip(ids_all.split(batch_prompts), target_all.split(batch_prompts)):
+            if noise is None:
+                embeds = table[ids]
+            else:  # prompt by prompt, so the draws of a prompt do not depend on batch_prompts
+                embeds = torch.cat([_perturb_prompts(model, row.expand(copies, -1), lengths, noise, level,
+                                                     mask_token_id, generator) for row in ids])
+            logits = model(inputs_embeds=embeds).logits[:, -1].double()
+            log_mean = torch.logsumexp(logits.log_softmax(-1).view(len(ids), copies, -1), dim=1) - math.log(copies)
+            nll -= float(log_mean.gather(1, target[:, None]).sum())
+            correct += int((log_mean.argmax(-1) == target).sum())
+            top.append(log_mean.max(-1).values.exp())
+    finally:
+        model.train(was_training)
+    metrics = _metrics_from(nll, correct, len(prompts))
+    top_probability = torch.cat(top)
+    metrics["mean_top_probability"] = float(top_probability.mean())
+    if noise is not None:
+        # Δ_1 = 1 − C(P − 1, k)/C(P, k) = k/P (THEORY.md §4g).
+        threshold = 0.5 + ablation_keep(level, prompt_length) / prompt_length if noise == "ablate" else 0.5
+        metrics["plugin_threshold"] = threshold
+        metrics["plugin_fraction_above_threshold"] = float((top_probability > threshold).double().mean())
+    return metrics
 
 
 def _sha256(path: Path) -> str:
@@ -951,13 +1324,24 @@ def _build_parser() -> argparse.ArgumentParser:
             "classifier (no noise), the one behind the DDPM purifier. The DDPM (DigitsDDPM) is a "
             "class-conditional noise-prediction network with classifier-free-guidance dropout. The code LM "
             "(CodeLM) is a byte-level causal transformer trained on the running interpreter's standard "
-            "library sources, with about 5% of the files held out for evaluation."
+            "library sources, with about 5% of the files held out for evaluation. lm-ablate and lm-gauss fine-tune the "
+            "code LM on the smoothing distribution of smoothgen.generative.SmoothedLM: prompts (the first P bytes "
+            f"of each window, P uniform in {list(FINETUNE_PROMPT_LENGTHS)}) with all but round(f*P) positions "
+            f"replaced by byte {ABLATION_MASK_TOKEN} (token ablation, keep fraction f), or with N(0, sigma^2 I) "
+            "added to their embeddings (embedding table, tied to the output head, frozen); the continuation "
+            "stays clean and carries the loss. Their records add clean and smoothed held-out metrics, and the "
+            "code LM's smoothed metrics at the same noise."
         ),
     )
     parser.add_argument(
         "what",
-        choices=["classifier", "autoencoder", "ddpm", "lm", "all"],
-        help="which models to train: the classifiers, the autoencoder, the DDPM, the code LM, or all of them",
+        choices=["classifier", "autoencoder", "ddpm", "lm", "lm-ablate", "lm-gauss", "all"],
+        help=(
+            "which models to train: the classifiers, the autoencoder, the DDPM, the code LM, the code LM "
+            "fine-tuned for token ablation or for Gaussian embedding noise, or all of them (all fine-tunes "
+            f"the code LM it has just trained, at the keep fractions {list(DEFAULT_LM_KEEP_FRACTIONS)} and "
+            f"sigmas {list(DEFAULT_LM_GAUSS_SIGMAS)})"
+        ),
     )
     parser.add_argument(
         "--sigma",
@@ -965,7 +1349,21 @@ def _build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="S",
-        help=f"training noise level(s) of the classifiers, 0 = clean (default: {' '.join(map(str, DEFAULT_SIGMAS))})",
+        help=(
+            f"training noise level(s) of the classifiers, 0 = clean (default: {' '.join(map(str, DEFAULT_SIGMAS))}), "
+            f"or, for lm-gauss, of the embedding noise, > 0 (default: {' '.join(map(str, DEFAULT_LM_GAUSS_SIGMAS))})"
+        ),
+    )
+    parser.add_argument(
+        "--keep-fraction",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="F",
+        help=(
+            "lm-ablate only: fraction(s) of the prompt positions each ablated copy keeps, in (0, 1] "
+            f"(default: {' '.join(map(str, DEFAULT_LM_KEEP_FRACTIONS))})"
+        ),
     )
     parser.add_argument(
         "--epochs",
@@ -982,7 +1380,10 @@ def _build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="S",
-        help=f"optimizer steps of the code LM (default: {DEFAULT_LM_STEPS})",
+        help=(
+            f"optimizer steps of every LM the command trains (default: {DEFAULT_LM_STEPS} for the code LM, "
+            f"{DEFAULT_FINETUNE_STEPS} for lm-ablate and lm-gauss)"
+        ),
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="N", help="training seed (default: 0)")
     parser.add_argument(
@@ -1009,12 +1410,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
-    if args.sigma is not None and args.what in ("autoencoder", "ddpm", "lm"):
-        parser.error("--sigma applies to classifiers only")
-    if args.epochs is not None and args.what == "lm":
-        parser.error("--epochs does not apply to the code LM; use --steps")
-    if args.steps is not None and args.what not in ("lm", "all"):
-        parser.error("--steps applies to the code LM only")
+    lm_kinds = ("lm", "lm-ablate", "lm-gauss")
+    if args.sigma is not None and args.what in ("autoencoder", "ddpm", "lm", "lm-ablate"):
+        parser.error("--sigma applies to classifiers and lm-gauss only")
+    if args.keep_fraction is not None and args.what != "lm-ablate":
+        parser.error("--keep-fraction applies to lm-ablate only")
+    if args.epochs is not None and args.what in lm_kinds:
+        parser.error("--epochs does not apply to the code LMs; use --steps")
+    if args.steps is not None and args.what not in (*lm_kinds, "all"):
+        parser.error("--steps applies to the code LMs only")
     if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be >= 1")
     if args.steps is not None and args.steps < 1:
@@ -1027,6 +1431,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sigma in sigmas:
         if not (math.isfinite(sigma) and sigma >= 0):
             parser.error(f"--sigma must be finite and >= 0, got {sigma}")
+    gauss_sigmas = DEFAULT_LM_GAUSS_SIGMAS if args.sigma is None or args.what != "lm-gauss" else tuple(args.sigma)
+    if not all(math.isfinite(s) and s > 0 for s in gauss_sigmas):
+        parser.error(f"--sigma must be finite and > 0 for lm-gauss, got {list(gauss_sigmas)}")
+    keep_fractions = DEFAULT_LM_KEEP_FRACTIONS if args.keep_fraction is None else tuple(args.keep_fraction)
+    if not all(0 < f <= 1 for f in keep_fractions):
+        parser.error(f"--keep-fraction must lie in (0, 1], got {list(keep_fractions)}")
     torch.set_num_threads(args.threads)
     out_dir: Path = args.out
 
@@ -1060,16 +1470,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         records[DDPM_NAME] = record
         mse = ", ".join(f"sigma={s}: {v:.5f}" for s, v in record["denoise_test_mse_by_sigma"].items())
         print(f"{record['file']}: one-shot denoising test MSE {mse}", file=sys.stderr)
+    base: str | CodeLM = LM_NAME
     if args.what in ("lm", "all"):
         steps = DEFAULT_LM_STEPS if args.steps is None else args.steps
         model, record = train_lm(steps, args.seed, progress=True)
         record = save_model(model, out_dir, LM_FILENAME, record)
         records[LM_NAME] = record
+        base = model  # `all` fine-tunes the code LM it has just trained
         heldout, unigram = record["heldout"], record["heldout_unigram_baseline"]
         print(
             f"{record['file']}: held-out next-byte accuracy {heldout['accuracy']:.4f}, "
             f"{heldout['bits_per_byte']:.3f} bits/byte (unigram baseline {unigram['accuracy']:.4f}, "
             f"{unigram['bits_per_byte']:.3f} bits/byte), trained in {record['train_seconds']:.0f} s",
+            file=sys.stderr,
+        )
+    finetunes = [("ablate", f) for f in keep_fractions if args.what in ("lm-ablate", "all")]
+    finetunes += [("gauss", s) for s in gauss_sigmas if args.what in ("lm-gauss", "all")]
+    for noise, level in finetunes:
+        steps = DEFAULT_FINETUNE_STEPS if args.steps is None else args.steps
+        model, record = finetune_lm(noise, level, steps, args.seed, base=base, progress=True)
+        if isinstance(base, CodeLM):
+            record.update(base_model=LM_NAME, base_sha256=records[LM_NAME]["sha256"])
+        name = finetuned_lm_name(noise, level)
+        record = save_model(model, out_dir, f"{name}.safetensors", record)
+        records[name] = record
+        clean, smoothed = record["heldout_slice"], record["smoothed_heldout_slice"]
+        print(
+            f"{record['file']}: held-out slice accuracy {clean['accuracy']:.4f} ({clean['bits_per_byte']:.3f} "
+            f"bits/byte) clean; smoothed ({noise} {level}) {smoothed['model']['accuracy']:.4f} "
+            f"({smoothed['model']['bits_per_byte']:.3f} bits/byte), code LM smoothed "
+            f"{smoothed['base']['accuracy']:.4f} ({smoothed['base']['bits_per_byte']:.3f} bits/byte); trained in "
+            f"{record['train_seconds']:.0f} s",
             file=sys.stderr,
         )
     update_metadata(out_dir, records)

@@ -22,6 +22,8 @@ from smoothgen.models import (
     model_info,
 )
 from smoothgen.models.train import (
+    DEFAULT_LM_GAUSS_SIGMAS,
+    DEFAULT_LM_KEEP_FRACTIONS,
     DEFAULT_SIGMAS,
     EVAL_NOISE_SEED,
     autoencoder_mse,
@@ -135,7 +137,9 @@ def test_autoencoder_shapes_and_range() -> None:
 def test_shipped_models_are_listed_and_their_files_match() -> None:
     assert available_classifier_sigmas() == sorted(DEFAULT_SIGMAS)
     info = model_info()
-    assert len(info["models"]) == len(DEFAULT_SIGMAS) + 3  # the classifiers, the autoencoder, the DDPM, the LM
+    # The classifiers, the autoencoder, the DDPM, the code LM and its smoothing-trained fine-tunes.
+    num_finetuned_lms = len(DEFAULT_LM_KEEP_FRACTIONS) + len(DEFAULT_LM_GAUSS_SIGMAS)
+    assert len(info["models"]) == len(DEFAULT_SIGMAS) + 3 + num_finetuned_lms
     for record in info["models"].values():
         path = WEIGHTS_DIR / record["file"]
         assert path.is_file()

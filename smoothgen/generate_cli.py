@@ -80,7 +80,8 @@ def add_parser(sub: Any) -> None:
     text.add_argument("--model", default=None,
                       help="package.module:factory returning a causal LM that accepts inputs_embeds (smoothgen's "
                       "CodeLM or a transformers model), or hf:FOLDER (a local transformers model and tokenizer; "
-                      "needs the hf extra; nothing is downloaded) (default: the embedded byte-level LM)")
+                      "needs the hf extra; nothing is downloaded) (default: the embedded byte-level LM; with --noise "
+                      f"ablate its fine-tune {ABLATION_LM}, trained under that ablation)")
     text.add_argument("--selection-samples", type=int, default=100,
                       help="noisy copies n0 that choose each token (disjoint from the --samples that certify it)")
     text.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (alpha is split across them)")
@@ -163,12 +164,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ text
 
 
-def _load_lm(spec: str | None, device: str) -> tuple[Any, Any, str]:
-    """(model, tokenizer or None, name) for --model."""
+#: The embedded LM that --noise ablate uses by default: fine-tuned under the ablation it is smoothed with.
+ABLATION_LM = "code_lm_ablate0.25"
+
+
+def _load_lm(spec: str | None, device: str, noise: str = "gaussian") -> tuple[Any, Any, str]:
+    """(model, tokenizer or None, name) for --model (default: the embedded LM trained for the noise)."""
     if spec is None:
         from smoothgen.models import load_lm
 
-        return load_lm().to(device), None, "embedded:code_lm"
+        name = ABLATION_LM if noise == "ablate" else "code_lm"
+        return load_lm(name).to(device), None, f"embedded:{name}"
     if spec.startswith("hf:"):
         folder = spec[3:]
         try:
@@ -203,7 +209,7 @@ def _generate_text(args: argparse.Namespace) -> dict[str, Any]:
     check_count(args.selection_samples, "--selection-samples")
     check_count(args.max_new_tokens, "--max-new-tokens")
     check_count(args.batch_size, "--batch-size")
-    model, tokenizer, name = _load_lm(args.model, args.device)
+    model, tokenizer, name = _load_lm(args.model, args.device, args.noise)
     perturb_last = args.perturb == "last"
     mask = (lambda ids: torch.arange(ids.numel()) == ids.numel() - 1) if perturb_last else None
     # With --noise ablate this first instance only parses the prompt and its mask (σ = 1 is never used).

@@ -313,11 +313,17 @@ def _exhaustive_check(smoothed: Any, cert: Any) -> dict[str, Any]:
     return {"certified_steps": steps, "edited_prompts": checked, "changed": changed}
 
 
-def _print_ablated(record: dict[str, Any], cert: Any, tokenizer: Any) -> None:
+def _print_marked(record: dict[str, Any], cert: Any, tokenizer: Any) -> int:
+    """Print the prompt and the generation with its certified prefix between the markers; returns its length."""
     k = cert.certified_prefix
     rest = _decode_text(cert.tokens[k:], tokenizer)
     print(f"{record['prompt']}{CERTIFIED_OPEN}{record['certified_text']}{CERTIFIED_CLOSE}{rest}")
     print()
+    return k
+
+
+def _print_ablated(record: dict[str, Any], cert: Any, tokenizer: Any) -> None:
+    k = _print_marked(record, cert, tokenizer)
     print(f"model {record['model']}, token ablation: keep {cert.keep} of {record['perturbed_positions']} prompt "
           f"positions (mask token {record['mask_token']}), n0={cert.n0}, n={cert.n}, alpha={cert.alpha}, "
           f"{len(cert.tokens)} tokens in {record['seconds']:.1f} s")
@@ -337,10 +343,7 @@ def _print_ablated(record: dict[str, Any], cert: Any, tokenizer: Any) -> None:
 
 
 def _print_text(record: dict[str, Any], cert: Any, tokenizer: Any) -> None:
-    k = cert.certified_prefix
-    rest = _decode_text(cert.tokens[k:], tokenizer)
-    print(f"{record['prompt']}{CERTIFIED_OPEN}{record['certified_text']}{CERTIFIED_CLOSE}{rest}")
-    print()
+    k = _print_marked(record, cert, tokenizer)
     print(f"model {record['model']}, sigma={cert.sigma}, n0={cert.n0}, n={cert.n}, alpha={cert.alpha}, "
           f"{len(cert.tokens)} tokens in {record['seconds']:.1f} s")
     whole = record["whole_generation_radius"]

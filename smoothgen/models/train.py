@@ -809,6 +809,24 @@ def _timing_record(seconds: float, cpu_seconds: float) -> dict[str, Any]:
             "train_threads": torch.get_num_threads()}
 
 
+def _lm_run_record(model: nn.Module, seed: int, steps: int, batch_size: int, context: int, learning_rate: float,
+                   warmup_steps: int, weight_decay: float, smoothed_loss: float, seconds: float,
+                   cpu_seconds: float) -> dict[str, Any]:
+    """The training settings and cost of one LM run, as models.json records them (train_lm and finetune_lm)."""
+    return {
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "train_tokens": steps * batch_size * context,
+        "learning_rate": learning_rate,
+        "warmup_steps": warmup_steps,
+        "weight_decay": weight_decay,
+        "num_parameters": _num_parameters(model),
+        "final_train_loss_ema": smoothed_loss,
+        **_timing_record(seconds, cpu_seconds),
+    }
+
+
 def _lm_clean_metrics(model: nn.Module, heldout_data: Sequence[bytes], root: Path) -> dict[str, Any]:
     """Clean next-byte metrics on every held-out file and on the fixed slice of `lm_heldout_slice`."""
     slice_texts = lm_heldout_slice(root)
@@ -931,16 +949,8 @@ def train_lm(
         "kwargs": kwargs,
         "tokenizer": LM_TOKENIZER,
         "corpus": _lm_corpus_record(train_files, heldout_files, stream, heldout_data),
-        "seed": seed,
-        "steps": steps,
-        "batch_size": batch_size,
-        "train_tokens": steps * batch_size * int(kwargs["context_length"]),
-        "learning_rate": learning_rate,
-        "warmup_steps": warmup_steps,
-        "weight_decay": weight_decay,
-        "num_parameters": _num_parameters(model),
-        "final_train_loss_ema": smoothed_loss,
-        **_timing_record(train_seconds, train_cpu_seconds),
+        **_lm_run_record(model, seed, steps, batch_size, int(kwargs["context_length"]), learning_rate, warmup_steps,
+                         weight_decay, smoothed_loss, train_seconds, train_cpu_seconds),
     }
     if evaluate:
         clean = _lm_clean_metrics(model, heldout_data, root)
@@ -1129,16 +1139,8 @@ def finetune_lm(
         "prompt_lengths": [min_prompt, max_prompt],
         "loss": "next-byte cross-entropy of the predictions at positions >= P - 1 (clean continuation)",
         "corpus": _lm_corpus_record(train_files, heldout_files, stream, heldout_data),
-        "seed": seed,
-        "steps": steps,
-        "batch_size": batch_size,
-        "train_tokens": steps * batch_size * context,
-        "learning_rate": learning_rate,
-        "warmup_steps": warmup_steps,
-        "weight_decay": weight_decay,
-        "num_parameters": _num_parameters(model),
-        "final_train_loss_ema": smoothed_loss,
-        **_timing_record(train_seconds, train_cpu_seconds),
+        **_lm_run_record(model, seed, steps, batch_size, context, learning_rate, warmup_steps, weight_decay,
+                         smoothed_loss, train_seconds, train_cpu_seconds),
     }
     if evaluate:
         assert base_model is not None

@@ -38,6 +38,8 @@ from generative_experiment import append_record, heldout_slices, line_prompts, m
 DEFAULT_OUT = HERE / "edit_certificates.jsonl"
 #: (model name, noise kind, level): level = keep fraction for ablation, σ for Gaussian.
 SETTINGS = (
+    ("code_lm", "ablate", 0.1),
+    ("code_lm_ablate0.1", "ablate", 0.1),
     ("code_lm", "ablate", 0.25),
     ("code_lm_ablate0.25", "ablate", 0.25),
     ("code_lm", "gauss", 0.5),

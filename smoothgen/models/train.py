@@ -109,7 +109,7 @@ LM_SLICE_CHARS = 1024
 
 LM_NOISE_KINDS: tuple[str, ...] = ("ablate", "gauss")
 """Smoothing distributions `finetune_lm` trains for: token ablation and Gaussian embedding noise."""
-DEFAULT_LM_KEEP_FRACTIONS: tuple[float, ...] = (0.25,)
+DEFAULT_LM_KEEP_FRACTIONS: tuple[float, ...] = (0.1, 0.25)
 """Keep fractions of the shipped ablation-trained LMs (``code_lm_ablate0.25``)."""
 DEFAULT_LM_GAUSS_SIGMAS: tuple[float, ...] = (0.5,)
 """Embedding noise levels of the shipped Gaussian-trained LMs (``code_lm_gauss0.5``)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ from smoothgen.engine.noise import NoiseKey, NoiseSource
 from smoothgen.engine.reducers import ClassCounts, KeepOutputs, Reducer, ScoreSums
 from smoothgen.engine.runtime import Runtime, as_runtime
 from smoothgen.engine.sampler import DEFAULT_BATCH_SIZE, check_batch_size, detach_from
-from smoothgen.errors import InvalidInputError, InvalidParameterError, SmoothgenError
+from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, SmoothgenError, first_line
+from smoothgen.validate import check_input, check_sigma
 
 
 class QueueFullError(SmoothgenError, RuntimeError):
@@ -34,6 +36,10 @@ class QueueFullError(SmoothgenError, RuntimeError):
 
 class SchedulerClosedError(SmoothgenError, RuntimeError):
     """A request was submitted to, or was still pending in, a closed scheduler."""
+
+
+class RequestCancelledError(SmoothgenError, concurrent.futures.CancelledError):
+    """The request was cancelled (by its caller, or by `close(cancel_pending=True)`) before it finished."""
 
 
 @dataclass
@@ -72,9 +78,25 @@ class RequestStats:
 
 
 class RequestFuture(concurrent.futures.Future):
-    """A future for a request's reducer result; `stats` holds its latency figures once it is done."""
+    """A future for a request's reducer result; `stats` holds its latency figures once it is done.
+
+    A cancelled request's `result()` raises `RequestCancelledError` (a SmoothgenError, and still a
+    concurrent.futures.CancelledError)."""
 
     stats: RequestStats | None = None
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            return super().result(timeout)
+        except concurrent.futures.CancelledError:
+            raise RequestCancelledError("the request was cancelled before it finished") from None
+
+
+class _Ticket:
+    """An asyncio submission in progress: abandoned when its awaiting task is cancelled."""
+
+    abandoned = False
+    future: RequestFuture | None = None
 
 
 @dataclass(eq=False)  # compared by identity: the loop removes exactly this entry from the queue
@@ -86,6 +108,7 @@ class _Active:
     done: int = 0
     started: float | None = None
     batches: int = 0
+    suspect: bool = False  # a batch holding it failed: it runs alone next, and fails if that fails too
 
 
 class Scheduler:
@@ -117,8 +140,10 @@ class Scheduler:
         self._lock = threading.Condition()
         self._closed = False
         self._shape: tuple[tuple[int, ...], torch.dtype] | None = None
+        self._shape_confirmed = False  # a batch of this shape/dtype ran: it is the model's
         self._buffer: torch.Tensor | None = None
         self.batches_run = 0
+        self.batches_failed = 0
         self.samples_run = 0
         self._worker = threading.Thread(target=self._loop, name="smoothgen-scheduler", daemon=True)
         self._worker.start()
@@ -127,54 +152,107 @@ class Scheduler:
     def submit(self, request: Request, timeout: float | None = None) -> RequestFuture:
         """Queue a request; returns a future of its reducer's result (`future.stats`: latencies).
 
-        Blocks while `max_pending` requests are in flight; raises QueueFullError after `timeout` seconds.
-        `future.cancel()` drops the request before its next batch.
+        Blocks while `max_pending` requests are in flight; raises QueueFullError after `timeout` seconds
+        (at once when called from the scheduler's own thread, e.g. a done callback, which must not wait on
+        itself). `future.cancel()` drops the request before its next batch. The request is validated
+        before it can change any scheduler state: a bad one is refused and leaves the scheduler as it was.
         """
-        if not isinstance(request.n, int) or isinstance(request.n, bool) or request.n < 1:
-            raise InvalidParameterError(f"request n must be an integer >= 1, got {request.n!r}")
+        return self._submit(request, timeout, None)
+
+    def _validated(self, request: Request, timeout: float | None) -> tuple[torch.Tensor, int]:
+        """(x on the model's device in the model's dtype, total) of a well-formed request, or a SmoothgenError."""
+        if not isinstance(request, Request):
+            raise InvalidParameterError(f"submit takes a Request, got {type(request).__name__}")
+        for name, value in (("n", request.n), ("start", request.start)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name == "n" else 0):
+                raise InvalidParameterError(f"request {name} must be an integer >= {1 if name == 'n' else 0}, got {value!r}")
         if request.quota is not None:
             check_batch_size(request.quota)
-        x = request.x.to(self.runtime.device)
+        total = request.n if request.total is None else request.total
+        if not isinstance(total, int) or isinstance(total, bool) or request.start + request.n > total:
+            raise InvalidParameterError(f"copies {request.start}..{request.start + request.n} outside the stream of {total!r}")
+        check_sigma(request.sigma)
+        if not isinstance(request.key, NoiseKey):
+            raise InvalidParameterError(f"request key must be a NoiseKey, got {type(request.key).__name__}")
+        if not isinstance(request.reducer, Reducer):
+            raise InvalidParameterError(f"request reducer must be a Reducer, got {type(request.reducer).__name__}")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not math.isfinite(timeout) or timeout < 0):
+            raise InvalidParameterError(f"timeout must be None or a finite number of seconds >= 0, got {timeout!r}")
+        x = check_input(request.x)
+        want = self.runtime.input_dtype
+        if want is not None and x.dtype != want:
+            converted = x.to(want)
+            if not torch.equal(converted.to(x.dtype), x):
+                raise InvalidInputError(f"this model computes in {want}; the {x.dtype} input does not convert to it exactly")
+            x = converted
+        return x.to(self.runtime.device), total
+
+    def _submit(self, request: Request, timeout: float | None, ticket: _Ticket | None) -> RequestFuture:
+        x, total = self._validated(request, timeout)
         signature = (tuple(x.shape), x.dtype)
         future = RequestFuture()
+        on_worker = threading.current_thread() is self._worker
         with self._lock:
             if self._closed:
                 raise SchedulerClosedError("the scheduler is closed")
-            if self._shape is None:
-                self._shape = signature
-            elif signature != self._shape:
-                raise InvalidInputError(f"this scheduler batches inputs of shape/dtype {self._shape}, got {signature}")
-            if not self._lock.wait_for(lambda: len(self._active) < self.max_pending or self._closed, timeout):
+            if signature != self._shape:
+                # A shape no batch has run yet gives way when nothing is in flight: a first request that
+                # failed in the model does not fix the scheduler's shape for good.
+                if self._shape is not None and (self._shape_confirmed or self._active):
+                    raise InvalidInputError(f"this scheduler batches inputs of shape/dtype {self._shape}, got {signature}")
+            ready = lambda: len(self._active) < self.max_pending or self._closed or (ticket is not None and ticket.abandoned)  # noqa: E731
+            if not ready() and on_worker:
+                raise QueueFullError(f"{self.max_pending} requests in flight, and a done callback cannot wait for a slot")
+            if not self._lock.wait_for(ready, timeout):
                 raise QueueFullError(f"{self.max_pending} requests in flight for {timeout} s")
             if self._closed:
                 raise SchedulerClosedError("the scheduler is closed")
-            total = request.n if request.total is None else request.total
-            if request.start < 0 or request.start + request.n > total:
-                raise InvalidParameterError(f"copies {request.start}..{request.start + request.n} outside the stream of {total}")
+            if ticket is not None and ticket.abandoned:
+                raise RequestCancelledError("the caller gave up before the request was queued")
+            if signature != self._shape:
+                self._shape, self._shape_confirmed = signature, False
             source = NoiseSource(x, request.sigma, total, request.key)
             self._active.append(_Active(request, future, source, time.perf_counter()))
+            if ticket is not None:
+                ticket.future = future
             self._lock.notify_all()
         return future
 
     async def submit_async(self, request: Request, timeout: float | None = None) -> Any:
-        """`submit` for asyncio: awaits back-pressure without blocking the event loop, then the result."""
+        """`submit` for asyncio: awaits back-pressure without blocking the event loop, then the result.
+
+        A caller that gives up (its task is cancelled, or `asyncio.wait_for` times out) sheds its
+        request: not queued if it was still waiting for a slot, cancelled before its next batch if it was.
+        """
         loop = asyncio.get_running_loop()
-        future = await loop.run_in_executor(None, self.submit, request, timeout)
-        return await asyncio.wrap_future(future)
+        ticket = _Ticket()
+        try:
+            future = await loop.run_in_executor(None, self._submit, request, timeout, ticket)
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            with self._lock:
+                ticket.abandoned = True
+                if ticket.future is not None:
+                    ticket.future.cancel()
+                self._lock.notify_all()
+            raise
 
     def sampler(self) -> "ScheduledSampler":
         """A Sampler-compatible view for SmoothedClassifier / CenterSmoother (sampler=...)."""
         return ScheduledSampler(self)
 
     def close(self, cancel_pending: bool = False) -> None:
-        """Stop the worker: after the requests in flight finish, or cancelling them."""
+        """Stop the worker: after the requests in flight finish, or cancelling them. From a done callback
+        (the worker's own thread) it stops the worker without waiting for it."""
         with self._lock:
             self._closed = True
             if cancel_pending:
                 for active in self._active:
                     active.future.cancel()
             self._lock.notify_all()
-        self._worker.join()
+        if threading.current_thread() is not self._worker:
+            self._worker.join()
 
     def __enter__(self) -> "Scheduler":
         return self
@@ -192,6 +270,10 @@ class Scheduler:
                 self._lock.notify_all()
             if not self._active:
                 return None if self._closed else []
+            suspect = next((a for a in self._active if a.suspect), None)
+            if suspect is not None:  # retried alone, so that another request's failure cannot fail it twice
+                take = min(suspect.request.quota or self.quota, suspect.request.n - suspect.done, self.batch_size)
+                return [(suspect, 0, take)]
             slices, filled = [], 0
             for active in self._active:
                 if filled == self.batch_size:
@@ -218,8 +300,9 @@ class Scheduler:
 
     def _run_batch(self, slices: list[tuple[_Active, int, int]]) -> None:
         total = slices[-1][1] + slices[-1][2]
-        if self._buffer is None:  # one input buffer for the scheduler's life: noise is written into it
-            shape, dtype = self._shape
+        shape, dtype = tuple(slices[0][0].source.x.shape), slices[0][0].source.x.dtype
+        if self._buffer is None or self._buffer.shape[1:] != shape or self._buffer.dtype != dtype:
+            # one input buffer while the shape stays (it changes only before any batch has succeeded)
             self._buffer = torch.empty((self.batch_size, *shape), dtype=dtype, device=self.runtime.device)
         batch = self._buffer[:total]
         now = time.perf_counter()
@@ -229,17 +312,29 @@ class Scheduler:
                 if active.started is None:
                     active.started = now
             outputs = detach_from(self.runtime.run(batch), self._buffer)
-        except Exception as exc:  # the model failed: every request in this batch fails with it
+        except Exception as exc:
+            # The model failed. Each request gets one retry alone (its copies are drawn again, identically);
+            # one that fails alone too fails, with the model's error as a ModelOutputError.
+            error = exc if isinstance(exc, SmoothgenError) else ModelOutputError(f"the model failed: {first_line(exc)}")
+            if error is not exc:
+                error.__cause__ = exc
             for active, _, _ in slices:
-                self._finish(active, exception=exc)
+                if active.suspect:
+                    self._finish(active, exception=error)
+                else:
+                    active.suspect = True
+            self.batches_failed += 1
             return
         self.batches_run += 1
         self.samples_run += total
+        with self._lock:
+            self._shape_confirmed = True
         for active, offset, count in slices:
             try:
                 active.request.reducer.add(_rows(outputs, offset, count, total), count)
                 active.done += count
                 active.batches += 1
+                active.suspect = False
                 if active.done == active.request.n:
                     self._finish(active, result=active.request.reducer.result())
             except Exception as exc:  # bad outputs for this request (or its transform): it alone fails

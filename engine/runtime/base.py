@@ -13,11 +13,13 @@ class Runtime(abc.ABC):
     Attributes:
         device: where inputs must live and outputs come back.
         max_batch: the largest batch the backend accepts (None: no limit of its own).
+        input_dtype: the floating dtype the model computes in, when known (None: whatever it is given).
     """
 
     device: torch.device
     max_batch: int | None = None
     backend: str = "custom"
+    input_dtype: torch.dtype | None = None
 
     @abc.abstractmethod
     def run(self, batch: torch.Tensor) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from smoothgen.engine.runtime.base import Runtime
-from smoothgen.engine.runtime.torch_eager import _module_device
+from smoothgen.engine.runtime.torch_eager import _module_device, _module_dtype
 from smoothgen.errors import InvalidParameterError
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -33,6 +33,7 @@ class CompiledRuntime(Runtime):
             raise InvalidParameterError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.module = module.eval()
         self.device = torch.device(device) if device is not None else _module_device(module)
+        self.input_dtype = _module_dtype(module)
         self.max_batch = batch_size
         self.mode = mode
         self.compiled = torch.compile(self.module, mode=mode, dynamic=False)

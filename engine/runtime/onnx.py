@@ -56,6 +56,7 @@ class OnnxRuntime(Runtime):
         batch_dim = inputs[0].shape[0] if inputs[0].shape else None
         self.max_batch = batch_dim if isinstance(batch_dim, int) else None
         self.device = torch.device("cpu")
+        self.input_dtype = torch.float32  # run() feeds float32 arrays to the session
 
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)

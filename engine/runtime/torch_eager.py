@@ -8,6 +8,15 @@ import torch
 from smoothgen.engine.runtime.base import Runtime
 
 
+def _module_dtype(model: Any) -> torch.dtype | None:
+    """The dtype of a module's first floating parameter or buffer (None for callables and empty modules)."""
+    if isinstance(model, torch.nn.Module):
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            if torch.is_floating_point(tensor):
+                return tensor.dtype
+    return None
+
+
 def _module_device(model: Any) -> torch.device:
     if isinstance(model, torch.nn.Module):
         for tensor in list(model.parameters()) + list(model.buffers()):
@@ -37,6 +46,7 @@ class TorchRuntime(Runtime):
         self.model = model
         self.device = torch.device(device) if device is not None else _module_device(model)
         self.max_batch = None
+        self.input_dtype = _module_dtype(model)
 
     def run(self, batch: torch.Tensor) -> Any:
         with torch.inference_mode():

@@ -7,8 +7,10 @@ code 2; results files only ever hold whole records.
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -345,7 +347,11 @@ def cmd_certify(args: argparse.Namespace) -> int:
         if args.denoiser == "diffsmooth":
             run.update(local_samples=args.local_samples, local_sigma=args.local_sigma)
     reseed = getattr(getattr(runtime, "model", None), "reseed", None)  # DiffSmooth's local-noise stream
-    results = ResultsFile(args.out, run, key=("idx",), resume=args.resume, overwrite=args.overwrite)
+    with ResultsFile(args.out, run, key=("idx",), resume=args.resume, overwrite=args.overwrite) as results:
+        return _certify_inputs(args, smoothed, results, x, y, reseed)
+
+
+def _certify_inputs(args, smoothed, results, x, y, reseed) -> int:
     done = results.done()
     todo = [i for i in range(len(x)) if (args.start + i,) not in done]
     for i in _progress(todo, args, len(todo), "certify"):
@@ -391,7 +397,6 @@ def _print_certify_summary(records: list[dict[str, Any]], radii: Sequence[float]
 
 
 def cmd_center(args: argparse.Namespace) -> int:
-    from smoothgen.center import CenterSmoother
     from smoothgen.metrics import get_metric
     from smoothgen.validate import check_alpha, check_count, check_positive
 
@@ -419,7 +424,13 @@ def cmd_center(args: argparse.Namespace) -> int:
 
     run = {"backend": runtime.backend, "metric": metric.name, "h": args.h, "n": args.n, "m": args.m, "delta": args.delta, "alpha1": args.alpha1,
            "alpha2": args.alpha2, "n_candidates": n_candidates, "seed": args.seed, "model": model_name, "data": data_name}
-    results = ResultsFile(args.out, run, key=("idx", "eps_in"), resume=args.resume, overwrite=args.overwrite)
+    with ResultsFile(args.out, run, key=("idx", "eps_in"), resume=args.resume, overwrite=args.overwrite) as results:
+        return _center_inputs(args, results, x, runtime, metric, n_candidates, run)
+
+
+def _center_inputs(args, results, x, runtime, metric, n_candidates, run) -> int:
+    from smoothgen.center import CenterSmoother
+
     done = results.done()
     todo = [(i, eps) for i in range(len(x)) for eps in args.eps_in if (args.start + i, eps) not in done]
     smoothers = {eps: CenterSmoother(runtime, eps / args.h, metric, batch_size=args.batch_size,
@@ -453,17 +464,30 @@ def _print_center_summary(records: list[dict[str, Any]], eps_values: Sequence[fl
         print(f"each certificate holds with probability >= {1.0 - failure:.6g} (alpha1 + alpha2 + candidate miss)")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run stops between whole records."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         return args.func(args)
     except SmoothgenError as exc:
         print(f"smoothgen {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"smoothgen {args.command}: interrupted; whole records are kept, rerun with --resume", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, _Terminated) else 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

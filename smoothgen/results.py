@@ -3,11 +3,14 @@
 A record is written with a single `write` of the full line followed by flush and fsync, so a killed run
 leaves at most one partial line at the end; `--resume` drops that partial line and continues after the
 last whole record. Every record carries the run's parameters, and resuming with other parameters is
-refused rather than mixing two runs in one file.
+refused rather than mixing two runs in one file. A run holds an OS advisory lock (flock) on its file for
+its whole life: a second writer of the same file is refused before it reads, truncates or writes it.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import math
 import os
@@ -50,13 +53,62 @@ class ResultsFile:
         self.run = dict(run)
         self.key = key
         self.records: list[dict[str, Any]] = []
+        self._handle = None
+        self._created = False
+        if self.path.is_dir():
+            raise ResultsFileError(f"{self.path} is a directory, not a results file")
         exists = self.path.exists() and self.path.stat().st_size > 0
         if exists and not (resume or overwrite):
             raise ResultsFileError(f"{self.path} exists: pass --resume to continue it or --overwrite to replace it")
-        if exists and resume:
-            self.records = self._read_and_repair()
-        elif exists and overwrite:
-            self.path.unlink()
+        self._created = not self.path.exists()
+        self._handle = self._open_locked()
+        try:
+            if exists and resume:
+                self.records = self._read_and_repair()
+            elif exists and overwrite:
+                self._handle.truncate(0)  # under the lock: never under another run's feet
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_locked(self):
+        """The file opened for appending and locked for this run (refused if another run holds it)."""
+        for parent in self.path.parents:
+            if parent.exists() and not parent.is_dir():
+                raise ResultsFileError(f"cannot write {self.path}: {parent} is a file, not a directory")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "ab")
+        except OSError as exc:
+            raise ResultsFileError(f"cannot open {self.path} for writing: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.close()
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise ResultsFileError(f"another smoothgen run is writing {self.path}; use another --out or wait for it") from exc
+            raise ResultsFileError(f"cannot lock {self.path}: {exc.strerror or exc}") from exc
+        return handle
+
+    def close(self) -> None:
+        """Release the file (and its lock); the process's exit does the same. A file this run created and
+        never wrote to is removed: a run that failed before its first record leaves nothing behind."""
+        if self._handle is not None:
+            if self._created and not self.records:
+                with contextlib.suppress(OSError):
+                    if os.fstat(self._handle.fileno()).st_size == 0:
+                        self.path.unlink()
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> "ResultsFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
 
     def done(self) -> set[tuple]:
         """Keys of the units of work already recorded."""
@@ -66,11 +118,19 @@ class ResultsFile:
         """Write one whole record (the run's parameters are added) and make it durable."""
         full = {**record, **self.run}
         line = _encode(full) + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        if self._handle is None:
+            raise ResultsFileError(f"{self.path} was closed")
+        data = line.encode("utf-8")
+        size = os.fstat(self._handle.fileno()).st_size
+        try:
+            self._handle.write(data)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as exc:
+            # Disk full, quota, I/O error: cut back to the last whole record, so the file stays resumable.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._handle.fileno(), size)
+            raise ResultsFileError(f"cannot write to {self.path}: {exc.strerror or exc}; whole records are kept, rerun with --resume") from exc
         self.records.append(json.loads(line))
 
     def _read_and_repair(self) -> list[dict[str, Any]]:
@@ -79,17 +139,25 @@ class ResultsFile:
         # Everything before the last newline is whole; what follows it is a write cut short by a kill.
         whole, tail = lines[:-1], lines[-1]
         records = []
+        seen: set[tuple] = set()
         for number, line in enumerate(whole, start=1):
             try:
-                record = json.loads(line)
+                record = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise ResultsFileError(f"{self.path}:{number}: not UTF-8 text; not resuming") from exc
             except json.JSONDecodeError as exc:
                 raise ResultsFileError(f"{self.path}:{number}: corrupt record ({exc.msg}); not resuming") from exc
+            if not isinstance(record, dict):
+                raise ResultsFileError(f"{self.path}:{number}: a record must be a JSON object, got {type(record).__name__}; not resuming")
             self._check_same_run(record, number)
+            unit = tuple(repr(record[k]) for k in self.key)
+            if unit in seen:
+                raise ResultsFileError(f"{self.path}:{number}: a second record of {dict(zip(self.key, unit))}; not resuming a file written twice")
+            seen.add(unit)
             records.append(record)
         if tail:
             # Drop the partial last line so the resumed run appends after the last whole record.
-            with open(self.path, "r+b") as handle:
-                handle.truncate(len(raw) - len(tail))
+            os.ftruncate(self._handle.fileno(), len(raw) - len(tail))
         return records
 
     def _check_same_run(self, record: dict[str, Any], number: int) -> None:

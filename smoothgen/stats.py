@@ -15,6 +15,7 @@ behaviour is the same either way.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 from scipy.stats import beta as _beta
@@ -37,8 +38,25 @@ def _core_value(name: str, *args):
     return None if value is _core.NOT_COMPUTED else value
 
 
+def _real(value, name: str) -> float:
+    """A real number that is not a bool and not NaN, as a float; otherwise InvalidParameterError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        raise InvalidParameterError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def _probability(value, name: str) -> float:
+    value = _real(value, name)
+    if not 0.0 <= value <= 1.0:
+        raise InvalidParameterError(f"{name} must lie in [0, 1], got {value!r}")
+    return value
+
+
 def _check_binomial(k: int, n: int) -> None:
-    if isinstance(n, bool) or isinstance(k, bool) or int(n) != n or int(k) != k:
+    for name, value in (("k", k), ("n", n)):
+        if not math.isfinite(_real(value, name)):
+            raise InvalidParameterError(f"counts must be finite integers, got {name}={value!r}")
+    if int(n) != n or int(k) != k:
         raise InvalidParameterError(f"counts must be integers, got k={k!r}, n={n!r}")
     if n < 1 or k < 0 or k > n:
         raise InvalidParameterError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
@@ -87,7 +105,7 @@ def alpha_under_sampler(alpha: float, n: int, noise_tv: float) -> float:
 
 
 def _check_alpha(alpha: float) -> None:
-    if not (0.0 < alpha < 1.0):
+    if not (0.0 < _real(alpha, "alpha") < 1.0):
         raise InvalidParameterError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
 
 
@@ -167,12 +185,12 @@ def hoeffding_radius(n: int, alpha: float, two_sided: bool = False) -> float:
 
 def hoeffding_lower(mean: float, n: int, alpha: float) -> float:
     """One-sided (1 − alpha) Hoeffding lower bound on the mean of [0, 1] variables, clipped at 0."""
-    return _below_one(max(0.0, float(mean) - hoeffding_radius(n, alpha)))
+    return _below_one(max(0.0, _probability(mean, "mean") - hoeffding_radius(n, alpha)))
 
 
 def hoeffding_upper(mean: float, n: int, alpha: float) -> float:
     """One-sided (1 − alpha) Hoeffding upper bound on the mean of [0, 1] variables, clipped at 1."""
-    return min(1.0, float(mean) + hoeffding_radius(n, alpha))
+    return min(1.0, _probability(mean, "mean") + hoeffding_radius(n, alpha))
 
 
 def _check_noise_tv(noise_tv: float) -> float:
@@ -226,6 +244,7 @@ def order_statistic(values: np.ndarray, k: int) -> float:
 
 def normal_cdf(z: float) -> float:
     """Standard normal CDF Φ(z)."""
+    z = _real(z, "z")
     value = _core_value("normal_cdf", float(z)) if math.isfinite(z) else None
     if value is not None:
         return value
@@ -234,6 +253,7 @@ def normal_cdf(z: float) -> float:
 
 def normal_ppf(p: float) -> float:
     """Standard normal quantile Φ⁻¹(p) (−inf at 0, +inf at 1)."""
+    p = _probability(p, "p")
     value = _core_value("normal_ppf", float(p)) if 0.0 <= p <= 1.0 else None
     if value is not None:
         return value
@@ -245,10 +265,9 @@ def cohen_radius(sigma: float, p_lower: float) -> float:
 
     Only meaningful when p_lower > 1/2 (the caller abstains otherwise); returns 0 for p_lower ≤ 1/2.
     """
-    if not (sigma > 0 and math.isfinite(sigma)):
+    if not (_real(sigma, "sigma") > 0 and math.isfinite(sigma)):
         raise InvalidParameterError(f"sigma must be a finite number > 0, got {sigma!r}")
-    if not (0.0 <= p_lower <= 1.0):
-        raise InvalidParameterError(f"p_lower must lie in [0, 1], got {p_lower!r}")
+    p_lower = _probability(p_lower, "p_lower")
     if p_lower <= 0.5:
         return 0.0
     value = _core_value("cohen_radius", float(sigma), float(p_lower))
@@ -451,10 +470,9 @@ def generation_step_radius(sigma: float, lower: float, upper: float) -> float:
     Returns:
         R_t ≥ 0 (inf only if L = 1 or U = 0, which no finite sample gives).
     """
-    if not (sigma > 0 and math.isfinite(sigma)):
+    if not (_real(sigma, "sigma") > 0 and math.isfinite(sigma)):
         raise InvalidParameterError(f"sigma must be a finite number > 0, got {sigma!r}")
-    if not (0.0 <= lower <= 1.0 and 0.0 <= upper <= 1.0):
-        raise InvalidParameterError(f"lower and upper must lie in [0, 1], got {lower!r}, {upper!r}")
+    lower, upper = _probability(lower, "lower"), _probability(upper, "upper")
     if lower <= upper:
         return 0.0
     return float(0.5 * sigma * (normal_ppf(lower) - normal_ppf(upper)))

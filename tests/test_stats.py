@@ -205,3 +205,23 @@ def test_lower_bounds_never_round_to_one(n):
         assert lower < 1.0 and math.isfinite(stats.generation_step_radius(0.5, lower, 1.0 - lower))
     assert stats.hoeffding_lower(1.0, n, 0.001) < 1.0
     assert math.isfinite(stats.max_certifiable_radius(0.25, n, 0.001))
+
+
+@pytest.mark.parametrize(("fn", "args"), [
+    (stats.hoeffding_lower, (5, 2, 0.25)),          # a mean outside [0, 1] gave 4.41
+    (stats.hoeffding_upper, (-1, 2, 0.25)),
+    (stats.normal_ppf, (1.5,)),                     # gave NaN
+    (stats.normal_ppf, (float("nan"),)),
+    (stats.normal_cdf, (float("nan"),)),
+    (stats.generation_step_radius, (0.5, 0.3, False)),  # a bool as a probability gave inf
+    (stats.cohen_radius, (0.5, True)),
+    (stats.clopper_pearson_lower, (float("nan"), 10, 0.1)),
+    (stats.clopper_pearson_lower, (3, float("inf"), 0.1)),
+    (stats.clopper_pearson_lower, (3, 10, "0.1")),
+    (stats.clopper_pearson_lower, (3, 10, True)),
+    (stats.clopper_pearson_upper, (None, 10, 0.1)),
+])
+def test_bad_arguments_are_invalid_parameter_errors(fn, args):
+    """Issue 13.5: every public stats function answers bad arguments with a SmoothgenError."""
+    with pytest.raises(InvalidParameterError):
+        fn(*args)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from smoothgen import _core, stats
+from smoothgen.errors import InvalidParameterError
 
 pytestmark = pytest.mark.skipif(not _core.HAVE_CORE, reason=f"C++ core not built: {_core.REASON}")
 C = _core._C
@@ -125,7 +126,9 @@ def test_dispatched_functions_take_the_core_and_agree():
     assert close(stats.binomial_test_pvalue(60, 100), ref(stats.binomial_test_pvalue, 60, 100))
     # Inputs the core declines take the reference path: same results and same errors.
     assert stats.normal_cdf(math.inf) == 1.0 and stats.normal_cdf(-math.inf) == 0.0
-    assert math.isnan(stats.normal_ppf(1.5)) and math.isnan(stats.normal_ppf(math.nan))
+    for bad in (1.5, math.nan):  # refused before either path (issue 13.5: was NaN)
+        with pytest.raises(InvalidParameterError):
+            stats.normal_ppf(bad)
     with pytest.raises(TypeError):  # beyond int64: SciPy's own error, not the core's
         stats.clopper_pearson_lower(2**70, 2**71, 0.1)
     assert stats.order_statistic(np.array([3, 1, 2]), 2) == 2.0  # integers: reference

@@ -22,7 +22,8 @@ import torch
 from smoothgen.engine.noise import NoiseKey, NoiseSource
 from smoothgen.engine.reducers import ClassCounts, KeepOutputs, Reducer, ScoreSums
 from smoothgen.engine.runtime import Runtime, as_runtime
-from smoothgen.errors import InvalidParameterError
+from smoothgen.errors import InvalidParameterError, ModelOutputError, SmoothgenError, first_line
+from smoothgen.validate import as_model_dtype
 
 #: Default batch of noisy copies per model call. On the digits CNN (2-core CPU) throughput is flat from
 #: about 500 upwards; larger batches only cost memory.
@@ -33,6 +34,17 @@ def check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidParameterError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     return batch_size
+
+
+def run_model(runtime: Runtime, batch: torch.Tensor) -> Any:
+    """runtime.run(batch), with the model's own failures (a wrong input shape, a dtype it cannot take)
+    as one ModelOutputError that names them."""
+    try:
+        return runtime.run(batch)
+    except SmoothgenError:
+        raise
+    except Exception as exc:
+        raise ModelOutputError(f"the model failed on a batch of shape {tuple(batch.shape)}: {first_line(exc)}") from exc
 
 
 def detach_from(outputs: Any, buffer: torch.Tensor) -> Any:
@@ -77,7 +89,7 @@ class Sampler:
             raise InvalidParameterError(f"copies {start}..{start + n} outside the stream of {total}")
         runtime = as_runtime(model)
         size = self.batch_size if runtime.max_batch is None else min(self.batch_size, runtime.max_batch)
-        x = x.to(runtime.device)
+        x = as_model_dtype(x.detach(), runtime.input_dtype, strict=False).to(runtime.device)
         buffer = torch.empty((min(size, n), *x.shape), dtype=x.dtype, device=runtime.device)
         source = NoiseSource(x, sigma, total, key)
         done = 0
@@ -85,7 +97,7 @@ class Sampler:
             b = min(size, n - done)
             batch = buffer[:b]
             source.fill(batch, start + done)
-            reducer.add(detach_from(runtime.run(batch), buffer), b)
+            reducer.add(detach_from(run_model(runtime, batch), buffer), b)
             done += b
         return reducer.result()
 

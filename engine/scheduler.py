@@ -27,7 +27,7 @@ from smoothgen.engine.reducers import ClassCounts, KeepOutputs, Reducer, ScoreSu
 from smoothgen.engine.runtime import Runtime, as_runtime
 from smoothgen.engine.sampler import DEFAULT_BATCH_SIZE, check_batch_size, detach_from
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, SmoothgenError, first_line
-from smoothgen.validate import check_input, check_sigma
+from smoothgen.validate import as_model_dtype, check_input, check_sigma
 
 
 class QueueFullError(SmoothgenError, RuntimeError):
@@ -179,13 +179,7 @@ class Scheduler:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                     or not math.isfinite(timeout) or timeout < 0):
             raise InvalidParameterError(f"timeout must be None or a finite number of seconds >= 0, got {timeout!r}")
-        x = check_input(request.x)
-        want = self.runtime.input_dtype
-        if want is not None and x.dtype != want:
-            converted = x.to(want)
-            if not torch.equal(converted.to(x.dtype), x):
-                raise InvalidInputError(f"this model computes in {want}; the {x.dtype} input does not convert to it exactly")
-            x = converted
+        x = as_model_dtype(check_input(request.x), self.runtime.input_dtype)
         return x.to(self.runtime.device), total
 
     def _submit(self, request: Request, timeout: float | None, ticket: _Ticket | None) -> RequestFuture:

@@ -17,6 +17,7 @@ and centers for the same distances, and distances equal to float32 rounding (tes
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import Any, Callable
 
 import torch
@@ -26,7 +27,7 @@ from smoothgen.certificates import CenterCertificate, CenterSmoothingResult
 from smoothgen.engine import DEFAULT_BATCH_SIZE, Purpose, RandomStream, Runtime, Sampler, as_runtime, noise_tv
 from smoothgen.errors import InvalidParameterError, ModelOutputError
 from smoothgen.metrics import Metric, get_metric
-from smoothgen.validate import check_alpha, check_count, check_input, check_positive, check_sigma
+from smoothgen.validate import check_alpha, check_count, check_input, check_positive, check_shape, check_sigma
 
 #: Distance-matrix rows computed at once while choosing the center, as a budget of matrix entries
 #: (16 M float32 = 64 MiB), so that n = 10⁴ never holds the full n×n matrix.
@@ -227,7 +228,7 @@ class CenterSmoother:
         self.sigma = check_sigma(sigma)
         self.metric = get_metric(metric)
         self.n_candidates = None if n_candidates is None else check_count(n_candidates, "n_candidates")
-        self.input_shape = None if input_shape is None else tuple(input_shape)
+        self.input_shape = check_shape(input_shape)
         self.sampler = sampler if sampler is not None else Sampler(batch_size)
 
     @property
@@ -360,7 +361,7 @@ class CenterSmoother:
     def _check(self, x, n, delta, alpha, alpha_name):
         x = check_input(x, self.input_shape)
         n = check_count(n, "n")
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (0.0 < delta < 0.5):
+        if isinstance(delta, bool) or not isinstance(delta, Real) or not (0.0 < delta < 0.5):
             raise InvalidParameterError(f"delta must lie strictly between 0 and 1/2, got {delta!r}")
         return x, n, float(delta), check_alpha(alpha, alpha_name)
 

@@ -15,7 +15,7 @@ from smoothgen import stats
 from smoothgen.certificates import ABSTAIN, ClassificationCertificate, Prediction, SequentialCertificate
 from smoothgen.engine import DEFAULT_BATCH_SIZE, Purpose, RandomStream, Runtime, Sampler, as_runtime, noise_tv
 from smoothgen.errors import InvalidParameterError
-from smoothgen.validate import check_alpha, check_count, check_input, check_positive, check_sigma
+from smoothgen.validate import check_alpha, check_count, check_input, check_positive, check_shape, check_sigma
 
 #: Looks of the sequential test (THEORY.md §6): a geometric schedule up to 10⁵ samples.
 DEFAULT_LOOKS = (100, 1_000, 10_000, 100_000)
@@ -52,7 +52,7 @@ class SmoothedClassifier:
         self.runtime = as_runtime(base)
         self.num_classes = check_count(num_classes, "num_classes", minimum=2)
         self.sigma = check_sigma(sigma)
-        self.input_shape = None if input_shape is None else tuple(input_shape)
+        self.input_shape = check_shape(input_shape)
         self.sampler = sampler if sampler is not None else Sampler(batch_size)
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, seed: int | None = None, request_id: int = 0) -> Prediction:
@@ -151,6 +151,8 @@ class SmoothedClassifier:
         radius = check_positive(radius, "radius")
         alpha = check_alpha(alpha)
         n0 = check_count(n0, "n0")
+        if isinstance(looks, (str, bytes)) or not hasattr(looks, "__iter__"):
+            raise InvalidParameterError(f"looks must be an increasing sequence of sample counts, got {looks!r}")
         looks = tuple(check_count(k, "looks") for k in looks)
         if not looks or any(b <= a for a, b in zip(looks, looks[1:])):
             raise InvalidParameterError(f"looks must be a non-empty increasing sequence, got {looks}")

@@ -48,6 +48,10 @@ def check_input(x: torch.Tensor, expected_shape: tuple[int, ...] | None = None) 
     """
     if not isinstance(x, torch.Tensor):
         raise InvalidInputError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise InvalidInputError(f"input must be a dense tensor, got layout {x.layout} (call .to_dense())")
+    if x.device.type == "meta":
+        raise InvalidInputError("input is on the meta device: it has no values")
     if not torch.is_floating_point(x):
         raise InvalidInputError(f"input must have a floating dtype, got {x.dtype}")
     if x.numel() == 0:
@@ -56,4 +60,31 @@ def check_input(x: torch.Tensor, expected_shape: tuple[int, ...] | None = None) 
         raise InvalidInputError(f"input has shape {tuple(x.shape)}, expected {tuple(expected_shape)}")
     if not bool(torch.isfinite(x).all()):
         raise InvalidInputError("input contains NaN or Inf")
-    return x
+    return x.detach()
+
+
+def as_model_dtype(x: torch.Tensor, dtype: torch.dtype | None, strict: bool = True) -> torch.Tensor:
+    """x in the dtype the model computes in (None: unchanged): converted only when the conversion is exact
+    (float16 → float32, or a float64 input whose values float32 holds) — a certificate is for the input
+    it was asked about, never for a silently rounded one. Otherwise InvalidInputError, or with
+    strict=False x unchanged (the model may cast it itself; if it cannot, its error says so)."""
+    if dtype is None or x.dtype == dtype:
+        return x
+    converted = x.to(dtype)
+    if torch.equal(converted.to(x.dtype), x):
+        return converted
+    if not strict:
+        return x
+    raise InvalidInputError(f"this model computes in {dtype}; the {x.dtype} input does not convert to it exactly")
+
+
+def check_shape(shape, name: str = "input_shape") -> tuple[int, ...] | None:
+    """None, or a shape: a sequence of integers >= 1."""
+    if shape is None:
+        return None
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+        raise InvalidParameterError(f"{name} must be a sequence of integers, got {shape!r}")
+    dims = tuple(shape)
+    if not all(isinstance(d, Integral) and not isinstance(d, bool) and d >= 1 for d in dims):
+        raise InvalidParameterError(f"{name} must be a sequence of integers >= 1, got {shape!r}")
+    return tuple(int(d) for d in dims)

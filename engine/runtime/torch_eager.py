@@ -6,6 +6,11 @@ from typing import Any, Callable
 import torch
 
 from smoothgen.engine.runtime.base import Runtime
+from smoothgen.errors import InvalidParameterError
+
+
+class NotCallableError(InvalidParameterError, TypeError):
+    """The model is neither a torch module nor a callable (a SmoothgenError, and a TypeError as before)."""
 
 
 def _module_dtype(model: Any) -> torch.dtype | None:
@@ -36,7 +41,7 @@ class TorchRuntime(Runtime):
 
     def __init__(self, model: "torch.nn.Module | Callable[[torch.Tensor], Any]", device: str | None = None):
         if not callable(model):
-            raise TypeError(f"model must be callable, got {type(model).__name__}")
+            raise NotCallableError(f"the model must be a torch module or a callable of a batch, got {type(model).__name__}")
         if isinstance(model, torch.nn.Module):
             try:
                 model.eval()

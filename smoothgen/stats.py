@@ -14,6 +14,8 @@ behaviour is the same either way.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 
@@ -615,3 +617,55 @@ def vector_mean_deviation(output_bound: float, n: int, alpha: float) -> float:
     n = _check_count_n(n)
     _check_alpha(alpha)
     return float(output_bound / math.sqrt(n) * (1.0 + math.sqrt(2.0 * math.log(1.0 / alpha))))
+
+
+# --------------------------------------------------------------------------------------------------
+# Every public function: bad arguments are an InvalidParameterError, whatever they are
+# --------------------------------------------------------------------------------------------------
+
+#: Keyword arguments that are flags, the only places a bool is an argument.
+_FLAG_ARGUMENTS = frozenset({"two_sided"})
+
+
+def _refuses_bad_arguments(fn):
+    """Wrap a public function of numbers: a bool where a number belongs, an argument Python cannot
+    compare or convert (None, a string, a list: TypeError/ValueError/OverflowError from the arithmetic), or
+    a NaN result (a bound that says nothing) becomes an InvalidParameterError naming the function."""
+
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidParameterError(f"{fn.__name__}: {exc}") from exc
+        for name, value in bound.arguments.items():
+            if isinstance(value, (bool, np.bool_)) and name not in _FLAG_ARGUMENTS:
+                raise InvalidParameterError(f"{fn.__name__}: {name} must be a number, not a bool ({value!r})")
+        try:
+            result = fn(*args, **kwargs)
+        except InvalidParameterError:
+            raise
+        except (TypeError, ValueError, OverflowError, ZeroDivisionError) as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise InvalidParameterError(f"{fn.__name__}: invalid arguments ({reason})") from exc
+        values = result if isinstance(result, tuple) else (result,)
+        if any(isinstance(v, float) and math.isnan(v) for v in values):
+            raise InvalidParameterError(f"{fn.__name__}: no bound for these arguments (the formula gives NaN)")
+        return result
+
+    return checked
+
+
+for _name in (
+    "lower_under_gaussian", "upper_under_gaussian", "alpha_under_sampler", "clopper_pearson_lower",
+    "clopper_pearson_upper", "binomial_test_pvalue", "hoeffding_radius", "hoeffding_lower", "hoeffding_upper",
+    "dkw_quantile_level", "order_statistic_index", "order_statistic", "normal_cdf", "normal_ppf", "cohen_radius",
+    "max_certifiable_radius", "center_smoothing_check", "center_candidate_miss", "center_certify_level",
+    "center_eps_out", "empirical_bernstein_radius", "empirical_bernstein_lower", "bounded_mean_lower",
+    "generation_step_radius", "tv_bound", "wasserstein_bound", "event_probability_bound", "mean_smoothing_bound",
+    "vector_mean_deviation",
+):
+    globals()[_name] = _refuses_bad_arguments(globals()[_name])
+del _name

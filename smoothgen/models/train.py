@@ -809,6 +809,13 @@ def _timing_record(seconds: float, cpu_seconds: float) -> dict[str, Any]:
             "train_threads": torch.get_num_threads()}
 
 
+def _check_lm_training(steps, seed, batch_size, warmup_steps, learning_rate, weight_decay) -> tuple:
+    """The LM training settings of train_lm and finetune_lm, checked."""
+    return (check_count(steps, "steps"), check_count(seed, "seed", minimum=0), check_count(batch_size, "batch_size"),
+            check_count(warmup_steps, "warmup_steps", minimum=0), check_positive(learning_rate, "learning_rate"),
+            check_positive(weight_decay, "weight_decay", allow_zero=True))
+
+
 def _lm_run_record(model: nn.Module, seed: int, steps: int, batch_size: int, context: int, learning_rate: float,
                    warmup_steps: int, weight_decay: float, smoothed_loss: float, seconds: float,
                    cpu_seconds: float) -> dict[str, Any]:
@@ -919,12 +926,8 @@ def train_lm(
         description and sizes, training settings and time, and held-out metrics of the model and of the
         unigram baseline.
     """
-    steps = check_count(steps, "steps")
-    seed = check_count(seed, "seed", minimum=0)
-    batch_size = check_count(batch_size, "batch_size")
-    warmup_steps = check_count(warmup_steps, "warmup_steps", minimum=0)
-    learning_rate = check_positive(learning_rate, "learning_rate")
-    weight_decay = check_positive(weight_decay, "weight_decay", allow_zero=True)
+    steps, seed, batch_size, warmup_steps, learning_rate, weight_decay = _check_lm_training(
+        steps, seed, batch_size, warmup_steps, learning_rate, weight_decay)
     unknown = set(model_kwargs) - set(LM_KWARGS)
     if unknown:
         raise InvalidParameterError(f"unknown CodeLM arguments {sorted(unknown)}; known: {sorted(LM_KWARGS)}")
@@ -1075,12 +1078,8 @@ def finetune_lm(
         token, training settings and time, and the clean and smoothed held-out metrics.
     """
     noise, level = _check_noise(noise, level)
-    steps = check_count(steps, "steps")
-    seed = check_count(seed, "seed", minimum=0)
-    batch_size = check_count(batch_size, "batch_size")
-    warmup_steps = check_count(warmup_steps, "warmup_steps", minimum=0)
-    learning_rate = check_positive(learning_rate, "learning_rate")
-    weight_decay = check_positive(weight_decay, "weight_decay", allow_zero=True)
+    steps, seed, batch_size, warmup_steps, learning_rate, weight_decay = _check_lm_training(
+        steps, seed, batch_size, warmup_steps, learning_rate, weight_decay)
     mask_token_id = check_count(mask_token_id, "mask_token_id", minimum=0)
     if mask_token_id >= VOCAB_SIZE:
         raise InvalidParameterError(f"mask_token_id must be a byte value in [0, {VOCAB_SIZE}), got {mask_token_id}")

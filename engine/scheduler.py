@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from smoothgen.engine.reducers import ClassCounts, KeepOutputs, Reducer, ScoreSu
 from smoothgen.engine.runtime import Runtime, as_runtime
 from smoothgen.engine.sampler import DEFAULT_BATCH_SIZE, check_batch_size, detach_from
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, SmoothgenError, first_line
-from smoothgen.validate import as_model_dtype, check_input, check_sigma
+from smoothgen.validate import as_model_dtype, check_count, check_input, check_positive, check_sigma
 
 
 class QueueFullError(SmoothgenError, RuntimeError):
@@ -163,22 +162,19 @@ class Scheduler:
         """(x on the model's device in the model's dtype, total) of a well-formed request, or a SmoothgenError."""
         if not isinstance(request, Request):
             raise InvalidParameterError(f"submit takes a Request, got {type(request).__name__}")
-        for name, value in (("n", request.n), ("start", request.start)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name == "n" else 0):
-                raise InvalidParameterError(f"request {name} must be an integer >= {1 if name == 'n' else 0}, got {value!r}")
+        n, start = check_count(request.n, "request n"), check_count(request.start, "request start", minimum=0)
         if request.quota is not None:
             check_batch_size(request.quota)
-        total = request.n if request.total is None else request.total
-        if not isinstance(total, int) or isinstance(total, bool) or request.start + request.n > total:
-            raise InvalidParameterError(f"copies {request.start}..{request.start + request.n} outside the stream of {total!r}")
+        total = n if request.total is None else check_count(request.total, "request total")
+        if start + n > total:
+            raise InvalidParameterError(f"copies {start}..{start + n} outside the stream of {total}")
         check_sigma(request.sigma)
         if not isinstance(request.key, NoiseKey):
             raise InvalidParameterError(f"request key must be a NoiseKey, got {type(request.key).__name__}")
         if not isinstance(request.reducer, Reducer):
             raise InvalidParameterError(f"request reducer must be a Reducer, got {type(request.reducer).__name__}")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                    or not math.isfinite(timeout) or timeout < 0):
-            raise InvalidParameterError(f"timeout must be None or a finite number of seconds >= 0, got {timeout!r}")
+        if timeout is not None:
+            check_positive(timeout, "timeout (seconds)", allow_zero=True)
         x = as_model_dtype(check_input(request.x), self.runtime.input_dtype)
         return x.to(self.runtime.device), total
 

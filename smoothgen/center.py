@@ -8,6 +8,13 @@ for the high-dimensional variant with n_candidates < n; see `CenterSmoother`).
 Three independent sample sets are drawn, each from its own random stream: the n samples that choose the
 center, the n fresh samples of the acceptance check, and the m fresh samples of the certified radius.
 
+The noise is isotropic Gaussian on the input tensor (σ), or any `CenterNoise` (``noise=``): an object that
+draws the noisy model inputs of copy i as a pure function of (key, i) and states the level p the
+certificate's ball must hold for a threat of a given size. Token-embedding Gaussian noise and randomized
+token ablation (p = 1/2 + Δ + Δ_r, `stats.center_ablation_level`) are such noises
+(`smoothgen.encoders.PromptNoise`); the algorithm and its accounting (Δ1 + τ, q + τ, the candidate miss
+at τ) are the same for all.
+
 Distances and selections run in smoothgen's C++ core (`smoothgen._C`) for the built-in metrics it
 implements (l2, l1, cosine, tv1d, tv2d) on CPU float tensors, when it is built and enabled, and in the
 fused Triton kernels (smoothgen.kernels) for l2, l1 and cosine on CUDA tensors; the torch code here is
@@ -18,14 +25,17 @@ from __future__ import annotations
 
 import math
 from numbers import Real
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
 from smoothgen import _core, kernels, metrics, stats
 from smoothgen.certificates import CenterCertificate, CenterSmoothingResult
 from smoothgen.engine import DEFAULT_BATCH_SIZE, Purpose, RandomStream, Runtime, Sampler, as_runtime, noise_tv
-from smoothgen.errors import InvalidParameterError, ModelOutputError
+from smoothgen.engine.noise import NoiseKey
+from smoothgen.engine.reducers import KeepOutputs
+from smoothgen.engine.sampler import check_batch_size, run_model
+from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError
 from smoothgen.metrics import Metric, get_metric
 from smoothgen.validate import check_alpha, check_count, check_input, check_positive, check_shape, check_sigma
 
@@ -195,13 +205,49 @@ def min_median_center(samples: Any, metric: Metric, n_candidates: int | None = N
     return _select(candidates, best), float(medians[best])
 
 
+@runtime_checkable
+class CenterNoise(Protocol):
+    """A smoothing distribution other than isotropic Gaussian noise on the input tensor, for `CenterSmoother`.
+
+    Kumar & Goldstein's proof uses the noise in one place only: a ball B with P_x(B) ≥ p must keep
+    P_x'(B) ≥ 1/2 + Δ at every x' of the threat model (THEORY.md §2). A noise states that p for a threat
+    of size ε (`level`), draws the copies, and says how far its sampler is from the distribution the
+    level was proved for (`noise_tv`, charged exactly as the Gaussian sampler's τ).
+
+    Attributes:
+        sigma: σ reported in the certificate (None for noise without one, e.g. token ablation).
+    """
+
+    sigma: float | None
+
+    def check_input(self, x: Any) -> Any:
+        """The validated input (raise a SmoothgenError for a bad one)."""
+
+    def check_radius(self, eps_in: Any) -> float:
+        """The validated threat size ε (raise InvalidParameterError for a bad one)."""
+
+    def copies(self, x: Any, key: NoiseKey, start: int, count: int) -> Any:
+        """Model inputs of copies start .. start + count − 1 (copy i a pure function of (key, i))."""
+
+    def clean(self, x: Any) -> Any:
+        """The noise-free model input, as a batch of one (for the smoothing error)."""
+
+    def noise_tv(self, x: Any) -> float:
+        """τ: the per-copy total variation between the sampled copies and the distribution of `level`."""
+
+    def level(self, x: Any, eps_in: float, delta: float) -> float:
+        """p such that P_x(B) ≥ p implies P_x'(B) ≥ 1/2 + Δ for every x' within eps_in of x and every
+        set B; a value above 1 means no certificate at eps_in (the certificate abstains, "q > 1")."""
+
+
 class CenterSmoother:
-    """Center smoothing of f under isotropic Gaussian input noise.
+    """Center smoothing of f under isotropic Gaussian input noise, or under any `CenterNoise`.
 
     Args:
         f: a torch module, Runtime or callable mapping a batch [b, *input_shape] to outputs: a tensor
-            [b, *output_shape], or a list of b token sequences for sequence metrics.
-        sigma: noise standard deviation σ > 0.
+            [b, *output_shape], or a list of b token sequences for sequence metrics. With ``noise=``,
+            a batch is whatever ``noise.copies`` makes.
+        sigma: noise standard deviation σ > 0 (Gaussian noise on the input); None with ``noise=``.
         metric: a registered metric name ("l2", "l1", "cosine", "angular", "tv1d", "tv2d", "jaccard",
             "levenshtein", "w1", or one you registered) or a `Metric`.
         batch_size: noisy copies per model call.
@@ -211,21 +257,42 @@ class CenterSmoother:
             proof needs (`CenterCertificate.candidate_miss`): 0.45^30 ≈ 4·10⁻¹¹ at Δ = 0.05, but 0.45
             at k = 1.
         input_shape: if given, inputs of any other shape are rejected.
-        sampler: the Sampler to draw with.
+        sampler: the Sampler to draw with (Gaussian noise only).
+        noise: a `CenterNoise` instead of σ: it draws the copies (in batches of batch_size) and gives
+            the certificate's level p; eps_in is then in its unit (e.g. substituted tokens).
+
+    Raises:
+        InvalidParameterError: neither or both of sigma and noise, a sampler with noise, bad σ, metric,
+            batch size or n_candidates.
     """
 
     def __init__(
         self,
         f: torch.nn.Module | Runtime | Callable,
-        sigma: float,
+        sigma: float | None = None,
         metric: str | Metric = "l2",
         batch_size: int = DEFAULT_BATCH_SIZE,
         n_candidates: int | None = None,
         input_shape: tuple[int, ...] | None = None,
         sampler: Sampler | None = None,
+        *,
+        noise: CenterNoise | None = None,
     ):
         self.runtime = as_runtime(f)
-        self.sigma = check_sigma(sigma)
+        self.noise = noise
+        if noise is None:
+            if sigma is None:
+                raise InvalidParameterError("CenterSmoother needs sigma (Gaussian input noise) or noise=")
+            self.sigma = check_sigma(sigma)
+        else:
+            if sigma is not None:
+                raise InvalidParameterError("give sigma or noise=, not both (a noise carries its own σ)")
+            if not isinstance(noise, CenterNoise):
+                raise InvalidParameterError(f"noise must implement CenterNoise, got {type(noise).__name__}")
+            if sampler is not None:
+                raise InvalidParameterError("a Sampler draws Gaussian copies of the input; with noise= the noise draws them")
+            self.sigma = getattr(noise, "sigma", None)
+            self.batch_size = check_batch_size(batch_size)
         self.metric = get_metric(metric)
         self.n_candidates = None if n_candidates is None else check_count(n_candidates, "n_candidates")
         self.input_shape = check_shape(input_shape)
@@ -248,7 +315,7 @@ class CenterSmoother:
         """SMOOTH: the center ẑ, or abstain when its ball does not provably hold about half the mass.
 
         Args:
-            x: one input (no batch dimension).
+            x: one input (no batch dimension; with ``noise=``, what the noise takes).
             n: samples for choosing the center, and again (fresh) for the acceptance check.
             delta: the tolerance Δ ∈ (0, 1/2).
             alpha1: error probability of this step.
@@ -258,7 +325,7 @@ class CenterSmoother:
             x: [*input_shape]
         """
         x, n, delta, alpha1 = self._check(x, n, delta, alpha1, "alpha1")
-        tau = noise_tv(x.numel())
+        tau = noise_tv(x.numel()) if self.noise is None else self.noise.noise_tv(x)
         stream = RandomStream(seed, request_id)
         center, center_radius = self._choose_center(x, n, stream)
         p = self._fraction_within(x, n, center, center_radius, stream)
@@ -293,14 +360,15 @@ class CenterSmoother:
         """CERTIFY: ε_out such that d(f̂(x), f̂(x')) ≤ ε_out for all ‖x − x'‖₂ ≤ eps_in, with probability
         ≥ 1 − α1 − α2 − candidate_miss (the certificate's `failure_probability`).
 
-        Steps (THEORY.md §2): SMOOTH with n samples; p = Φ(Φ⁻¹(1/2 + Δ) + ε_in/σ);
-        q = p + τ + sqrt(ln(1/α2)/(2m)) (abstain if q > 1); R̂ = the ⌈q·m⌉-th smallest distance of m
-        fresh samples to ẑ; ε_out = γ·(1 + β)·R̂. τ = the sampler's per-copy distance from the Gaussian
-        (smoothgen.engine.noise_tv); candidate_miss = (1/2 − Δ + τ)^k for the high-dimensional variant.
+        Steps (THEORY.md §2): SMOOTH with n samples; p = Φ(Φ⁻¹(1/2 + Δ) + ε_in/σ) (with ``noise=``,
+        p = noise.level(x, ε_in, Δ)); q = p + τ + sqrt(ln(1/α2)/(2m)) (abstain if q > 1); R̂ = the
+        ⌈q·m⌉-th smallest distance of m fresh samples to ẑ; ε_out = γ·(1 + β)·R̂. τ = the sampler's
+        per-copy distance from the Gaussian (smoothgen.engine.noise_tv; ``noise.noise_tv(x)``);
+        candidate_miss = (1/2 − Δ + τ)^k for the high-dimensional variant.
 
         Args:
-            x: one input (no batch dimension).
-            eps_in: the input radius ε_in ≥ 0 to certify.
+            x: one input (no batch dimension; with ``noise=``, what the noise takes).
+            eps_in: the input radius ε_in ≥ 0 to certify (with ``noise=``, a threat size in its unit).
             n: samples of the SMOOTH step (each of its two phases).
             m: fresh samples for the certified radius (the paper uses 10⁶).
             delta: Δ ∈ (0, 1/2).
@@ -310,13 +378,22 @@ class CenterSmoother:
         Shapes:
             x: [*input_shape]
         """
-        eps_in = check_positive(eps_in, "eps_in", allow_zero=True)
+        if self.noise is None:
+            eps_in = check_positive(eps_in, "eps_in", allow_zero=True)
+        else:
+            eps_in = self.noise.check_radius(eps_in)
         m = check_count(m, "m")
         alpha2 = check_alpha(alpha2, "alpha2")
         smoothed = self.smooth(x, n, delta, alpha1, seed, request_id)
         center = smoothed.center[None] if isinstance(smoothed.center, torch.Tensor) else [smoothed.center]
-        p = stats.center_certify_level(eps_in, self.sigma, delta)
-        q = stats.dkw_quantile_level(p, m, alpha2, noise_tv=smoothed.noise_tv)
+        if self.noise is None:
+            p = stats.center_certify_level(eps_in, self.sigma, delta)
+        else:
+            p = float(self.noise.level(x, eps_in, delta))
+        if p <= 1.0:
+            q = stats.dkw_quantile_level(p, m, alpha2, noise_tv=smoothed.noise_tv)
+        else:  # no ball holds mass p > 1 (a discrete noise's level at a large threat): q > 1 below
+            q = p + smoothed.noise_tv + stats.hoeffding_radius(m, alpha2)
         k = stats.order_statistic_index(q, m)
         # q > 1 depends only on the parameters (ε_in too large for σ and m): report it before the check.
         reason = "q > 1" if k is None else ("center check failed" if smoothed.abstained else None)
@@ -353,13 +430,18 @@ class CenterSmoother:
 
     def smoothing_error(self, x: torch.Tensor, center: Any) -> float:
         """d(ẑ, f(x)): distance between the smoothed output (a batch of one) and the base model's clean output."""
-        clean = self.runtime.run(x.to(self.runtime.device)[None])
+        clean = self.runtime.run(x.to(self.runtime.device)[None] if self.noise is None else self.noise.clean(x))
         if _length(clean) != 1:
             raise ModelOutputError(f"model returned {_length(clean)} outputs for a batch of 1")
         return float(self.metric.distances(center, clean)[0, 0])
 
     def _check(self, x, n, delta, alpha, alpha_name):
-        x = check_input(x, self.input_shape)
+        if self.noise is None:
+            x = check_input(x, self.input_shape)
+        else:
+            x = self.noise.check_input(x)
+            if self.input_shape is not None and tuple(getattr(x, "shape", ())) != self.input_shape:
+                raise InvalidInputError(f"input has shape {tuple(getattr(x, 'shape', ()))}, expected {self.input_shape}")
         n = check_count(n, "n")
         if isinstance(delta, bool) or not isinstance(delta, Real) or not (0.0 < delta < 0.5):
             raise InvalidParameterError(f"delta must lie strictly between 0 and 1/2, got {delta!r}")
@@ -367,7 +449,7 @@ class CenterSmoother:
 
     def _choose_center(self, x: torch.Tensor, n: int, stream: RandomStream) -> tuple[Any, float]:
         """SMOOTH step 1: n samples and their min-median center."""
-        samples = self.sampler.outputs(self.runtime, x, n, self.sigma, stream.key(Purpose.CENTER))
+        samples = self._outputs(x, n, stream.key(Purpose.CENTER))
         return min_median_center(samples, self.metric, self.n_candidates)
 
     def _fraction_within(self, x: torch.Tensor, n: int, center: Any, radius: float, stream: RandomStream) -> float:
@@ -377,9 +459,21 @@ class CenterSmoother:
 
     def _distances_to(self, x: torch.Tensor, num: int, center: Any, purpose: Purpose, stream: RandomStream) -> torch.Tensor:
         """Distances of `num` fresh samples to the center, reduced batch by batch (only num numbers kept)."""
-        return self.sampler.outputs(
-            self.runtime, x, num, self.sigma, stream.key(purpose), reduce=lambda out: _center_distances(self.metric, out, center)
-        )
+        return self._outputs(x, num, stream.key(purpose), reduce=lambda out: _center_distances(self.metric, out, center))
+
+    def _outputs(self, x: Any, num: int, key: NoiseKey, reduce: Callable[[Any], torch.Tensor] | None = None) -> Any:
+        """The outputs of `num` noisy copies of x (or `reduce` of each batch): the Sampler's Gaussian copies,
+        or the noise's copies in batches of batch_size (copy i depends on (key, i) only, not on the batching)."""
+        if self.noise is None:
+            if reduce is None:
+                return self.sampler.outputs(self.runtime, x, num, self.sigma, key)
+            return self.sampler.outputs(self.runtime, x, num, self.sigma, key, reduce=reduce)
+        size = self.batch_size if self.runtime.max_batch is None else min(self.batch_size, self.runtime.max_batch)
+        reducer = KeepOutputs(reduce, self.runtime.device)
+        for start in range(0, num, size):
+            count = min(size, num - start)
+            reducer.add(run_model(self.runtime, self.noise.copies(x, key, start, count)), count)
+        return reducer.result()
 
 
 def _center_distances(metric: Metric, outputs: Any, center: Any) -> torch.Tensor:

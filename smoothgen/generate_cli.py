@@ -1,7 +1,9 @@
 """`smoothgen generate`: SmoothGen from the command line (THEORY.md §4).
 
-Text (default): smoothed greedy decoding of a causal LM with Gaussian noise on the prompt's token
-embeddings (`smoothgen.generative.SmoothedLM`), printed with its certified prefix marked.
+Text (default): smoothed greedy decoding of a causal LM (`smoothgen.generative.SmoothedLM`), printed
+with its certified prefix marked: by default with token ablation (THEORY.md §4g), the prefix certified
+against edited tokens; with ``--noise gaussian``, noise on the prompt's token embeddings and radii in
+embedding distance.
 Diffusion (``--diffusion --label k``): the class-conditional digits DDPM with noise on its class
 embedding (`smoothgen.conditional.SmoothedConditionalDiffusion`): a PNG grid of base samples, smoothed
 samples and the smoothed (mean) output, and the certificates of each.
@@ -31,7 +33,12 @@ DEFAULT_TEXT_SIGMA = 0.01
 #: quality (benchmarks/RESULTS.md, conditional diffusion).
 DEFAULT_DIFFUSION_SIGMA = 0.5
 DEFAULT_DIFFUSION_RADIUS = 1.0
-DEFAULT_PROMPT = "def __init__(self"
+#: A three-line prompt: under the default --perturb (context), its first two lines may be edited and the
+#: line being completed is held fixed.
+DEFAULT_PROMPT = "def read_lines(path):\n    with open(path) as f:\n        return f.read"
+#: The keep fraction of --noise ablate when --keep is not given (the embedded ablation LMs are trained at
+#: 0.1 and 0.25 of the prompt; 0.1 certifies more edits, benchmarks/RESULTS.md).
+DEFAULT_KEEP_FRACTION = 0.1
 #: Markers around the certified part of the generation in the text output.
 CERTIFIED_OPEN, CERTIFIED_CLOSE = "\u27e6", "\u27e7"
 
@@ -48,13 +55,16 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def add_parser(sub: Any) -> None:
     gen = sub.add_parser(
         "generate",
-        help="smoothed generation with certificates: an LM with noisy prompt embeddings, or the digits DDPM with a "
-        "noisy class embedding (SmoothGen)",
-        description="Text (default): decode greedily from the smoothed next-token distribution (softmax averaged over "
-        "noisy copies of the prompt's token embeddings) and certify a prefix: the tokens between "
-        f"{CERTIFIED_OPEN} and {CERTIFIED_CLOSE} are generated unchanged for every perturbation of the prompt "
-        "embeddings of Frobenius norm <= --radius, with probability >= 1 - alpha over the sampling. With no "
-        "arguments: the embedded byte-level LM trained on the Python standard library. "
+        help="smoothed generation with certificates: an LM whose output is certified against edited prompt tokens "
+        "(or noisy prompt embeddings), or the digits DDPM with a noisy class embedding (SmoothGen)",
+        description="Text (default): decode greedily from the smoothed next-token decision over noisy copies of the "
+        "prompt and certify a prefix: the tokens between "
+        f"{CERTIFIED_OPEN} and {CERTIFIED_CLOSE} are generated unchanged for every prompt with at most --edits "
+        "substituted tokens (--noise ablate, the default: each copy keeps --keep random prompt positions and masks "
+        "the others, and votes with its greedy choice), or for every perturbation of the prompt embeddings of "
+        "Frobenius norm <= --radius (--noise gaussian), with probability >= 1 - alpha over the sampling. With no "
+        "arguments: the embedded byte-level LM trained on the Python standard library, fine-tuned under that "
+        "ablation, on a three-line prompt whose first two lines may be edited. "
         "--diffusion --label k: the embedded class-conditional digits DDPM with noise on its class embedding; "
         "writes a PNG grid (base samples, smoothed samples, smoothed mean) and prints the TV bound on one sample "
         "and the certificate of the mean image.",
@@ -84,17 +94,20 @@ def add_parser(sub: Any) -> None:
                       f"ablate its fine-tune {ABLATION_LM}, trained under that ablation)")
     text.add_argument("--selection-samples", type=int, default=100,
                       help="noisy copies n0 that choose each token (disjoint from the --samples that certify it)")
-    text.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (alpha is split across them)")
-    text.add_argument("--perturb", default="all", choices=["all", "last"],
-                      help="which prompt positions carry noise (and may be attacked): all, or only the last token")
-    text.add_argument("--batch-size", type=int, default=100, help="noisy copies per model call (each with its KV cache)")
-    text.add_argument("--noise", default="gaussian", choices=["gaussian", "ablate"],
+    text.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate (alpha is split across them)")
+    text.add_argument("--perturb", default=None, choices=["all", "context", "last"],
+                      help="which prompt positions carry noise (and may be edited or attacked; the others are held "
+                      "fixed): all; context: every line before the last one (the line being completed is fixed); last: "
+                      "only the last token (default: context with --noise ablate and a prompt of several lines, else all)")
+    text.add_argument("--batch-size", type=int, default=250, help="noisy copies per model call (each with its KV cache)")
+    text.add_argument("--noise", default=None, choices=["ablate", "gaussian"],
                       help="gaussian: noise of --sigma on the prompt's token embeddings (radii in embedding distance); "
                       "ablate: each copy keeps --keep random prompt positions and masks the others (THEORY.md §4g: the "
-                      "certificate is stated in edited tokens)")
+                      "certificate is stated in edited tokens; each copy votes with its greedy choice) (default: gaussian "
+                      "when --sigma or --radius is given, else ablate)")
     text.add_argument("--keep", type=int, default=None,
-                      help="with --noise ablate: prompt positions each copy keeps (default: a quarter of the perturbed "
-                      "positions, at least 1); any r substituted tokens are covered while L_t > 1/2 + "
+                      help=f"with --noise ablate: prompt positions each copy keeps (default: {DEFAULT_KEEP_FRACTION:g} of "
+                      "the perturbed positions, rounded, at least 1); any r substituted tokens are covered while L_t > 1/2 + "
                       "1 - C(P-r, keep)/C(P, keep)")
     text.add_argument("--mask-token", type=int, default=None,
                       help="with --noise ablate: the token id that replaces dropped positions (default: byte 0 for the "
@@ -126,6 +139,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise InvalidParameterError("--diffusion needs --label k (the digit class to generate)")
     elif args.label is not None or args.png is not None:
         raise InvalidParameterError("--label and --png apply only with --diffusion")
+    if args.noise is None:  # --sigma or --radius name Gaussian noise; text otherwise defaults to token ablation
+        args.noise = "gaussian" if args.diffusion or args.sigma is not None or args.radius is not None else "ablate"
     ablate = not args.diffusion and args.noise == "ablate"
     if not ablate:
         for option, value in (("--keep", args.keep), ("--mask-token", args.mask_token), ("--edits", args.edits)):
@@ -165,7 +180,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 #: The embedded LM that --noise ablate uses by default: fine-tuned under the ablation it is smoothed with.
-ABLATION_LM = "code_lm_ablate0.25"
+ABLATION_LM = "code_lm_ablate0.1"
 
 
 def _load_lm(spec: str | None, device: str, noise: str = "gaussian") -> tuple[Any, Any, str]:
@@ -210,13 +225,13 @@ def _generate_text(args: argparse.Namespace) -> dict[str, Any]:
     check_count(args.max_new_tokens, "--max-new-tokens")
     check_count(args.batch_size, "--batch-size")
     model, tokenizer, name = _load_lm(args.model, args.device, args.noise)
-    perturb_last = args.perturb == "last"
-    mask = (lambda ids: torch.arange(ids.numel()) == ids.numel() - 1) if perturb_last else None
-    # With --noise ablate this first instance only parses the prompt and its mask (σ = 1 is never used).
+    # With --noise ablate this first instance only parses the prompt (σ = 1 is never used).
     smoothed = SmoothedLM(model, 1.0 if args.noise == "ablate" else args.sigma, batch_size=args.batch_size,
-                          tokenizer=tokenizer, mask=mask)
+                          tokenizer=tokenizer)
     prompt = DEFAULT_PROMPT if args.prompt is None else args.prompt
     ids = smoothed.prompt_ids(prompt)  # checks emptiness, vocabulary and (below) the context length
+    mask = _perturbed_positions(args, ids, tokenizer)
+    smoothed.mask = mask
     if args.noise == "ablate":
         smoothed = SmoothedLM(model, _ablation(args, smoothed, ids, tokenizer, name), batch_size=args.batch_size,
                               tokenizer=tokenizer, mask=mask)
@@ -237,6 +252,7 @@ def _generate_text(args: argparse.Namespace) -> dict[str, Any]:
         "certified_text": _decode_text(cert.tokens[:k], tokenizer),
         "whole_generation_radius": cert.prefix_radius(len(cert.tokens)),
         "min_substitution_radius": float(nn_dist.min()),
+        "perturb": args.perturb,
         "seconds": seconds,
     }
     if not args.json:
@@ -244,12 +260,33 @@ def _generate_text(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
+def _perturbed_positions(args: argparse.Namespace, ids: torch.Tensor, tokenizer: Any) -> list[bool]:
+    """The mask of --perturb for this prompt (sets args.perturb when it was left to its default).
+
+    context: every position up to and including the last token that holds a line break, when some token
+    follows it (the line being completed); a prompt of one line has no context.
+    """
+    pieces = [_decode_text([int(t)], tokenizer) for t in ids.tolist()]
+    breaks = [i for i, piece in enumerate(pieces) if "\n" in piece and i < len(pieces) - 1]
+    if args.perturb is None:
+        args.perturb = "context" if args.noise == "ablate" and breaks else "all"
+    length = len(pieces)
+    if args.perturb == "all":
+        return [True] * length
+    if args.perturb == "last":
+        return [i == length - 1 for i in range(length)]
+    if not breaks:
+        raise InvalidParameterError("--perturb context needs a prompt of several lines (it perturbs every line before "
+                                    "the last one); use --perturb all for a one-line prompt")
+    return [i <= breaks[-1] for i in range(length)]
+
+
 def _ablation(args: argparse.Namespace, smoothed: Any, ids: torch.Tensor, tokenizer: Any, name: str) -> Any:
     """The TokenAblation of --keep and --mask-token for this prompt."""
     from smoothgen.generative import TokenAblation
 
     perturbed = int(smoothed.prompt_mask(ids).sum())
-    keep = max(1, round(perturbed / 4)) if args.keep is None else args.keep
+    keep = max(1, round(DEFAULT_KEEP_FRACTION * perturbed)) if args.keep is None else args.keep
     mask_token = args.mask_token
     if mask_token is None:
         from smoothgen.models.lm import CodeLM
@@ -264,8 +301,22 @@ def _ablation(args: argparse.Namespace, smoothed: Any, ids: torch.Tensor, tokeni
     return TokenAblation(keep, mask_token)
 
 
+#: The most kept subsets --exhaustive enumerates per edited prompt (exact decoding is C(P, keep) model rows).
+EXHAUSTIVE_MAX_SUBSETS = 5_000
+
+
 def _generate_ablated(args: argparse.Namespace, smoothed: Any, ids: torch.Tensor, prompt: str, tokenizer: Any,
                       name: str) -> dict[str, Any]:
+    if args.exhaustive:
+        import math
+
+        perturbed = int(smoothed.prompt_mask(ids).sum())
+        keep = min(smoothed.noise.keep, perturbed)
+        if math.comb(perturbed, keep) > EXHAUSTIVE_MAX_SUBSETS:
+            raise InvalidParameterError(
+                f"--exhaustive decodes every kept subset at every edited prompt: C({perturbed}, {keep}) = "
+                f"{math.comb(perturbed, keep)} subsets exceed {EXHAUSTIVE_MAX_SUBSETS}; use a shorter prompt, a smaller "
+                "--keep or --perturb last")
     start = time.perf_counter()
     cert = smoothed.generate(ids, args.max_new_tokens, n0=args.selection_samples, n=args.samples, alpha=args.alpha,
                              seed=args.seed, radius=args.edits)
@@ -278,6 +329,7 @@ def _generate_ablated(args: argparse.Namespace, smoothed: Any, ids: torch.Tensor
         "prompt": prompt,
         "mask_token": smoothed.noise.mask_token_id,
         "perturbed_positions": int(sum(cert.mask)),
+        "perturb": args.perturb,
         "edits": args.edits,
         "text": _decode_text(cert.tokens, tokenizer),
         "certified_text": _decode_text(cert.tokens[:k], tokenizer),
@@ -307,7 +359,7 @@ def _exhaustive_check(smoothed: Any, cert: Any) -> dict[str, Any]:
                 continue
             edited = list(prompt)
             edited[pos] = tok
-            tokens, _ = smoothed.exact_decode(edited, steps, mask=list(cert.mask), max_subsets=5_000)
+            tokens, _ = smoothed.exact_decode(edited, steps, mask=list(cert.mask), max_subsets=EXHAUSTIVE_MAX_SUBSETS)
             changed += tokens[:steps] != cert.tokens[:steps]
             checked += 1
     return {"certified_steps": steps, "edited_prompts": checked, "changed": changed}
@@ -329,17 +381,32 @@ def _print_ablated(record: dict[str, Any], cert: Any, tokenizer: Any) -> None:
           f"{len(cert.tokens)} tokens in {record['seconds']:.1f} s")
     edits = record["edits"]
     noun = "edited token" if edits == 1 else "edited tokens"
-    print(f"robust to any {edits} {noun}: the first {k} of {len(cert.tokens)} generated tokens (between "
-          f"{CERTIFIED_OPEN} {CERTIFIED_CLOSE}) are the same for every prompt with at most {edits} substituted "
-          f"token{'s' if edits != 1 else ''}, with probability >= {1 - cert.alpha:g}")
+    where = _where(record, cert)
+    if k:
+        print(f"robust to any {edits} {noun} {where}: the first {k} of {len(cert.tokens)} generated tokens (between "
+              f"{CERTIFIED_OPEN} {CERTIFIED_CLOSE}) are the same for every such prompt, with probability >= "
+              f"{1 - cert.alpha:g}")
+    else:
+        print(f"not certified against {edits} {noun} {where}: the first generated token's smoothed vote is not "
+              f"certifiably above 1/2 + Delta_{edits}")
     whole = record["whole_generation_edits"]
-    print(f"the whole generation is robust to any {whole} edited token{'s' if whole != 1 else ''}" if whole >= 1 else
-          "the whole generation is not certified against one edited token (at some step the chosen token's smoothed "
-          "probability is not certifiably above 1/2 + Delta_1)")
+    print(f"the whole generation is robust to any {whole} edited token{'s' if whole != 1 else ''} {where}" if whole >= 1
+          else "the whole generation is not certified against one edited token (at some step the chosen token's smoothed "
+          "score is not certifiably above 1/2 + Delta_1)")
     if "exhaustive" in record:
         ex = record["exhaustive"]
         print(f"exhaustive check: {ex['edited_prompts']} prompts with one substituted token decoded exactly; "
               f"{ex['changed']} changed the {ex['certified_steps']} tokens certified at one edit")
+
+
+def _where(record: dict[str, Any], cert: Any) -> str:
+    """Where the certified edits may fall, in words (the perturbed positions of --perturb)."""
+    length, perturbed = len(cert.prompt), record["perturbed_positions"]
+    if record["perturb"] == "context":
+        return f"in the lines before the last one (the first {perturbed} of {length} prompt tokens; the last line is held fixed)"
+    if record["perturb"] == "last":
+        return "in the prompt's last token"
+    return "anywhere in the prompt"
 
 
 def _print_text(record: dict[str, Any], cert: Any, tokenizer: Any) -> None:

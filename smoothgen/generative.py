@@ -20,6 +20,11 @@ The smoothed greedy decoder (§4c)::
     p̄_t(x) = E_ε softmax(LM(emb(x) + ε, y_<t))          (mean of the per-copy softmax, a [0,1] score)
     y_t    = argmax_v p̄_t,v(x)                          (decoded greedily from p̄)
 
+or, with ``score="vote"`` (the default under token ablation), p̄_t,v(x) = P_ε[argmax LM(emb(x) + ε, y_<t) = v],
+the share of noisy copies whose own greedy choice is v: a 0/1 score, so step t is Cohen et al.'s smoothed
+classifier, and L_t is the Clopper–Pearson bound of the vote count. Everything below holds for either
+score, since it uses only that each copy's score of each token lies in [0, 1].
+
 CERTIFY(prompt, T, n0, n, α):
 1. Selection: n0 noisy copies of the prompt, each with its own KV cache. Prefill once; at step t the
    decoder picks a_t = argmax of the mean softmax of the n0 copies and feeds the clean embedding of a_t
@@ -175,12 +180,12 @@ class GenerationCertificate:
         radius: the radius that was asked for (0.0 when none was).
         step_radius: R_t per step.
         p_lower: L_t, the lower confidence bound on p̄_t of the chosen token (level alpha_step).
-        p_mean, p_variance: the estimation copies' mean and unbiased variance of that token's probability.
-        p_selection: the chosen token's mean probability among the selection copies.
+        p_mean, p_variance: the estimation copies' mean and unbiased variance of that token's score.
+        p_selection: the chosen token's mean score (probability or vote share) among the selection copies.
         mask: which prompt positions carry noise (and may be perturbed).
         alpha_step: alpha / max_new_tokens (Bonferroni over the steps).
         bound: the confidence bound ("best": the larger of empirical Bernstein and Hoeffding, each at
-            alpha_step / 2; "bernstein"; "hoeffding").
+            alpha_step / 2; "bernstein"; "hoeffding"; "clopper-pearson" for votes).
         stopped: why decoding stopped: "max_new_tokens" or "eos".
         noise_tv: τ, the per-copy total variation between the sampled prompt noise and N(0, σ²I)
             (token ablation: the chance of a tie between the random words that pick the kept subset);
@@ -189,6 +194,8 @@ class GenerationCertificate:
             positions; sigma is None and `step_radius[t]` is the number r of substituted tokens step t
             is certified against, −1 for none: L_t > 1/2 + Δ_r).
         keep: k of token ablation (None for Gaussian noise).
+        score: "probability" (p̄_t is the mean softmax) or "vote" (the share of copies whose argmax is
+            the token; bound "clopper-pearson").
     """
 
     prompt: tuple[int, ...]
@@ -214,6 +221,7 @@ class GenerationCertificate:
     noise_tv: float = 0.0
     noise: str = "gaussian"
     keep: int | None = None
+    score: str = "probability"
 
     def prefix_radius(self, k: int) -> float:
         """The radius below which the first k tokens are certified: min_{t<k} R_t (inf for k = 0)."""
@@ -503,6 +511,73 @@ class TokenAblation:
 NoiseSpace = EmbeddingGaussian | TokenAblation
 
 
+class PromptNoise:
+    """A token noise space of `smoothgen.generative` as `smoothgen.center.CenterNoise`: the input is the
+    prompt's token ids [L]; copies are embedding matrices [count, L, D] from the space's ``prompts``
+    (its keyed Philox streams, copy i a pure function of (key, i)).
+
+    Threat sizes and levels (THEORY.md §2, §4g):
+    - `EmbeddingGaussian`: eps_in = a Frobenius radius on the perturbed rows; p = Φ(Φ⁻¹(1/2 + Δ) + ε/σ).
+    - `TokenAblation`: eps_in = r, the number of substituted perturbed positions (an integer);
+      p = 1/2 + Δ + Δ_r with Δ_r = `ablation_delta`(P, k, r), P = perturbed positions.
+
+    Args:
+        space: an EmbeddingGaussian or a TokenAblation.
+        table: the embedding table [V, D].
+        mask: bool [L] of the perturbed positions (the prompt's length is fixed by it).
+    """
+
+    def __init__(self, space: EmbeddingGaussian | TokenAblation, table: torch.Tensor, mask: torch.Tensor):
+        if not isinstance(space, (EmbeddingGaussian, TokenAblation)):
+            raise InvalidParameterError(f"space must be an EmbeddingGaussian or a TokenAblation, got {space!r}")
+        if isinstance(space, TokenAblation) and space.mask_token_id >= table.shape[0]:
+            raise InvalidParameterError(f"mask_token_id {space.mask_token_id} is outside the vocabulary of {table.shape[0]}")
+        self.space, self.table, self.mask = space, table, mask
+        self.sigma = getattr(space, "sigma", None)
+        self.perturbed = int(mask.sum())
+
+    @property
+    def ablation(self) -> bool:
+        return isinstance(self.space, TokenAblation)
+
+    def check_input(self, x: Any) -> torch.Tensor:
+        ids = _as_ids(x.detach().cpu() if isinstance(x, torch.Tensor) else x, self.table.shape[0])
+        if ids.numel() != self.mask.numel():
+            raise InvalidInputError(f"the prompt has {ids.numel()} tokens, the mask {self.mask.numel()} positions")
+        return ids.to(self.table.device)
+
+    def check_radius(self, eps_in: Any) -> float:
+        if self.ablation:
+            ok = isinstance(eps_in, Integral) or (isinstance(eps_in, float) and eps_in.is_integer())
+            if isinstance(eps_in, bool) or not ok or eps_in < 0:
+                raise InvalidParameterError(
+                    f"under token ablation the threat is a number of substituted tokens (an integer >= 0), got {eps_in!r}"
+                )
+            return float(eps_in)
+        return check_positive(eps_in, "eps_in", allow_zero=True)
+
+    def copies(self, x: torch.Tensor, key: NoiseKey, start: int, count: int) -> torch.Tensor:
+        return self.space.prompts(self.table, x, self.mask, key, start, count)
+
+    def clean(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[x][None]
+
+    def noise_tv(self, x: torch.Tensor) -> float:
+        return self.space.noise_tv(x.numel(), self.table.shape[1], self.perturbed)
+
+    def level(self, x: torch.Tensor, eps_in: float, delta: float) -> float:
+        if self.ablation:
+            return stats.center_ablation_level(delta, ablation_delta(self.perturbed, self.space.keep, int(eps_in)))
+        return stats.center_certify_level(eps_in, self.sigma, delta)
+
+    def __repr__(self) -> str:
+        return f"PromptNoise({self.space!r}, perturbed={self.perturbed})"
+
+
+#: What a noisy copy contributes to the smoothed next-token scores p̄_t (`SmoothedLM`'s ``score``).
+SCORES = ("auto", "probability", "vote")
+
+
 # --------------------------------------------------------------------------------------------------
 # SmoothedLM
 # --------------------------------------------------------------------------------------------------
@@ -527,9 +602,16 @@ class SmoothedLM:
         eos_token_id: decoding stops after this token (None: never early).
         tokenizer: object with ``encode(str) -> ids`` for string prompts (CodeLM's byte encoding is used
             by default for a CodeLM).
+        score: what each noisy copy contributes to p̄_t: ``"probability"`` (its softmax: p̄_t is the mean
+            next-token distribution; lower bounds by `bound`), ``"vote"`` (1 for its argmax token: p̄_t is
+            the share of copies whose greedy choice is each token, the smoothed classifier of Cohen et al.
+            at every step; lower bounds are Clopper–Pearson, exact for these 0/1 scores), or ``"auto"``
+            (vote for token ablation, probability for Gaussian noise). Both are bounded scores in [0, 1],
+            so every certificate holds for both (THEORY.md §4c, §4g); votes certify far more under
+            ablation, where a copy's softmax is spread but its argmax is stable.
 
     Raises:
-        InvalidParameterError: bad σ, batch_size or bound.
+        InvalidParameterError: bad σ, batch_size, bound or score.
         InvalidInputError: a model without get_input_embeddings().
     """
 
@@ -544,6 +626,7 @@ class SmoothedLM:
         bound: str = "best",
         eos_token_id: int | None = None,
         tokenizer: Any = None,
+        score: str = "auto",
     ):
         self.noise: NoiseSpace = sigma if isinstance(sigma, (EmbeddingGaussian, TokenAblation)) else EmbeddingGaussian(sigma)
         self.sigma = getattr(self.noise, "sigma", None)
@@ -551,6 +634,9 @@ class SmoothedLM:
         if bound not in stats.BOUNDED_MEAN_METHODS:
             raise InvalidParameterError(f"bound must be one of {stats.BOUNDED_MEAN_METHODS}, got {bound!r}")
         self.bound = bound
+        if score not in SCORES:
+            raise InvalidParameterError(f"score must be one of {SCORES}, got {score!r}")
+        self.score = ("vote" if isinstance(self.noise, TokenAblation) else "probability") if score == "auto" else score
         if not callable(getattr(model, "get_input_embeddings", None)):
             raise InvalidInputError("model must have get_input_embeddings() (a causal LM that accepts inputs_embeds)")
         if device is not None:
@@ -646,6 +732,28 @@ class SmoothedLM:
     def _forward(self, embeds: torch.Tensor, past: Any = None) -> tuple[torch.Tensor, Any]:
         return forward_lm(self.model, embeds, past)
 
+    def _step_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """The sum over copies of each token's score at one position: softmax probabilities, or votes
+        (1 for the copy's argmax token, ties to the lowest id as torch.argmax).
+
+        Shapes:
+            logits: [c, V] -> [V] float64
+        """
+        if self.score == "vote":
+            return torch.bincount(logits.argmax(dim=-1), minlength=self.vocab_size).double()
+        return torch.softmax(logits.float(), dim=-1).double().sum(0)
+
+    def _token_scores(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Each copy's score of the target token at each position (probability, or 1/0 vote).
+
+        Shapes:
+            logits: [c, T, V], target: [T] -> [c, T] float64
+        """
+        if self.score == "vote":
+            return (logits.argmax(dim=-1) == target[None]).double()
+        probs = torch.softmax(logits.float(), dim=-1)
+        return probs.gather(2, target[None, :, None].expand(logits.shape[0], -1, 1))[..., 0].double()
+
     # ---------------------------------------------------------------------------------- p̄
 
     @torch.no_grad()
@@ -659,7 +767,8 @@ class SmoothedLM:
         mask: Any = None,
         delta: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """p̄(x) = mean over n noisy copies of softmax(LM(emb(prompt) + ε))[last position].
+        """p̄(x) = mean over n noisy copies of the score at the last position: softmax(LM(noisy prompt)), or
+        the one-hot vote of its argmax (``score="vote"``).
 
         A point estimate (no confidence); noise from the Purpose.PREDICT stream.
 
@@ -675,7 +784,7 @@ class SmoothedLM:
         total = None
         for start, count in self._chunks(n):
             logits, _ = self._forward(self.noisy_prompts(ids, m, key, start, count, delta))
-            part = torch.softmax(logits[:, -1].float(), dim=-1).double().sum(0)
+            part = self._step_scores(logits[:, -1])
             total = part if total is None else total + part
         return (total / n).cpu()
 
@@ -694,7 +803,7 @@ class SmoothedLM:
             total = None
             for i, (start, c) in enumerate(chunks):  # prefill once per chunk
                 logits, caches[i] = self._forward(self.noisy_prompts(ids, mask, key, start, c, delta))
-                part = torch.softmax(logits[:, -1].float(), dim=-1).double().sum(0)
+                part = self._step_scores(logits[:, -1])
                 total = part if total is None else total + part
             for t in range(steps):
                 a = int(torch.argmax(total))
@@ -706,7 +815,7 @@ class SmoothedLM:
                 total = None
                 for i, (start, c) in enumerate(chunks):  # feed the same clean token to every copy
                     logits, caches[i] = self._forward(row.expand(c, 1, self.dim), caches[i])
-                    part = torch.softmax(logits[:, -1].float(), dim=-1).double().sum(0)
+                    part = self._step_scores(logits[:, -1])
                     total = part if total is None else total + part
             return tokens, top
         prompts = [self.noisy_prompts(ids, mask, key, start, c, delta) for start, c in self._chunks(count)]
@@ -716,7 +825,7 @@ class SmoothedLM:
             for noisy in prompts:
                 seq = torch.cat([noisy, suffix[None].expand(noisy.shape[0], -1, -1)], dim=1)
                 logits, _ = self._forward(seq)
-                part = torch.softmax(logits[:, -1].float(), dim=-1).double().sum(0)
+                part = self._step_scores(logits[:, -1])
                 total = part if total is None else total + part
             a = int(torch.argmax(total))
             tokens.append(a)
@@ -762,9 +871,8 @@ class SmoothedLM:
                     logits, past = self._forward(torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0], past)
                     first = max(pos, length - 1)  # positions ≥ L − 1 predict a generated token
                     if end > first:
-                        probs = torch.softmax(logits[:, first - pos:].float(), dim=-1)
                         t0, t1 = first - (length - 1), end - (length - 1)
-                        scores[:, t0:t1] = probs.gather(2, target[t0:t1][None, :, None].expand(c, -1, 1))[..., 0].double()
+                        scores[:, t0:t1] = self._token_scores(logits[:, first - pos:], target[t0:t1])
                         done = t1
                     pos = end
                 assert done == steps
@@ -772,7 +880,7 @@ class SmoothedLM:
                 for t in range(steps):
                     seq = torch.cat([noisy, feed[:t][None].expand(c, -1, -1)], dim=1)
                     logits, _ = self._forward(seq)
-                    scores[:, t] = torch.softmax(logits[:, -1].float(), dim=-1)[:, tokens[t]].double()
+                    scores[:, t] = self._token_scores(logits[:, -1:], target[t:t + 1])[:, 0]
             scores.clamp_(0.0, 1.0)
             sums += scores.sum(0)
             squares += scores.pow(2).sum(0)
@@ -849,7 +957,7 @@ class SmoothedLM:
         n0, n = check_count(n0, "n0"), check_count(n, "n")
         alpha = check_alpha(alpha)
         radius = _check_radius(radius)
-        if self.bound == "bernstein" and n < 2:
+        if self.score == "probability" and self.bound == "bernstein" and n < 2:
             raise InvalidParameterError("the empirical Bernstein bound needs n >= 2")
         stream = RandomStream(seed, request_id)
         selection_key, estimation_key = stream.key(Purpose.SELECTION), stream.key(Purpose.ESTIMATION)
@@ -862,7 +970,11 @@ class SmoothedLM:
         for t in range(len(tokens)):
             mean = min(1.0, max(0.0, float(sums[t]) / n))
             var = max(0.0, (float(squares[t]) - n * mean * mean) / (n - 1)) if n > 1 else 0.0
-            lower = stats.lower_under_gaussian(stats.bounded_mean_lower(mean, var, n, alpha_step, self.bound), tau)
+            if self.score == "vote":  # 0/1 scores: the exact binomial bound on the vote share
+                raw = stats.clopper_pearson_lower(int(round(float(sums[t]))), n, alpha_step)
+            else:
+                raw = stats.bounded_mean_lower(mean, var, n, alpha_step, self.bound)
+            lower = stats.lower_under_gaussian(raw, tau)
             means.append(mean)
             variances.append(var)
             lowers.append(lower)
@@ -882,7 +994,7 @@ class SmoothedLM:
             n=n,
             alpha=alpha,
             alpha_step=alpha_step,
-            bound=self.bound,
+            bound="clopper-pearson" if self.score == "vote" else self.bound,
             max_new_tokens=max_new_tokens,
             mask=tuple(bool(v) for v in m.tolist()),
             seed=seed,
@@ -891,6 +1003,7 @@ class SmoothedLM:
             noise_tv=tau,
             noise=self.noise.kind,
             keep=getattr(self.noise, "keep", None),
+            score=self.score,
         )
         return dataclasses.replace(cert, certified_prefix=cert.prefix_at(radius))
 
@@ -920,7 +1033,6 @@ class SmoothedLM:
         return out
 
     @torch.no_grad()
-    @torch.no_grad()
     def exact_decode(
         self, prompt: Any, max_new_tokens: int, *, mask: Any = None, max_subsets: int = 20_000
     ) -> tuple[tuple[int, ...], tuple[float, ...]]:
@@ -932,7 +1044,7 @@ class SmoothedLM:
         the certificate (probability ≤ α) or a bug, never Monte Carlo noise.
 
         Returns:
-            (tokens, the exact smoothed probability p̄_t of each chosen token).
+            (tokens, the exact smoothed score p̄_t of each chosen token: probability or vote share).
 
         Raises:
             InvalidParameterError: Gaussian noise, or more than `max_subsets` subsets.
@@ -954,7 +1066,7 @@ class SmoothedLM:
             for start in range(0, prompts.shape[0], self.batch_size):
                 chunk = prompts[start : start + self.batch_size]
                 logits, _ = self._forward(torch.cat([chunk, suffix[None].expand(chunk.shape[0], -1, -1)], dim=1))
-                total += torch.softmax(logits[:, -1].float(), dim=-1).double().sum(0)
+                total += self._step_scores(logits[:, -1])
             p_bar = total / prompts.shape[0]
             a = int(torch.argmax(p_bar))
             tokens.append(a)
@@ -1018,8 +1130,8 @@ class SmoothedLM:
         prompt: Any,
         max_new_tokens: int,
         eps_in: float,
-        n: int = 1000,
-        m: int = 1000,
+        n: int = 2000,
+        m: int = 2000,
         delta: float = 0.05,
         alpha1: float = 0.005,
         alpha2: float = 0.005,
@@ -1040,7 +1152,8 @@ class SmoothedLM:
         Args:
             prompt: token ids [L] (or a string, with a tokenizer).
             max_new_tokens: tokens each noisy generation decodes (greedy, base LM).
-            eps_in: certified input radius ε1 (Frobenius norm on the perturbed rows).
+            eps_in: certified input radius ε1 (Frobenius norm on the perturbed rows); under token ablation,
+                the number r of substituted tokens (p = 1/2 + Δ + Δ_r, `stats.center_ablation_level`).
             n, m, delta, alpha1, alpha2, n_candidates: as in `CenterSmoother.certify` (delta is the
                 tolerance Δ ∈ (0, 1/2) of center smoothing, not an embedding perturbation).
             seed, request_id: the request's random streams (CenterSmoother's purposes).
@@ -1049,11 +1162,19 @@ class SmoothedLM:
         Returns:
             `smoothgen.certificates.CenterCertificate` (center: a tuple of token ids).
         """
-        self._gaussian_only("center_certify")
         from smoothgen.center import CenterSmoother
         from smoothgen.engine.runtime.torch_eager import TorchRuntime
 
         ids, max_new_tokens, mk, _ = self._decode_args(prompt, max_new_tokens, mask, None)
+        if isinstance(self.noise, TokenAblation):  # copies are whole ablated prompts; eps_in counts edited tokens
+            smoother = CenterSmoother(
+                TorchRuntime(lambda embeds: self._greedy(embeds, max_new_tokens), device=str(self.device)),
+                metric="levenshtein", batch_size=self.batch_size, n_candidates=n_candidates,
+                noise=PromptNoise(self.noise, self.table, mk),
+            )
+            cert = smoother.certify(ids, eps_in, n=n, m=m, delta=delta, alpha1=alpha1, alpha2=alpha2, seed=seed,
+                                    request_id=request_id)
+            return dataclasses.replace(cert, center=tuple(int(v) for v in cert.center))
         clean = self.table[ids]  # [L, D]
         positions = torch.nonzero(mk)[:, 0]
 

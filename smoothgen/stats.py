@@ -18,6 +18,7 @@ import functools
 import inspect
 import math
 import numbers
+from fractions import Fraction
 
 import numpy as np
 from scipy.stats import beta as _beta
@@ -362,6 +363,41 @@ def center_certify_level(eps_in: float, sigma: float, delta: float) -> float:
     return float(_norm.cdf(_norm.ppf(0.5 + delta) + eps_in / sigma))
 
 
+def center_ablation_level(delta: float, delta_r: float) -> float:
+    """p = 1/2 + Δ + Δ_r: the mass the certified ball must hold under token ablation (THEORY.md §2 with §4g).
+
+    Kumar & Goldstein's proof needs one fact about the smoothing distribution at every x' of the threat
+    model: a ball B = B(ẑ, R̂) with P_x(B) ≥ p still has P_x'(B) ≥ 1/2 + Δ. Gaussian noise gives it with
+    p = Φ(Φ⁻¹(1/2 + Δ) + ε1/σ) (`center_certify_level`). Under randomized ablation (keep k of L
+    positions), x' differing from x in r positions has |P_x(S) − P_x'(S)| ≤ Δ_r = 1 − C(L − r, k)/C(L, k)
+    for EVERY output event S (the ablated inputs coincide unless the kept subset meets an edited
+    position; Levine & Feizi 2020), so p = 1/2 + Δ + Δ_r suffices. Δ_r comes from
+    `smoothgen.generative.ablation_delta` (an exact fraction).
+
+    Computed in exact rational arithmetic and rounded up to a double. The result exceeds 1 when
+    Δ_r > 1/2 − Δ: no ball holds that mass, so no certificate at r edits exists (the caller abstains
+    with "q > 1", as for a Gaussian ε_in too large for σ and m).
+
+    Args:
+        delta: the tolerance Δ ∈ (0, 1/2).
+        delta_r: Δ_r ∈ [0, 1] (a float or a `fractions.Fraction`).
+
+    Returns:
+        p, in (1/2, 3/2 + Δ].
+    """
+    if not (0.0 < delta < 0.5):
+        raise InvalidParameterError(f"delta must lie strictly between 0 and 1/2, got {delta!r}")
+    if not isinstance(delta_r, numbers.Rational):
+        delta_r = _real(delta_r, "delta_r")
+    if not (0 <= delta_r <= 1):
+        raise InvalidParameterError(f"delta_r must lie in [0, 1], got {delta_r!r}")
+    exact = Fraction(1, 2) + Fraction(float(delta)) + Fraction(delta_r)
+    value = float(exact)
+    if Fraction(value) < exact:  # never state a smaller level than the proof needs
+        value = math.nextafter(value, math.inf)
+    return value
+
+
 def center_eps_out(gamma: float, beta: float, r_hat: float) -> float:
     """Certified output radius ε2 = γ·(1 + β)·R̂ (Kumar & Goldstein 2021, Thm 1 with a relaxed triangle)."""
     if not (gamma >= 1 and beta >= 1 and r_hat >= 0):
@@ -663,7 +699,7 @@ for _name in (
     "clopper_pearson_upper", "binomial_test_pvalue", "hoeffding_radius", "hoeffding_lower", "hoeffding_upper",
     "dkw_quantile_level", "order_statistic_index", "order_statistic", "normal_cdf", "normal_ppf", "cohen_radius",
     "max_certifiable_radius", "center_smoothing_check", "center_candidate_miss", "center_certify_level",
-    "center_eps_out", "empirical_bernstein_radius", "empirical_bernstein_lower", "bounded_mean_lower",
+    "center_eps_out", "center_ablation_level", "empirical_bernstein_radius", "empirical_bernstein_lower", "bounded_mean_lower",
     "generation_step_radius", "tv_bound", "wasserstein_bound", "event_probability_bound", "mean_smoothing_bound",
     "vector_mean_deviation",
 ):

@@ -126,7 +126,7 @@ def test_gaussian_only_certificates_refuse_ablation():
     lm = SmoothedLM(BagLM(), TokenAblation(2, MASK))
     with pytest.raises(InvalidParameterError):
         lm.distribution_bound(0.1)
-    with pytest.raises(InvalidParameterError):
+    with pytest.raises(InvalidParameterError):  # under ablation eps_in counts substituted tokens
         lm.center_certify([1, 2, 3], 2, 0.1, n=10, m=10)
     with pytest.raises(InvalidParameterError):
         TokenAblation(0, MASK)
@@ -141,17 +141,20 @@ def test_gaussian_only_certificates_refuse_ablation():
 # --------------------------------------------------------------------------------------------------
 
 
-def test_copy_position_oracle_exact_probability_and_no_false_certificate():
+@pytest.mark.parametrize("score", ["probability", "vote"])
+def test_copy_position_oracle_exact_probability_and_no_false_certificate(score):
     """p̄(x_j) = k/P exactly; a substitution at j drops it by exactly Δ_1 = k/P, so r = 1 can never be
     certified, while r = 0 is when k/P is comfortably above 1/2. A Δ_r below the truth (e.g. r/P) would
     certify r = 1 here, and the exact decoder at the edited prompt shows the change."""
     P, keep, j = 10, 8, 4
     ids = [3, 5, 2, 7, 6, 1, 4, 8, 2, 3]
-    lm = SmoothedLM(CopyPositionLM(9, j, default=8, prompt_length=P), TokenAblation(keep, MASK), batch_size=500)
+    lm = SmoothedLM(CopyPositionLM(9, j, default=8, prompt_length=P), TokenAblation(keep, MASK), batch_size=500,
+                    score=score)
     tokens, probs = lm.exact_decode(ids, 1)
     assert tokens == (ids[j],) and probs[0] == pytest.approx(keep / P)
     cert = lm.generate(ids, 1, n0=200, n=4000, alpha=0.001, seed=0)
-    assert cert.noise == "ablation" and cert.keep == keep and cert.sigma is None
+    assert cert.noise == "ablation" and cert.keep == keep and cert.sigma is None and cert.score == score
+    assert cert.bound == ("clopper-pearson" if score == "vote" else "best")
     assert cert.tokens == (ids[j],)
     assert cert.p_lower[0] <= keep / P and cert.step_radius[0] == 0  # certified at r = 0 only
     assert cert.prefix_at(0) == 1 and cert.prefix_at(1) == 0
@@ -162,13 +165,14 @@ def test_copy_position_oracle_exact_probability_and_no_false_certificate():
     assert cert.prefix_under_substitutions(lm.table, {j: ids[j]}) == 1  # no change is no edit
 
 
-def test_every_single_substitution_keeps_the_certified_prefix_exhaustively():
+@pytest.mark.parametrize("score", ["probability", "vote"])
+def test_every_single_substitution_keeps_the_certified_prefix_exhaustively(score):
     """Item 3: for short prompts, every one-token substitution at every position, with the smoothed
     decoder computed exactly at each edited prompt. A disagreement inside the certified prefix would be a
     certificate failure (probability ≤ α = 10⁻³ per certificate) or a bug; none may occur."""
     checked = certified_steps = 0
     for seed, (ids, keep) in enumerate([([1, 2, 3, 4, 5, 6, 7], 2), ([8, 8, 2, 5, 1, 3, 3, 6], 2), ([4, 7, 1, 2, 6, 5], 1)]):
-        lm = SmoothedLM(BagLM(seed=seed), TokenAblation(keep, MASK), batch_size=256)
+        lm = SmoothedLM(BagLM(seed=seed), TokenAblation(keep, MASK), batch_size=256, score=score)
         cert = lm.generate(ids, 3, n0=300, n=3000, alpha=0.001, seed=seed)
         exact, _ = lm.exact_decode(ids, 3)
         k1 = cert.prefix_at(1)
@@ -186,7 +190,8 @@ def test_every_single_substitution_keeps_the_certified_prefix_exhaustively():
     assert checked > 100
 
 
-def test_sabotaged_delta_is_caught(monkeypatch):
+@pytest.mark.parametrize("score", ["probability", "vote"])
+def test_sabotaged_delta_is_caught(monkeypatch, score):
     """Δ_r replaced by the too-small r/L: the copy-position model is then certified at r = 1, and the
     exact decoder at the edited prompt refutes it (what the oracle test above guards against)."""
     import smoothgen.generative as generative
@@ -194,8 +199,59 @@ def test_sabotaged_delta_is_caught(monkeypatch):
     monkeypatch.setattr(generative, "ablation_delta", lambda length, keep, edits: Fraction(max(edits, 0), length))
     P, keep, j = 10, 8, 4
     ids = [3, 5, 2, 7, 6, 1, 4, 8, 2, 3]
-    lm = SmoothedLM(CopyPositionLM(9, j, default=8, prompt_length=P), TokenAblation(keep, MASK), batch_size=500)
+    lm = SmoothedLM(CopyPositionLM(9, j, default=8, prompt_length=P), TokenAblation(keep, MASK), batch_size=500,
+                    score=score)
     cert = lm.generate(ids, 1, n0=200, n=4000, alpha=0.001, seed=0)
     edited = list(ids)
     edited[j] = 2
     assert cert.prefix_at(1) == 1 and lm.exact_decode(edited, 1)[0] != cert.tokens
+
+
+def test_vote_score_is_the_share_of_copies_whose_argmax_is_the_token():
+    """Votes: p̄_t is the share of ablated copies whose greedy choice is the token (exactly, by enumeration),
+    the default under ablation; the certificate's lower bound is Clopper–Pearson of the vote count."""
+    from smoothgen import stats
+
+    ids, keep = [1, 2, 3, 4, 5, 6, 7], 2
+    model = BagLM(seed=0, scale=1.0)  # soft decisions: probability and vote scores differ
+    votes = SmoothedLM(model, TokenAblation(keep, MASK), batch_size=64)
+    probs = SmoothedLM(model, TokenAblation(keep, MASK), batch_size=64, score="probability")
+    assert votes.score == "vote" and probs.score == "probability"
+    subsets = torch.tensor(list(itertools.combinations(range(len(ids)), keep)))
+    with torch.no_grad():
+        logits = model(inputs_embeds=votes.noise.subset_prompts(votes.table, torch.tensor(ids), torch.ones(7, dtype=torch.bool), subsets)).logits[:, -1]
+    share = torch.bincount(logits.argmax(-1), minlength=9).double() / len(subsets)
+    mean_softmax = torch.softmax(logits, -1).double().mean(0)
+    assert not torch.allclose(share, mean_softmax, atol=0.05)
+    tokens, p = votes.exact_decode(ids, 1)
+    assert tokens[0] == int(share.argmax()) and p[0] == pytest.approx(float(share.max()))
+    tokens, p = probs.exact_decode(ids, 1)
+    assert tokens[0] == int(mean_softmax.argmax()) and p[0] == pytest.approx(float(mean_softmax.max()), abs=1e-6)
+    cert = votes.generate(ids, 2, n0=100, n=500, alpha=0.01, seed=3)
+    for t in range(2):
+        count = round(cert.p_mean[t] * cert.n)
+        assert cert.p_mean[t] == count / cert.n  # a vote share
+        assert cert.p_lower[t] == pytest.approx(stats.clopper_pearson_lower(count, cert.n, cert.alpha_step) - cert.noise_tv)
+    with pytest.raises(InvalidParameterError):
+        SmoothedLM(model, TokenAblation(keep, MASK), score="majority")
+
+
+def test_center_certify_under_ablation_counts_edited_tokens():
+    """Center smoothing of the generated sequences under ablation (p = 1/2 + Δ + Δ_r). A model that copies
+    prompt position j is exactly known: every generated token is x_j when j is kept (probability k/P =
+    0.1), else the default token 8. At every prompt with r ≤ 2 substituted tokens the output law is still
+    (8, 8, 8) with probability 0.9, so the true smoothed center never moves: the certificate must find that
+    center, and too many edits must abstain ("q > 1")."""
+    from smoothgen import stats
+
+    P, keep, j = 20, 2, 4
+    ids = [3, 5, 2, 7, 6, 1, 4, 8, 2, 3, 1, 2, 3, 4, 5, 6, 7, 1, 2, 3]
+    lm = SmoothedLM(CopyPositionLM(9, j, default=8, prompt_length=P), TokenAblation(keep, MASK), batch_size=500)
+    cert = lm.center_certify(ids, 3, 2, n=3000, m=3000, delta=0.05, seed=0)
+    assert cert.sigma is None and cert.eps_in == 2.0 and cert.metric == "levenshtein"
+    assert cert.p == pytest.approx(stats.center_ablation_level(0.05, ablation_delta(P, keep, 2)))
+    assert not cert.abstained and cert.center == (8, 8, 8) and cert.eps_out == 0.0
+    # Δ_6 = 1 − C(14, 2)/C(20, 2) > 1/2 − Δ: no ball can hold p > 1
+    assert lm.center_certify(ids, 3, 6, n=3000, m=3000, delta=0.05, seed=0).reason == "q > 1"
+    with pytest.raises(InvalidParameterError):
+        lm.center_certify(ids, 3, 1.5, n=100, m=100)

@@ -39,14 +39,43 @@ def test_text_generation_perturbing_only_the_last_token(capsys):
 
 def test_ablation_prints_edits_in_plain_words(tmp_path, capsys):
     out = tmp_path / "a.json"
-    assert cli_main([*TEXT, "--noise", "ablate", "--prompt", "import os\nimport s", "--out", str(out)]) == 0
+    assert cli_main([*TEXT, "--noise", "ablate", "--prompt", "import os\nimport s", "--perturb", "all",
+                     "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     record = json.loads(out.read_text())
-    assert record["noise"] == "ablation" and record["keep"] == round(18 / 4) and record["mask_token"] == 0
-    assert record["sigma"] is None and record["edits"] == 1
-    assert "robust to any 1 edited token" in printed
+    assert record["noise"] == "ablation" and record["keep"] == round(0.1 * 18) and record["mask_token"] == 0
+    assert record["sigma"] is None and record["edits"] == 1 and record["score"] == "vote"
+    assert record["model"] == "embedded:code_lm_ablate0.1" and record["mask"] == [True] * 18
+    assert ("robust to any 1 edited token anywhere in the prompt" in printed
+            or "not certified against 1 edited token anywhere in the prompt" in printed)
     k = record["certified_prefix"]
     assert all(r >= 1 for r in record["step_radius"][:k]) and (k == 6 or record["step_radius"][k] < 1)
+
+
+def test_the_default_generation_is_certified_against_an_edited_token(capsys):
+    """Issue 11 item 5: `smoothgen generate` with no arguments (the README's first text example) prints a
+    non-empty prefix certified against one edited token, on the embedded LM trained for its ablation: the
+    default prompt's first two lines may be edited, its last line is held fixed."""
+    assert cli_main(["generate", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["noise"] == "ablation" and record["model"] == "embedded:code_lm_ablate0.1"
+    assert record["perturb"] == "context" and record["edits"] == 1
+    lines = record["prompt"].split("\n")
+    assert record["mask"] == [True] * (len(record["prompt"]) - len(lines[-1])) + [False] * len(lines[-1])
+    assert record["certified_prefix"] >= 1 and record["step_radius"][0] >= 1
+    assert cli_main(["generate"]) == 0
+    printed = capsys.readouterr().out
+    assert "robust to any 1 edited token in the lines before the last one" in printed
+
+
+def test_perturb_context_holds_the_last_line_fixed(capsys):
+    assert cli_main([*TEXT, "--prompt", "ab\ncd\nef", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["perturb"] == "context" and record["mask"] == [True] * 6 + [False] * 2
+    assert cli_main([*TEXT, "--prompt", "abcdef", "--json"]) == 0  # one line: nothing to call context
+    assert json.loads(capsys.readouterr().out)["perturb"] == "all"
+    assert cli_main([*TEXT, "--prompt", "ab\ncd", "--sigma", "0.05", "--json"]) == 0  # Gaussian: all by default
+    assert json.loads(capsys.readouterr().out)["perturb"] == "all"
 
 
 def steady_byte_lm():
@@ -81,8 +110,10 @@ def test_ablation_exhaustive_check_decodes_every_single_substitution(capsys, mon
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--noise", "ablate", "--sigma", "0.1"], "--edits"),
-    (["--keep", "3"], "--noise ablate"),
-    (["--exhaustive"], "--noise ablate"),
+    (["--noise", "gaussian", "--keep", "3"], "--noise ablate"),
+    (["--noise", "gaussian", "--exhaustive"], "--noise ablate"),
+    (["--prompt", "def f(x):", "--perturb", "context"], "several lines"),
+    (["--prompt", "import os\n" * 5 + "x", "--exhaustive"], "subsets exceed"),
     (["--noise", "ablate", "--keep", "0"], "keep"),
     (["--noise", "ablate", "--edits", "-1"], "--edits"),
     (["--prompt", ""], "empty"),

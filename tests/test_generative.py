@@ -419,6 +419,24 @@ def test_distribution_bound_of_smoothed_lm():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gaussian_votes_against_the_exact_vote_share_and_radius(seed):
+    """score="vote" under Gaussian noise: on LinearThresholdLM a copy votes A_t exactly when its margin is
+    positive, so the vote share is Φ(m_t / (σ‖W_t|mask‖)) and the vote-smoothed decoder's robust radius is
+    m_t / ‖W_t|mask‖ — the same as for probabilities. The certified step radius σΦ⁻¹(L_t) must stay below
+    it (and L_t below the share) at every step, and not be vacuous."""
+    sigma, mask = 0.5, [True, True, False]
+    model, prompt, exact = linear_lm([2.2, 1.7, 2.6], sigma, mask, seed=seed)
+    lm = SmoothedLM(model, sigma, mask=mask, batch_size=500, score="vote")
+    cert = lm.generate(prompt, 3, n0=50, n=2000, alpha=0.01, seed=seed)
+    _, true_radius = exact()
+    assert cert.tokens == (0, 3, 5) and cert.score == "vote" and cert.bound == "clopper-pearson"
+    for t in range(3):
+        share = norm.cdf(true_radius[t] / sigma)
+        assert cert.p_lower[t] <= share
+        assert 0.8 * true_radius[t] < cert.step_radius[t] <= true_radius[t]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_certified_prefix_survives_pgd_on_a_tight_model(seed):
     """On LinearThresholdLM the smoothed decoder's robust radius is known exactly and PGD reaches it, so
     a certificate that claimed more than it may (a point estimate instead of L_t, say) would be broken:

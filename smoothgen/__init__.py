@@ -4,8 +4,11 @@ Public API:
     SmoothedClassifier  — Cohen et al.'s PREDICT and CERTIFY (THEORY.md §1).
     CenterSmoother      — center smoothing of metric-space outputs (THEORY.md §2).
     DiffusionPurifier, DDS, DiffSmooth — diffusion-purified base classifiers (THEORY.md §3).
-    SmoothedLM          — SmoothGen for causal LMs: noise on the prompt's token embeddings, certified
-                          prefix of smoothed greedy decoding, TV/W1 bound, Levenshtein center smoothing (§4).
+    SmoothedLM          — SmoothGen for causal LMs: token ablation (certificates in edited tokens, §4g) or
+                          noise on the prompt's token embeddings; certified prefix of smoothed greedy
+                          decoding, TV/W1 bound, Levenshtein center smoothing (§4). TokenAblation,
+                          EmbeddingGaussian — its noise spaces.
+    SmoothedEncoder     — center smoothing of a sentence encoder's pooled embedding in either noise space.
     SmoothedConditionalDiffusion — the class-conditional DDPM smoothed in its class-embedding space (§4a/d/e).
     SemiElasticClassifier — input-dependent σ with the Súkeník et al. certificate (§5); GradientSigma is
                           the uncertified heuristic.
@@ -41,7 +44,8 @@ from smoothgen.errors import (
     ResultsFileError,
     SmoothgenError,
 )
-from smoothgen.generative import DistributionBound, GenerationCertificate, SmoothedLM
+from smoothgen.generative import DistributionBound, EmbeddingGaussian, GenerationCertificate, SmoothedLM, TokenAblation
+from smoothgen.encoders import SmoothedEncoder
 
 __version__ = "0.1.0"
 
@@ -57,6 +61,7 @@ __all__ = [
     "DiffusionPurifier",
     "DistanceToSet",
     "DistributionBound",
+    "EmbeddingGaussian",
     "GenerationCertificate",
     "GradientSigma",
     "InvalidInputError",
@@ -73,8 +78,10 @@ __all__ = [
     "SemiElasticSigma",
     "SmoothedClassifier",
     "SmoothedConditionalDiffusion",
+    "SmoothedEncoder",
     "SmoothedLM",
     "SmoothgenError",
+    "TokenAblation",
     "semi_elastic_radius",
     "__version__",
 ]

@@ -37,7 +37,6 @@ module changes nothing for the cosine distance.
 """
 from __future__ import annotations
 
-from numbers import Real
 from typing import Any, Callable, Sequence
 
 import torch
@@ -51,10 +50,8 @@ from smoothgen.generative import (
     DEFAULT_BATCH_SIZE,
     EmbeddingGaussian,
     PromptNoise,
+    PromptSmoother,
     TokenAblation,
-    _as_ids,
-    _check_mask_tensor,
-    model_context_length,
 )
 from smoothgen.metrics import Metric, get_metric
 from smoothgen.validate import check_count
@@ -146,7 +143,7 @@ def _hidden_states(out: Any, embeds: torch.Tensor) -> torch.Tensor:
     return hidden
 
 
-class SmoothedEncoder:
+class SmoothedEncoder(PromptSmoother):
     """A sentence encoder whose pooled embedding is center-smoothed under token-embedding noise or ablation.
 
     Args:
@@ -194,37 +191,12 @@ class SmoothedEncoder:
             model, st_pooling, st_tokenizer = parts
             pooling = st_pooling if pooling is None else pooling
             tokenizer = st_tokenizer if tokenizer is None else tokenizer
-        if isinstance(noise, (EmbeddingGaussian, TokenAblation)):
-            self.noise = noise
-        elif isinstance(noise, bool) or not isinstance(noise, Real):
-            raise InvalidParameterError(f"noise must be a number σ > 0, an EmbeddingGaussian or a TokenAblation, got {noise!r}")
-        else:
-            self.noise = EmbeddingGaussian(noise)
-        self.sigma = getattr(self.noise, "sigma", None)
+        super().__init__(model, noise, mask=mask, batch_size=batch_size, device=device, tokenizer=tokenizer)
         pooling = "mean" if pooling is None else pooling
         self.pool = _pooling(pooling)
         self.pooling = pooling if isinstance(pooling, str) else getattr(pooling, "__name__", "callable")
-        self.batch_size = check_count(batch_size, "batch_size")
         self.n_candidates = None if n_candidates is None else check_count(n_candidates, "n_candidates")
         self.metric = get_metric(metric)
-        if not callable(getattr(model, "get_input_embeddings", None)):
-            raise InvalidInputError("model must have get_input_embeddings() (an encoder that accepts inputs_embeds)")
-        if device is not None:
-            model = model.to(device)
-        if isinstance(model, torch.nn.Module):
-            model.eval()
-        self.model = model
-        table = model.get_input_embeddings().weight
-        if not isinstance(table, torch.Tensor) or table.ndim != 2:
-            raise InvalidInputError("get_input_embeddings().weight must be a [V, D] tensor")
-        self.table = table.detach()
-        self.device = self.table.device
-        self.vocab_size, self.dim = self.table.shape
-        if isinstance(self.noise, TokenAblation) and self.noise.mask_token_id >= self.vocab_size:
-            raise InvalidParameterError(f"mask_token_id {self.noise.mask_token_id} is outside the vocabulary of {self.vocab_size}")
-        self.context_length = model_context_length(model)
-        self.mask = mask
-        self.tokenizer = tokenizer
         self.runtime = TorchRuntime(self._encode, device=str(self.device))
 
     # ---------------------------------------------------------------------------------- inputs
@@ -236,37 +208,10 @@ class SmoothedEncoder:
             InvalidInputError: an empty prompt, ids out of range, a prompt longer than the model takes,
                 a string without a tokenizer.
         """
-        if isinstance(prompt, str):
-            prompt = self._tokenize(prompt)
-        ids = _as_ids(prompt.detach().cpu() if isinstance(prompt, torch.Tensor) else prompt, self.vocab_size)
-        if ids.numel() == 0:
-            raise InvalidInputError("the prompt is empty")
+        ids = super().prompt_ids(prompt)
         if self.context_length is not None and ids.numel() > self.context_length:
             raise InvalidInputError(f"the prompt has {ids.numel()} tokens, more than the model's {self.context_length} positions")
-        return ids.to(self.device)
-
-    def _tokenize(self, text: str) -> Any:
-        if self.tokenizer is None:
-            raise InvalidInputError("a string prompt needs a tokenizer (pass tokenizer=...) or token ids")
-        if callable(self.tokenizer):
-            out = self.tokenizer(text)
-            try:
-                return out["input_ids"]
-            except (TypeError, KeyError, IndexError):
-                if not hasattr(self.tokenizer, "encode"):
-                    return out
-        if hasattr(self.tokenizer, "encode"):
-            return self.tokenizer.encode(text)
-        raise InvalidInputError("tokenizer must be callable (returning input_ids) or have encode(str)")
-
-    def prompt_mask(self, ids: torch.Tensor, mask: Any = None) -> torch.Tensor:
-        """The bool mask [L] of perturbed positions for this prompt (per-call mask, else the wrapper's)."""
-        mask = self.mask if mask is None else mask
-        if mask is None:
-            return torch.ones(ids.numel(), dtype=torch.bool, device=self.device)
-        if callable(mask):
-            mask = mask(ids)
-        return _check_mask_tensor(mask, ids.numel(), self.device)
+        return ids
 
     # ---------------------------------------------------------------------------------- the base model
 

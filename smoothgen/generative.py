@@ -72,7 +72,7 @@ import itertools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -579,11 +579,104 @@ SCORES = ("auto", "probability", "vote")
 
 
 # --------------------------------------------------------------------------------------------------
+# What SmoothedLM and SmoothedEncoder share: a model fed inputs_embeds, a noise space over its prompt
+# --------------------------------------------------------------------------------------------------
+
+
+def as_noise_space(noise: Any) -> NoiseSpace:
+    """A noise space from a number σ (`EmbeddingGaussian`), or an `EmbeddingGaussian` / `TokenAblation` as is."""
+    if isinstance(noise, (EmbeddingGaussian, TokenAblation)):
+        return noise
+    if isinstance(noise, bool) or not isinstance(noise, Real):
+        raise InvalidParameterError(f"noise must be a number σ > 0, an EmbeddingGaussian or a TokenAblation, got {noise!r}")
+    return EmbeddingGaussian(noise)
+
+
+class PromptSmoother:
+    """The common part of `SmoothedLM` and `smoothgen.encoders.SmoothedEncoder`: a model that takes
+    ``inputs_embeds`` and has ``get_input_embeddings()`` (put in eval mode, moved to `device`), its
+    embedding table, the noise space over the prompt, the perturbed positions (`mask`) and the tokenizer.
+
+    Raises:
+        InvalidParameterError: a bad noise or batch size, or a mask token outside the vocabulary.
+        InvalidInputError: a model without get_input_embeddings() returning a [V, D] weight.
+    """
+
+    #: What the model is, in error messages.
+    model_kind = "a model that accepts inputs_embeds"
+
+    def __init__(self, model: Any, noise: Any, *, mask: Any, batch_size: int, device: Any, tokenizer: Any):
+        self.noise: NoiseSpace = as_noise_space(noise)
+        self.sigma = getattr(self.noise, "sigma", None)
+        self.batch_size = check_count(batch_size, "batch_size")
+        if not callable(getattr(model, "get_input_embeddings", None)):
+            raise InvalidInputError(f"model must have get_input_embeddings() ({self.model_kind})")
+        if device is not None:
+            model = model.to(device)
+        if isinstance(model, torch.nn.Module):
+            model.eval()
+        self.model = model
+        table = model.get_input_embeddings().weight
+        if not isinstance(table, torch.Tensor) or table.ndim != 2:
+            raise InvalidInputError("get_input_embeddings().weight must be a [V, D] tensor")
+        self.table = table.detach()
+        self.device = self.table.device
+        self.vocab_size, self.dim = self.table.shape
+        if isinstance(self.noise, TokenAblation) and self.noise.mask_token_id >= self.vocab_size:
+            raise InvalidParameterError(f"mask_token_id {self.noise.mask_token_id} is outside the vocabulary of {self.vocab_size}")
+        self.context_length = model_context_length(model)
+        self.mask = mask
+        self.tokenizer = tokenizer
+
+    def prompt_ids(self, prompt: Any) -> torch.Tensor:
+        """The prompt as int64 token ids [L] on the model's device (a string goes through the tokenizer).
+
+        Raises:
+            InvalidInputError: an empty prompt, ids out of range, a string without a tokenizer.
+        """
+        if isinstance(prompt, str):
+            prompt = self._tokenize(prompt)
+        ids = _as_ids(prompt.detach().cpu() if isinstance(prompt, torch.Tensor) else prompt, self.vocab_size)
+        if ids.numel() == 0:
+            raise InvalidInputError("the prompt is empty")
+        return ids.to(self.device)
+
+    def _tokenize(self, text: str) -> Any:
+        """Token ids of a string: a Hugging Face tokenizer (called, its ``input_ids``) or anything with
+        ``encode(str)``; for smoothgen's byte-level CodeLM without a tokenizer, its byte encoding."""
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            from smoothgen.models.lm import CodeLM, encode
+
+            if isinstance(self.model, CodeLM):
+                return encode(text)
+            raise InvalidInputError("a string prompt needs a tokenizer (pass tokenizer=...) or token ids")
+        if hasattr(tokenizer, "encode"):
+            return tokenizer.encode(text)
+        if callable(tokenizer):
+            out = tokenizer(text)
+            try:
+                return out["input_ids"]
+            except (TypeError, KeyError, IndexError):
+                return out
+        raise InvalidInputError("tokenizer must have encode(str) or be callable (returning input_ids)")
+
+    def prompt_mask(self, ids: torch.Tensor, mask: Any = None) -> torch.Tensor:
+        """The bool mask [L] of perturbed positions for this prompt (per-call mask, else the wrapper's)."""
+        mask = self.mask if mask is None else mask
+        if mask is None:
+            return torch.ones(ids.numel(), dtype=torch.bool, device=self.device)
+        if callable(mask):
+            mask = mask(ids)
+        return _check_mask_tensor(mask, ids.numel(), self.device)
+
+
+# --------------------------------------------------------------------------------------------------
 # SmoothedLM
 # --------------------------------------------------------------------------------------------------
 
 
-class SmoothedLM:
+class SmoothedLM(PromptSmoother):
     """A causal LM smoothed with Gaussian noise on its prompt's token embeddings, or with randomized
     ablation of its prompt's tokens (`TokenAblation`: certificates in substituted tokens).
 
@@ -615,6 +708,8 @@ class SmoothedLM:
         InvalidInputError: a model without get_input_embeddings().
     """
 
+    model_kind = "a causal LM that accepts inputs_embeds"
+
     def __init__(
         self,
         model: Any,
@@ -628,67 +723,16 @@ class SmoothedLM:
         tokenizer: Any = None,
         score: str = "auto",
     ):
-        self.noise: NoiseSpace = sigma if isinstance(sigma, (EmbeddingGaussian, TokenAblation)) else EmbeddingGaussian(sigma)
-        self.sigma = getattr(self.noise, "sigma", None)
-        self.batch_size = check_count(batch_size, "batch_size")
+        super().__init__(model, sigma, mask=mask, batch_size=batch_size, device=device, tokenizer=tokenizer)
         if bound not in stats.BOUNDED_MEAN_METHODS:
             raise InvalidParameterError(f"bound must be one of {stats.BOUNDED_MEAN_METHODS}, got {bound!r}")
         self.bound = bound
         if score not in SCORES:
             raise InvalidParameterError(f"score must be one of {SCORES}, got {score!r}")
         self.score = ("vote" if isinstance(self.noise, TokenAblation) else "probability") if score == "auto" else score
-        if not callable(getattr(model, "get_input_embeddings", None)):
-            raise InvalidInputError("model must have get_input_embeddings() (a causal LM that accepts inputs_embeds)")
-        if device is not None:
-            model = model.to(device)
-        if isinstance(model, torch.nn.Module):
-            model.eval()
-        self.model = model
-        table = model.get_input_embeddings().weight
-        if not isinstance(table, torch.Tensor) or table.ndim != 2:
-            raise InvalidInputError("get_input_embeddings().weight must be a [V, D] tensor")
-        self.table = table.detach()
-        self.device = self.table.device
-        self.vocab_size, self.dim = self.table.shape
-        self.context_length = model_context_length(model)
-        self.mask = mask
         if eos_token_id is not None:
             eos_token_id = int(_as_ids([eos_token_id], self.vocab_size)[0])
         self.eos_token_id = eos_token_id
-        self.tokenizer = tokenizer
-
-    # ---------------------------------------------------------------------------------- inputs
-
-    def prompt_ids(self, prompt: Any) -> torch.Tensor:
-        """The prompt as int64 token ids [L] on the model's device (a string goes through the tokenizer).
-
-        Raises:
-            InvalidInputError: an empty prompt, ids out of range, a string without a tokenizer.
-        """
-        if isinstance(prompt, str):
-            prompt = self._encode(prompt)
-        ids = _as_ids(prompt, self.vocab_size)
-        if ids.numel() == 0:
-            raise InvalidInputError("the prompt is empty")
-        return ids.to(self.device)
-
-    def _encode(self, text: str) -> Any:
-        if self.tokenizer is not None:
-            return self.tokenizer.encode(text)
-        from smoothgen.models.lm import CodeLM, encode
-
-        if isinstance(self.model, CodeLM):
-            return encode(text)
-        raise InvalidInputError("a string prompt needs a tokenizer (pass tokenizer=...) or token ids")
-
-    def prompt_mask(self, ids: torch.Tensor, mask: Any = None) -> torch.Tensor:
-        """The bool mask [L] of perturbed positions for this prompt (per-call mask, else the wrapper's)."""
-        mask = self.mask if mask is None else mask
-        if mask is None:
-            return torch.ones(ids.numel(), dtype=torch.bool, device=self.device)
-        if callable(mask):
-            mask = mask(ids)
-        return _check_mask_tensor(mask, ids.numel(), self.device)
 
     def _check_length(self, length: int, new_tokens: int) -> None:
         if self.context_length is not None and length + new_tokens > self.context_length:

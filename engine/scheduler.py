@@ -24,7 +24,7 @@ import torch
 from smoothgen.engine.noise import NoiseKey, NoiseSource
 from smoothgen.engine.reducers import ClassCounts, KeepOutputs, Reducer, ScoreSums
 from smoothgen.engine.runtime import Runtime, as_runtime
-from smoothgen.engine.sampler import DEFAULT_BATCH_SIZE, check_batch_size, detach_from
+from smoothgen.engine.sampler import DEFAULT_BATCH_SIZE, check_batch_size, detach_from, model_failure
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, SmoothgenError, first_line
 from smoothgen.validate import as_model_dtype, check_count, check_input, check_positive, check_sigma
 
@@ -305,7 +305,7 @@ class Scheduler:
         except Exception as exc:
             # The model failed. Each request gets one retry alone (its copies are drawn again, identically);
             # one that fails alone too fails, with the model's error as a ModelOutputError.
-            error = exc if isinstance(exc, SmoothgenError) else ModelOutputError(f"the model failed: {first_line(exc)}")
+            error = exc if isinstance(exc, SmoothgenError) else model_failure(self.runtime, batch, exc)
             if error is not exc:
                 error.__cause__ = exc
             for active, _, _ in slices:

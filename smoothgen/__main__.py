@@ -1,6 +1,6 @@
-"""`python -m smoothgen` is the `smoothgen` command."""
+"""`python -m smoothgen` is the `smoothgen` command (the same entry point as the console script)."""
 import sys
 
-from smoothgen.cli import main
+from smoothgen._entry import main
 
 sys.exit(main())

@@ -7,6 +7,7 @@ code 2; results files only ever hold whole records.
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import statistics
 import sys
@@ -20,7 +21,8 @@ import torch
 from tqdm import tqdm
 
 from smoothgen import __version__
-from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, SmoothgenError, first_line
+from smoothgen._entry import stop_during_startup
+from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, ResultsFileError, SmoothgenError, first_line
 from smoothgen.results import ResultsFile, write_cohen_tsv
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -43,6 +45,15 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other error of the command (argparse prints its
+    whole usage block first: 10 to 14 lines for `certify`), and exit code 2 as before."""
+
+    def error(self, message: str):
+        message = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 class _Explicit(argparse.Action):
     """Store the value and remember that the option was given: some options apply only with another one."""
 
@@ -60,8 +71,9 @@ def _common(parser: argparse.ArgumentParser, default_num: int, default_out: str)
     io.add_argument("--start", type=int, default=0, help="index of the first input to process (default: 0)")
     io.add_argument("--num", type=int, default=default_num, help=f"number of inputs to process (default: {default_num})")
     io.add_argument("--out", default=default_out, help="results file, one JSON record per line")
-    io.add_argument("--resume", action="store_true", help="continue an interrupted run from --out")
-    io.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    existing = io.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true", help="continue an interrupted run from --out")
+    existing.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     run = parser.add_argument_group("execution")
     run.add_argument("--batch-size", type=int, default=1000, help="noisy copies per model call (default: 1000)")
     run.add_argument("--seed", type=int, default=0, help="seed of the random streams; input i uses stream (seed, i) (default: 0)")
@@ -74,7 +86,7 @@ def _common(parser: argparse.ArgumentParser, default_num: int, default_out: str)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="smoothgen",
         description="Certify the robustness of ML models with randomized smoothing. Every certificate holds "
         "with probability at least 1 - alpha over the sampling.",
@@ -104,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "alpha/K per look. --n is not used then.",
     )
     seq.add_argument("--target-radius", type=float, help="the l2 radius to certify each input at")
-    seq.add_argument("--looks", type=_ints, default=[100, 1_000, 10_000, 100_000],
+    seq.add_argument("--looks", action=_Explicit, type=_ints, default=[100, 1_000, 10_000, 100_000],
                      help="cumulative sample counts at which the test looks (default: 100,1000,10000,100000)")
     den = cert.add_argument_group(
         "diffusion purification (DDS, DiffSmooth; THEORY.md section 3)",
@@ -161,6 +173,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_common(args: argparse.Namespace) -> None:
+    """The options every command shares, checked before anything is loaded or computed."""
+    from smoothgen.validate import check_count, check_device
+
+    check_count(args.batch_size, "--batch-size")
+    check_device(args.device, "--device")
+    for option in ("model", "ddpm"):
+        spec = getattr(args, option, None)
+        if spec is not None and spec != "embedded" and not spec.startswith("diffusers:"):
+            _check_model_spec(spec, f"--{option}")
+
+
+def _check_model_spec(spec: str, option: str) -> None:
+    """A model option is an existing file or package.module:factory (an empty module name was a ValueError)."""
+    if spec and Path(spec).is_file():
+        return
+    module, colon, factory = spec.partition(":")
+    if colon and all(part.isidentifier() for part in module.split(".")) and factory.isidentifier():
+        return
+    raise InvalidParameterError(f"{option} {spec!r} is neither an existing file nor package.module:factory")
+
+
+def _check_output_file(path: str, option: str, results: str) -> None:
+    """A second output file (--tsv) is checked before the run, not after hours of certification."""
+    target = Path(path)
+    if target.is_dir():
+        raise InvalidParameterError(f"{option} {path} is a directory")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InvalidParameterError(f"{option} {path}: {parent} is a file, not a directory")
+            break
+    if target.resolve() == Path(results).resolve():
+        raise InvalidParameterError(f"{option} {path} is the results file --out: it would replace the records")
+
+
 def _load_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None, str]:
     """The selected slice of inputs and labels, and a name of the data for the records."""
     if args.data is None:
@@ -195,8 +243,13 @@ def _load_model(args: argparse.Namespace, embedded, embedded_name: str, x: np.nd
 
 
 def _apply_backend(args: argparse.Namespace, runtime, x: np.ndarray):
-    """The runtime for --backend: torch models are re-wrapped (compiled, exported); ONNX files stay on ONNX Runtime."""
+    """The runtime for --backend: torch models are re-wrapped (compiled, exported); ONNX files stay on ONNX Runtime.
+
+    The model first runs once as loaded, so that data it cannot take fails with what it takes
+    (`_probe`), not as "no runtime backend could run the model" from the backend's warm-up."""
     from smoothgen.engine.runtime import OnnxRuntime, TorchRuntime, create_runtime
+
+    _probe(runtime, x[0])
 
     if isinstance(runtime, OnnxRuntime):
         if args.backend not in ("auto", "onnxruntime"):
@@ -208,14 +261,11 @@ def _apply_backend(args: argparse.Namespace, runtime, x: np.ndarray):
 
 
 def _probe(runtime, x0: np.ndarray) -> Any:
-    """Run the model once on a clean input so that a wrong model fails before any record is written."""
-    try:
-        out = runtime.run(torch.from_numpy(x0[None]).to(runtime.device))
-    except SmoothgenError:
-        raise
-    except Exception as exc:
-        raise ModelOutputError(f"model failed on an input of shape {tuple(x0.shape)}: {first_line(exc)}") from exc
-    return out
+    """Run the model once on a clean input so that a wrong model fails before any record is written (with
+    the shape it takes, when that is what is wrong and it can be learned: engine.sampler.model_failure)."""
+    from smoothgen.engine.sampler import run_model
+
+    return run_model(runtime, torch.from_numpy(x0[None]).to(runtime.device))
 
 
 def _progress(iterable, args, total: int, desc: str):
@@ -309,10 +359,19 @@ def cmd_certify(args: argparse.Namespace) -> int:
     from smoothgen.classify import SmoothedClassifier
     from smoothgen.validate import check_alpha, check_count, check_sigma
 
+    _check_common(args)
     check_sigma(args.sigma)
     check_alpha(args.alpha)
     check_count(args.n0, "--n0")
     check_count(args.n, "--n")
+    if args.num_classes is not None:
+        check_count(args.num_classes, "--num-classes", minimum=2)
+    if not args.radii or not all(math.isfinite(r) and r >= 0 for r in args.radii):
+        raise InvalidParameterError(f"--radii must be one or more finite radii >= 0, got {args.radii}")
+    if args.tsv is not None:
+        _check_output_file(args.tsv, "--tsv", args.out)
+    if "--looks" in getattr(args, "explicit_options", set()) and args.target_radius is None:
+        raise InvalidParameterError("--looks applies only with --target-radius")
     _check_denoiser_options(args)
     if args.target_radius is not None:
         from smoothgen.validate import check_positive
@@ -376,7 +435,10 @@ def _certify_inputs(args, smoothed, results, x, y, reseed) -> int:
     _print_certify_summary(records, args.radii if args.target_radius is None else [args.target_radius])
     print(f"mean estimation samples per input: {statistics.fmean(r['samples'] for r in records):.0f}")
     if args.tsv:
-        write_cohen_tsv(records, args.tsv)
+        try:
+            write_cohen_tsv(records, args.tsv)
+        except OSError as exc:
+            raise ResultsFileError(f"cannot write --tsv {args.tsv}: {exc.strerror or exc} (the records are in {args.out})") from exc
     print(f"wrote {len(records)} records to {args.out}" + (f" and {args.tsv}" if args.tsv else ""))
     return 0
 
@@ -400,6 +462,7 @@ def cmd_center(args: argparse.Namespace) -> int:
     from smoothgen.metrics import get_metric
     from smoothgen.validate import check_alpha, check_count, check_positive
 
+    _check_common(args)
     metric = get_metric(args.metric)
     check_positive(args.h, "--h")
     if not args.eps_in:
@@ -412,6 +475,9 @@ def cmd_center(args: argparse.Namespace) -> int:
     n_candidates = args.n_candidates or None
     check_alpha(args.alpha1, "--alpha1")
     check_alpha(args.alpha2, "--alpha2")
+    if args.alpha1 + args.alpha2 >= 1:
+        raise InvalidParameterError(f"--alpha1 + --alpha2 must be < 1 (a certificate holds with probability "
+                                    f"1 - alpha1 - alpha2 - ...), got {args.alpha1} + {args.alpha2}")
     if not (0 < args.delta < 0.5):
         raise InvalidParameterError(f"--delta must lie strictly between 0 and 1/2, got {args.delta}")
     x, _, data_name = _load_inputs(args)
@@ -476,8 +542,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    previous: dict[int, Any] = {}
     try:
+        if in_main_thread:
+            # From here on a signal stops the run between whole records. Until here (imports, parsing)
+            # the console script's start-up handler (smoothgen._entry) exits at once with one line.
+            if signal.getsignal(signal.SIGINT) is stop_during_startup:
+                previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+            previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _on_sigterm)
         return args.func(args)
     except SmoothgenError as exc:
         print(f"smoothgen {args.command}: error: {exc}", file=sys.stderr)
@@ -486,8 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"smoothgen {args.command}: interrupted; whole records are kept, rerun with --resume", file=sys.stderr)
         return 143 if isinstance(exc, _Terminated) else 130
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ DEFAULT_TEXT_SIGMA = 0.01
 #: quality (benchmarks/RESULTS.md, conditional diffusion).
 DEFAULT_DIFFUSION_SIGMA = 0.5
 DEFAULT_DIFFUSION_RADIUS = 1.0
+DEFAULT_DIFFUSION_STEPS = 100
+DEFAULT_MAX_NEW_TOKENS = 16
 #: A three-line prompt: under the default --perturb (context), its first two lines may be edited and the
 #: line being completed is held fixed.
 DEFAULT_PROMPT = "def read_lines(path):\n    with open(path) as f:\n        return f.read"
@@ -94,7 +96,8 @@ def add_parser(sub: Any) -> None:
                       f"ablate its fine-tune {ABLATION_LM}, trained under that ablation)")
     text.add_argument("--selection-samples", type=int, default=100,
                       help="noisy copies n0 that choose each token (disjoint from the --samples that certify it)")
-    text.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate (alpha is split across them)")
+    text.add_argument("--max-new-tokens", type=int, default=None,
+                      help=f"tokens to generate (alpha is split across them) (default: {DEFAULT_MAX_NEW_TOKENS})")
     text.add_argument("--perturb", default=None, choices=["all", "context", "last"],
                       help="which prompt positions carry noise (and may be edited or attacked; the others are held "
                       "fixed): all; context: every line before the last one (the line being completed is fixed); last: "
@@ -122,23 +125,32 @@ def add_parser(sub: Any) -> None:
     diff = gen.add_argument_group("conditional diffusion (--diffusion)")
     diff.add_argument("--diffusion", action="store_true", help="smooth the embedded class-conditional digits DDPM")
     diff.add_argument("--label", type=int, default=None, help="the digit class k to generate (0-9); needs --diffusion")
-    diff.add_argument("--steps", type=int, default=100, help="DDPM sampling steps (respaced from 1000)")
-    diff.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w >= 0")
+    diff.add_argument("--steps", type=int, default=None,
+                      help=f"DDPM sampling steps (respaced from 1000) (default: {DEFAULT_DIFFUSION_STEPS})")
+    diff.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w >= 0 (default: 0)")
     diff.add_argument("--png", default=None, help="the PNG grid to write (default: results/generate_label{k}.png)")
     gen.set_defaults(func=cmd_generate)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from smoothgen.validate import check_alpha, check_count, check_positive
+    from smoothgen.validate import check_alpha, check_count, check_device, check_positive
 
     if args.diffusion:
-        for option, value in (("--prompt", args.prompt), ("--model", args.model)):
+        for option, value in (("--prompt", args.prompt), ("--model", args.model),
+                              ("--max-new-tokens", args.max_new_tokens)):
             if value is not None:
                 raise InvalidParameterError(f"{option} applies to text generation, not with --diffusion")
         if args.label is None:
             raise InvalidParameterError("--diffusion needs --label k (the digit class to generate)")
-    elif args.label is not None or args.png is not None:
-        raise InvalidParameterError("--label and --png apply only with --diffusion")
+        args.steps = DEFAULT_DIFFUSION_STEPS if args.steps is None else args.steps
+        args.guidance = 0.0 if args.guidance is None else args.guidance
+    else:
+        for option, value in (("--label", args.label), ("--png", args.png), ("--steps", args.steps),
+                              ("--guidance", args.guidance)):
+            if value is not None:
+                raise InvalidParameterError(f"{option} applies only with --diffusion")
+        args.max_new_tokens = DEFAULT_MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
+    check_device(args.device, "--device")
     if args.noise is None:  # --sigma or --radius name Gaussian noise; text otherwise defaults to token ablation
         args.noise = "gaussian" if args.diffusion or args.sigma is not None or args.radius is not None else "ablate"
     ablate = not args.diffusion and args.noise == "ablate"
@@ -513,4 +525,9 @@ def _check_out(path: str | None, overwrite: bool, suffix: str) -> Path | None:
         raise ResultsFileError(f"{path} exists; pass --overwrite to replace it")
     if out.is_dir():
         raise ResultsFileError(f"{path} is a folder")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ResultsFileError(f"cannot write {path}: {parent} is a file, not a folder")
+            break
     return out

@@ -82,6 +82,7 @@ from smoothgen import kernels, stats
 from smoothgen.certificates import CenterCertificate
 from smoothgen.engine import Purpose, RandomStream, noise_tv
 from smoothgen.engine.noise import NoiseKey
+from smoothgen.kernels.reference import check_counter_range
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError
 from smoothgen.validate import check_alpha, check_count, check_positive, check_sigma
 
@@ -770,7 +771,10 @@ class SmoothedLM(PromptSmoother):
         if not isinstance(self.noise, EmbeddingGaussian):
             raise InvalidParameterError(f"{what} is a certificate of Gaussian embedding noise; this SmoothedLM uses {self.noise!r}")
 
-    def _chunks(self, count: int) -> list[tuple[int, int]]:
+    def _chunks(self, count: int, length: int) -> list[tuple[int, int]]:
+        """(start, size) of each batch of `count` copies of a prompt of `length` tokens. A count whose noise
+        counters would wrap (two copies sharing noise) is refused before anything is built."""
+        check_counter_range(0, count * length, max(self.dim, 2))
         return [(s, min(self.batch_size, count - s)) for s in range(0, count, self.batch_size)]
 
     def _forward(self, embeds: torch.Tensor, past: Any = None) -> tuple[torch.Tensor, Any]:
@@ -826,7 +830,7 @@ class SmoothedLM(PromptSmoother):
         self._check_length(ids.numel(), 0)
         key = RandomStream(seed, request_id).key(Purpose.PREDICT)
         total = None
-        for start, count in self._chunks(n):
+        for start, count in self._chunks(n, ids.numel()):
             logits, _ = self._forward(self.noisy_prompts(ids, m, key, start, count, delta))
             part = self._step_scores(logits[:, -1])
             total = part if total is None else total + part
@@ -839,7 +843,7 @@ class SmoothedLM(PromptSmoother):
         delta: torch.Tensor | None, use_cache: bool,
     ) -> tuple[list[int], list[float]]:
         """Smoothed greedy decoding from `count` copies: (tokens, mean probability of each chosen token)."""
-        chunks = self._chunks(count)
+        chunks = self._chunks(count, ids.numel())
         tokens: list[int] = []
         top: list[float] = []
         if use_cache:
@@ -862,7 +866,7 @@ class SmoothedLM(PromptSmoother):
                     part = self._step_scores(logits[:, -1])
                     total = part if total is None else total + part
             return tokens, top
-        prompts = [self.noisy_prompts(ids, mask, key, start, c, delta) for start, c in self._chunks(count)]
+        prompts = [self.noisy_prompts(ids, mask, key, start, c, delta) for start, c in self._chunks(count, ids.numel())]
         for t in range(steps):  # recompute every copy's whole sequence at every step
             total = None
             suffix = self.table[torch.tensor(tokens, dtype=torch.long, device=self.device)]
@@ -897,7 +901,7 @@ class SmoothedLM(PromptSmoother):
         feed = self.table[target[:-1]]  # [T − 1, D]: clean embeddings of the fed tokens
         sums = torch.zeros(steps, dtype=torch.float64, device=self.device)
         squares = torch.zeros(steps, dtype=torch.float64, device=self.device)
-        for start, c in self._chunks(count):
+        for start, c in self._chunks(count, length):
             noisy = self.noisy_prompts(ids, mask, key, start, c, delta)
             scores = torch.empty(c, steps, dtype=torch.float64, device=self.device)
             if use_cache:
@@ -1139,7 +1143,7 @@ class SmoothedLM(PromptSmoother):
         num_samples = check_count(num_samples, "num_samples")
         key = RandomStream(seed, request_id).key(Purpose.PREDICT)
         out: list[tuple[int, ...]] = []
-        for start, c in self._chunks(num_samples):
+        for start, c in self._chunks(num_samples, ids.numel()):
             out += self._greedy(self.noisy_prompts(ids, m, key, start, c, delta), max_new_tokens)
         return out
 

@@ -53,7 +53,7 @@ def _from_factory(spec: str) -> torch.nn.Module:
     module_name, _, attr = spec.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+    except (ImportError, AttributeError, ValueError) as exc:  # ValueError: an empty module name (":x")
         raise ModelLoadError(f"cannot import model factory {spec}: {first_line(exc)}") from exc
     try:
         model = factory()

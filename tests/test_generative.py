@@ -610,3 +610,28 @@ def test_hugging_face_gpt2():
     assert torch.allclose(lm.next_token_distribution(ids, 8, seed=4), direct_probs(model, embeds).mean(0), atol=1e-6)
     with pytest.raises(InvalidInputError, match="context length"):
         lm.generate(ids, 12, n0=2, n=2)
+
+
+def test_hugging_face_gpt2_under_token_ablation():
+    """Token ablation on a Hugging Face causal LM (any model that takes inputs_embeds): votes, the cached
+    and recomputed decoders agree, and the exact decoder (every kept subset) reproduces the certified prefix."""
+    transformers = pytest.importorskip("transformers")
+    from smoothgen.generative import TokenAblation
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16, bos_token_id=None, eos_token_id=None
+    )
+    model = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(10)
+    lm = SmoothedLM(model, TokenAblation(2, 0), batch_size=50)
+    assert lm.score == "vote"
+    ids = [3, 14, 15, 9, 26, 5]
+    cached = lm.generate(ids, 3, n0=50, n=400, alpha=0.05, seed=1)
+    uncached = lm.generate(ids, 3, n0=50, n=400, alpha=0.05, seed=1, use_cache=False)
+    assert cached.tokens == uncached.tokens and cached.p_mean == uncached.p_mean
+    exact, _ = lm.exact_decode(ids, 3)
+    k = cached.prefix_at(0)
+    assert exact[:k] == cached.tokens[:k]

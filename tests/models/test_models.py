@@ -137,13 +137,15 @@ def test_autoencoder_shapes_and_range() -> None:
 def test_shipped_models_are_listed_and_their_files_match() -> None:
     assert available_classifier_sigmas() == sorted(DEFAULT_SIGMAS)
     info = model_info()
-    # The classifiers, the autoencoder, the DDPM, the code LM and its smoothing-trained fine-tunes.
+    # The classifiers, the autoencoder, the DDPM, the code LM and its smoothing-trained fine-tunes, and the
+    # text-to-digit diffusers UNet (conditioned on all-MiniLM-L6-v2 embeddings).
     num_finetuned_lms = len(DEFAULT_LM_KEEP_FRACTIONS) + len(DEFAULT_LM_GAUSS_SIGMAS)
-    assert len(info["models"]) == len(DEFAULT_SIGMAS) + 3 + num_finetuned_lms
+    assert len(info["models"]) == len(DEFAULT_SIGMAS) + 4 + num_finetuned_lms
     for record in info["models"].values():
         path = WEIGHTS_DIR / record["file"]
         assert path.is_file()
-        assert path.stat().st_size < (MAX_LM_WEIGHTS_BYTES if record["kind"] == "lm" else MAX_WEIGHTS_BYTES)
+        large = record["kind"] in ("lm", "text_ddpm")
+        assert path.stat().st_size < (MAX_LM_WEIGHTS_BYTES if large else MAX_WEIGHTS_BYTES)
         assert hashlib.sha256(path.read_bytes()).hexdigest() == record["sha256"]
     # model_info hands out copies: changing one does not change what the loaders see.
     info["models"].clear()

@@ -98,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - t0
         label = int(y[idx])
         results.append({"method": method, "sigma": sigma, "idx": idx, "label": label, "predict": cert.prediction,
-                        "radius": cert.radius, "correct": cert.prediction == label, "p_lower": cert.p_lower,
+                        "radius": cert.radius, "correct": not cert.abstained and cert.prediction == label, "p_lower": cert.p_lower,
                         "count": cert.count, "selected": cert.selected,
                         "time": elapsed})
         if (k + 1) % 30 == 0 or k + 1 == len(todo):

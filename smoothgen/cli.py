@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from smoothgen import __version__
 from smoothgen._entry import stop_during_startup
+from smoothgen.certificates import ABSTAIN
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, ResultsFileError, SmoothgenError, first_line
 from smoothgen.results import ResultsFile, write_cohen_tsv
 
@@ -229,6 +230,18 @@ def _load_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | Non
     return x[args.start : stop], (None if y is None else y[args.start : stop]), name
 
 
+def _check_labels(y: np.ndarray | None, num_classes: int) -> None:
+    """Labels are classes of the model: one outside [0, num_classes) would make every figure wrong (a label
+    of −1 would even count abstentions as correct)."""
+    if y is None or len(y) == 0:
+        return
+    bad = (y < 0) | (y >= num_classes)
+    if bool(bad.any()):
+        i = int(np.flatnonzero(bad)[0])
+        raise InvalidInputError(f"label {int(y[i])} of input {i} (of the selected inputs) is not a class of the model: "
+                                f"labels must lie in [0, {num_classes}); {int(bad.sum())} labels are outside")
+
+
 def _load_model(args: argparse.Namespace, embedded, embedded_name: str, x: np.ndarray):
     """The user's model (--model), or the embedded one after checking the data fits it. Returns (runtime, name)."""
     from smoothgen.engine.runtime import TorchRuntime
@@ -395,6 +408,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
         raise ModelOutputError(f"model returns {logits.shape[1]} logits, --num-classes is {num_classes}")
     if not bool(torch.isfinite(logits).all()):
         raise ModelOutputError("model returned NaN or Inf logits on a clean input")
+    _check_labels(y, num_classes)
     smoothed = SmoothedClassifier(runtime, num_classes, args.sigma, batch_size=args.batch_size, input_shape=x.shape[1:])
 
     run = {"sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha, "seed": args.seed,
@@ -426,10 +440,13 @@ def _certify_inputs(args, smoothed, results, x, y, reseed) -> int:
         else:
             cert = smoothed.certify_at(torch.from_numpy(x[i]), args.target_radius, args.alpha, n0=args.n0,
                                        looks=tuple(args.looks), seed=args.seed, request_id=idx)
+            # The selected class is kept whatever the decision: rejected and undecided are not abstentions.
             record = {"radius": cert.certified_radius if cert.certified else 0.0, "decision": cert.decision,
-                      "p_lower": cert.p_lower, "p_upper": cert.p_upper, "count": cert.count, "samples": cert.samples}
+                      "selected": cert.selected, "p_lower": cert.p_lower, "p_upper": cert.p_upper,
+                      "count": cert.count, "samples": cert.samples}
+        abstained = cert.prediction == ABSTAIN
         results.append({"idx": idx, "label": label, "predict": cert.prediction,
-                        "correct": None if label is None else cert.prediction == label,
+                        "correct": None if label is None else (not abstained and cert.prediction == label),
                         "time": time.perf_counter() - t0, **record})
     records = sorted(results.records, key=lambda r: r["idx"])
     _print_certify_summary(records, args.radii if args.target_radius is None else [args.target_radius])
@@ -446,9 +463,14 @@ def _certify_inputs(args, smoothed, results, x, y, reseed) -> int:
 def _print_certify_summary(records: list[dict[str, Any]], radii: Sequence[float]) -> None:
     n = len(records)
     labelled = [r for r in records if r["correct"] is not None]
-    abstain = sum(r["predict"] == -1 for r in records) / n
     mean_time = statistics.fmean(r["time"] for r in records)
-    print(f"inputs: {n}   abstained: {abstain:.1%}   time per input: {mean_time:.3f} s")
+    if any("decision" in r for r in records):  # sequential: three outcomes, none of them an abstention
+        shares = {d: sum(r.get("decision") == d for r in records) / n for d in ("certified", "rejected", "undecided")}
+        print(f"inputs: {n}   certified: {shares['certified']:.1%}   rejected (proved not certifiable at the radius): "
+              f"{shares['rejected']:.1%}   undecided: {shares['undecided']:.1%}   time per input: {mean_time:.3f} s")
+    else:
+        abstain = sum(r["predict"] == ABSTAIN for r in records) / n
+        print(f"inputs: {n}   abstained: {abstain:.1%}   time per input: {mean_time:.3f} s")
     if labelled:
         print("radius  certified accuracy")
         for radius in radii:

@@ -299,7 +299,44 @@ def test_certify_target_radius_is_sequential(tmp_path, capsys):
         assert r["decision"] in ("certified", "rejected", "undecided") and r["samples"] in (100, 1000)
         assert (r["predict"] != -1) == (r["decision"] == "certified")
         assert r["radius"] >= 0.25 if r["decision"] == "certified" else r["radius"] == 0.0
+        assert 0 <= r["selected"] < 10  # the chosen class is kept, whatever the decision
+        assert r["predict"] in (-1, r["selected"])
     assert "mean estimation samples per input" in stdout
+    # Three outcomes reported apart: rejected and undecided inputs are not abstentions.
+    assert "certified:" in stdout and "rejected" in stdout and "undecided:" in stdout and "abstained" not in stdout
+
+
+def test_sequential_rejections_are_not_reported_as_abstentions(tmp_path, capsys):
+    out = tmp_path / "seq.jsonl"
+    code, stdout, err = _run(["certify", "--num", "3", "--target-radius", "0.9", "--looks", "100,1000", "--no-progress",
+                              "--out", str(out)], capsys)
+    assert code == 0, err
+    records = _records(out)
+    rejected = [r for r in records if r["decision"] == "rejected"]
+    assert rejected, "sigma = 0.25 cannot certify 0.9 with 1 000 samples: some input must be proved not certifiable"
+    assert f"rejected (proved not certifiable at the radius): {len(rejected) / 3:.1%}" in stdout
+    assert all(r["correct"] is False for r in rejected)
+
+
+@pytest.mark.parametrize("labels", [[3, 11], [-1, 2], [42, 0]])
+def test_labels_outside_the_model_classes_are_refused(tmp_path, capsys, labels):
+    """A label of −1 made abstentions count as correct (certified accuracy 1.000 while abstaining on every
+    input); any label outside [0, num_classes) is refused before anything is written."""
+    data, out = tmp_path / "d.npz", tmp_path / "r.jsonl"
+    x = load_digits_split().x_test[:2]
+    np.savez(data, x=x, y=np.array(labels))
+    code, stdout, err = _run(["certify", "--data", str(data), *FAST, "--out", str(out)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "labels must lie in [0, 10)" in err, err
+    assert not out.exists()
+
+
+def test_an_abstention_is_never_correct(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    # n = 1: the lower bound can never exceed 1/2, so every input abstains
+    code, stdout, err = _run(["certify", "--num", "3", "--n0", "10", "--n", "1", "--no-progress", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert all(r["predict"] == -1 and r["correct"] is False for r in _records(out))
+    assert "0.00  0.000" in stdout
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -13,7 +13,9 @@ logged reason; an explicitly requested one raises BackendUnavailableError.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import torch
@@ -75,19 +77,27 @@ def create_runtime(
         candidates = ["tensorrt", "compile", "eager"] if torch.device(device).type == "cuda" else ["eager"]
     else:
         candidates = [backend]
+    # Exported models and engines go to a private folder, removed with the runtime (or at exit) and at
+    # once when no backend could be built: runs never leave folders behind in the temporary directory.
     workdir = Path(tempfile.mkdtemp(prefix="smoothgen-runtime-"))
-    for name in candidates:
-        try:
-            runtime = _build(name, module, example, batch_size, device, compile_mode, fp16, workdir)
-            runtime.warmup(example)
-            return runtime
-        except Exception as exc:
-            if backend != "auto":
-                if isinstance(exc, BackendUnavailableError):
-                    raise
-                raise BackendUnavailableError(f"backend {name!r} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-            log.warning("runtime backend %r unavailable, falling back: %s", name, exc)
-    raise BackendUnavailableError(f"no runtime backend could run the model (tried {candidates})")
+    try:
+        for name in candidates:
+            try:
+                runtime = _build(name, module, example, batch_size, device, compile_mode, fp16, workdir)
+                runtime.warmup(example)
+                weakref.finalize(runtime, shutil.rmtree, str(workdir), True)
+                workdir = None
+                return runtime
+            except Exception as exc:
+                if backend != "auto":
+                    if isinstance(exc, BackendUnavailableError):
+                        raise
+                    raise BackendUnavailableError(f"backend {name!r} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+                log.warning("runtime backend %r unavailable, falling back: %s", name, exc)
+        raise BackendUnavailableError(f"no runtime backend could run the model (tried {candidates})")
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 __all__ = [

@@ -196,11 +196,14 @@ def _check_model_spec(spec: str, option: str) -> None:
     raise InvalidParameterError(f"{option} {spec!r} is neither an existing file nor package.module:factory")
 
 
-def _check_output_file(path: str, option: str, results: str) -> None:
-    """A second output file (--tsv) is checked before the run, not after hours of certification."""
+def _check_output_file(path: str, option: str, results: str, replace: bool = False) -> None:
+    """A second output file (--tsv) is checked before the run, not after hours of certification; like the
+    results file, an existing one is replaced only with --overwrite (or --resume, which continues its run)."""
     target = Path(path)
     if target.is_dir():
         raise InvalidParameterError(f"{option} {path} is a directory")
+    if target.exists() and not replace:
+        raise ResultsFileError(f"{option} {path} exists; pass --overwrite to replace it (or --resume to continue its run)")
     for parent in target.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -382,7 +385,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     if not args.radii or not all(math.isfinite(r) and r >= 0 for r in args.radii):
         raise InvalidParameterError(f"--radii must be one or more finite radii >= 0, got {args.radii}")
     if args.tsv is not None:
-        _check_output_file(args.tsv, "--tsv", args.out)
+        _check_output_file(args.tsv, "--tsv", args.out, replace=args.overwrite or args.resume)
     if "--looks" in getattr(args, "explicit_options", set()) and args.target_radius is None:
         raise InvalidParameterError("--looks applies only with --target-radius")
     _check_denoiser_options(args)

@@ -358,3 +358,15 @@ def test_certify_sequential_and_backend_errors(extra, tmp_path, capsys):
     code, _, err = _run(["certify", "--num", "1", *FAST, "--out", str(out), *extra], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_an_existing_tsv_is_replaced_only_with_overwrite_or_resume(tmp_path, capsys):
+    out, tsv = tmp_path / "r.jsonl", tmp_path / "r.tsv"
+    tsv.write_text("mine\n")
+    code, _, err = _run(["certify", "--num", "1", *FAST, "--out", str(out), "--tsv", str(tsv)], capsys)
+    assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert tsv.read_text() == "mine\n" and not out.exists()
+    assert _run(["certify", "--num", "1", *FAST, "--out", str(out), "--tsv", str(tsv), "--overwrite"], capsys)[0] == 0
+    assert tsv.read_text().startswith("idx\tlabel")
+    assert _run(["certify", "--num", "2", *FAST, "--out", str(out), "--tsv", str(tsv), "--resume"], capsys)[0] == 0
+    assert len(tsv.read_text().splitlines()) == 3

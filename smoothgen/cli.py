@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Certify a Gaussian-smoothed classifier on each input: the predicted class and an l2 radius "
         "within which the smoothed prediction provably does not change (or ABSTAIN). With no arguments: the "
         "embedded digits CNN trained at sigma=0.25, n0=100, n=10000, alpha=0.001 on the first 100 digits test images.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     cert.add_argument("--sigma", type=float, default=0.25, help="noise standard deviation")
     cert.add_argument("--n0", type=int, default=100, help="selection samples (choose the class)")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eps_in, with probability at least 1 - alpha1 - alpha2 - (1/2 - delta)^k for k = --n-candidates (each record's "
         "failure_probability; the last term is about 4e-11 at k = 30). With no arguments: the embedded digits autoencoder "
         "under total-variation distance on the first 20 digits test images, n=10000, m=20000, 30 candidate centers.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     cen.add_argument("--eps-in", type=_floats, default=list(DEFAULT_EPS_IN), help="input radii to certify (comma-separated)")
     cen.add_argument("--h", type=float, default=2.0, help="eps_in / sigma")
@@ -194,6 +194,17 @@ def _check_model_spec(spec: str, option: str) -> None:
     if colon and all(part.isidentifier() for part in module.split(".")) and factory.isidentifier():
         return
     raise InvalidParameterError(f"{option} {spec!r} is neither an existing file nor package.module:factory")
+
+
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show each default once: not for None (those options say in their help what they default to), flags,
+    or a help text that already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or isinstance(action.default, bool) or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def _check_output_file(path: str, option: str, results: str, replace: bool = False) -> None:

@@ -45,16 +45,9 @@ DEFAULT_KEEP_FRACTION = 0.1
 CERTIFIED_OPEN, CERTIFIED_CLOSE = "\u27e6", "\u27e7"
 
 
-class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show defaults, except None ones: those options say in their help what they default to."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or isinstance(action.default, bool):
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
 def add_parser(sub: Any) -> None:
+    from smoothgen.cli import DefaultsFormatter  # called by smoothgen.cli while it builds its parser
+
     gen = sub.add_parser(
         "generate",
         help="smoothed generation with certificates: an LM whose output is certified against edited prompt tokens "
@@ -70,7 +63,7 @@ def add_parser(sub: Any) -> None:
         "--diffusion --label k: the embedded class-conditional digits DDPM with noise on its class embedding; "
         "writes a PNG grid (base samples, smoothed samples, smoothed mean) and prints the TV bound on one sample "
         "and the certificate of the mean image.",
-        formatter_class=_DefaultsFormatter,
+        formatter_class=DefaultsFormatter,
     )
     gen.add_argument("--sigma", type=float, default=None,
                      help=f"noise sigma in embedding space (default: {DEFAULT_TEXT_SIGMA} for text, "

@@ -79,7 +79,11 @@ def load_data(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         loaded: Any = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise InvalidInputError(f"cannot read data file {path}: {first_line(exc)}") from exc
+        if path.suffix.lower() in (".npy", ".npz"):
+            raise InvalidInputError(f"cannot read data file {path}: {first_line(exc)}") from exc
+        # NumPy reads any file it cannot parse as pickled data and says so: name the formats instead.
+        raise InvalidInputError(f"cannot read data file {path}: it is not a NumPy .npy or .npz file "
+                                "(save inputs with numpy.save, or numpy.savez(x=..., y=...))") from exc
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             if "x" not in loaded.files:

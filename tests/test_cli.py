@@ -370,3 +370,16 @@ def test_an_existing_tsv_is_replaced_only_with_overwrite_or_resume(tmp_path, cap
     assert tsv.read_text().startswith("idx\tlabel")
     assert _run(["certify", "--num", "2", *FAST, "--out", str(out), "--tsv", str(tsv), "--resume"], capsys)[0] == 0
     assert len(tsv.read_text().splitlines()) == 3
+
+
+def test_help_shows_each_default_once_and_data_errors_name_the_formats(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["certify", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "output) (default" not in text
+    other = tmp_path / "x.txt"
+    other.write_text("hello")
+    code, _, err = _run(["certify", "--data", str(other), *FAST], capsys)
+    assert code == 2 and "not a NumPy .npy or .npz file" in err and "pickle" not in err
+    code, _, err = _run(["certify", "--sigma", "0.3", *FAST], capsys)
+    assert code == 2 and "[0.25, 0.5, 1.0]" in err and "0.0," not in err

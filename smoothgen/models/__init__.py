@@ -166,9 +166,10 @@ def load_classifier(sigma: float = 0.25) -> nn.Module:
     for record in _records("classifier"):
         if math.isclose(float(record["sigma"]), sigma, rel_tol=1e-9):
             return _load(record)
+    trained = [s for s in available_classifier_sigmas() if s > 0]
     raise InvalidParameterError(
-        f"no embedded classifier was trained at sigma={sigma}; available sigmas: "
-        f"{available_classifier_sigmas()}"
+        f"no embedded classifier was trained at sigma={sigma}; trained under noise at sigma in {trained} "
+        "(sigma=0 is the clean classifier, used behind a denoiser)"
     )
 
 

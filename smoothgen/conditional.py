@@ -25,6 +25,10 @@ What is certified, for every ‖e − e'‖₂ ≤ R:
   `expectation_bound` (on F, no probability) and `empirical_bound` (on what a user actually sees).
 - the center image (`certify_center`, §2/§4d): center smoothing under "l2" or "tv2d" through
   `smoothgen.center.CenterSmoother`, whose input is the conditioning tensor.
+- the content (`certify_content`, §4f): for a classifier c of outputs, Cohen's CERTIFY on the randomized
+  base classifier h(e + ε, ω) = c(G(e + ε, ω)) (`smoothgen.classify.SmoothedClassifier`, unchanged):
+  the class A of what is generated is certified for ‖e − e'‖₂ < σ·Φ⁻¹(pA_lower), pA_lower the
+  Clopper–Pearson bound from n fresh estimation samples minus the sampler's τ.
 
 Randomness: the embedding noise comes from the engine's keyed streams (`RandomStream(seed, request)`),
 the sampler randomness of copy i (initial latent and every step's noise) from a second keyed Philox
@@ -47,7 +51,8 @@ from torch import nn
 
 from smoothgen import stats
 from smoothgen.center import CenterSmoother
-from smoothgen.certificates import CenterCertificate
+from smoothgen.certificates import ABSTAIN, CenterCertificate
+from smoothgen.classify import SmoothedClassifier
 from smoothgen.engine import Purpose, RandomStream, Runtime, Sampler, as_runtime, noise_tv
 from smoothgen.engine.noise import NoiseKey, NoiseSource
 from smoothgen.engine.reducers import Reducer, describe
@@ -58,6 +63,7 @@ from smoothgen.validate import check_alpha, check_count, check_input, check_posi
 __all__ = [
     "DEFAULT_GENERATION_BATCH",
     "ConditionalGenerator",
+    "ContentCertificate",
     "DiffusersGenerator",
     "DiffusionGenerator",
     "GenerationTVBound",
@@ -656,6 +662,100 @@ class GenerationTVBound:
         return record
 
 
+@dataclass(frozen=True)
+class ContentCertificate:
+    """The certified content of what is generated (THEORY.md §4f): Cohen's CERTIFY on h(e) = c(G(e)).
+
+    With probability ≥ 1 − alpha over the sampling: for every conditioning tensor e' with
+    ‖e − e'‖₂ < radius (Frobenius norm for a [L, D] tensor), the smoothed content classifier
+    g(e') = argmax_k P(c(G(e' + ε, ω)) = k) equals `prediction`. Equivalently (the event form of §4a),
+    one generated sample at e' is classified `prediction` with probability > 1/2.
+
+    Attributes:
+        prediction: the certified class of the generated output, or ABSTAIN (−1).
+        radius: σ·Φ⁻¹(p_lower) in conditioning-embedding units (0 when abstaining).
+        p_lower: one-sided (1 − alpha) Clopper–Pearson lower bound on P(c(G(e + ε, ω)) = selected)
+            from the n estimation samples, minus noise_tv (the sampled ε is within τ of N(0, σ²I)).
+        count: estimation samples classified `selected` (nA).
+        selected: the class chosen from the n0 selection samples (also when abstaining).
+        samples: estimation samples drawn (< n only on an early abstention that the full run shares).
+        covered_labels: for a model with labels, the labels whose conditioning lies strictly within
+            the radius (label changes that keep the content); empty for a raw conditioning tensor.
+        label: the label whose conditioning was the input, or None.
+    """
+
+    prediction: int
+    radius: float
+    p_lower: float
+    count: int
+    selected: int
+    sigma: float
+    n0: int
+    n: int
+    alpha: float
+    seed: int | None
+    samples: int
+    noise_tv: float
+    num_classes: int
+    label: int | None = None
+    covered_labels: tuple[int, ...] = ()
+
+    @property
+    def abstained(self) -> bool:
+        return self.prediction == ABSTAIN
+
+    @property
+    def certified(self) -> bool:
+        return not self.abstained
+
+    def to_record(self) -> dict[str, Any]:
+        record = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        record["covered_labels"] = list(self.covered_labels)
+        record["certified"] = self.certified
+        return record
+
+
+class _ContentVotes(nn.Module):
+    """The randomized base classifier of §4f: a batch of conditioning tensors -> logits c(G(e)).
+
+    G keeps its own keyed sampler randomness ω (independent of ε); c is any classifier of outputs.
+    """
+
+    def __init__(self, generator: ConditionalGenerator, classifier: Callable, num_classes: int):
+        super().__init__()
+        self.generator = generator
+        if isinstance(classifier, nn.Module):
+            self.classifier = classifier
+        else:
+            self._classify = classifier  # a plain callable: not a submodule
+        self.num_classes = num_classes
+
+    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
+        images = self.generator(embeds)
+        classifier = self.classifier if "classifier" in self._modules else self._classify
+        parameter = next(classifier.parameters(), None) if isinstance(classifier, nn.Module) else None
+        if parameter is not None:
+            images = images.to(parameter.device, parameter.dtype if torch.is_floating_point(parameter) else images.dtype)
+        logits = classifier(images)
+        if not isinstance(logits, torch.Tensor) or not torch.is_floating_point(logits):
+            raise ModelOutputError(f"the content classifier must return floating logits, got {describe(logits)}")
+        if tuple(logits.shape) != (embeds.shape[0], self.num_classes):
+            raise ModelOutputError(
+                f"the content classifier returned shape {tuple(logits.shape)}, expected [{embeds.shape[0]}, {self.num_classes}]"
+            )
+        return logits.to(embeds.device)
+
+
+def _content_num_classes(classifier: Any, num_classes: Any) -> int:
+    if isinstance(classifier, (str, bytes)) or not callable(classifier):
+        raise InvalidParameterError(f"classifier must be a torch module or a callable of a batch of outputs, got {type(classifier).__name__}")
+    if num_classes is None:
+        num_classes = getattr(classifier, "num_classes", None)
+        if num_classes is None:
+            raise InvalidParameterError("pass num_classes: the classifier has no num_classes attribute")
+    return check_count(num_classes, "num_classes", minimum=2)
+
+
 class SmoothedConditionalDiffusion:
     """A conditional diffusion model smoothed with Gaussian noise on its conditioning tensor.
 
@@ -962,3 +1062,78 @@ class SmoothedConditionalDiffusion:
         # smoothing-error sample) take consecutive, hence independent, stretches of it.
         self.generator.reseed(seed, request_id)
         return smoother.certify(e, eps_in, n, m, delta, alpha1, alpha2, seed, request_id)
+
+    def certify_content(
+        self,
+        classifier: nn.Module | Callable,
+        label: int | None = None,
+        *,
+        class_embed: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        n0: int = 100,
+        n: int = 1000,
+        alpha: float = 0.001,
+        num_classes: int | None = None,
+        seed: int | None = None,
+        request_id: int = 0,
+    ) -> ContentCertificate:
+        """Certify the class of what is generated (THEORY.md §4f): Cohen's CERTIFY on h(e) = c(G(e)).
+
+        h(e + ε, ω) = classifier(G(e + ε, ω)) is a randomized base classifier whose randomness ω (the
+        sampler's own, keyed per copy) is independent of ε, so `smoothgen.classify.SmoothedClassifier.certify`
+        applies unchanged (THEORY.md §1): ĉA from n0 selection samples, nA among n FRESH estimation
+        samples (the engine's SELECTION and ESTIMATION streams for ε; consecutive, hence disjoint,
+        stretches of one generator stream for ω), pA_lower = Clopper–Pearson(nA, n, α) − τ with
+        τ = noise_tv(numel of the conditioning tensor) (the same τ `tv_bound` and `certify_mean` charge),
+        and R = σ·Φ⁻¹(pA_lower) when pA_lower > 1/2, else ABSTAIN.
+
+        Args:
+            classifier: A classifier of generated outputs: [b, *output_shape] -> logits [b, num_classes]
+                (e.g. `smoothgen.models.load_classifier(0.0)` for the 8×8 digits).
+            label, class_embed, prompt_embeds: The input (exactly one; as `certify_mean`).
+            n0: Selection samples.
+            n: Estimation samples.
+            alpha: Failure probability of the certificate.
+            num_classes: Classes of the classifier (default: its `num_classes` attribute).
+            seed, request_id: The request's random streams (None seed: not reproducible).
+
+        Returns:
+            A `ContentCertificate`: with probability ≥ 1 − alpha, the smoothed content is `prediction`
+            for every conditioning tensor within `radius` (ℓ2 / Frobenius) of the input.
+
+        Shapes:
+            class_embed / prompt_embeds: [*cond_shape].
+        """
+        num_classes = _content_num_classes(classifier, num_classes)
+        e, label = self.conditioning(label, class_embed, prompt_embeds)
+        n0 = check_count(n0, "n0")
+        n = check_count(n, "n")
+        alpha = check_alpha(alpha)
+        votes = _ContentVotes(self.generator, classifier, num_classes)
+        smoothed = SmoothedClassifier(votes, num_classes, self.sigma, input_shape=self.cond_shape, sampler=self.sampler)
+        # One generator stream for the request: selection copies take ω_0..ω_{n0−1}, estimation copies the next ones.
+        self.generator.reseed(seed, request_id)
+        cert = smoothed.certify(e, n0, n, alpha, seed, request_id)
+        covered = () if label is None or cert.abstained else self._strictly_covered(label, cert.radius)
+        return ContentCertificate(
+            prediction=cert.prediction,
+            radius=cert.radius,
+            p_lower=cert.p_lower,
+            count=cert.count,
+            selected=cert.selected,
+            sigma=cert.sigma,
+            n0=cert.n0,
+            n=cert.n,
+            alpha=cert.alpha,
+            seed=cert.seed,
+            samples=cert.samples,
+            noise_tv=cert.noise_tv,
+            num_classes=num_classes,
+            label=label,
+            covered_labels=covered,
+        )
+
+    def _strictly_covered(self, label: int, radius: float) -> tuple[int, ...]:
+        """Labels j ≠ k with ‖e_k − e_j‖ < radius (Cohen's certificate is for the open ball)."""
+        distances = self.class_distances(label)
+        return tuple(int(j) for j in np.flatnonzero(distances < radius) if j != label)

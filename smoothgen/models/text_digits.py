@@ -19,6 +19,8 @@ seen and measure generalisation to new phrasings.
 from __future__ import annotations
 
 import hashlib
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -243,3 +245,140 @@ def smoothed_text_digits(
         label_conditionings=label_conditionings,
         batch_size=batch_size,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# What a content certificate covers (THEORY.md §4f): concrete prompt variants within the radius
+# --------------------------------------------------------------------------------------------------
+
+#: Kinds of prompt variants `prompt_variants` lists.
+VARIANT_KINDS = ("train_template", "heldout_template", "typo", "case", "punctuation", "other_digit")
+
+
+@dataclass(frozen=True)
+class PromptVariant:
+    """One rewording of a certified prompt and whether the content certificate covers it.
+
+    Attributes:
+        text: the variant prompt.
+        kind: one of `VARIANT_KINDS`.
+        digit: the digit the variant asks for.
+        distance: ‖E(text) − E(prompt)‖₂ with the real encoder E (all-MiniLM-L6-v2).
+        covered: distance < the certified radius (the certified class is then also the smoothed
+            content at this variant; for an "other_digit" variant that means it would NOT give its digit).
+    """
+
+    text: str
+    kind: str
+    digit: int
+    distance: float
+    covered: bool
+
+    def to_record(self) -> dict[str, Any]:
+        return {"text": self.text, "kind": self.kind, "digit": self.digit, "distance": self.distance, "covered": self.covered}
+
+
+def typo_variants(prompt: str) -> list[str]:
+    """Deterministic single-edit typos of a prompt: every letter deleted, every letter doubled, every
+    adjacent pair of letters swapped (in that order, duplicates and the prompt itself removed)."""
+    if not isinstance(prompt, str):
+        raise InvalidParameterError(f"prompt must be a string, got {type(prompt).__name__}")
+    out: list[str] = []
+    for i, ch in enumerate(prompt):
+        if ch.isalpha():
+            out.append(prompt[:i] + prompt[i + 1:])
+    for i, ch in enumerate(prompt):
+        if ch.isalpha():
+            out.append(prompt[: i + 1] + ch + prompt[i + 1:])
+    for i in range(len(prompt) - 1):
+        a, b = prompt[i], prompt[i + 1]
+        if a.isalpha() and b.isalpha() and a != b:
+            out.append(prompt[:i] + b + a + prompt[i + 2:])
+    return _unique(out, exclude=prompt)
+
+
+def _unique(items: Sequence[str], exclude: str) -> list[str]:
+    seen, out = {exclude}, []
+    for item in items:
+        if item not in seen:
+            seen.add(item)
+            out.append(item)
+    return out
+
+
+def prompt_variants(prompt: str, digit: int, *, include_other_digits: bool = True) -> list[tuple[str, str, int]]:
+    """Concrete variants of `prompt` (which asks for `digit`): (text, kind, digit) triples, deterministic.
+
+    Kinds: the other training and held-out templates of the same digit, single-edit typos
+    (`typo_variants`), case changes (upper, title, capitalised), punctuation (".", "!", "?", ",", a
+    trailing space-dot) and, with include_other_digits, every template of every other digit.
+    """
+    if not isinstance(prompt, str) or not prompt:
+        raise InvalidParameterError(f"prompt must be a non-empty string, got {prompt!r}")
+    render(TRAIN_TEMPLATES[0], digit)  # validates digit
+    triples: list[tuple[str, str, int]] = []
+    triples += [(render(t, digit), "train_template", digit) for t in TRAIN_TEMPLATES]
+    triples += [(render(t, digit), "heldout_template", digit) for t in HELDOUT_TEMPLATES]
+    triples += [(t, "typo", digit) for t in typo_variants(prompt)]
+    triples += [(t, "case", digit) for t in (prompt.upper(), prompt.title(), prompt.capitalize(), prompt.lower())]
+    triples += [(t, "punctuation", digit) for t in (prompt + ".", prompt + "!", prompt + "?", prompt + " .", prompt.replace(" ", ", ", 1))]
+    if include_other_digits:
+        for other in range(10):
+            if other != digit:
+                triples += [(render(t, other), "other_digit", other) for t in TRAIN_TEMPLATES + HELDOUT_TEMPLATES]
+    seen, out = {prompt}, []
+    for text, kind, d in triples:
+        if text not in seen:
+            seen.add(text)
+            out.append((text, kind, d))
+    return out
+
+
+def covered_variants(
+    prompt: str,
+    certificate: Any,
+    *,
+    digit: int | None = None,
+    encoder: Any = None,
+    variants: Sequence[tuple[str, str, int]] | None = None,
+    include_other_digits: bool = True,
+) -> list[PromptVariant]:
+    """Which concrete rewordings of `prompt` a content certificate covers, measured with the real encoder.
+
+    A `smoothgen.conditional.ContentCertificate` computed at prompt_embeds = encode_prompts([prompt])[0]
+    certifies its class for every embedding strictly within `certificate.radius` (ℓ2); a variant is
+    covered when ‖E(variant) − E(prompt)‖₂ < radius (nothing is covered when the certificate abstained).
+
+    Args:
+        prompt: The certified prompt.
+        certificate: A `ContentCertificate` (or anything with `radius` and `prediction`/`abstained`).
+        digit: The digit the prompt asks for (default: the certified class).
+        encoder: A loaded encoder (default: `load_text_encoder()`).
+        variants: (text, kind, digit) triples to measure (default: `prompt_variants(prompt, digit)`).
+        include_other_digits: For the default variants: also every other digit's templates.
+
+    Returns:
+        Every variant, nearest first; the covered ones are those with `covered` True.
+    """
+    radius = getattr(certificate, "radius", None)
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius < 0:
+        raise InvalidParameterError(f"certificate must carry a finite radius >= 0, got {radius!r}")
+    abstained = bool(getattr(certificate, "abstained", False))
+    if digit is None:
+        digit = getattr(certificate, "prediction", None)
+        if abstained or not isinstance(digit, int) or not 0 <= digit <= 9:
+            raise InvalidParameterError("pass digit: the certificate abstained or its class is not a digit")
+    if variants is None:
+        variants = prompt_variants(prompt, digit, include_other_digits=include_other_digits)
+    else:
+        variants = [(str(t), str(k), int(d)) for t, k, d in variants]
+    if not isinstance(prompt, str) or not prompt:
+        raise InvalidParameterError(f"prompt must be a non-empty string, got {prompt!r}")
+    encoder = load_text_encoder() if encoder is None else encoder
+    embeddings = encode_prompts([prompt] + [t for t, _, _ in variants], encoder).double()
+    distances = (embeddings[1:] - embeddings[0]).norm(dim=1).tolist()
+    rows = [
+        PromptVariant(text, kind, d, float(dist), (not abstained) and radius > 0 and float(dist) < radius)
+        for (text, kind, d), dist in zip(variants, distances)
+    ]
+    return sorted(rows, key=lambda r: (r.distance, r.text))

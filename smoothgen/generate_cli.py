@@ -13,6 +13,7 @@ Parsing lives in `add_parser`; `smoothgen.cli.main` turns any `SmoothgenError` i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import time
@@ -34,6 +35,10 @@ DEFAULT_TEXT_SIGMA = 0.01
 DEFAULT_DIFFUSION_SIGMA = 0.5
 DEFAULT_DIFFUSION_RADIUS = 1.0
 DEFAULT_DIFFUSION_STEPS = 100
+#: σ on the text-to-digit model's sentence embedding (unit norm): the largest σ trained at which smoothed
+#: samples keep ≥ 95 % of the unsmoothed held-out accuracy (96 % at 0.05; README, embedded models).
+DEFAULT_TEXT_DIFFUSION_SIGMA = 0.05
+DEFAULT_TEXT_DIFFUSION_STEPS = 25
 DEFAULT_MAX_NEW_TOKENS = 16
 #: A three-line prompt: under the default --perturb (context), its first two lines may be edited and the
 #: line being completed is held fixed.
@@ -117,6 +122,12 @@ def add_parser(sub: Any) -> None:
                       "(small prompts and vocabularies only)")
     diff = gen.add_argument_group("conditional diffusion (--diffusion)")
     diff.add_argument("--diffusion", action="store_true", help="smooth the embedded class-conditional digits DDPM")
+    diff.add_argument("--text", default=None, metavar="PROMPT",
+                      help="smooth the embedded text-to-digit model (a diffusers UNet conditioned on the all-MiniLM-L6-v2 "
+                      "embedding of PROMPT, e.g. 'a handwritten seven'), with noise of --sigma on that embedding "
+                      f"(default {DEFAULT_TEXT_DIFFUSION_SIGMA}): writes a PNG grid of smoothed samples and prints the "
+                      "certified content (the digit the clean digits classifier sees, Cohen's CERTIFY with "
+                      "--selection-samples and --samples) and which rewordings of the prompt it covers")
     diff.add_argument("--label", type=int, default=None, help="the digit class k to generate (0-9); needs --diffusion")
     diff.add_argument("--steps", type=int, default=None,
                       help=f"DDPM sampling steps (respaced from 1000) (default: {DEFAULT_DIFFUSION_STEPS})")
@@ -128,6 +139,30 @@ def add_parser(sub: Any) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from smoothgen.validate import check_alpha, check_count, check_device, check_positive
 
+    if args.text is not None:
+        if args.diffusion or args.label is not None:
+            raise InvalidParameterError("--text smooths the text-to-digit model: it takes no --diffusion or --label")
+        for option, value in (("--prompt", args.prompt), ("--model", args.model), ("--max-new-tokens", args.max_new_tokens),
+                              ("--noise", args.noise), ("--radius", args.radius)):
+            if value is not None:
+                raise InvalidParameterError(f"{option} applies to text generation, not with --text")
+        if not args.text.strip():
+            raise InvalidParameterError("--text needs a prompt, e.g. --text 'a handwritten seven'")
+        args.steps = DEFAULT_TEXT_DIFFUSION_STEPS if args.steps is None else args.steps
+        args.guidance = 0.0 if args.guidance is None else args.guidance
+        args.sigma = DEFAULT_TEXT_DIFFUSION_SIGMA if args.sigma is None else args.sigma
+        check_device(args.device, "--device")
+        check_positive(args.sigma, "--sigma")
+        check_count(args.samples, "--samples")
+        check_count(args.selection_samples, "--selection-samples")
+        check_alpha(args.alpha)
+        out = _check_out(args.out, args.overwrite, ".json")
+        record = _generate_text_digits(args)
+        if out is not None:
+            write_atomically(out, lambda tmp: Path(tmp).write_text(json.dumps(record) + "\n", encoding="utf-8"))
+        if args.json:
+            print(json.dumps(record))
+        return 0
     if args.diffusion:
         for option, value in (("--prompt", args.prompt), ("--model", args.model),
                               ("--max-new-tokens", args.max_new_tokens)):
@@ -480,23 +515,73 @@ def _generate_diffusion(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
+def _generate_text_digits(args: argparse.Namespace) -> dict[str, Any]:
+    """--text: the text-to-digit model, its certified content and the rewordings it covers."""
+    from smoothgen.models import load_classifier, load_text_ddpm, text_digits
+    from smoothgen.validate import check_count, check_positive
+
+    check_count(args.steps, "--steps")
+    check_positive(args.guidance, "--guidance", allow_zero=True)
+    png = _check_out(args.png or "results/generate_text.png", args.overwrite, ".png")
+    start = time.perf_counter()
+    smoothed = text_digits.smoothed_text_digits(load_text_ddpm().to(args.device), args.sigma, num_steps=args.steps,
+                                                guidance=args.guidance)
+    embedding = text_digits.encode_prompts([args.text])[0].to(args.device)
+    cert = smoothed.certify_content(load_classifier(0.0).to(args.device), prompt_embeds=embedding,
+                                    n0=args.selection_samples, n=args.samples, alpha=args.alpha, seed=args.seed)
+    variants = text_digits.covered_variants(args.text, cert)
+    shown = 8
+    noisy = smoothed.samples(prompt_embeds=embedding, n=shown, seed=args.seed, request_id=1)
+    seconds = time.perf_counter() - start
+    _draw_grid(png, [(f"smoothed samples (σ={args.sigma:g} on the prompt embedding)", noisy.cpu())],
+               f"{args.text!r}: text-to-digit UNet, all-MiniLM-L6-v2 conditioning")
+    covered = [v for v in variants if v.covered]
+    record = {
+        "model": "embedded:text_digits_ddpm", "text": args.text, "steps": args.steps, "guidance": args.guidance,
+        "png": str(png), "seconds": seconds, "content_certificate": cert.to_record(),
+        "variants": [dataclasses.asdict(v) for v in variants],
+        "covered_variants": len(covered),
+    }
+    if not args.json:
+        print(f"wrote {png}: {shown} smoothed samples of {args.text!r} (sigma={args.sigma} on its sentence embedding; "
+              f"{seconds:.1f} s)")
+        if cert.abstained:
+            print(f"content not certified (ABSTAIN): the classifier's majority on the generated images is not "
+                  f"certifiably above 1/2 (p_lower = {cert.p_lower:.3f})")
+        else:
+            print(f"certified content: digit {cert.prediction} for every prompt embedding within {cert.radius:.4f} "
+                  f"(l2) of this prompt's, with probability >= {1 - cert.alpha:g} (p_lower = {cert.p_lower:.3f}, "
+                  f"n0={cert.n0}, n={cert.n})")
+        print(f"rewordings measured with the real encoder: {len(covered)} of {len(variants)} covered")
+        for v in covered:
+            print(f"  covered    {v.distance:.4f}  {v.kind:<12} {v.text!r}")
+        for v in [v for v in variants if not v.covered][:5]:
+            print(f"  uncovered  {v.distance:.4f}  {v.kind:<12} {v.text!r}")
+    return record
+
+
 def _write_grid(path: Path, base: torch.Tensor, noisy: torch.Tensor, mean: torch.Tensor, args: argparse.Namespace) -> None:
+    rows = [("base", base), (f"smoothed (σ={args.sigma:g})", noisy), (f"mean of {args.samples}", mean[None])]
+    _draw_grid(path, rows, f"digit {args.label}: DDPM with noise on its class embedding")
+
+
+def _draw_grid(path: Path, rows: list[tuple[str, torch.Tensor]], title: str) -> None:
+    """Rows of 8×8 images (each row: a title and a tensor [k, ...]) written as one PNG, atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = max(base.shape[0], noisy.shape[0], 1)
-    fig, axes = plt.subplots(3, cols, figsize=(1.2 * cols, 4.0), squeeze=False)
-    rows = [("base", base), (f"smoothed (σ={args.sigma:g})", noisy), (f"mean of {args.samples}", mean[None])]
-    for r, (title, images) in enumerate(rows):
+    cols = max(max(images.shape[0] for _, images in rows), 1)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.2 * cols, 1.35 * len(rows) + 0.3), squeeze=False)
+    for r, (row_title, images) in enumerate(rows):
         for c in range(cols):
             ax = axes[r][c]
             ax.axis("off")
             if c < images.shape[0]:
                 ax.imshow(images[c].reshape(8, 8).numpy(), cmap="gray_r", vmin=0.0, vmax=1.0)
-        axes[r][0].set_title(title, fontsize=8, loc="left")
-    fig.suptitle(f"digit {args.label}: DDPM with noise on its class embedding", fontsize=9)
+        axes[r][0].set_title(row_title, fontsize=8, loc="left")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

@@ -190,3 +190,37 @@ def test_diffusion_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, mess
 def test_diffusion_needs_a_label(capsys):
     assert cli_main(["generate", "--diffusion"]) == 2
     assert "--label" in capsys.readouterr().err
+
+
+def test_text_to_digit_prints_the_certified_content_and_covered_rewordings(tmp_path, capsys):
+    """Issue 12 item 4: --text writes the PNG grid and prints the content certificate with the rewordings
+    of the prompt it covers and the nearest it does not (measured with the real encoder)."""
+    png, out = tmp_path / "t.png", tmp_path / "t.json"
+    argv = ["generate", "--text", "a handwritten seven", "--samples", "60", "--selection-samples", "10",
+            "--steps", "5", "--png", str(png), "--out", str(out)]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads(out.read_text())
+    cert = record["content_certificate"]
+    assert record["model"] == "embedded:text_digits_ddpm" and cert["sigma"] == 0.05 and cert["n"] == 60
+    variants = record["variants"]
+    assert variants and all(v["covered"] == (cert["prediction"] != -1 and v["distance"] < cert["radius"])
+                            for v in variants)
+    assert record["covered_variants"] == sum(v["covered"] for v in variants)
+    assert "rewordings measured with the real encoder" in printed and "uncovered" in printed
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--text", "a seven", "--label", "7"], "--text"),
+    (["--text", "a seven", "--diffusion"], "--text"),
+    (["--text", "  "], "needs a prompt"),
+    (["--text", "a seven", "--prompt", "x"], "--prompt applies"),
+    (["--text", "a seven", "--sigma", "0"], "--sigma"),
+])
+def test_text_to_digit_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    png = tmp_path / "t.png"
+    assert cli_main(["generate", *argv, "--png", str(png)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert list(tmp_path.iterdir()) == []

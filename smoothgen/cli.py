@@ -547,8 +547,29 @@ def _center_inputs(args, results, x, runtime, metric, n_candidates, run) -> int:
             record.pop(name, None)
         results.append({"idx": idx, **record, "time": time.perf_counter() - t0})
     _print_center_summary(results.records, args.eps_in)
+    _print_center_scale(results.records, runtime, metric, x)
     print(f"wrote {len(results.records)} records to {args.out}")
     return 0
+
+
+def _print_center_scale(records: list[dict[str, Any]], runtime, metric, x: np.ndarray, most: int = 100) -> None:
+    """What an eps_out means here: the distances between the clean outputs of different inputs (the first
+    `most`), and how many certificates are vacuous at that scale (eps_out at least the smallest of them:
+    the certified ball then reaches another input's output)."""
+    if len(x) < 2:
+        return
+    with torch.no_grad():
+        outputs = runtime.run(torch.from_numpy(x[:most]).to(runtime.device))
+    distances = metric.distances(outputs, outputs)
+    distances = distances.detach().cpu().double() if isinstance(distances, torch.Tensor) else torch.as_tensor(distances, dtype=torch.float64)
+    count = distances.shape[0]
+    pairs = distances[~torch.eye(count, dtype=torch.bool)]
+    typical, closest = float(pairs.median()), float(pairs.min())
+    ok = [r for r in records if not r["abstained"]]
+    vacuous = sum(r["eps_out"] >= closest for r in ok)
+    print(f"scale: the clean outputs of {count} different inputs lie {typical:.4g} apart (median; closest pair "
+          f"{closest:.4g}) in {metric.name}; {vacuous} of {len(ok)} certificates are vacuous at that scale "
+          f"(eps_out >= {closest:.4g}: the certified ball reaches another input's output)")
 
 
 def _print_center_summary(records: list[dict[str, Any]], eps_values: Sequence[float]) -> None:

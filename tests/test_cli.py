@@ -270,6 +270,17 @@ def test_center_defaults_shape_and_records(tmp_path, capsys):
         assert r["abstained"] or r["eps_out"] > 0
         assert r["smoothing_error"] >= 0
     assert "median eps_out" in stdout
+    # Each eps_out next to a scale: the distance between the clean outputs of the two inputs.
+    from smoothgen.metrics import get_metric
+    from smoothgen.models import load_autoencoder
+
+    x = torch.from_numpy(load_digits_split().x_test[:2])
+    with torch.no_grad():
+        outputs = load_autoencoder()(x)
+    apart = float(get_metric("tv2d").distances(outputs, outputs)[0, 1])
+    ok = [r for r in records if not r["abstained"]]
+    vacuous = sum(r["eps_out"] >= apart for r in ok)
+    assert f"lie {apart:.4g} apart" in stdout and f"{vacuous} of {len(ok)} certificates are vacuous" in stdout
 
 
 @pytest.mark.parametrize(

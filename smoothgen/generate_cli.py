@@ -71,8 +71,9 @@ def add_parser(sub: Any) -> None:
         formatter_class=DefaultsFormatter,
     )
     gen.add_argument("--sigma", type=float, default=None,
-                     help=f"noise sigma in embedding space (default: {DEFAULT_TEXT_SIGMA} for text, "
-                     f"{DEFAULT_DIFFUSION_SIGMA} for --diffusion)")
+                     help=f"noise sigma in embedding space; gives Gaussian noise for text (default: {DEFAULT_TEXT_SIGMA} "
+                     f"for text with --noise gaussian, {DEFAULT_DIFFUSION_SIGMA} for --diffusion, "
+                     f"{DEFAULT_TEXT_DIFFUSION_SIGMA} for --text)")
     gen.add_argument("--samples", type=int, default=1000,
                      help="noisy copies N: estimation copies for text, samples averaged for --diffusion")
     gen.add_argument("--radius", type=float, default=None,
@@ -130,9 +131,11 @@ def add_parser(sub: Any) -> None:
                       "--selection-samples and --samples) and which rewordings of the prompt it covers")
     diff.add_argument("--label", type=int, default=None, help="the digit class k to generate (0-9); needs --diffusion")
     diff.add_argument("--steps", type=int, default=None,
-                      help=f"DDPM sampling steps (respaced from 1000) (default: {DEFAULT_DIFFUSION_STEPS})")
+                      help=f"sampling steps (default: {DEFAULT_DIFFUSION_STEPS} DDPM steps respaced from 1000 with "
+                      f"--diffusion, {DEFAULT_TEXT_DIFFUSION_STEPS} DDIM steps with --text)")
     diff.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w >= 0 (default: 0)")
-    diff.add_argument("--png", default=None, help="the PNG grid to write (default: results/generate_label{k}.png)")
+    diff.add_argument("--png", default=None, help="the PNG grid to write (default: results/generate_label{k}.png, or "
+                      "results/generate_text.png with --text)")
     gen.set_defaults(func=cmd_generate)
 
 

@@ -295,8 +295,8 @@ def _probe(runtime, x0: np.ndarray) -> Any:
     return run_model(runtime, torch.from_numpy(x0[None]).to(runtime.device))
 
 
-def _progress(iterable, args, total: int, desc: str):
-    return tqdm(iterable, total=total, desc=desc, unit="input", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
+def _progress(iterable, args, total: int, desc: str, unit: str = "input"):
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
 
 
 def _check_denoiser_options(args: argparse.Namespace) -> None:
@@ -537,7 +537,7 @@ def _center_inputs(args, results, x, runtime, metric, n_candidates, run) -> int:
     todo = [(i, eps) for i in range(len(x)) for eps in args.eps_in if (args.start + i, eps) not in done]
     smoothers = {eps: CenterSmoother(runtime, eps / args.h, metric, batch_size=args.batch_size,
                                      n_candidates=n_candidates, input_shape=x.shape[1:]) for eps in args.eps_in}
-    for i, eps in _progress(todo, args, len(todo), "center"):
+    for i, eps in _progress(todo, args, len(todo), "center", unit=" certificate"):  # (input, eps_in) pairs
         idx = args.start + i
         t0 = time.perf_counter()
         cert = smoothers[eps].certify(torch.from_numpy(x[i]), eps, n=args.n, m=args.m, delta=args.delta,

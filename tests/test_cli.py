@@ -394,3 +394,10 @@ def test_help_shows_each_default_once_and_data_errors_name_the_formats(tmp_path,
     assert code == 2 and "not a NumPy .npy or .npz file" in err and "pickle" not in err
     code, _, err = _run(["certify", "--sigma", "0.3", *FAST], capsys)
     assert code == 2 and "[0.25, 0.5, 1.0]" in err and "0.0," not in err
+
+
+def test_center_progress_counts_certificates_not_inputs(tmp_path, capsys):
+    out = tmp_path / "c.jsonl"
+    code, _, err = _run(["center", "--num", "1", "--eps-in", "0.1,0.2", "--n", "1300", "--m", "1300", "--out", str(out)],
+                        capsys)
+    assert code == 0 and "2/2" in err and "certificate/s" in err and "input/s" not in err, err

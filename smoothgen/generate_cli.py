@@ -101,7 +101,8 @@ def add_parser(sub: Any) -> None:
                       help="which prompt positions carry noise (and may be edited or attacked; the others are held "
                       "fixed): all; context: every line before the last one (the line being completed is fixed); last: "
                       "only the last token (default: context with --noise ablate and a prompt of several lines, else all)")
-    text.add_argument("--batch-size", type=int, default=250, help="noisy copies per model call (each with its KV cache)")
+    gen.add_argument("--batch-size", type=int, default=250,
+                     help="noisy copies per model call (for text, each chunk keeps its KV cache)")
     text.add_argument("--noise", default=None, choices=["ablate", "gaussian"],
                       help="gaussian: noise of --sigma on the prompt's token embeddings (radii in embedding distance); "
                       "ablate: each copy keeps --keep random prompt positions and masks the others (THEORY.md §4g: the "
@@ -478,10 +479,12 @@ def _generate_diffusion(args: argparse.Namespace) -> dict[str, Any]:
     from smoothgen.validate import check_count, check_positive
 
     check_count(args.steps, "--steps")
+    check_count(args.batch_size, "--batch-size")
     check_positive(args.guidance, "--guidance", allow_zero=True)
     png = _check_out(args.png or f"results/generate_label{args.label}.png", args.overwrite, ".png")
     ddpm = load_ddpm().to(args.device)
-    smoothed = SmoothedConditionalDiffusion(ddpm, args.sigma, guidance=args.guidance, num_steps=args.steps)
+    smoothed = SmoothedConditionalDiffusion(ddpm, args.sigma, guidance=args.guidance, num_steps=args.steps,
+                                            batch_size=args.batch_size)
     start = time.perf_counter()
     mean = smoothed.certify_mean(args.label, radius=args.radius, n=args.samples, alpha=args.alpha, seed=args.seed)
     tv = smoothed.tv_bound(args.radius, label=args.label)
@@ -524,11 +527,12 @@ def _generate_text_digits(args: argparse.Namespace) -> dict[str, Any]:
     from smoothgen.validate import check_count, check_positive
 
     check_count(args.steps, "--steps")
+    check_count(args.batch_size, "--batch-size")
     check_positive(args.guidance, "--guidance", allow_zero=True)
     png = _check_out(args.png or "results/generate_text.png", args.overwrite, ".png")
     start = time.perf_counter()
     smoothed = text_digits.smoothed_text_digits(load_text_ddpm().to(args.device), args.sigma, num_steps=args.steps,
-                                                guidance=args.guidance)
+                                                guidance=args.guidance, batch_size=args.batch_size)
     embedding = text_digits.encode_prompts([args.text])[0].to(args.device)
     cert = smoothed.certify_content(load_classifier(0.0).to(args.device), prompt_embeds=embedding,
                                     n0=args.selection_samples, n=args.samples, alpha=args.alpha, seed=args.seed)

@@ -177,6 +177,7 @@ def test_diffusion_writes_the_grid_and_the_certificates(tmp_path, capsys):
     (["--guidance", "-1"], "--guidance"),
     (["--prompt", "x"], "--prompt applies to text"),
     (["--max-new-tokens", "4"], "--max-new-tokens applies to text"),
+    (["--batch-size", "0"], "--batch-size"),
     (["--device", "cuda:9"], "--device"),
 ])
 def test_diffusion_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
@@ -217,6 +218,7 @@ def test_text_to_digit_prints_the_certified_content_and_covered_rewordings(tmp_p
     (["--text", "  "], "needs a prompt"),
     (["--text", "a seven", "--prompt", "x"], "--prompt applies"),
     (["--text", "a seven", "--sigma", "0"], "--sigma"),
+    (["--text", "a seven", "--batch-size", "0"], "--batch-size"),
 ])
 def test_text_to_digit_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     png = tmp_path / "t.png"

@@ -281,6 +281,11 @@ def _apply_backend(args: argparse.Namespace, runtime, x: np.ndarray):
     if isinstance(runtime, OnnxRuntime):
         if args.backend not in ("auto", "onnxruntime"):
             raise InvalidParameterError(f"--backend {args.backend} needs a torch model; {args.model} is an ONNX file")
+        if runtime.max_batch is not None and runtime.max_batch < args.batch_size:
+            print(f"note: {args.model} takes batches of exactly {runtime.max_batch} input(s) (its batch axis is fixed): "
+                  f"every --batch-size {args.batch_size} batch becomes {-(-args.batch_size // runtime.max_batch)} model "
+                  "calls, which is much slower; export it with a dynamic batch axis (README: bring your own model)",
+                  file=sys.stderr)
         return runtime
     if not isinstance(runtime, TorchRuntime) or not isinstance(runtime.model, torch.nn.Module):
         raise InvalidParameterError("--backend needs a torch module")

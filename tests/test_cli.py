@@ -401,3 +401,22 @@ def test_center_progress_counts_certificates_not_inputs(tmp_path, capsys):
     code, _, err = _run(["center", "--num", "1", "--eps-in", "0.1,0.2", "--n", "1300", "--m", "1300", "--out", str(out)],
                         capsys)
     assert code == 0 and "2/2" in err and "certificate/s" in err and "input/s" not in err, err
+
+
+def test_readme_onnx_export_recipe_and_a_fixed_batch_is_noted(tmp_path, capsys):
+    """README's recipe with torch.onnx.export's default (dynamo) exporter, which needs the pinned
+    onnxscript; a model exported with a fixed batch of 1 still certifies, with a one-line note."""
+    pytest.importorskip("onnxscript")
+    model = load_classifier(0.25).eval()
+    example = torch.zeros(1, 1, 8, 8)
+    dynamic, fixed = tmp_path / "mine.onnx", tmp_path / "fixed.onnx"
+    batch = torch.export.Dim("batch", min=1, max=100_000)
+    torch.onnx.export(model, (example,), str(dynamic), input_names=["input"], output_names=["logits"],
+                      dynamic_shapes={"x": {0: batch}})
+    torch.onnx.export(model, (example,), str(fixed))
+    for path, noted in ((dynamic, False), (fixed, True)):
+        out = tmp_path / f"{path.stem}.jsonl"
+        code, _, err = _run(["certify", "--model", str(path), "--num", "2", *FAST, "--out", str(out)], capsys)
+        assert code == 0, err
+        assert ("takes batches of exactly 1" in err) == noted, err
+        assert len(_records(out)) == 2

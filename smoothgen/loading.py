@@ -7,6 +7,7 @@ or `package.module:factory` naming a function that returns a torch module. Data:
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,14 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> Runtime:
             return OnnxRuntime(path)
         try:
             if suffix == ".pt2":
-                module = torch.export.load(str(path)).module()
+                # torch.export logs the whole traceback of an unreadable file before raising: the error below says it.
+                export_log = logging.getLogger("torch.export")
+                level = export_log.level
+                export_log.setLevel(logging.CRITICAL)
+                try:
+                    module = torch.export.load(str(path)).module()
+                finally:
+                    export_log.setLevel(level)
             else:
                 module = torch.jit.load(str(path), map_location=device)
         except Exception as exc:  # torch raises RuntimeError, pickle errors, zip errors ... for bad files

@@ -420,3 +420,13 @@ def test_readme_onnx_export_recipe_and_a_fixed_batch_is_noted(tmp_path, capsys):
         assert code == 0, err
         assert ("takes batches of exactly 1" in err) == noted, err
         assert len(_records(out)) == 2
+
+
+def test_a_corrupt_export_program_is_one_line(tmp_path):
+    """torch.export logged the whole traceback of an unreadable .pt2 before the one-line error."""
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(bytes(range(256)) * 8)
+    proc = subprocess.run([sys.executable, "-m", "smoothgen", "certify", "--model", str(bad), "--num", "1",
+                           "--out", str(tmp_path / "r.jsonl")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "cannot load torch.export program" in proc.stderr

@@ -50,6 +50,17 @@ class EmbeddingAttack:
     loss: float
 
 
+def _l2_ascent_step(delta: torch.Tensor, grad: torch.Tensor, eta: float, radius: float) -> torch.Tensor:
+    """One ℓ2 PGD step: move eta along the normalised gradient, then project back onto the ball of `radius`
+    (a zero or non-finite gradient leaves delta where it is)."""
+    norm = float(grad.norm())
+    if not math.isfinite(norm) or norm == 0.0:
+        return delta
+    delta = delta + eta * grad / norm
+    size = float(delta.norm())
+    return delta * (radius / size) if size > radius else delta
+
+
 def pgd_embedding_attack(
     model: Any,
     prompt_ids: Sequence[int] | torch.Tensor,
@@ -120,14 +131,7 @@ def pgd_embedding_attack(
                 loss = loss_at(d)
                 (grad,) = torch.autograd.grad(loss, d)
                 loss_value = float(loss.detach())
-                grad = grad * rows
-                norm = float(grad.norm())
-                if not math.isfinite(norm) or norm == 0.0:
-                    continue
-                delta = delta + eta * grad / norm
-                size = float(delta.norm())
-                if size > radius:
-                    delta = delta * (radius / size)
+                delta = _l2_ascent_step(delta, grad * rows, eta, radius)
     delta = (delta * rows).detach()
     return EmbeddingAttack(delta=delta, norm=float(delta.norm()), radius=radius, step=step, target=target, loss=loss_value)
 
@@ -356,13 +360,7 @@ def pgd_conditioning_attack(
             margin = margin_at(d)
             (grad,) = torch.autograd.grad(margin, d)
             margins.append(float(margin.detach()))
-            norm = float(grad.norm())
-            if not math.isfinite(norm) or norm == 0.0:
-                continue
-            delta = delta + eta * grad / norm
-            size = float(delta.norm())
-            if size > radius:
-                delta = delta * (radius / size)
+            delta = _l2_ascent_step(delta, grad, eta, radius)
     with torch.no_grad():
         margins.append(float(margin_at(delta)))
     delta = delta.detach()

@@ -51,7 +51,7 @@ from torch import nn
 
 from smoothgen import stats
 from smoothgen.center import CenterSmoother
-from smoothgen.certificates import ABSTAIN, CenterCertificate
+from smoothgen.certificates import CenterCertificate, ClassificationCertificate
 from smoothgen.classify import SmoothedClassifier
 from smoothgen.engine import Purpose, RandomStream, Runtime, Sampler, as_runtime, noise_tv
 from smoothgen.engine.noise import NoiseKey, NoiseSource
@@ -663,7 +663,7 @@ class GenerationTVBound:
 
 
 @dataclass(frozen=True)
-class ContentCertificate:
+class ContentCertificate(ClassificationCertificate):
     """The certified content of what is generated (THEORY.md §4f): Cohen's CERTIFY on h(e) = c(G(e)).
 
     With probability ≥ 1 − alpha over the sampling: for every conditioning tensor e' with
@@ -684,25 +684,10 @@ class ContentCertificate:
         label: the label whose conditioning was the input, or None.
     """
 
-    prediction: int
-    radius: float
-    p_lower: float
-    count: int
-    selected: int
-    sigma: float
-    n0: int
-    n: int
-    alpha: float
-    seed: int | None
-    samples: int
-    noise_tv: float
-    num_classes: int
-    label: int | None = None
-    covered_labels: tuple[int, ...] = ()
-
-    @property
-    def abstained(self) -> bool:
-        return self.prediction == ABSTAIN
+    # The fields of ClassificationCertificate (CERTIFY's own result), then these:
+    num_classes: int = dataclasses.field(kw_only=True)
+    label: int | None = dataclasses.field(default=None, kw_only=True)
+    covered_labels: tuple[int, ...] = dataclasses.field(default=(), kw_only=True)
 
     @property
     def certified(self) -> bool:
@@ -1115,23 +1100,8 @@ class SmoothedConditionalDiffusion:
         self.generator.reseed(seed, request_id)
         cert = smoothed.certify(e, n0, n, alpha, seed, request_id)
         covered = () if label is None or cert.abstained else self._strictly_covered(label, cert.radius)
-        return ContentCertificate(
-            prediction=cert.prediction,
-            radius=cert.radius,
-            p_lower=cert.p_lower,
-            count=cert.count,
-            selected=cert.selected,
-            sigma=cert.sigma,
-            n0=cert.n0,
-            n=cert.n,
-            alpha=cert.alpha,
-            seed=cert.seed,
-            samples=cert.samples,
-            noise_tv=cert.noise_tv,
-            num_classes=num_classes,
-            label=label,
-            covered_labels=covered,
-        )
+        fields = {f.name: getattr(cert, f.name) for f in dataclasses.fields(ClassificationCertificate)}
+        return ContentCertificate(**fields, num_classes=num_classes, label=label, covered_labels=covered)
 
     def _strictly_covered(self, label: int, radius: float) -> tuple[int, ...]:
         """Labels j ≠ k with ‖e_k − e_j‖ < radius (Cohen's certificate is for the open ball)."""

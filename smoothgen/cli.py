@@ -12,7 +12,6 @@ import signal
 import statistics
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from smoothgen import __version__
 from smoothgen._entry import stop_during_startup
 from smoothgen.certificates import ABSTAIN
+from smoothgen.jobs import center_record, certify_record
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, ResultsFileError, SmoothgenError, first_line
 from smoothgen.results import ResultsFile, write_cohen_tsv
 
@@ -447,26 +447,9 @@ def _certify_inputs(args, smoothed, results, x, y, reseed) -> int:
     done = results.done()
     todo = [i for i in range(len(x)) if (args.start + i,) not in done]
     for i in _progress(todo, args, len(todo), "certify"):
-        idx = args.start + i
-        if reseed is not None:
-            # Per-input local-noise stream (seed, idx): a certificate does not depend on what ran before it.
-            reseed(args.seed, idx)
-        t0 = time.perf_counter()
-        label = None if y is None else int(y[i])
-        if args.target_radius is None:
-            cert = smoothed.certify(torch.from_numpy(x[i]), args.n0, args.n, args.alpha, seed=args.seed, request_id=idx)
-            record = {"radius": cert.radius, "p_lower": cert.p_lower, "count": cert.count, "samples": cert.samples}
-        else:
-            cert = smoothed.certify_at(torch.from_numpy(x[i]), args.target_radius, args.alpha, n0=args.n0,
-                                       looks=tuple(args.looks), seed=args.seed, request_id=idx)
-            # The selected class is kept whatever the decision: rejected and undecided are not abstentions.
-            record = {"radius": cert.certified_radius if cert.certified else 0.0, "decision": cert.decision,
-                      "selected": cert.selected, "p_lower": cert.p_lower, "p_upper": cert.p_upper,
-                      "count": cert.count, "samples": cert.samples}
-        abstained = cert.prediction == ABSTAIN
-        results.append({"idx": idx, "label": label, "predict": cert.prediction,
-                        "correct": None if label is None else (not abstained and cert.prediction == label),
-                        "time": time.perf_counter() - t0, **record})
+        results.append(certify_record(
+            smoothed, x[i], args.start + i, None if y is None else int(y[i]), n0=args.n0, n=args.n, alpha=args.alpha,
+            seed=args.seed, target_radius=args.target_radius, looks=args.looks, reseed=reseed))
     records = sorted(results.records, key=lambda r: r["idx"])
     _print_certify_summary(records, args.radii if args.target_radius is None else [args.target_radius])
     print(f"mean estimation samples per input: {statistics.fmean(r['samples'] for r in records):.0f}")
@@ -543,14 +526,8 @@ def _center_inputs(args, results, x, runtime, metric, n_candidates, run) -> int:
     smoothers = {eps: CenterSmoother(runtime, eps / args.h, metric, batch_size=args.batch_size,
                                      n_candidates=n_candidates, input_shape=x.shape[1:]) for eps in args.eps_in}
     for i, eps in _progress(todo, args, len(todo), "center", unit=" certificate"):  # (input, eps_in) pairs
-        idx = args.start + i
-        t0 = time.perf_counter()
-        cert = smoothers[eps].certify(torch.from_numpy(x[i]), eps, n=args.n, m=args.m, delta=args.delta,
-                                      alpha1=args.alpha1, alpha2=args.alpha2, seed=args.seed, request_id=idx)
-        record = cert.to_record()
-        for name in run:
-            record.pop(name, None)
-        results.append({"idx": idx, **record, "time": time.perf_counter() - t0})
+        results.append(center_record(smoothers[eps], x[i], args.start + i, eps, n=args.n, m=args.m, delta=args.delta,
+                                     alpha1=args.alpha1, alpha2=args.alpha2, seed=args.seed, run_fields=tuple(run)))
     _print_center_summary(results.records, args.eps_in)
     _print_center_scale(results.records, runtime, metric, x)
     print(f"wrote {len(results.records)} records to {args.out}")

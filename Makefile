@@ -28,7 +28,7 @@ $(STAMP): constraints.txt pyproject.toml setup.py
 	$(PIP) install -c constraints.txt "torch==2.13.0"
 	# Build tools of the C++ core for the standalone CMake build, and the fuzzer of its C ABI.
 	$(PIP) install -c constraints.txt pybind11 boost-headers atheris
-	$(PIP) install -c constraints.txt -e ".[test,diffusion]"
+	$(PIP) install -c constraints.txt -e ".[test,diffusion,serve]"
 	touch $(STAMP) $(CORE_STAMP)
 
 # Rebuild smoothgen._C in place when the C++ sources change after set-up.

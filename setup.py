@@ -1,6 +1,6 @@
 """Packaging for smoothgen.
 
-`engine/` and `kernels/` live at the top of the repository (see DESIGN.md) and are installed as
+`engine/` and `kernels/` live at the top of the repository (see docs/design.md) and are installed as
 `smoothgen.engine` and `smoothgen.kernels`, so that users never import a top-level `engine`.
 
 The C++ core in `csrc/` becomes the extension `smoothgen._C`, built by CMake from the top-level

@@ -1,4 +1,4 @@
-"""Content certificates of the text-to-digit model (THEORY.md §4f): certified radius, abstention and the
+"""Content certificates of the text-to-digit model (docs/theory.md §4f): certified radius, abstention and the
 real prompt variants each certificate covers.
 
     python benchmarks/content_certificates.py run       # appends to benchmarks/content_certificates.jsonl

@@ -15,7 +15,7 @@ of coordinates is Box–Muller of a uniform u1 ≥ 2⁻⁶⁵ — the Gaussian t
 sqrt(128 ln 2) ≈ 9.42 —, within total variation 2⁻⁶⁴ of N(0, I₂); a copy of d coordinates (⌈d/2⌉
 independent pairs, TV is subadditive over independent coordinates) is within ⌈d/2⌉·2⁻⁶⁴ of N(0, I_d).
 Every certificate charges this per-copy τ (a bound on a probability under the sampler minus τ is a bound
-under the Gaussian). Not covered, and assumed as in THEORY.md §6: that Philox words are independent
+under the Gaussian). Not covered, and assumed as in docs/theory.md §6: that Philox words are independent
 uniforms, and the discreteness and float rounding of the noise and of x + σ·ε (Voráček & Hein 2023).
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each reducer validates the outputs it is given (shape, type, finiteness), keeps 
 algorithm needs, and syncs with the host once, in `result()`:
 - `ClassCounts`: votes of a classifier (torch.bincount of the argmax) — Cohen's certificates.
 - `KeepOutputs`: every output, or a per-sample map of it (distances to a center) — center smoothing.
-- `ScoreSums`: sums and squared sums of [0, 1] scores — bounds on expectations (THEORY.md §4b).
+- `ScoreSums`: sums and squared sums of [0, 1] scores — bounds on expectations (docs/theory.md §4b).
 Non-finite values are flagged on the device and checked in `result()`, so validation costs no sync per batch.
 """
 from __future__ import annotations

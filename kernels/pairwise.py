@@ -1,6 +1,6 @@
 """pairwise: tiled pairwise distances (ℓ2, ℓ1, cosine), row medians and the min-median center.
 
-Center smoothing chooses ẑ = argmin_i median_j d(Z_i, Z_j) over n ≈ 10⁴ samples (THEORY.md §2): n²
+Center smoothing chooses ẑ = argmin_i median_j d(Z_i, Z_j) over n ≈ 10⁴ samples (docs/theory.md §2): n²
 distances, then one order statistic per row. Where the kernels win over torch:
 - ℓ2 and cosine: one tiled matmul-form kernel, d² = |a|² + |b|² − 2a·b, with the dot product on tensor
   cores in ``tf32x3`` (three TF32 products ≈ float32 accuracy; cuBLAS's exact-float32 path has no tensor

@@ -23,7 +23,7 @@ ceil(cols / 2) ≥ 2⁶⁴). In float32:
 In exact arithmetic on exact uniforms this is the Box–Muller transform truncated at u1 ≥ 2⁻⁶⁴, i.e. at
 radius sqrt(128 ln 2) ≈ 9.42: per pair it is within total variation 2⁻⁶⁴ of N(0, I₂), and a copy of
 ``cols`` elements within ⌈cols/2⌉·2⁻⁶⁴ of N(0, I) (`smoothgen.engine.noise.noise_tv`, charged to every
-certificate). The discreteness of the uniforms and float32 rounding remain assumptions (THEORY.md §6,
+certificate). The discreteness of the uniforms and float32 rounding remain assumptions (docs/theory.md §6,
 README "Soundness"). `philox_normal_reference` computes the same numbers in NumPy: the Philox words are
 identical bit for bit, the normals equal to float32 rounding of log/sqrt/cos/sin (the Triton
 interpreter matches exactly; a GPU's transcendental functions may differ in the last bits).

@@ -1,9 +1,9 @@
 """smoothgen: sound randomized-smoothing certificates at production speed.
 
 Public API:
-    SmoothedClassifier  — Cohen et al.'s PREDICT and CERTIFY (THEORY.md §1).
-    CenterSmoother      — center smoothing of metric-space outputs (THEORY.md §2).
-    DiffusionPurifier, DDS, DiffSmooth — diffusion-purified base classifiers (THEORY.md §3).
+    SmoothedClassifier  — Cohen et al.'s PREDICT and CERTIFY (docs/theory.md §1).
+    CenterSmoother      — center smoothing of metric-space outputs (docs/theory.md §2).
+    DiffusionPurifier, DDS, DiffSmooth — diffusion-purified base classifiers (docs/theory.md §3).
     SmoothedLM          — SmoothGen for causal LMs: token ablation (certificates in edited tokens, §4g) or
                           noise on the prompt's token embeddings; certified prefix of smoothed greedy
                           decoding, TV/W1 bound, Levenshtein center smoothing (§4). TokenAblation,

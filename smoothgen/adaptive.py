@@ -1,4 +1,4 @@
-"""Input-dependent (adaptive) noise levels σ(x): THEORY.md §5.
+"""Input-dependent (adaptive) noise levels σ(x): docs/theory.md §5.
 
 Smoothing with a σ that depends on the input breaks the usual certificates: the smoothed model at x'
 uses σ(x') ≠ σ(x), so Cohen's radius σ(x)·Φ⁻¹(pA) computed at x proves nothing about x' (Súkeník,

@@ -8,7 +8,7 @@ the base LM. `attack_certified_prefix` attacks every certified step of a `Genera
 radius and checks, with many fresh samples, whether the smoothed decoder's prefix changed.
 
 `pgd_conditioning_attack`: the same ℓ2 PGD with EOT on the conditioning tensor of a smoothed conditional
-generator (`smoothgen.conditional.SmoothedConditionalDiffusion`), against its content (THEORY.md §4f):
+generator (`smoothgen.conditional.SmoothedConditionalDiffusion`), against its content (docs/theory.md §4f):
 it maximizes the expected logit margin of another class over the certified one, with gradients through
 the whole sampling chain (`differentiable_generation`); `content_counts` estimates the smoothed class
 distribution at the attacked conditioning from fresh samples.

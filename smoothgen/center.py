@@ -1,4 +1,4 @@
-"""Center smoothing of models with metric-space outputs: Kumar & Goldstein (NeurIPS 2021), THEORY.md §2.
+"""Center smoothing of models with metric-space outputs: Kumar & Goldstein (NeurIPS 2021), docs/theory.md §2.
 
 The smoothed output f̂(x) is the center ẑ of a small ball holding more than half of the distribution of
 f(x + ε). `smooth` finds it (or abstains); `certify` bounds how far it can move: with probability
@@ -171,7 +171,7 @@ def median_distances_reference(candidates: Any, samples: Any, metric: Metric) ->
 
 
 def min_median_center(samples: Any, metric: Metric, n_candidates: int | None = None) -> tuple[Any, float]:
-    """ẑ = argmin over candidates z of median_j d(z, Z_j), and r̂ = that median (THEORY.md §2, SMOOTH step 1).
+    """ẑ = argmin over candidates z of median_j d(z, Z_j), and r̂ = that median (docs/theory.md §2, SMOOTH step 1).
 
     Args:
         samples: the n selection samples Z.
@@ -210,7 +210,7 @@ class CenterNoise(Protocol):
     """A smoothing distribution other than isotropic Gaussian noise on the input tensor, for `CenterSmoother`.
 
     Kumar & Goldstein's proof uses the noise in one place only: a ball B with P_x(B) ≥ p must keep
-    P_x'(B) ≥ 1/2 + Δ at every x' of the threat model (THEORY.md §2). A noise states that p for a threat
+    P_x'(B) ≥ 1/2 + Δ at every x' of the threat model (docs/theory.md §2). A noise states that p for a threat
     of size ε (`level`), draws the copies, and says how far its sampler is from the distribution the
     level was proved for (`noise_tv`, charged exactly as the Gaussian sampler's τ).
 
@@ -360,7 +360,7 @@ class CenterSmoother:
         """CERTIFY: ε_out such that d(f̂(x), f̂(x')) ≤ ε_out for all ‖x − x'‖₂ ≤ eps_in, with probability
         ≥ 1 − α1 − α2 − candidate_miss (the certificate's `failure_probability`).
 
-        Steps (THEORY.md §2): SMOOTH with n samples; p = Φ(Φ⁻¹(1/2 + Δ) + ε_in/σ) (with ``noise=``,
+        Steps (docs/theory.md §2): SMOOTH with n samples; p = Φ(Φ⁻¹(1/2 + Δ) + ε_in/σ) (with ``noise=``,
         p = noise.level(x, ε_in, Δ)); q = p + τ + sqrt(ln(1/α2)/(2m)) (abstain if q > 1); R̂ = the
         ⌈q·m⌉-th smallest distance of m fresh samples to ẑ; ε_out = γ·(1 + β)·R̂. τ = the sampler's
         per-copy distance from the Gaussian (smoothgen.engine.noise_tv; ``noise.noise_tv(x)``);

@@ -1,4 +1,4 @@
-"""Smoothing a conditional diffusion model in its conditioning-embedding space (THEORY.md §4a, §4d, §4e).
+"""Smoothing a conditional diffusion model in its conditioning-embedding space (docs/theory.md §4a, §4d, §4e).
 
 A conditional diffusion model is conditioned on a tensor e: the class embedding e_k = class_embedding(k)
 ∈ R^D (D = 64) of the embedded class-conditional digits DDPM (`smoothgen.models.load_ddpm`), or the
@@ -93,7 +93,7 @@ class ConditionalGenerator(nn.Module):
     `DiffusersGenerator`). Copy number i since the last `reseed` gets sampler noise (its initial latent
     and every step's noise) that is a pure function of (seed, request_id, i), drawn with the engine's
     counter-based Philox noise (engine/noise.py), so results do not depend on how copies are cut into
-    batches and the sampler randomness ω is independent of the conditioning noise ε (THEORY.md §4a).
+    batches and the sampler randomness ω is independent of the conditioning noise ε (docs/theory.md §4a).
     Copies are numbered in call order: a generator serves one request at a time (the in-process
     `Sampler`), not the multi-request `Scheduler`, which would interleave requests.
 
@@ -451,13 +451,13 @@ class DiffusersGenerator(ConditionalGenerator):
 
 
 # --------------------------------------------------------------------------------------------------
-# Mean smoothing (THEORY.md §4e)
+# Mean smoothing (docs/theory.md §4e)
 # --------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class MeanCertificate:
-    """Mean smoothing of a bounded generator: the mean output and how far it can move (THEORY.md §4e).
+    """Mean smoothing of a bounded generator: the mean output and how far it can move (docs/theory.md §4e).
 
     For every input e' with ‖e − e'‖₂ ≤ radius:
     - ‖F(e) − F(e')‖₂ ≤ expectation_bound, for the expectation F = E f (no probability involved);
@@ -538,7 +538,7 @@ class _ClampedSum(Reducer):
 
 
 class MeanSmoother:
-    """Mean smoothing of a randomized generator whose outputs are clipped to a box (THEORY.md §4e).
+    """Mean smoothing of a randomized generator whose outputs are clipped to a box (docs/theory.md §4e).
 
     F̂_N(x) = (1/N) Σ_i clip(f(x + ε_i), lo, hi), ε_i ~ N(0, σ²I), with f free to use its own
     randomness as long as it is independent of ε. A generator with a `reseed(seed, request_id)` method
@@ -664,7 +664,7 @@ class GenerationTVBound:
 
 @dataclass(frozen=True)
 class ContentCertificate(ClassificationCertificate):
-    """The certified content of what is generated (THEORY.md §4f): Cohen's CERTIFY on h(e) = c(G(e)).
+    """The certified content of what is generated (docs/theory.md §4f): Cohen's CERTIFY on h(e) = c(G(e)).
 
     With probability ≥ 1 − alpha over the sampling: for every conditioning tensor e' with
     ‖e − e'‖₂ < radius (Frobenius norm for a [L, D] tensor), the smoothed content classifier
@@ -745,7 +745,7 @@ class SmoothedConditionalDiffusion:
     """A conditional diffusion model smoothed with Gaussian noise on its conditioning tensor.
 
     Each output is one sample conditioned on e + ε (ε ~ N(0, σ²I)), with the sampler's own randomness;
-    `certify_mean` averages N of them, `certify_center` takes their center (THEORY.md §2). The model is
+    `certify_mean` averages N of them, `certify_center` takes their center (docs/theory.md §2). The model is
     either the embedded class-conditional digits DDPM (noise on its class embedding) or any
     `ConditionalGenerator`, e.g. a diffusers UNet + scheduler with the noise on its
     `encoder_hidden_states` / prompt embeddings (`from_diffusers`).
@@ -1025,7 +1025,7 @@ class SmoothedConditionalDiffusion:
         seed: int | None = None,
         request_id: int = 0,
     ) -> CenterCertificate:
-        """Center smoothing of the generated images (THEORY.md §2, §4d) with the conditioning vector as input.
+        """Center smoothing of the generated images (docs/theory.md §2, §4d) with the conditioning vector as input.
 
         With probability ≥ 1 − `failure_probability` (α1 + α2, plus the candidate miss when n_candidates
         is given), d(ẑ(e), ẑ(e')) ≤ eps_out for every ‖e − e'‖₂ ≤ eps_in. Its
@@ -1062,11 +1062,11 @@ class SmoothedConditionalDiffusion:
         seed: int | None = None,
         request_id: int = 0,
     ) -> ContentCertificate:
-        """Certify the class of what is generated (THEORY.md §4f): Cohen's CERTIFY on h(e) = c(G(e)).
+        """Certify the class of what is generated (docs/theory.md §4f): Cohen's CERTIFY on h(e) = c(G(e)).
 
         h(e + ε, ω) = classifier(G(e + ε, ω)) is a randomized base classifier whose randomness ω (the
         sampler's own, keyed per copy) is independent of ε, so `smoothgen.classify.SmoothedClassifier.certify`
-        applies unchanged (THEORY.md §1): ĉA from n0 selection samples, nA among n FRESH estimation
+        applies unchanged (docs/theory.md §1): ĉA from n0 selection samples, nA among n FRESH estimation
         samples (the engine's SELECTION and ESTIMATION streams for ε; consecutive, hence disjoint,
         stretches of one generator stream for ω), pA_lower = Clopper–Pearson(nA, n, α) − τ with
         τ = noise_tv(numel of the conditioning tensor) (the same τ `tv_bound` and `certify_mean` charge),

@@ -1,6 +1,6 @@
 """Diffusion-purified smoothing: DDS (Carlini et al., ICLR 2023) and DiffSmooth (Zhang et al., USENIX Sec 2023).
 
-THEORY.md §3. A DDPM's noise-prediction network ε_θ turns a noisy input x + δ back into a clean-looking
+docs/theory.md §3. A DDPM's noise-prediction network ε_θ turns a noisy input x + δ back into a clean-looking
 image in one step, and a classifier trained on clean images labels it. Purifier and classifier together
 are a randomized base classifier f; `SmoothedClassifier` runs Cohen's CERTIFY on top of it, unchanged,
 at the global σ (the Gaussian noise δ comes from the smoothed classifier's sampler, not from here):
@@ -71,7 +71,7 @@ def alphas_cumprod(betas: Any, num_timesteps: int | None = None) -> torch.Tensor
 
 
 def select_timestep(alpha_bar: torch.Tensor, sigma: float) -> int:
-    """t* = the first t with sqrt(1 − ᾱ_t)/sqrt(ᾱ_t) ≥ 2σ (THEORY.md §3).
+    """t* = the first t with sqrt(1 − ᾱ_t)/sqrt(ᾱ_t) ≥ 2σ (docs/theory.md §3).
 
     The factor 2: pixels in [0, 1] are mapped to [−1, 1] for the DDPM, which doubles the noise.
 
@@ -107,7 +107,7 @@ def _noise_output(out: Any) -> Any:
 
 
 class DiffusionPurifier(nn.Module):
-    """One-shot DDPM denoising at the timestep matching σ: x + δ ↦ x̂0 (THEORY.md §3).
+    """One-shot DDPM denoising at the timestep matching σ: x + δ ↦ x̂0 (docs/theory.md §3).
 
     Args:
         noise_model: ε_θ, called as noise_model(x_t, t) with x_t [b, *shape] in the [−1, 1] scale and
@@ -243,7 +243,7 @@ class DiffSmooth(nn.Module):
         purifier: A `DiffusionPurifier` (or any module mapping noisy inputs to clean-looking ones).
         classifier: A classifier of clean(ish) inputs, returning logits.
         local_samples: m ≥ 1 (paper default 5).
-        local_sigma: σ' > 0 (THEORY.md: σ' ≤ σ, e.g. 0.25).
+        local_sigma: σ' > 0 (docs/theory.md: σ' ≤ σ, e.g. 0.25).
         seed: Seed of the local-noise stream (None: fresh OS entropy, not reproducible).
 
     Shapes:

@@ -1,4 +1,4 @@
-"""Center smoothing of a sentence encoder's pooled embedding (THEORY.md §2, §4d, §4g): cosine distance, γ = 2.
+"""Center smoothing of a sentence encoder's pooled embedding (docs/theory.md §2, §4d, §4g): cosine distance, γ = 2.
 
 `SmoothedEncoder` wraps any Hugging Face encoder that takes ``inputs_embeds`` (``AutoModel`` BERT, MiniLM,
 RoBERTa, ...; or a sentence-transformers model) with a pooling of its last hidden state, and smooths
@@ -22,7 +22,7 @@ uses the noise once: the ball B = B(ẑ, R̂) that holds probability ≥ p at x 
 x' of the threat model. If x' differs from x in r of the L perturbed positions, the ablated copies of x
 and x' coincide whenever the kept k-subset misses those r positions, which has probability
 C(L − r, k)/C(L, k); so |P_x(S) − P_x'(S)| ≤ Δ_r = 1 − C(L − r, k)/C(L, k) for every set S of outputs
-(THEORY.md §4g), and p = 1/2 + Δ + Δ_r suffices. The rest of the proof is the Gaussian one: R̂ is the
+(docs/theory.md §4g), and p = 1/2 + Δ + Δ_r suffices. The rest of the proof is the Gaussian one: R̂ is the
 ⌈q·m⌉-th order statistic at q = p + τ + sqrt(ln(1/α2)/(2m)) (DKW), so P_x(B) ≥ p; at x', B holds
 ≥ 1/2 + Δ, so the smallest ball holding 1/2 + Δ has radius ≤ R̂ and the min-median center at x' has
 median radius ≤ β·R̂ (β = 2γ); its ball holds > 1/2 and meets B, so d(ẑ(x), ẑ(x')) ≤ γ·(1 + β)·R̂ (= 10·R̂
@@ -272,7 +272,7 @@ class SmoothedEncoder(PromptSmoother):
         request_id: int = 0,
         mask: Any = None,
     ) -> CenterSmoothingResult:
-        """SMOOTH (THEORY.md §2): the smoothed embedding ẑ [H], or abstain (`CenterSmoother.smooth`)."""
+        """SMOOTH (docs/theory.md §2): the smoothed embedding ẑ [H], or abstain (`CenterSmoother.smooth`)."""
         noise, ids = self.noise_for(prompt, mask)
         return self.smoother(noise).smooth(ids, n=n, delta=delta, alpha1=alpha1, seed=seed, request_id=request_id)
 

@@ -1,4 +1,4 @@
-"""Token ablation for SmoothedLM: certificates in substituted tokens (THEORY.md §4g), checked exactly.
+"""Token ablation for SmoothedLM: certificates in substituted tokens (docs/theory.md §4g), checked exactly.
 
 The threat is discrete, so small cases are verified without Monte Carlo: `exact_decode` enumerates
 every kept subset, giving the smoothed decoder's exact output at every edited prompt.

@@ -1,4 +1,4 @@
-"""CenterSmoother against analytic oracles (THEORY.md §2)."""
+"""CenterSmoother against analytic oracles (docs/theory.md §2)."""
 import math
 
 import numpy as np

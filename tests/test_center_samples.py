@@ -1,4 +1,4 @@
-"""Center smoothing's three sample sets must be disjoint (THEORY.md §2).
+"""Center smoothing's three sample sets must be disjoint (docs/theory.md §2).
 
 SMOOTH chooses the center ẑ and its radius r̂ from n selection samples, then checks it on n FRESH
 samples: p = the fraction of the fresh samples within r̂ of ẑ. Reusing the selection samples for the

@@ -1,4 +1,4 @@
-"""SmoothedClassifier against analytic oracles (THEORY.md §1)."""
+"""SmoothedClassifier against analytic oracles (docs/theory.md §1)."""
 import numpy as np
 import pytest
 import torch
@@ -160,7 +160,7 @@ def test_garbage_model_outputs(forward):
         SmoothedClassifier(forward, 2, 0.5).certify(torch.zeros(2), 10, 10, 0.1, seed=0)
 
 
-# ---------------------------------------------------------------- sequential certification (THEORY.md §6)
+# ---------------------------------------------------------------- sequential certification (docs/theory.md §6)
 def test_certify_at_false_certification_rate_at_most_alpha():
     """At a radius above the exact one the answer 'certified' is wrong: it may come in at most ~alpha of runs."""
     model = LinearBinary(torch.tensor([1.0, 0.0]), 0.0)

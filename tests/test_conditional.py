@@ -132,7 +132,7 @@ def test_bad_inputs_raise_clear_errors(ddpm) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The mean aggregator against an analytic oracle (THEORY.md §4e)
+# The mean aggregator against an analytic oracle (docs/theory.md §4e)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -257,7 +257,7 @@ def test_ddpm_mean_certificate_fields(ddpm) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Threat-model translation and the sample-free TV bound (THEORY.md §4a)
+# Threat-model translation and the sample-free TV bound (docs/theory.md §4a)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -282,7 +282,7 @@ def test_label_distances_and_tv_bounds(ddpm) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The center aggregator (THEORY.md §2 / §4d)
+# The center aggregator (docs/theory.md §2 / §4d)
 # --------------------------------------------------------------------------------------------------
 
 

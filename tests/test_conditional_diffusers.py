@@ -211,7 +211,7 @@ def test_unet2dmodel_with_a_class_label_projection_and_a_custom_routing() -> Non
 
 
 # --------------------------------------------------------------------------------------------------
-# Certificates on the generic path (THEORY.md §4a, §4e, §2)
+# Certificates on the generic path (docs/theory.md §4a, §4e, §2)
 # --------------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Attack check of content certificates (THEORY.md §4f, issue 12): PGD on the conditioning embedding.
+"""Attack check of content certificates (docs/theory.md §4f, issue 12): PGD on the conditioning embedding.
 
 For the real text-to-digit model (diffusers UNet + DDIM, all-MiniLM-L6-v2 prompt embeddings) smoothed at
 σ = 0.1, each prompt's content is certified (Cohen's CERTIFY, radius R), then attacked with ℓ2 PGD on

@@ -1,4 +1,4 @@
-"""Content certificates of smoothed conditional generators (THEORY.md §4f): Cohen's CERTIFY on h(e) = c(G(e))."""
+"""Content certificates of smoothed conditional generators (docs/theory.md §4f): Cohen's CERTIFY on h(e) = c(G(e))."""
 import math
 from types import SimpleNamespace
 

@@ -1,4 +1,4 @@
-"""Tests of diffusion-purified smoothing (smoothgen.denoise, THEORY.md §3) and its CLI options."""
+"""Tests of diffusion-purified smoothing (smoothgen.denoise, docs/theory.md §3) and its CLI options."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""SmoothedLM and the text certificates (THEORY.md §4a, §4c, §4d), and the bounds behind them."""
+"""SmoothedLM and the text certificates (docs/theory.md §4a, §4c, §4d), and the bounds behind them."""
 from __future__ import annotations
 
 import json

@@ -147,7 +147,7 @@ def test_stats_does_not_import_torch():
     assert out.stdout.strip() == "['smoothgen', 'smoothgen.errors']"
 
 
-# ------------------------------------------------------------------ SmoothGen bounds (THEORY.md §4a, §4e)
+# ------------------------------------------------------------------ SmoothGen bounds (docs/theory.md §4a, §4e)
 
 
 @pytest.mark.parametrize(("shift", "sigma"), [(0.1, 1.0), (0.5, 0.25), (2.0, 0.5), (0.0, 1.0)])

@@ -9,7 +9,7 @@ timestep embedding of every ResNet block (`conditioning_kwargs`). Trained by
 ``python -m smoothgen.models.train text-ddpm`` with Gaussian noise on e (the noise smoothing adds), and
 loaded by `smoothgen.models.load_text_ddpm`.
 
-Smoothing it (THEORY.md §4a, §4e, §4f): `smoothed_text_digits(unet, sigma)` is a
+Smoothing it (docs/theory.md §4a, §4e, §4f): `smoothed_text_digits(unet, sigma)` is a
 `smoothgen.conditional.SmoothedConditionalDiffusion` whose conditioning tensor is the 384-d sentence
 embedding, so a certified radius R is an ℓ2 distance between sentence embeddings (`encode_prompts`).
 
@@ -248,7 +248,7 @@ def smoothed_text_digits(
 
 
 # --------------------------------------------------------------------------------------------------
-# What a content certificate covers (THEORY.md §4f): concrete prompt variants within the radius
+# What a content certificate covers (docs/theory.md §4f): concrete prompt variants within the radius
 # --------------------------------------------------------------------------------------------------
 
 #: Kinds of prompt variants `prompt_variants` lists.

@@ -464,7 +464,7 @@ def ddpm_noise_mse(
 
 @torch.no_grad()
 def ddpm_denoise_mse(model: nn.Module, x: np.ndarray | torch.Tensor, sigma: float, seed: int = EVAL_NOISE_SEED) -> float:
-    """Return the per-pixel MSE ([0, 1] units) of one-shot purification (THEORY.md §3) of x + N(0, sigma^2 I).
+    """Return the per-pixel MSE ([0, 1] units) of one-shot purification (docs/theory.md §3) of x + N(0, sigma^2 I).
 
     Args:
         model: The noise-prediction network (with its betas).
@@ -757,7 +757,7 @@ LM_TEXT_BYTES: tuple[int, ...] = (9, 10, *range(32, 127))
 @torch.no_grad()
 def _embedding_geometry(model: CodeLM) -> dict[str, float]:
     """Norms of the token embedding rows and distances between them, over `LM_TEXT_BYTES`: the scale
-    against which an embedding-space smoothing σ and a certified radius (THEORY.md §4(c)) are read."""
+    against which an embedding-space smoothing σ and a certified radius (docs/theory.md §4(c)) are read."""
     rows = model.get_input_embeddings().weight[list(LM_TEXT_BYTES)].double()
     distances = torch.cdist(rows, rows)
     off_diagonal = distances[~torch.eye(len(rows), dtype=torch.bool)]
@@ -1038,7 +1038,7 @@ def finetune_lm(
 ) -> tuple[CodeLM, dict[str, Any]]:
     """Fine-tune the code LM for a smoothing distribution of `smoothgen.generative.SmoothedLM`.
 
-    The training distribution is the smoothing distribution (THEORY.md §4c, §4g). Each step draws
+    The training distribution is the smoothing distribution (docs/theory.md §4c, §4g). Each step draws
     batch_size windows of context_length + 1 bytes from the training stream (as `train_lm`); each window
     gets a prompt length P uniform in [prompt_lengths[0], prompt_lengths[1]], its first P positions are the
     prompt and the rest plays the generated tokens (always clean). The prompt is perturbed:
@@ -1248,7 +1248,7 @@ def lm_smoothed_metrics(
     top_probability = torch.cat(top)
     metrics["mean_top_probability"] = float(top_probability.mean())
     if noise is not None:
-        # Δ_1 = 1 − C(P − 1, k)/C(P, k) = k/P (THEORY.md §4g).
+        # Δ_1 = 1 − C(P − 1, k)/C(P, k) = k/P (docs/theory.md §4g).
         threshold = 0.5 + ablation_keep(level, prompt_length) / prompt_length if noise == "ablate" else 0.5
         metrics["plugin_threshold"] = threshold
         metrics["plugin_fraction_above_threshold"] = float((top_probability > threshold).double().mean())

@@ -1,5 +1,5 @@
 """Cohen et al.'s decisions from class counts in the C++ core against the Python reference on the same
-counts: smoothgen.classify's steps (THEORY.md §1) with smoothgen.stats computed by SciPy."""
+counts: smoothgen.classify's steps (docs/theory.md §1) with smoothgen.stats computed by SciPy."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-// smoothgen C++ core: center smoothing on float32 row-major buffers (THEORY.md section 2).
+// smoothgen C++ core: center smoothing on float32 row-major buffers (docs/theory.md section 2).
 //
 // Outputs are rows of a row-major float32 buffer [n, dim]. Distances match smoothgen/metrics.py (the
 // Python reference) to float32 rounding: every metric is computed in the direct form (no

@@ -1,4 +1,4 @@
-// smoothgen C++ core: Cohen et al.'s PREDICT and CERTIFY decisions from class counts (THEORY.md section 1).
+// smoothgen C++ core: Cohen et al.'s PREDICT and CERTIFY decisions from class counts (docs/theory.md section 1).
 //
 // A serving stack samples its model itself and hands over the class counts; these functions make the
 // decisions exactly as smoothgen.SmoothedClassifier does with the same counts.

@@ -1,4 +1,4 @@
-// smoothgen C++ core: the statistics behind every certificate (THEORY.md sections 1, 2 and 6).
+// smoothgen C++ core: the statistics behind every certificate (docs/theory.md sections 1, 2 and 6).
 //
 // Each function computes exactly the formula of its namesake in smoothgen/stats.py (the Python
 // reference), with the special functions from Boost.Math under SciPy's precision policy (no promotion
@@ -76,7 +76,7 @@ struct CenterCheck {
   double delta2;  ///< 1/2 - (p - delta1)
 };
 
-/// Acceptance check of center smoothing's SMOOTH step (Kumar & Goldstein 2021; THEORY.md section 2):
+/// Acceptance check of center smoothing's SMOOTH step (Kumar & Goldstein 2021; docs/theory.md section 2):
 /// accepted iff max(delta1, delta2) <= delta, with
 ///   delta1 = sqrt(ln(2/alpha1) / (2 min(n, n_select))) + noise_tv,   delta2 = 1/2 - (p - delta1).
 /// p is the fraction of n fresh CHECK samples within r-hat of the center; n_select is the number of

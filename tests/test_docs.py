@@ -1,0 +1,82 @@
+"""The project's own documents travel with the code (issue 16 item 7): docs/theory.md and docs/design.md
+exist, everything that cites them cites a section that exists, and nothing points outside the repository."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+THEORY = ROOT / "docs" / "theory.md"
+
+#: Where the code base cites the documents: sources, headers, build files and Markdown.
+SOURCES = ("smoothgen", "engine", "kernels", "csrc", "benchmarks", "tests", "docs")
+SUFFIXES = {".py", ".md", ".h", ".cpp", ".txt", ".toml", ".cmake", ".in"}
+TOP_LEVEL = ("README.md", "CMakeLists.txt", "setup.py", "pyproject.toml", "Makefile")
+
+#: A citation: "docs/theory.md" then, up to the end of its parenthesis, clause or line, section numbers
+#: written "§4g", "§4(g)", "section 6" or "sections 1, 2 and 6".
+CITATION = re.compile(r"docs/theory\.md(?=([^()\n;]{0,80}))")
+SECTION_SIGN = re.compile(r"§\s*(\d+)([a-z]?)")
+SECTION_WORDS = re.compile(r"\bsections?\s+(\d+(?:\s*(?:,|and)\s*\d+)*)")
+
+
+def _files() -> list[Path]:
+    files = [ROOT / name for name in TOP_LEVEL if (ROOT / name).is_file()]
+    for folder in SOURCES:
+        files += [p for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in SUFFIXES
+                  and "__pycache__" not in p.parts]
+    return files
+
+
+def _sections() -> set[str]:
+    """Section ids of docs/theory.md from its headings: "## §1 ..." -> "1", "### §4g ..." -> "4g"."""
+    return {m.group(1) for m in re.finditer(r"^#+\s*§(\d+[a-z]?)\b", THEORY.read_text(encoding="utf-8"), re.M)}
+
+
+def _citations(text: str) -> list[str]:
+    cited = []
+    text = re.sub(r"§(\d+)\(([a-z])\)", r"§\1\2", text)  # "§4(d)" is "§4d"
+    for match in CITATION.finditer(text):
+        tail = re.split(r"docs/theory\.md|\.\s", match.group(1))[0]  # up to the next citation or sentence
+        cited += [number + (letter or "") for number, letter in SECTION_SIGN.findall(tail)]
+        for group in SECTION_WORDS.findall(tail):
+            cited += re.findall(r"\d+", group)
+    return cited
+
+
+def test_the_documents_exist_with_the_sections_the_code_was_written_against():
+    assert (ROOT / "docs" / "design.md").is_file()
+    assert _sections() >= {"1", "2", "3", "4", "4a", "4b", "4c", "4d", "4e", "4f", "4g", "5", "6", "7"}
+
+
+def test_the_citation_parser_reads_every_form_used():
+    text = ("(docs/theory.md §4a, §4c, §4e) docs/theory.md sections 1, 2 and 6. docs/theory.md §2 with §4g; "
+            "docs/theory.md §4(d). (docs/theory.md: σ' ≤ σ) docs/theory.md section 3)")
+    assert _citations(text) == ["4a", "4c", "4e", "1", "2", "6", "2", "4g", "4d", "3"]
+
+
+def test_every_cited_section_of_docs_theory_exists():
+    sections = _sections()
+    missing, count = [], 0
+    for path in _files():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for section in _citations(text):
+            count += 1
+            if section not in sections:
+                missing.append(f"{path.relative_to(ROOT)}: §{section}")
+    assert count > 50, "the citations were not found: the parser or the file list is broken"
+    assert missing == [], missing
+
+
+@pytest.mark.parametrize("stale", ["../shared/", "THEORY.md", "DESIGN.md"])
+def test_nothing_points_at_documents_outside_the_repository(stale):
+    hits = [str(p.relative_to(ROOT)) for p in _files() if p != Path(__file__)
+            and stale in p.read_text(encoding="utf-8", errors="replace")]
+    assert hits == []
+
+
+def test_readme_links_the_documents():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "](docs/theory.md)" in readme and "](docs/design.md)" in readme

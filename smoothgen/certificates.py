@@ -94,7 +94,9 @@ class SequentialCertificate:
 
     The test of pA > Φ(radius/σ) looks at the estimation sample after `looks[k]` samples, with a
     Clopper–Pearson bound at level alpha/K at each of the K looks (Bonferroni), and stops at the first
-    look that decides. With probability ≥ 1 − alpha, `certified` implies g(x') = prediction for every
+    look that decides (method "looks"); or, with method "betting", checks a betting confidence sequence
+    after every `check_every` samples up to `max_samples` and stops at the first check that decides
+    (docs/theory.md §6). With probability ≥ 1 − alpha, `certified` implies g(x') = prediction for every
     ‖x' − x‖₂ < radius.
 
     Attributes:
@@ -103,9 +105,13 @@ class SequentialCertificate:
         decision: "certified", "rejected" (an upper bound proved pA ≤ Φ(radius/σ): no n would certify),
             or "undecided" (the last look came without either).
         p_lower, p_upper: the bounds at the deciding (or last) look, each at level alpha/K, moved out by
-            noise_tv (bounds under the exact Gaussian).
+            noise_tv (bounds under the exact Gaussian); for "betting", the ends of the confidence sequence
+            at the stop (each holds with probability ≥ 1 − alpha at every n at once), moved out by noise_tv.
         certified_radius: σ·Φ⁻¹(p_lower) at that look (≥ radius when certified; 0 if p_lower ≤ 1/2).
         samples: estimation samples drawn (the look that decided); n0 selection samples come on top.
+        looks: the looks of method "looks" (empty for "betting").
+        method: "looks" or "betting".
+        max_samples, check_every: the betting test's most samples and samples between checks (None for "looks").
     """
 
     prediction: int
@@ -124,6 +130,9 @@ class SequentialCertificate:
     alpha: float
     seed: int | None
     noise_tv: float = 0.0  # τ: per-copy total variation between the sampled noise and N(0, σ²I), charged to the bound
+    method: str = "looks"
+    max_samples: int | None = None
+    check_every: int | None = None
 
     @property
     def abstained(self) -> bool:

@@ -1,6 +1,6 @@
 """Statistics behind every certificate: pure functions of counts and distances (no torch, no engine).
 
-Each function names the formula it computes and where it comes from (see THEORY.md). Special functions
+Each function names the formula it computes and where it comes from (see docs/theory.md). Special functions
 come from SciPy; nothing here is hand-rolled.
 
 The Python code below is the reference implementation. When smoothgen's C++ core is built
@@ -23,6 +23,9 @@ from fractions import Fraction
 import numpy as np
 from scipy.stats import beta as _beta
 from scipy.stats import binomtest as _binomtest
+from scipy.optimize import brentq as _brentq
+from scipy.special import betaincc as _betaincc
+from scipy.special import betaln as _betaln
 from scipy.stats import norm as _norm
 
 from smoothgen.errors import InvalidParameterError
@@ -178,7 +181,7 @@ def hoeffding_radius(n: int, alpha: float, two_sided: bool = False) -> float:
     With probability ≥ 1 − alpha the true mean is ≥ (empirical mean − radius) (one-sided), or within
     ± sqrt(ln(2/alpha) / (2n)) of it (two-sided). Hoeffding (1963). The same expression is the
     Dvoretzky–Kiefer–Wolfowitz bound on an empirical CDF (Massart's constant), which is how center
-    smoothing uses it (Δ1 = sqrt(ln(2/α1)/(2n)) and q = p + sqrt(ln(1/α2)/(2m)); THEORY.md §2).
+    smoothing uses it (Δ1 = sqrt(ln(2/α1)/(2n)) and q = p + sqrt(ln(1/α2)/(2m)); docs/theory.md §2).
     """
     if isinstance(n, bool) or int(n) != n or n < 1:
         raise InvalidParameterError(f"n must be an integer >= 1, got {n!r}")
@@ -208,7 +211,7 @@ def dkw_quantile_level(p: float, m: int, alpha: float, noise_tv: float = 0.0) ->
     By the one-sided DKW inequality (Massart 1990), with probability ≥ 1 − alpha the ⌈q·m⌉-th order
     statistic of m i.i.d. samples is ≥ the (p + τ)-quantile of the sampled distribution, hence ≥ the
     p-quantile of every distribution within total variation τ of it (the exact Gaussian's, when τ is
-    the sampler's `noise_tv`). THEORY.md §2, CERTIFY step 1.
+    the sampler's `noise_tv`). docs/theory.md §2, CERTIFY step 1.
     """
     if not (0.0 <= p <= 1.0):
         raise InvalidParameterError(f"p must lie in [0, 1], got {p!r}")
@@ -219,7 +222,7 @@ def order_statistic_index(q: float, m: int) -> int | None:
     """1-based index k = ⌈q·m⌉ of the order statistic that upper-bounds the q-quantile, or None if q > 1.
 
     The certificate uses the k-th smallest of m values itself, never an interpolated quantile, which
-    can fall below the order statistic the DKW bound assumes (THEORY.md §2).
+    can fall below the order statistic the DKW bound assumes (docs/theory.md §2).
     """
     if isinstance(m, bool) or int(m) != m or m < 1:
         raise InvalidParameterError(f"m must be an integer >= 1, got {m!r}")
@@ -293,7 +296,7 @@ def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
 def center_smoothing_check(
     p: float, n: int, alpha1: float, delta: float, n_select: int | None = None, noise_tv: float = 0.0
 ) -> tuple[bool, float, float]:
-    """Acceptance check of center smoothing's SMOOTH step (Kumar & Goldstein 2021; THEORY.md §2).
+    """Acceptance check of center smoothing's SMOOTH step (Kumar & Goldstein 2021; docs/theory.md §2).
 
     Δ1 = sqrt(ln(2/α1)/(2·min(n, n_select))) + τ, Δ2 = 1/2 − (p − Δ1); accept when max(Δ1, Δ2) ≤ Δ.
 
@@ -350,7 +353,7 @@ def center_candidate_miss(delta: float, n_candidates: int | None, n: int, noise_
 
 
 def center_certify_level(eps_in: float, sigma: float, delta: float) -> float:
-    """p = Φ(Φ⁻¹(1/2 + Δ) + ε1/σ): the probability mass the certified ball must hold (THEORY.md §2)."""
+    """p = Φ(Φ⁻¹(1/2 + Δ) + ε1/σ): the probability mass the certified ball must hold (docs/theory.md §2)."""
     if not (0.0 < delta < 0.5):
         raise InvalidParameterError(f"delta must lie strictly between 0 and 1/2, got {delta!r}")
     if not (eps_in >= 0 and math.isfinite(eps_in)):
@@ -364,7 +367,7 @@ def center_certify_level(eps_in: float, sigma: float, delta: float) -> float:
 
 
 def center_ablation_level(delta: float, delta_r: float) -> float:
-    """p = 1/2 + Δ + Δ_r: the mass the certified ball must hold under token ablation (THEORY.md §2 with §4g).
+    """p = 1/2 + Δ + Δ_r: the mass the certified ball must hold under token ablation (docs/theory.md §2 with §4g).
 
     Kumar & Goldstein's proof needs one fact about the smoothing distribution at every x' of the threat
     model: a ball B = B(ẑ, R̂) with P_x(B) ≥ p still has P_x'(B) ≥ 1/2 + Δ. Gaussian noise gives it with
@@ -408,7 +411,7 @@ def center_eps_out(gamma: float, beta: float, r_hat: float) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# Bounded ([0, 1]) scores: confidence bounds on a mean (THEORY.md §4b/§4c)
+# Bounded ([0, 1]) scores: confidence bounds on a mean (docs/theory.md §4b/§4c)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -493,7 +496,7 @@ def bounded_mean_lower(mean: float, variance: float, n: int, alpha: float, metho
 
 
 def generation_step_radius(sigma: float, lower: float, upper: float) -> float:
-    """Certified radius of one step of smoothed greedy decoding (THEORY.md §4c, from §4b).
+    """Certified radius of one step of smoothed greedy decoding (docs/theory.md §4c, from §4b).
 
     R_t = (σ/2)·(Φ⁻¹(L) − Φ⁻¹(U)) if L > U else 0, where L lower-bounds the smoothed probability p̄_a
     of the chosen token and U upper-bounds every other token's p̄_b (U = 1 − L is always valid). Since
@@ -517,7 +520,7 @@ def generation_step_radius(sigma: float, lower: float, upper: float) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# Sample-free bounds for smoothed generators (THEORY.md §4a)
+# Sample-free bounds for smoothed generators (docs/theory.md §4a)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -532,7 +535,7 @@ def tv_bound(delta_norm: float, sigma: float, noise_tv: float = 0.0) -> float:
     """Total-variation bound TV(P_x, P_x') ≤ 2Φ(‖Δ‖/(2σ)) − 1 for a generator smoothed in input space.
 
     The TV distance between N(x, σ²I) and N(x', σ²I) with ‖x − x'‖ = ‖Δ‖ is exactly 2Φ(‖Δ‖/(2σ)) − 1;
-    by the data-processing inequality no post-processing can increase it (THEORY.md §4a).
+    by the data-processing inequality no post-processing can increase it (docs/theory.md §4a).
 
     Valid ONLY when the condition reaches the output solely through z = x + ε with a FIXED σ (no
     input-dependent σ), and everything after (decoder, sampler, diffusion steps, token sampling) uses
@@ -556,7 +559,7 @@ def tv_bound(delta_norm: float, sigma: float, noise_tv: float = 0.0) -> float:
 
 
 def wasserstein_bound(delta_norm: float, sigma: float, diameter: float, p: float = 1.0, noise_tv: float = 0.0) -> float:
-    """W_p(P_x, P_x') ≤ D·TV^(1/p) for output distributions on a space of diameter D (THEORY.md §4a).
+    """W_p(P_x, P_x') ≤ D·TV^(1/p) for output distributions on a space of diameter D (docs/theory.md §4a).
 
     Any coupling achieving TV moves mass TV at most D, so W_p^p ≤ D^p·TV. Same validity conditions
     as `tv_bound` (fixed σ, downstream randomness independent of the noise).
@@ -580,7 +583,7 @@ def wasserstein_bound(delta_norm: float, sigma: float, diameter: float, p: float
 
 
 def event_probability_bound(p_event: float, delta_norm: float, sigma: float, noise_tv: float = 0.0) -> float:
-    """Lower bound Φ(Φ⁻¹(P_x(S)) − ‖Δ‖/σ) on P_x'(S), for every output event S (THEORY.md §4a).
+    """Lower bound Φ(Φ⁻¹(P_x(S)) − ‖Δ‖/σ) on P_x'(S), for every output event S (docs/theory.md §4a).
 
     Gaussian differential privacy is closed under post-processing (Dvijotham et al., ICLR 2020;
     equivalently Salman et al. 2019 Lemma 2 applied to h = 1_S): σ·Φ⁻¹(P_x(S)) is 1-Lipschitz in x.
@@ -605,12 +608,12 @@ def event_probability_bound(p_event: float, delta_norm: float, sigma: float, noi
 
 
 # --------------------------------------------------------------------------------------------------
-# Mean smoothing of bounded vector outputs (THEORY.md §4e)
+# Mean smoothing of bounded vector outputs (docs/theory.md §4e)
 # --------------------------------------------------------------------------------------------------
 
 
 def mean_smoothing_bound(output_bound: float, delta_norm: float, sigma: float) -> float:
-    """‖F(x) − F(x')‖₂ ≤ 2B·(2Φ(‖Δ‖/(2σ)) − 1) for F(x) = E f(x + ε) and ‖f − c‖₂ ≤ B (THEORY.md §4e).
+    """‖F(x) − F(x')‖₂ ≤ 2B·(2Φ(‖Δ‖/(2σ)) − 1) for F(x) = E f(x + ε) and ‖f − c‖₂ ≤ B (docs/theory.md §4e).
 
     For any fixed vector c, F(x) − F(x') = ∫ (f − c) d(P_x − P_x'), whose norm is at most
     B·‖P_x − P_x'‖₁ = 2B·TV(P_x, P_x'), and the TV is `tv_bound`. Outputs clipped to a box [lo, hi]^k
@@ -653,6 +656,133 @@ def vector_mean_deviation(output_bound: float, n: int, alpha: float) -> float:
     n = _check_count_n(n)
     _check_alpha(alpha)
     return float(output_bound / math.sqrt(n) * (1.0 + math.sqrt(2.0 * math.log(1.0 / alpha))))
+
+
+# --------------------------------------------------------------------------------------------------
+# Anytime-valid tests of a Bernoulli mean: a betting confidence sequence (docs/theory.md §6)
+# --------------------------------------------------------------------------------------------------
+
+#: Safety margins on the log-capital before it counts as having reached ln(1/alpha): BETTING_LOG_MARGIN nats
+#: plus BETTING_RELATIVE_MARGIN times the size of the terms the closed form adds (n·|ln m| and alike, ~10⁵
+#: at n = 10⁵), far above the rounding of doubles and of SciPy's betaln/betaincc (~1e-14 relative). They cost
+#: a factor e^(1e-6 + 1e-12·size) on 1/alpha: 1.0000011 at n = 10⁵.
+BETTING_LOG_MARGIN = 1e-6
+BETTING_RELATIVE_MARGIN = 1e-12
+
+
+def _betting_args(k: int, n: int, m: float) -> float:
+    _check_binomial(k, n)
+    m = _real(m, "m")
+    if not (0.0 < m < 1.0):
+        raise InvalidParameterError(f"m must lie strictly between 0 and 1, got {m!r}")
+    return m
+
+
+def betting_log_wealth(k: int, n: int, m: float) -> float:
+    """ln K_n(m): the capital after n Bernoulli outcomes (k ones) of a bettor against H0: p ≤ m.
+
+    The bettor splits one unit of capital uniformly over the bet fractions u ∈ [0, 1] and, on each
+    outcome X_i, multiplies the part at fraction u by 1 + (u/m)·(X_i − m) (u/m is the stake λ; u = 1
+    is the largest stake that cannot go negative). A mixture of constant bets is itself a betting
+    strategy with predictable stakes λ_i (the capital-weighted mean of u/m after X_1..X_{i−1}: Cover's
+    universal portfolio), so K is the capital process of a betting confidence sequence (Waudby-Smith &
+    Ramdas, JRSSB 2024, "Estimating means of bounded random variables by betting"; its regret against
+    the best constant bet: Orabona & Jun, IEEE Trans. Inf. Theory 2024). Under H0 every factor has mean
+    1 + λ(p − m) ≤ 1, so K is a nonnegative supermartingale with K_0 = 1, and by Ville's inequality
+    P(K_n ≥ 1/alpha for some n) ≤ alpha — at any stopping time, however often it is looked at.
+
+    It depends on the outcomes only through (k, n) (each constant bet does), so checking after batches
+    of any size is the same process seen less often. With p₁ = m + (1 − m)u the integral is closed-form:
+        K_n(m) = B(k + 1, n − k + 1) · P(Beta(k + 1, n − k + 1) > m) / (m^k (1 − m)^(n − k + 1)),
+    and K_n(m) is non-increasing in m (every factor 1 + u(1 − m)/m and 1 − u is).
+
+    Args:
+        k: ones observed (votes for the selected class).
+        n: outcomes observed.
+        m: the null's upper end, in (0, 1).
+
+    Returns:
+        ln K_n(m) (−inf when the capital underflows to 0).
+    """
+    m = _betting_args(k, n, m)
+    return _betting_log_wealth(int(k), int(n), m)[0]
+
+
+def _betting_log_wealth(k: int, n: int, m: float) -> tuple[float, float]:
+    """(ln K_n(m), the summed size of its terms, which bounds its rounding error relative to one ulp)."""
+    a, b = k + 1, n - k + 1
+    tail = float(_betaincc(a, b, m))  # P(Beta(a, b) > m); it underflows to 0 only above k/n, where K_n(m) ≤ 1
+    log_tail = math.log(tail) if tail > 0.0 else -math.inf
+    terms = (float(_betaln(a, b)), log_tail, -k * math.log(m), -b * math.log1p(-m))
+    return float(sum(terms)), float(sum(abs(t) for t in terms if math.isfinite(t)))
+
+
+def _betting_excess(k: int, n: int, m: float, log_level: float) -> float:
+    """ln K_n(m) − ln(1/alpha), less the safety margins: ≥ 0 means the capital has surely reached 1/alpha."""
+    value, size = _betting_log_wealth(k, n, m)
+    return value - log_level - BETTING_LOG_MARGIN - BETTING_RELATIVE_MARGIN * size
+
+
+def betting_proves_above(k: int, n: int, m: float, alpha: float) -> bool:
+    """True when the betting capital against H0: p ≤ m has reached 1/alpha (`betting_log_wealth`):
+    then p > m, wrongly with probability ≤ alpha over the whole sequence of checks (Ville's inequality),
+    whenever the caller stops. Rounding margins (`BETTING_LOG_MARGIN`, `BETTING_RELATIVE_MARGIN`) are
+    required on top of ln(1/alpha)."""
+    m = _betting_args(k, n, m)
+    _check_alpha(alpha)
+    return bool(_betting_excess(int(k), int(n), m, math.log(1.0 / alpha)) >= 0.0)
+
+
+def betting_lower(k: int, n: int, alpha: float) -> float:
+    """Lower end of the betting confidence sequence for p at (k, n): a value L with K_n(L) ≥ 1/alpha.
+
+    Because K_n(m) is non-increasing in m, P(p ≤ L_n for some n) ≤ P(K_n(p) ≥ 1/alpha for some n) ≤ alpha:
+    the bound holds at every n at once (Waudby-Smith & Ramdas 2024). Found by scipy.optimize.brentq on
+    ln K_n(m) = ln(1/alpha) + margins, then stepped down until K_n(L) is checked to reach the level, so the
+    returned value is never above the exact root (0 when K_n(m) < 1/alpha for every m > 0).
+
+    Args:
+        k: ones observed.
+        n: outcomes observed.
+        alpha: error probability of the whole sequence.
+
+    Returns:
+        L, in [0, 1).
+    """
+    _check_binomial(k, n)
+    _check_alpha(alpha)
+    k, n = int(k), int(n)
+    log_level = math.log(1.0 / alpha)
+
+    def excess(m: float) -> float:
+        return _betting_excess(k, n, m, log_level)
+
+    lo = 1e-300
+    hi = k / n if k < n else BELOW_ONE  # K_n(k/n) ≤ 1: no bet gains at the maximum-likelihood value
+    if k == 0 or not excess(lo) >= 0.0:
+        return 0.0
+    if excess(hi) >= 0.0:  # impossible in exact arithmetic (K_n(hi) ≤ 1); refuse to guess
+        raise InvalidParameterError(f"betting_lower: no root below {hi!r} for k={k}, n={n}, alpha={alpha}")
+    root = float(_brentq(excess, lo, hi, xtol=1e-300, rtol=4.0 * np.finfo(float).eps, maxiter=500))
+    step = 8.0 * np.finfo(float).eps * root
+    for _ in range(64):
+        if excess(root) >= 0.0:
+            return _below_one(root)
+        root, step = root - step, 2.0 * step
+        if root <= lo:
+            break
+    return 0.0
+
+
+def betting_upper(k: int, n: int, alpha: float) -> float:
+    """Upper end of the betting confidence sequence: 1 − (lower end for the zeros, n − k of n), rounded up.
+
+    P(p ≥ U_n for some n) ≤ alpha, by `betting_lower` applied to 1 − p."""
+    _check_binomial(k, n)
+    lower_of_zeros = betting_lower(int(n) - int(k), n, alpha)
+    if lower_of_zeros == 0.0:
+        return 1.0
+    return min(1.0, math.nextafter(1.0 - lower_of_zeros, math.inf))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -701,7 +831,7 @@ for _name in (
     "max_certifiable_radius", "center_smoothing_check", "center_candidate_miss", "center_certify_level",
     "center_eps_out", "center_ablation_level", "empirical_bernstein_radius", "empirical_bernstein_lower", "bounded_mean_lower",
     "generation_step_radius", "tv_bound", "wasserstein_bound", "event_probability_bound", "mean_smoothing_bound",
-    "vector_mean_deviation",
+    "vector_mean_deviation", "betting_log_wealth", "betting_proves_above", "betting_lower", "betting_upper",
 ):
     globals()[_name] = _refuses_bad_arguments(globals()[_name])
 del _name

@@ -300,10 +300,12 @@ class Sampler:
 
     Args:
         batch_size: noisy copies per model call (capped by the runtime's max_batch).
+        on_batch: called after each model call with its number of copies (e.g. a progress bar).
     """
 
-    def __init__(self, batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(self, batch_size: int = DEFAULT_BATCH_SIZE, on_batch: Callable[[int], None] | None = None):
         self.batch_size = check_batch_size(batch_size)
+        self.on_batch = on_batch
 
     def run(
         self,
@@ -343,6 +345,8 @@ class Sampler:
             source.fill(batch, start + done)
             reducer.add(detach_from(run_model(runtime, batch), buffer), b)
             done += b
+            if self.on_batch is not None:
+                self.on_batch(b)
         return reducer.result()
 
     def counts(

@@ -3,10 +3,10 @@
 `SmoothedLM` wraps a causal LM that takes ``inputs_embeds`` (smoothgen's `CodeLM`, or a Hugging Face
 ``transformers`` causal LM) and smooths it in one of two noise spaces: in embedding space
 (`EmbeddingGaussian`: x = the prompt's embedding rows at the perturbed positions (``mask``),
-z = x + ε with ε ~ N(0, σ²I)), or over the prompt's tokens (`TokenAblation`, THEORY.md §4g: keep k random
+z = x + ε with ε ~ N(0, σ²I)), or over the prompt's tokens (`TokenAblation`, docs/theory.md §4g: keep k random
 perturbed positions, mask the others; the certified prefix is then stated in substituted tokens: step t
 holds against r substitutions when L_t > 1/2 + Δ_r, by the same induction as below with the Lipschitz
-step replaced by |p̄(x) − p̄(x')| ≤ Δ_r). Three certificates (THEORY.md §4):
+step replaced by |p̄(x) − p̄(x')| ≤ Δ_r). Three certificates (docs/theory.md §4):
 
 - (c) certified prefix of smoothed greedy decoding (`SmoothedLM.generate`): the first k generated tokens
   are the same for every embedding perturbation ‖Δ‖_F < R (`GenerationCertificate`);
@@ -52,8 +52,8 @@ may have chosen badly only where L_t ≤ 1/2, which ends the prefix). The radius
 (Frobenius norm over the perturbed rows); `substitution_radius` translates token substitutions into it.
 
 Assumptions: the model is deterministic given its inputs (eval mode; the wrapper calls ``eval()``), σ is
-fixed (not input-dependent, THEORY.md §5), and the noise is the Philox Gaussian of `smoothgen.kernels`
-computed in float32 — exact-Gaussian soundness in floating point is not proved (THEORY.md §6, Voráček &
+fixed (not input-dependent, docs/theory.md §5), and the noise is the Philox Gaussian of `smoothgen.kernels`
+computed in float32 — exact-Gaussian soundness in floating point is not proved (docs/theory.md §6, Voráček &
 Hein 2023), as everywhere in smoothgen.
 
 Noise: `smoothgen.kernels.noisy_embedding` (the fused Triton kernel on CUDA, the counter-based reference
@@ -93,6 +93,11 @@ DEFAULT_BATCH_SIZE = 100
 #: Largest logits tensor one call may produce in the estimation pass, in elements (64 MiB of float32):
 #: teacher forcing runs the whole decoded sequence in one call when [copies, positions, vocab] fits.
 LOGITS_BUDGET = 1 << 24
+
+#: `SmoothedLM.generate(progress=...)` is called as progress(phase, done, total) with one of these phases:
+#: tokens chosen from the selection copies, then estimation copies run.
+SELECTION_PHASE, ESTIMATION_PHASE = "choose tokens", "certify"
+Progress = Callable[[str, int, int], None]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,7 +172,7 @@ def _check_radius(radius: float | None, name: str = "radius") -> float:
 
 @dataclass(frozen=True)
 class GenerationCertificate:
-    """Certified prefix of smoothed greedy decoding (THEORY.md §4c).
+    """Certified prefix of smoothed greedy decoding (docs/theory.md §4c).
 
     Holds with probability ≥ 1 − alpha over the sampling: for every k and every perturbation Δ of the
     perturbed prompt rows with ‖Δ‖_F < prefix_radius(k), the smoothed greedy decoder produces
@@ -330,7 +335,7 @@ def substitution_radius(table: torch.Tensor, ids: Sequence[int], substitutions: 
     """Embedding distance of a set of token substitutions: sqrt(Σ_i ‖e_{ids[i]} − e_{new_i}‖²).
 
     Replacing token ids[i] by new_i moves row i of the prompt's embedding matrix by that distance, so the
-    Frobenius norm of the whole move is the root of the sum of squares (THEORY.md §4c).
+    Frobenius norm of the whole move is the root of the sum of squares (docs/theory.md §4c).
 
     Args:
         table: the embedding table [V, D].
@@ -427,7 +432,7 @@ class EmbeddingGaussian:
 
 def ablation_delta(length: int, keep: int, edits: int) -> Fraction:
     """Δ_r = 1 − C(L − r, k)/C(L, k), exactly: the probability that a uniformly random k-subset of L
-    positions meets a fixed set of r positions (THEORY.md §4g; Levine & Feizi 2020). k ≥ L keeps every
+    positions meets a fixed set of r positions (docs/theory.md §4g; Levine & Feizi 2020). k ≥ L keeps every
     position: then any edit is seen (Δ_r = 1 for r ≥ 1)."""
     keep = min(keep, length)
     if edits <= 0:
@@ -445,7 +450,7 @@ def ablation_radius(lower: float, length: int, keep: int) -> int:
 
 
 class TokenAblation:
-    """Randomized ablation of prompt tokens (THEORY.md §4g; Levine & Feizi, AAAI 2020): each copy keeps a
+    """Randomized ablation of prompt tokens (docs/theory.md §4g; Levine & Feizi, AAAI 2020): each copy keeps a
     uniformly random subset of `keep` of the perturbed positions and replaces every other perturbed
     position by `mask_token_id` (positions stay; unperturbed positions are always kept).
 
@@ -517,7 +522,7 @@ class PromptNoise:
     prompt's token ids [L]; copies are embedding matrices [count, L, D] from the space's ``prompts``
     (its keyed Philox streams, copy i a pure function of (key, i)).
 
-    Threat sizes and levels (THEORY.md §2, §4g):
+    Threat sizes and levels (docs/theory.md §2, §4g):
     - `EmbeddingGaussian`: eps_in = a Frobenius radius on the perturbed rows; p = Φ(Φ⁻¹(1/2 + Δ) + ε/σ).
     - `TokenAblation`: eps_in = r, the number of substituted perturbed positions (an integer);
       p = 1/2 + Δ + Δ_r with Δ_r = `ablation_delta`(P, k, r), P = perturbed positions.
@@ -701,7 +706,7 @@ class SmoothedLM(PromptSmoother):
             the share of copies whose greedy choice is each token, the smoothed classifier of Cohen et al.
             at every step; lower bounds are Clopper–Pearson, exact for these 0/1 scores), or ``"auto"``
             (vote for token ablation, probability for Gaussian noise). Both are bounded scores in [0, 1],
-            so every certificate holds for both (THEORY.md §4c, §4g); votes certify far more under
+            so every certificate holds for both (docs/theory.md §4c, §4g); votes certify far more under
             ablation, where a copy's softmax is spread but its argmax is stable.
 
     Raises:
@@ -840,7 +845,7 @@ class SmoothedLM(PromptSmoother):
 
     def _select(
         self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, count: int, steps: int,
-        delta: torch.Tensor | None, use_cache: bool,
+        delta: torch.Tensor | None, use_cache: bool, progress: Progress | None = None,
     ) -> tuple[list[int], list[float]]:
         """Smoothed greedy decoding from `count` copies: (tokens, mean probability of each chosen token)."""
         chunks = self._chunks(count, ids.numel())
@@ -857,6 +862,8 @@ class SmoothedLM(PromptSmoother):
                 a = int(torch.argmax(total))
                 tokens.append(a)
                 top.append(float(total[a]) / count)
+                if progress is not None:
+                    progress(SELECTION_PHASE, len(tokens), steps)
                 if t == steps - 1 or a == self.eos_token_id:
                     break
                 row = self.table[a]
@@ -878,13 +885,15 @@ class SmoothedLM(PromptSmoother):
             a = int(torch.argmax(total))
             tokens.append(a)
             top.append(float(total[a]) / count)
+            if progress is not None:
+                progress(SELECTION_PHASE, len(tokens), steps)
             if a == self.eos_token_id:
                 break
         return tokens, top
 
     def _estimate(
         self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, count: int, tokens: list[int],
-        delta: torch.Tensor | None, use_cache: bool,
+        delta: torch.Tensor | None, use_cache: bool, progress: Progress | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per step t, the sum and the sum of squares over `count` fresh copies of softmax_t(tokens[t]).
 
@@ -932,6 +941,8 @@ class SmoothedLM(PromptSmoother):
             scores.clamp_(0.0, 1.0)
             sums += scores.sum(0)
             squares += scores.pow(2).sum(0)
+            if progress is not None:
+                progress(ESTIMATION_PHASE, start + c, count)
         return sums.cpu(), squares.cpu()
 
     def _decode_args(self, prompt, max_new_tokens, mask, delta):
@@ -977,8 +988,9 @@ class SmoothedLM(PromptSmoother):
         mask: Any = None,
         use_cache: bool = True,
         delta: torch.Tensor | None = None,
+        progress: Progress | None = None,
     ) -> GenerationCertificate:
-        """Certified smoothed greedy decoding (THEORY.md §4c; the algorithm is in the module docstring).
+        """Certified smoothed greedy decoding (docs/theory.md §4c; the algorithm is in the module docstring).
 
         Args:
             prompt: token ids [L] (or a string, with a tokenizer).
@@ -992,6 +1004,9 @@ class SmoothedLM(PromptSmoother):
             use_cache: False recomputes every copy's whole sequence at each step (same result, for tests
                 and benchmarks).
             delta: an embedding perturbation of the prompt rows (for evaluating attacks).
+            progress: called as progress(phase, done, total) while it works: `SELECTION_PHASE` after each
+                chosen token (of max_new_tokens), `ESTIMATION_PHASE` after each chunk of estimation copies
+                (of n). For progress bars; it does not change the result.
 
         Returns:
             A `GenerationCertificate`.
@@ -1009,8 +1024,8 @@ class SmoothedLM(PromptSmoother):
             raise InvalidParameterError("the empirical Bernstein bound needs n >= 2")
         stream = RandomStream(seed, request_id)
         selection_key, estimation_key = stream.key(Purpose.SELECTION), stream.key(Purpose.ESTIMATION)
-        tokens, p_selection = self._select(ids, m, selection_key, n0, max_new_tokens, delta, use_cache)
-        sums, squares = self._estimate(ids, m, estimation_key, n, tokens, delta, use_cache)
+        tokens, p_selection = self._select(ids, m, selection_key, n0, max_new_tokens, delta, use_cache, progress)
+        sums, squares = self._estimate(ids, m, estimation_key, n, tokens, delta, use_cache, progress)
         alpha_step = alpha / max_new_tokens  # Bonferroni over the T steps fixed in advance
         perturbed = int(m.sum())
         tau = self.noise.noise_tv(len(ids), self.dim, perturbed)
@@ -1189,7 +1204,7 @@ class SmoothedLM(PromptSmoother):
         mask: Any = None,
         n_candidates: int | None = None,
     ) -> CenterCertificate:
-        """Center smoothing of the generated token sequences under the Levenshtein metric (THEORY.md §2, §4d).
+        """Center smoothing of the generated token sequences under the Levenshtein metric (docs/theory.md §2, §4d).
 
         The smoothed output is the min-median center of greedy generations from noisy prompts; with
         probability ≥ 1 − `failure_probability` (α1 + α2, plus the candidate miss when n_candidates is

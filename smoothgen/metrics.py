@@ -711,3 +711,48 @@ _BUILTINS = (
 for _name, _gamma, _fn, _kind, _description in _BUILTINS:
     register_metric(_name, gamma=_gamma, pairwise=_fn, kind=_kind, description=_description)
 del _name, _gamma, _fn, _kind, _description
+
+
+def diameter(metric: str | Metric, output_shape: Sequence[int], output_range: tuple[float, float] | None = None) -> float | None:
+    """The largest distance a built-in metric can give between two outputs of one shape, or None if unknown.
+
+    What a certified output radius is to be compared with: a radius at or above the diameter says nothing.
+    Some metrics are bounded whatever the outputs: cosine (2; 1 for non-negative outputs), angular (1; 1/2
+    for non-negative outputs), jaccard (1) and w1 on B bins (B − 1). The others need outputs bounded
+    coordinate-wise, in `output_range` = (lo, hi) with w = hi − lo:
+    l2 w·sqrt(k) and l1 w·k for k coordinates; tv1d 2w per pair of neighbours along the last axis and tv2d
+    2w per pair of vertical or horizontal neighbours (a checkerboard against its negative attains both).
+    Levenshtein and user metrics: None.
+
+    Args:
+        metric: a metric name or `Metric`.
+        output_shape: the shape of ONE output (no batch dimension).
+        output_range: (lo, hi) bounds of every output coordinate, when known (e.g. (0, 1) after a sigmoid).
+    """
+    name = get_metric(metric).name
+    shape = tuple(int(v) for v in output_shape)
+    nonnegative = output_range is not None and float(output_range[0]) >= 0.0  # cos(a, b) >= 0 then
+    if name == "cosine":
+        return 1.0 if nonnegative else 2.0
+    if name == "angular":
+        return 0.5 if nonnegative else 1.0
+    if name == "jaccard":
+        return 1.0
+    if name == "w1":
+        return float(max(shape[-1] - 1, 0)) if len(shape) == 1 else None
+    if output_range is None or name not in ("l2", "l1", "tv1d", "tv2d"):
+        return None
+    lo, hi = (float(v) for v in output_range)
+    width, size = hi - lo, math.prod(shape)
+    if not (math.isfinite(width) and width >= 0):
+        raise InvalidParameterError(f"output_range must be (lo, hi) with lo <= hi, got {output_range!r}")
+    if name == "l2":
+        return width * math.sqrt(size)
+    if name == "l1":
+        return width * size
+    if name == "tv1d":
+        return 2.0 * width * (size // shape[-1]) * max(shape[-1] - 1, 0) if shape else 0.0
+    if len(shape) not in (2, 3):
+        return None
+    channels, height, width_px = (1, *shape) if len(shape) == 2 else shape
+    return 2.0 * width * channels * ((height - 1) * width_px + height * (width_px - 1))

@@ -622,3 +622,56 @@ def test_metric_specific_input_errors():
 def test_levenshtein_input_errors(bad):
     with pytest.raises(InvalidInputError):
         metrics.get_metric("levenshtein").distances(bad, [[1, 2]])
+
+
+@pytest.mark.parametrize("name,shape,output_range,extreme", [
+    ("l2", (1, 3, 4), (0.0, 1.0), "checkerboard"),
+    ("l1", (5,), (-1.0, 1.0), "checkerboard"),
+    ("tv1d", (2, 6), (0.0, 1.0), "checkerboard"),
+    ("tv2d", (1, 4, 5), (0.0, 1.0), "checkerboard"),
+    ("tv2d", (2, 3, 3), (-1.0, 1.0), "checkerboard"),
+    ("tv2d", (4, 6), (0.0, 2.0), "checkerboard"),
+    ("cosine", (6,), None, "opposite"),
+    ("cosine", (6,), (0.0, 1.0), "orthogonal"),
+    ("angular", (6,), None, "opposite"),
+    ("angular", (6,), (0.0, 1.0), "orthogonal"),
+    ("w1", (7,), None, "ends"),
+])
+def test_metric_diameter_bounds_every_pair_and_is_attained(name, shape, output_range, extreme):
+    """`metrics.diameter` (issue 16 item 4: the scale printed next to eps_out): no two outputs of the space
+    are further apart, and a known extreme pair is exactly that far apart."""
+    from smoothgen.metrics import diameter
+
+    size = diameter(name, shape, output_range)
+    lo, hi = output_range if output_range is not None else (-1.0, 1.0)
+    g = torch.Generator().manual_seed(0)
+    points = lo + (hi - lo) * torch.rand(400, *shape, generator=g, dtype=torch.float64)
+    points = torch.cat([points, lo + (hi - lo) * (torch.rand(400, *shape, generator=g) > 0.5).double()])
+    if name == "w1":
+        points = points - lo + 1e-3  # histograms: non-negative weights
+    points = points[points.flatten(1).abs().sum(1) > 0]  # cosine and angular: no zero vector
+    distances = metrics.get_metric(name).distances(points, points)
+    assert float(distances.max()) <= size * (1 + 1e-9)
+    if extreme == "checkerboard":
+        parity = sum(torch.meshgrid(*[torch.arange(k) for k in shape], indexing="ij")) % 2
+        a = torch.where(parity == 0, hi, lo).double()
+        b = torch.where(parity == 0, lo, hi).double()
+    elif extreme == "opposite":
+        a = torch.ones(shape, dtype=torch.float64)
+        b = -a
+    elif extreme == "orthogonal":
+        a, b = torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64)
+        a[0], b[1] = 1.0, 1.0
+    else:
+        a, b = torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64)
+        a[0], b[-1] = 1.0, 1.0
+    assert float(metrics.get_metric(name).distances(a[None], b[None])[0, 0]) == pytest.approx(size, rel=1e-6)
+
+
+def test_metric_diameter_is_unknown_without_a_range_or_for_unbounded_metrics():
+    from smoothgen.metrics import diameter
+
+    assert diameter("l2", (1, 8, 8)) is None and diameter("tv2d", (1, 8, 8)) is None
+    assert diameter("levenshtein", (16,), (0, 255)) is None
+    assert diameter("l2", (1, 8, 8), (0.0, 1.0)) == 8.0 and diameter("tv2d", (1, 8, 8), (0.0, 1.0)) == 224.0
+    assert diameter("jaccard", (3, 4)) == 1.0

@@ -18,7 +18,7 @@ BOOST_INCLUDE = $$($(PY) -c "import boost_headers; print(boost_headers.get_inclu
 ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1:abort_on_error=1 \
             UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
-.PHONY: setup run center test bench train clean core ctest sanitize
+.PHONY: setup run center test bench train clean core ctest sanitize gpu-wheels gpu-check
 
 setup: $(CORE_STAMP)
 
@@ -31,9 +31,12 @@ $(STAMP): constraints.txt pyproject.toml setup.py
 	$(PIP) install -c constraints.txt -e ".[test,diffusion,serve]"
 	touch $(STAMP) $(CORE_STAMP)
 
-# Rebuild smoothgen._C in place when the C++ sources change after set-up.
-$(CORE_STAMP): $(STAMP) $(CORE_SOURCES)
-	$(PIP) install --no-deps --no-build-isolation -e .
+# Rebuild smoothgen._C in place when the C++ sources change after set-up. The first set-up built it already
+# (the install above touches $(CORE_STAMP)); make decided to remake this missing stamp before that, so the
+# recipe reinstalls only when a source is newer than the stamp: `pip install -e .` runs once on a fresh machine.
+$(CORE_STAMP): $(CORE_SOURCES) | $(STAMP)
+	if [ ! -e $(CORE_STAMP) ] || [ -n "$$(find $(CORE_SOURCES) -newer $(CORE_STAMP))" ]; then \
+	  $(PIP) install --no-deps --no-build-isolation -e .; fi
 	touch $(CORE_STAMP)
 
 # The main job: certify the embedded digits classifier (sigma=0.25, n0=100, n=10000, alpha=0.001).
@@ -70,6 +73,21 @@ bench: $(CORE_STAMP)
 
 train: $(CORE_STAMP)
 	$(PY) -m smoothgen.models.train all
+
+# The GPU check (benchmarks/gpu_check.py): on a CUDA machine with no network, after copying the tree
+# there with gpu-wheels/ (made here by `make gpu-wheels`): `make gpu-check` or
+# `python3 benchmarks/gpu_check.py gpu-check-results`. The wheels are what that machine's image lacks, for
+# its Python (GPU_PYTHON, 3.12) on x86-64 Linux.
+GPU_PYTHON ?= 3.12
+GPU_WHEELS := gpu-wheels
+GPU_OUT    ?= gpu-check-results
+gpu-wheels: $(STAMP)
+	$(PIP) download --only-binary=:all: --no-deps --python-version $(GPU_PYTHON) --platform manylinux2014_x86_64 \
+	    --platform manylinux_2_17_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 -d $(GPU_WHEELS) -c constraints.txt boost-headers rapidfuzz
+	du -sh $(GPU_WHEELS)
+
+gpu-check:
+	$${PYTHON_GPU:-python3} benchmarks/gpu_check.py $(GPU_OUT) --wheels $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info results smoothgen/_C.*.so

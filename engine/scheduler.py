@@ -118,6 +118,8 @@ class Scheduler:
         batch_size: samples per device batch.
         quota: default most samples of one request per batch (None: a whole batch, i.e. pure FIFO).
         max_pending: most requests queued or running at once; `submit` blocks beyond it (back-pressure).
+        on_batch: called on the worker thread after each device batch that ran, with its number of
+            samples (e.g. a metrics hook: smoothgen.service records batch fill); its errors are ignored.
 
     Use as a context manager, or call `close()`: the worker thread stops when the scheduler closes.
     """
@@ -128,8 +130,10 @@ class Scheduler:
         batch_size: int = DEFAULT_BATCH_SIZE,
         quota: int | None = None,
         max_pending: int = 256,
+        on_batch: Callable[[int], None] | None = None,
     ):
         self.runtime = as_runtime(model)
+        self.on_batch = on_batch
         self.batch_size = check_batch_size(batch_size)
         if self.runtime.max_batch is not None:
             self.batch_size = min(self.batch_size, self.runtime.max_batch)
@@ -319,6 +323,11 @@ class Scheduler:
         self.samples_run += total
         with self._lock:
             self._shape_confirmed = True
+        if self.on_batch is not None:
+            try:
+                self.on_batch(total)
+            except Exception:  # a metrics hook must never fail the requests of the batch
+                pass
         for active, offset, count in slices:
             try:
                 active.request.reducer.add(_rows(outputs, offset, count, total), count)
@@ -370,15 +379,19 @@ class ScheduledSampler:
         if model is not runtime and model is not getattr(runtime, "model", runtime):
             raise InvalidParameterError("a ScheduledSampler only runs its scheduler's model: pass scheduler.runtime as the base")
 
+    def _run(self, request: Request) -> Any:
+        """Submit one request and wait for its result (subclasses add deadlines: smoothgen.service)."""
+        return self.scheduler.submit(request).result()
+
     def _request(self, model: Any, x: torch.Tensor, n: int, sigma: float, key: NoiseKey, reducer: Reducer) -> Any:
         self._check_model(model)
-        return self.scheduler.submit(Request(x, n, sigma, key, reducer)).result()
+        return self._run(Request(x, n, sigma, key, reducer))
 
     def counts(self, model: Any, x: torch.Tensor, n: int, sigma: float, num_classes: int, key: NoiseKey,
                start: int = 0, total: int | None = None) -> np.ndarray:
         self._check_model(model)
         request = Request(x, n, sigma, key, ClassCounts(num_classes, self.scheduler.runtime.device), start=start, total=total)
-        return self.scheduler.submit(request).result()
+        return self._run(request)
 
     def outputs(self, model: Any, x: torch.Tensor, n: int, sigma: float, key: NoiseKey, reduce: Callable | None = None) -> Any:
         return self._request(model, x, n, sigma, key, KeepOutputs(reduce, self.scheduler.runtime.device))

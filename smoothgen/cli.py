@@ -12,21 +12,28 @@ import signal
 import statistics
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
 from smoothgen import __version__
+from smoothgen._lazy import lazy_module
 from smoothgen._entry import stop_during_startup
 from smoothgen.certificates import ABSTAIN
 from smoothgen.jobs import center_record, certify_record
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, ResultsFileError, SmoothgenError, first_line
 from smoothgen.results import ResultsFile, write_cohen_tsv
 
+# Imported on first use: `smoothgen --help` and argument errors need neither (main imports them before a run).
+np = lazy_module("numpy")
+torch = lazy_module("torch")
+#: Modules a run needs, imported by `main` after parsing and before the command takes over Ctrl-C.
+RUN_IMPORTS = ("numpy", "torch", "tqdm")
+
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: The sequential test of `certify --target-radius` when neither --sequential nor --looks is given: betting,
+#: which needed 1.6x fewer samples than the 4 looks for the same certificates (benchmarks/RESULTS.md).
+DEFAULT_SEQUENTIAL = "betting"
 DEFAULT_EPS_IN = (0.1, 0.2, 0.3, 0.4, 0.5)
 DEFAULT_LOCAL_SAMPLES = 5
 DEFAULT_LOCAL_SIGMA = 0.25
@@ -65,10 +72,12 @@ class _Explicit(argparse.Action):
 
 def _common(parser: argparse.ArgumentParser, default_num: int, default_out: str) -> None:
     io = parser.add_argument_group("inputs and outputs")
-    io.add_argument("--model", help="TorchScript file, torch.export program (.pt2), ONNX file, or package.module:factory "
-                    "(default: the embedded digits model)")
-    io.add_argument("--data", help=".npy of inputs, or .npz with 'x' (inputs) and optional 'y' (labels) "
-                    "(default: the digits test split)")
+    io.add_argument("--model", help="TorchScript file, torch.export program (.pt2), ONNX file, or package.module:factory; "
+                    "it takes a batch [b, *input_shape] of --data's inputs (default: the embedded digits model, which "
+                    "takes [b, 1, 8, 8] with pixels in [0, 1])")
+    io.add_argument("--data", help=".npy of inputs, or .npz with 'x' (inputs) and optional 'y' (integer labels): an array "
+                    "[N, *input_shape] of N inputs in the shape --model takes, float (default: the 450-image digits test "
+                    "split, [450, 1, 8, 8] in [0, 1])")
     io.add_argument("--start", type=int, default=0, help="index of the first input to process (default: 0)")
     io.add_argument("--num", type=int, default=default_num, help=f"number of inputs to process (default: {default_num})")
     io.add_argument("--out", default=default_out, help="results file, one JSON record per line")
@@ -80,10 +89,32 @@ def _common(parser: argparse.ArgumentParser, default_num: int, default_out: str)
     run.add_argument("--seed", type=int, default=0, help="seed of the random streams; input i uses stream (seed, i) (default: 0)")
     run.add_argument("--device", default="cpu", help="torch device for torch models, e.g. cpu or cuda (default: cpu)")
     run.add_argument("--backend", default="auto", choices=["auto", "eager", "compile", "onnxruntime", "tensorrt"],
-                     help="runtime for torch models: auto = TensorRT, then torch.compile, then eager on CUDA, eager on "
-                     "CPU (a backend auto cannot use is skipped with a logged reason; one named explicitly must work) "
-                     "(default: auto)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+                     help="runtime for torch models: auto = the fastest one that reproduces eager on a probe batch of "
+                     "noisy inputs: ONNX Runtime, then torch.compile, then eager on CPU; TensorRT, ONNX Runtime's GPU "
+                     "providers, torch.compile with CUDA graphs, then eager on CUDA (a candidate that cannot run or "
+                     "differs from eager is skipped with a logged reason; one named explicitly must work) (default: auto)")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no progress bar on stderr, and no estimate of a long run's duration (printed once the first "
+                     "input is done, when the whole run will take over 2 minutes)")
+    dist = parser.add_argument_group(
+        "distributed (Ray; needs pip install 'smoothgen[serve]'; README: Scaling out)",
+        "With --ray the inputs are sharded over Ray workers, one task per input, each worker process building the "
+        "runtime once; this process checks the model on --device first, then writes the same resumable --out as a "
+        "local run (records equal apart from time and worker; a task lost with its node is retried elsewhere). "
+        "A --model/--ddpm file is sent to the workers through Ray; a package.module:factory must be importable and a "
+        "diffusers folder must exist on every node.",
+    )
+    dist.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                      help="run on Ray: alone, a local Ray instance started for this run and stopped after it; "
+                      "HOST:PORT (a cluster's head, from `ray start --head`), auto (the cluster this machine belongs "
+                      "to, or $RAY_ADDRESS) or ray://HOST:PORT (Ray Client): join that cluster, and only disconnect after")
+    dist.add_argument("--ray-workers", action=_Explicit, type=int,
+                      help="at most this many inputs at once (default: every worker the cluster has room for; "
+                      "a local instance then gets this many worker slots)")
+    dist.add_argument("--ray-cpus-per-worker", action=_Explicit, type=float, default=1.0,
+                      help="CPUs a worker reserves (and its torch threads)")
+    dist.add_argument("--ray-gpus-per-worker", action=_Explicit, type=float, default=0.0,
+                      help="GPUs a worker reserves: with --device cuda, e.g. 1, or 0.5 for two workers per GPU")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="smoothgen",
         description="Certify the robustness of ML models with randomized smoothing. Every certificate holds "
         "with probability at least 1 - alpha over the sampling.",
+        epilog="The certificates, their formulas, assumptions and sources: docs/theory.md in smoothgen's repository "
+        "(the sections the options cite, e.g. section 6); the architecture: docs/design.md.",
     )
     parser.add_argument("--version", action="version", version=f"smoothgen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -100,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="certified l2 radii of a smoothed classifier (Cohen et al. 2019)",
         description="Certify a Gaussian-smoothed classifier on each input: the predicted class and an l2 radius "
         "within which the smoothed prediction provably does not change (or ABSTAIN). With no arguments: the "
-        "embedded digits CNN trained at sigma=0.25, n0=100, n=10000, alpha=0.001 on the first 100 digits test images.",
+        "embedded digits CNN trained at sigma=0.25, n0=100, n=10000, alpha=0.001 on the first 100 digits test images "
+        "(under a minute on 2 CPU cores). The certificate: docs/theory.md section 1.",
         formatter_class=DefaultsFormatter,
     )
     cert.add_argument("--sigma", type=float, default=0.25, help="noise standard deviation")
@@ -111,16 +145,26 @@ def build_parser() -> argparse.ArgumentParser:
     cert.add_argument("--radii", type=_floats, default=list(DEFAULT_RADII), help="radii of the certified-accuracy summary")
     cert.add_argument("--tsv", help="also write Cohen et al.'s TSV (idx label predict radius correct time) here")
     seq = cert.add_argument_group(
-        "sequential certification at one radius (THEORY.md section 6)",
+        "sequential certification at one radius (docs/theory.md section 6)",
         "With --target-radius r, each input answers 'is the smoothed classifier certified at radius r?' and stops "
         "sampling as soon as the answer is known: one estimation sample is tested at --looks with Clopper-Pearson at "
-        "alpha/K per look. --n is not used then.",
+        "alpha/K per look (--sequential looks), or after every --check-every samples with an anytime-valid betting "
+        "confidence sequence (--sequential betting). --n is not used then.",
     )
     seq.add_argument("--target-radius", type=float, help="the l2 radius to certify each input at")
+    seq.add_argument("--sequential", choices=["looks", "betting"],
+                     help="the sequential test: 'betting' checks a betting confidence sequence (Waudby-Smith & Ramdas) "
+                     "after every --check-every samples up to --max-samples, valid whenever it stops (Ville's "
+                     f"inequality); 'looks' tests at --looks with Clopper-Pearson at alpha/K (default: {DEFAULT_SEQUENTIAL}, "
+                     "or looks when --looks is given)")
     seq.add_argument("--looks", action=_Explicit, type=_ints, default=[100, 1_000, 10_000, 100_000],
                      help="cumulative sample counts at which the test looks (default: 100,1000,10000,100000)")
+    seq.add_argument("--max-samples", action=_Explicit, type=int, default=100_000,
+                     help="most estimation samples of --sequential betting")
+    seq.add_argument("--check-every", action=_Explicit, type=int, default=100,
+                     help="estimation samples between two checks of --sequential betting")
     den = cert.add_argument_group(
-        "diffusion purification (DDS, DiffSmooth; THEORY.md section 3)",
+        "diffusion purification (DDS, DiffSmooth; docs/theory.md section 3)",
         "A one-shot DDPM purifier in front of the classifier makes a randomized base classifier; CERTIFY runs on "
         "top of it unchanged, at --sigma. The classifier is --model, or the embedded one trained at "
         "--classifier-sigma (default: the clean classifier for dds; for diffsmooth the one trained at "
@@ -151,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the smoothed output moves by at most eps_out (in the output metric) for any l2 input perturbation of size "
         "eps_in, with probability at least 1 - alpha1 - alpha2 - (1/2 - delta)^k for k = --n-candidates (each record's "
         "failure_probability; the last term is about 4e-11 at k = 30). With no arguments: the embedded digits autoencoder "
-        "under total-variation distance on the first 20 digits test images, n=10000, m=20000, 30 candidate centers.",
+        "under total-variation distance on the first 5 digits test images, n=10000, m=20000, 30 candidate centers "
+        "(under a minute on 2 CPU cores). The certificate: docs/theory.md section 2.",
         formatter_class=DefaultsFormatter,
     )
     cen.add_argument("--eps-in", type=_floats, default=list(DEFAULT_EPS_IN), help="input radii to certify (comma-separated)")
@@ -165,12 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     cen.add_argument("--n-candidates", type=int, default=30,
                      help="choose the center among this many of the n samples (the paper's high-dimensional variant, "
                      "O(n_c*n) distances); 0 = among all n samples (O(n^2))")
-    _common(cen, default_num=5, default_out="results/center.jsonl")  # 5 inputs × 5 radii: ~2 min on 2 cores
+    _common(cen, default_num=5, default_out="results/center.jsonl")  # 5 inputs × 5 radii: ~30 s on 2 cores
     cen.set_defaults(func=cmd_center)
 
     from smoothgen import generate_cli
 
     generate_cli.add_parser(sub)
+    from smoothgen import serve
+
+    serve.add_parser(sub)
     return parser
 
 
@@ -180,6 +228,9 @@ def _check_common(args: argparse.Namespace) -> None:
 
     check_count(args.batch_size, "--batch-size")
     check_device(args.device, "--device")
+    from smoothgen.distributed import check_options
+
+    check_options(args)  # --ray: Ray installed, the cluster reachable (before anything is loaded)
     for option in ("model", "ddpm"):
         spec = getattr(args, option, None)
         if spec is not None and spec != "embedded" and not spec.startswith("diffusers:"):
@@ -263,10 +314,18 @@ def _load_model(args: argparse.Namespace, embedded, embedded_name: str, x: np.nd
     from smoothgen.models import DIGITS_SHAPE
 
     if args.model is not None:
-        return load_model(args.model, device=args.device), args.model
+        return load_model(args.model, device=args.device), _model_name(args.model)
     if x.shape[1:] != DIGITS_SHAPE:
         raise InvalidInputError(f"the embedded digits models take inputs of shape {DIGITS_SHAPE}, got {x.shape[1:]}")
     return TorchRuntime(embedded().to(args.device), device=args.device), embedded_name
+
+
+def _model_name(spec: str) -> str:
+    """How a model option is recorded: a file by its absolute path (as --data is), so that a run resumed from
+    another directory, or with the path written another way, has the same parameters; package.module:factory
+    as typed."""
+    path = Path(spec)
+    return str(path.resolve()) if path.is_file() else spec
 
 
 def _apply_backend(args: argparse.Namespace, runtime, x: np.ndarray):
@@ -289,7 +348,19 @@ def _apply_backend(args: argparse.Namespace, runtime, x: np.ndarray):
         return runtime
     if not isinstance(runtime, TorchRuntime) or not isinstance(runtime.model, torch.nn.Module):
         raise InvalidParameterError("--backend needs a torch module")
-    return create_runtime(runtime.model, torch.from_numpy(x[0]), args.backend, batch_size=args.batch_size, device=args.device)
+    # auto checks each candidate against eager on noisy copies drawn like the certifier's: noise at --sigma
+    # (certify), at the largest eps_in / h (center); engine.runtime.create_runtime.
+    sigma = getattr(args, "sigma", None)
+    if sigma is None and getattr(args, "eps_in", None) and getattr(args, "h", None):
+        sigma = max(args.eps_in) / args.h
+    return create_runtime(runtime.model, torch.from_numpy(x[0]), args.backend, batch_size=args.batch_size, device=args.device,
+                          sigma=sigma)
+
+
+def _dtype_name(runtime) -> str | None:
+    """The dtype a runtime computes in, as records name it ("float32"; None when unknown)."""
+    dtype = getattr(runtime, "input_dtype", None)
+    return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def _probe(runtime, x0: np.ndarray) -> Any:
@@ -301,7 +372,39 @@ def _probe(runtime, x0: np.ndarray) -> Any:
 
 
 def _progress(iterable, args, total: int, desc: str, unit: str = "input"):
+    from tqdm import tqdm
+
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
+
+
+#: A run whose estimated duration exceeds this many seconds says so on stderr once its first item is done.
+ESTIMATE_THRESHOLD_S = 120.0
+
+
+def _estimate_message(first_seconds: float, total: int, unit: str) -> str | None:
+    """The line announcing a long run from its first item's duration, or None when the run is short."""
+    estimate = first_seconds * total
+    if total < 2 or estimate <= ESTIMATE_THRESHOLD_S:
+        return None
+    span = f"~{estimate / 60:.0f} min" if estimate < 90 * 60 else f"~{estimate / 3600:.1f} h"
+    return (f"estimated time: {span} for {total} {unit}s ({first_seconds:.1f} s for the first; whole records are "
+            "kept if you stop it, --resume continues)")
+
+
+def _with_estimate(items, args, total: int, unit: str):
+    """Yield the items of a progress bar; once the first one is done, print how long all of them will take when
+    that is over ESTIMATE_THRESHOLD_S (on stderr, not with --no-progress)."""
+    start = None
+    for k, item in enumerate(items):
+        if k == 1 and not args.no_progress:
+            message = _estimate_message(time.perf_counter() - start, total, unit)
+            if message is not None:
+                from tqdm import tqdm
+
+                tqdm.write(message, file=sys.stderr)
+        if k == 0:
+            start = time.perf_counter()
+        yield item
 
 
 def _check_denoiser_options(args: argparse.Namespace) -> None:
@@ -361,7 +464,7 @@ def _load_noise_model(args: argparse.Namespace, x: np.ndarray) -> tuple[torch.nn
     module = getattr(runtime, "model", None)
     if module is None or getattr(module, "betas", None) is None:
         raise InvalidParameterError(f"--ddpm {args.ddpm} must be a torch module with a `betas` attribute (its noise schedule)")
-    return module, args.ddpm
+    return module, _model_name(args.ddpm)
 
 
 def _load_denoised(args: argparse.Namespace, x: np.ndarray):
@@ -402,8 +505,18 @@ def cmd_certify(args: argparse.Namespace) -> int:
         raise InvalidParameterError(f"--radii must be one or more finite radii >= 0, got {args.radii}")
     if args.tsv is not None:
         _check_output_file(args.tsv, "--tsv", args.out, replace=args.overwrite or args.resume)
-    if "--looks" in getattr(args, "explicit_options", set()) and args.target_radius is None:
-        raise InvalidParameterError("--looks applies only with --target-radius")
+    explicit = getattr(args, "explicit_options", set())
+    for option in ("--looks", "--max-samples", "--check-every"):
+        if option in explicit and args.target_radius is None:
+            raise InvalidParameterError(f"{option} applies only with --target-radius")
+    if args.sequential is not None and args.target_radius is None:
+        raise InvalidParameterError("--sequential applies only with --target-radius")
+    if args.sequential is None:
+        args.sequential = "looks" if "--looks" in explicit else DEFAULT_SEQUENTIAL
+    if args.sequential == "betting" and "--looks" in explicit:
+        raise InvalidParameterError("--looks applies only with --sequential looks (betting checks every --check-every samples)")
+    if args.sequential == "looks" and explicit & {"--max-samples", "--check-every"}:
+        raise InvalidParameterError("--max-samples and --check-every apply only with --sequential betting")
     _check_denoiser_options(args)
     if args.target_radius is not None:
         from smoothgen.validate import check_positive
@@ -411,6 +524,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
         check_positive(args.target_radius, "--target-radius")
         if not args.looks or any(k < 1 for k in args.looks) or any(b <= a for a, b in zip(args.looks, args.looks[1:])):
             raise InvalidParameterError(f"--looks must be increasing positive integers, got {args.looks}")
+        check_count(args.max_samples, "--max-samples")
+        check_count(args.check_every, "--check-every")
     x, y, data_name = _load_inputs(args)
     from smoothgen.models import load_classifier
 
@@ -431,9 +546,13 @@ def cmd_certify(args: argparse.Namespace) -> int:
     smoothed = SmoothedClassifier(runtime, num_classes, args.sigma, batch_size=args.batch_size, input_shape=x.shape[1:])
 
     run = {"sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha, "seed": args.seed,
-           "model": model_name, "data": data_name, "backend": runtime.backend}
+           "model": model_name, "data": data_name, "backend": runtime.backend, "dtype": _dtype_name(runtime)}
     if args.target_radius is not None:
-        run.update(n=None, target_radius=args.target_radius, looks=list(args.looks))
+        if args.sequential == "betting":
+            run.update(n=None, target_radius=args.target_radius, sequential="betting", max_samples=args.max_samples,
+                       check_every=args.check_every)
+        else:
+            run.update(n=None, target_radius=args.target_radius, looks=list(args.looks))
     if args.denoiser is not None:
         run["denoiser"] = args.denoiser
         if args.denoiser == "diffsmooth":
@@ -446,10 +565,17 @@ def cmd_certify(args: argparse.Namespace) -> int:
 def _certify_inputs(args, smoothed, results, x, y, reseed) -> int:
     done = results.done()
     todo = [i for i in range(len(x)) if (args.start + i,) not in done]
-    for i in _progress(todo, args, len(todo), "certify"):
-        results.append(certify_record(
-            smoothed, x[i], args.start + i, None if y is None else int(y[i]), n0=args.n0, n=args.n, alpha=args.alpha,
-            seed=args.seed, target_radius=args.target_radius, looks=args.looks, reseed=reseed))
+    if args.ray is not None:  # the same records, computed by Ray workers (smoothgen.distributed)
+        from smoothgen.distributed import run_on_ray
+
+        run_on_ray(args, results, "certify", [(args.start + i, x[i], None if y is None else int(y[i])) for i in todo],
+                   x[:1], smoothed.runtime.backend, num_classes=smoothed.num_classes)
+    else:
+        for i in _with_estimate(_progress(todo, args, len(todo), "certify"), args, len(todo), "input"):
+            results.append(certify_record(
+                smoothed, x[i], args.start + i, None if y is None else int(y[i]), n0=args.n0, n=args.n, alpha=args.alpha,
+                seed=args.seed, target_radius=args.target_radius, looks=args.looks, reseed=reseed,
+                **_sequential_options(args)))
     records = sorted(results.records, key=lambda r: r["idx"])
     _print_certify_summary(records, args.radii if args.target_radius is None else [args.target_radius])
     print(f"mean estimation samples per input: {statistics.fmean(r['samples'] for r in records):.0f}")
@@ -460,6 +586,13 @@ def _certify_inputs(args, smoothed, results, x, y, reseed) -> int:
             raise ResultsFileError(f"cannot write --tsv {args.tsv}: {exc.strerror or exc} (the records are in {args.out})") from exc
     print(f"wrote {len(records)} records to {args.out}" + (f" and {args.tsv}" if args.tsv else ""))
     return 0
+
+
+def _sequential_options(args) -> dict[str, Any]:
+    """certify_record's arguments of the sequential test chosen on the command line (also for --ray workers)."""
+    if getattr(args, "target_radius", None) is None or getattr(args, "sequential", None) != "betting":
+        return {}
+    return {"sequential": "betting", "max_samples": args.max_samples, "check_every": args.check_every}
 
 
 def _print_certify_summary(records: list[dict[str, Any]], radii: Sequence[float]) -> None:
@@ -512,7 +645,7 @@ def cmd_center(args: argparse.Namespace) -> int:
     clean = _probe(runtime, x[0])
     metric.distances(clean, clean)  # a metric that cannot handle these outputs fails here, before any record
 
-    run = {"backend": runtime.backend, "metric": metric.name, "h": args.h, "n": args.n, "m": args.m, "delta": args.delta, "alpha1": args.alpha1,
+    run = {"backend": runtime.backend, "dtype": _dtype_name(runtime), "metric": metric.name, "h": args.h, "n": args.n, "m": args.m, "delta": args.delta, "alpha1": args.alpha1,
            "alpha2": args.alpha2, "n_candidates": n_candidates, "seed": args.seed, "model": model_name, "data": data_name}
     with ResultsFile(args.out, run, key=("idx", "eps_in"), resume=args.resume, overwrite=args.overwrite) as results:
         return _center_inputs(args, results, x, runtime, metric, n_candidates, run)
@@ -525,29 +658,48 @@ def _center_inputs(args, results, x, runtime, metric, n_candidates, run) -> int:
     todo = [(i, eps) for i in range(len(x)) for eps in args.eps_in if (args.start + i, eps) not in done]
     smoothers = {eps: CenterSmoother(runtime, eps / args.h, metric, batch_size=args.batch_size,
                                      n_candidates=n_candidates, input_shape=x.shape[1:]) for eps in args.eps_in}
-    for i, eps in _progress(todo, args, len(todo), "center", unit=" certificate"):  # (input, eps_in) pairs
-        results.append(center_record(smoothers[eps], x[i], args.start + i, eps, n=args.n, m=args.m, delta=args.delta,
-                                     alpha1=args.alpha1, alpha2=args.alpha2, seed=args.seed, run_fields=tuple(run)))
+    if args.ray is not None:  # the same records, computed by Ray workers (smoothgen.distributed)
+        from smoothgen.distributed import run_on_ray
+
+        run_on_ray(args, results, "center", [(args.start + i, x[i], eps) for i, eps in todo], x[:1], runtime.backend,
+                   run_fields=tuple(run))
+    else:
+        bar = _progress(todo, args, len(todo), "center", unit=" certificate")
+        for i, eps in _with_estimate(bar, args, len(todo), "certificate"):  # (input, eps_in) pairs
+            results.append(center_record(smoothers[eps], x[i], args.start + i, eps, n=args.n, m=args.m, delta=args.delta,
+                                         alpha1=args.alpha1, alpha2=args.alpha2, seed=args.seed, run_fields=tuple(run)))
     _print_center_summary(results.records, args.eps_in)
-    _print_center_scale(results.records, runtime, metric, x)
+    # The embedded autoencoder ends in a sigmoid: its outputs lie in [0, 1], which bounds most metrics' diameter.
+    _print_center_scale(results.records, runtime, metric, x, output_range=(0.0, 1.0) if args.model is None else None)
     print(f"wrote {len(results.records)} records to {args.out}")
     return 0
 
 
-def _print_center_scale(records: list[dict[str, Any]], runtime, metric, x: np.ndarray, most: int = 100) -> None:
-    """What an eps_out means here: the distances between the clean outputs of different inputs (the first
-    `most`), and how many certificates are vacuous at that scale (eps_out at least the smallest of them:
-    the certified ball then reaches another input's output)."""
-    if len(x) < 2:
-        return
+def _print_center_scale(records: list[dict[str, Any]], runtime, metric, x: np.ndarray, most: int = 100,
+                        output_range: tuple[float, float] | None = None) -> None:
+    """What an eps_out means here: the metric's diameter on this output space (when the outputs are known to
+    lie in `output_range`, or the metric is bounded anyway), the distances between the clean outputs of
+    different inputs (the first `most`), and how many certificates are vacuous: eps_out at least the
+    diameter (it says nothing at all) or at least the closest pair (the ball reaches another input's output)."""
+    from smoothgen.metrics import diameter
+
+    ok = [r for r in records if not r["abstained"]]
     with torch.no_grad():
         outputs = runtime.run(torch.from_numpy(x[:most]).to(runtime.device))
+    shape = tuple(outputs.shape[1:]) if isinstance(outputs, torch.Tensor) else None
+    size = None if shape is None else diameter(metric, shape, output_range)
+    if size is not None:
+        where = f"two outputs in [{output_range[0]:g}, {output_range[1]:g}]^{tuple(shape)}" if output_range else "any two outputs"
+        reach = sum(r["eps_out"] >= size for r in ok)
+        print(f"scale: the largest possible {metric.name} distance between {where} is {size:.4g} (the diameter); "
+              f"{reach} of {len(ok)} certificates reach it" + (" (vacuous: they allow any output)" if reach else ""))
+    if len(x) < 2:
+        return
     distances = metric.distances(outputs, outputs)
     distances = distances.detach().cpu().double() if isinstance(distances, torch.Tensor) else torch.as_tensor(distances, dtype=torch.float64)
     count = distances.shape[0]
     pairs = distances[~torch.eye(count, dtype=torch.bool)]
     typical, closest = float(pairs.median()), float(pairs.min())
-    ok = [r for r in records if not r["abstained"]]
     vacuous = sum(r["eps_out"] >= closest for r in ok)
     print(f"scale: the clean outputs of {count} different inputs lie {typical:.4g} apart (median; closest pair "
           f"{closest:.4g}) in {metric.name}; {vacuous} of {len(ok)} certificates are vacuous at that scale "
@@ -580,6 +732,8 @@ def _on_sigterm(signum, frame) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for module in RUN_IMPORTS:  # still start-up: a Ctrl-C in these imports is one line (smoothgen._entry)
+        __import__(module)  # as an import statement does (-X importtime reports it; importlib.import_module is not)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous: dict[int, Any] = {}
     try:

@@ -1,7 +1,7 @@
-"""`smoothgen generate`: SmoothGen from the command line (THEORY.md §4).
+"""`smoothgen generate`: SmoothGen from the command line (docs/theory.md §4).
 
 Text (default): smoothed greedy decoding of a causal LM (`smoothgen.generative.SmoothedLM`), printed
-with its certified prefix marked: by default with token ablation (THEORY.md §4g), the prefix certified
+with its certified prefix marked: by default with token ablation (docs/theory.md §4g), the prefix certified
 against edited tokens; with ``--noise gaussian``, noise on the prompt's token embeddings and radii in
 embedding distance.
 Diffusion (``--diffusion --label k``): the class-conditional digits DDPM with noise on its class
@@ -16,14 +16,17 @@ import argparse
 import dataclasses
 import io
 import json
+import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from smoothgen._lazy import lazy_module
 from smoothgen.errors import InvalidParameterError, ModelLoadError, ResultsFileError, first_line
 from smoothgen.results import write_atomically
+
+torch = lazy_module("torch")  # imported on first use: `smoothgen generate --help` does not need it
 
 #: σ of the embedded byte-level LM, in its embedding units: the largest σ measured at which p̄ keeps
 #: ≥ 95 % of the base model's next-byte accuracy (97 % at 0.01, 90 % at 0.02; benchmarks/RESULTS.md,
@@ -48,6 +51,47 @@ DEFAULT_PROMPT = "def read_lines(path):\n    with open(path) as f:\n        retu
 DEFAULT_KEEP_FRACTION = 0.1
 #: Markers around the certified part of the generation in the text output.
 CERTIFIED_OPEN, CERTIFIED_CLOSE = "\u27e6", "\u27e7"
+
+
+class _Progress:
+    """The progress bar of a generation on stderr (tqdm; none with --no-progress): one bar per phase.
+
+    Call it as `SmoothedLM.generate`'s progress(phase, done, total), or open a phase with `phase` and
+    advance it by a number of samples (the `on_batch` hook of the sampler the generator draws with). A
+    phase's bar appears with its first progress, so an argument refused before any work prints one line.
+    """
+
+    UNITS = {"choose tokens": "token", "certify": "copy"}
+
+    def __init__(self, disabled: bool):
+        self.disabled = disabled
+        self.name: str | None = None
+        self.total, self.unit = 0, "step"
+        self.bar: Any = None
+
+    def phase(self, name: str, total: int, unit: str) -> None:
+        self.close()
+        self.name, self.total, self.unit = name, total, unit
+
+    def advance(self, count: int) -> None:
+        if self.name is None:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc=self.name, unit=self.unit, file=sys.stderr, disable=self.disabled,
+                            dynamic_ncols=True)
+        self.bar.update(count)
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        if name != self.name:
+            self.phase(name, total, self.UNITS.get(name, "step"))
+        self.advance(done - (self.bar.n if self.bar is not None else 0))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = self.name = None
 
 
 def add_parser(sub: Any) -> None:
@@ -86,6 +130,7 @@ def add_parser(sub: Any) -> None:
     gen.add_argument("--json", action="store_true", help="print the certificate as one JSON object instead of text")
     gen.add_argument("--out", help="also write the JSON record to this file (written whole, atomically)")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing --out (or --png)")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     text = gen.add_argument_group("text (the default)")
     text.add_argument("--prompt", default=None, help=f"the prompt (default: {DEFAULT_PROMPT!r})")
     text.add_argument("--model", default=None,
@@ -105,7 +150,7 @@ def add_parser(sub: Any) -> None:
                      help="noisy copies per model call (for text, each chunk keeps its KV cache)")
     text.add_argument("--noise", default=None, choices=["ablate", "gaussian"],
                       help="gaussian: noise of --sigma on the prompt's token embeddings (radii in embedding distance); "
-                      "ablate: each copy keeps --keep random prompt positions and masks the others (THEORY.md §4g: the "
+                      "ablate: each copy keeps --keep random prompt positions and masks the others (docs/theory.md §4g: the "
                       "certificate is stated in edited tokens; each copy votes with its greedy choice) (default: gaussian "
                       "when --sigma or --radius is given, else ablate)")
     text.add_argument("--keep", type=int, default=None,
@@ -262,76 +307,128 @@ def _decode_text(tokens: Any, tokenizer: Any) -> str:
 
 
 def _generate_text(args: argparse.Namespace) -> dict[str, Any]:
-    from smoothgen.generative import SmoothedLM, nearest_neighbor_distances
     from smoothgen.validate import check_count
 
     check_count(args.selection_samples, "--selection-samples")
     check_count(args.max_new_tokens, "--max-new-tokens")
     check_count(args.batch_size, "--batch-size")
     model, tokenizer, name = _load_lm(args.model, args.device, args.noise)
-    # With --noise ablate this first instance only parses the prompt (σ = 1 is never used).
-    smoothed = SmoothedLM(model, 1.0 if args.noise == "ablate" else args.sigma, batch_size=args.batch_size,
-                          tokenizer=tokenizer)
     prompt = DEFAULT_PROMPT if args.prompt is None else args.prompt
-    ids = smoothed.prompt_ids(prompt)  # checks emptiness, vocabulary and (below) the context length
-    mask = _perturbed_positions(args, ids, tokenizer)
-    smoothed.mask = mask
+    progress = _Progress(args.no_progress)
+    try:
+        record, cert, smoothed = certified_generation(
+            model, tokenizer, name, prompt=prompt, noise=args.noise, sigma=args.sigma, keep=args.keep,
+            mask_token=args.mask_token, perturb=args.perturb, max_new_tokens=args.max_new_tokens,
+            n0=args.selection_samples, n=args.samples, alpha=args.alpha, seed=args.seed, edits=args.edits,
+            radius=args.radius, batch_size=args.batch_size, progress=progress,
+            check=_check_exhaustive if args.noise == "ablate" and args.exhaustive else None)
+    finally:
+        progress.close()
+    args.perturb = record["perturb"]
     if args.noise == "ablate":
-        smoothed = SmoothedLM(model, _ablation(args, smoothed, ids, tokenizer, name), batch_size=args.batch_size,
-                              tokenizer=tokenizer, mask=mask)
-        return _generate_ablated(args, smoothed, ids, prompt, tokenizer, name)
-    start = time.perf_counter()
-    cert = smoothed.generate(ids, args.max_new_tokens, n0=args.selection_samples, n=args.samples, alpha=args.alpha,
-                             seed=args.seed, radius=args.radius)
-    seconds = time.perf_counter() - start
-    mask = torch.tensor(cert.mask)
-    nn_dist = nearest_neighbor_distances(smoothed.table, ids.cpu())[mask]
-    k = cert.certified_prefix
-    record = {
-        **cert.to_dict(),
-        "prompt_ids": list(cert.prompt),
-        "model": name,
-        "prompt": prompt,
-        "text": _decode_text(cert.tokens, tokenizer),
-        "certified_text": _decode_text(cert.tokens[:k], tokenizer),
-        "whole_generation_radius": cert.prefix_radius(len(cert.tokens)),
-        "min_substitution_radius": float(nn_dist.min()),
-        "perturb": args.perturb,
-        "seconds": seconds,
-    }
-    if not args.json:
+        if args.exhaustive:
+            record["exhaustive"] = _exhaustive_check(smoothed, cert, args.no_progress)
+        if not args.json:
+            _print_ablated(record, cert, tokenizer)
+    elif not args.json:
         _print_text(record, cert, tokenizer)
     return record
 
 
-def _perturbed_positions(args: argparse.Namespace, ids: torch.Tensor, tokenizer: Any) -> list[bool]:
-    """The mask of --perturb for this prompt (sets args.perturb when it was left to its default).
+def certified_generation(
+    model: Any,
+    tokenizer: Any,
+    name: str,
+    *,
+    prompt: str,
+    noise: str,
+    max_new_tokens: int,
+    n0: int,
+    n: int,
+    alpha: float,
+    seed: int | None,
+    request_id: int = 0,
+    sigma: float | None = None,
+    keep: int | None = None,
+    mask_token: int | None = None,
+    perturb: str | None = None,
+    edits: int | None = None,
+    radius: float | None = None,
+    batch_size: int = 250,
+    progress: Any = None,
+    check: Any = None,
+) -> tuple[dict[str, Any], Any, Any]:
+    """One certified generation, as the record `smoothgen generate --json` prints (the HTTP service's
+    /v1/generate returns the same record). Returns (record, GenerationCertificate, the SmoothedLM).
+
+    noise "ablate" (keep k of the perturbed positions, certificate against `edits` substituted tokens) or
+    "gaussian" (σ on the prompt's embeddings, prefix reported at `radius`); `perturb` picks the positions
+    (`perturbed_positions`); `check(smoothed, ids)` runs before any decoding (e.g. a size limit).
+    """
+    from smoothgen.generative import SmoothedLM, nearest_neighbor_distances
+
+    ablate = noise == "ablate"
+    # With token ablation this first instance only parses the prompt (σ = 1 is never used).
+    smoothed = SmoothedLM(model, 1.0 if ablate else sigma, batch_size=batch_size, tokenizer=tokenizer)
+    ids = smoothed.prompt_ids(prompt)  # checks emptiness, vocabulary and (below) the context length
+    mask, perturb = perturbed_positions(ids, perturb, noise, tokenizer)
+    smoothed.mask = mask
+    if ablate:
+        smoothed = SmoothedLM(model, token_ablation(smoothed, ids, tokenizer, keep, mask_token), batch_size=batch_size,
+                              tokenizer=tokenizer, mask=mask)
+    if check is not None:
+        check(smoothed, ids)
+    start = time.perf_counter()
+    cert = smoothed.generate(ids, max_new_tokens, n0=n0, n=n, alpha=alpha, seed=seed, request_id=request_id,
+                             radius=float(edits) if ablate else radius, progress=progress)
+    seconds = time.perf_counter() - start
+    k = cert.certified_prefix
+    record = {**cert.to_dict(), "prompt_ids": list(cert.prompt), "model": name, "prompt": prompt}
+    if ablate:
+        record.update(mask_token=smoothed.noise.mask_token_id, perturbed_positions=int(sum(cert.mask)), perturb=perturb,
+                      edits=edits)
+    record.update(text=_decode_text(cert.tokens, tokenizer), certified_text=_decode_text(cert.tokens[:k], tokenizer))
+    if ablate:
+        record["whole_generation_edits"] = int(min(cert.step_radius))
+    else:
+        nn_dist = nearest_neighbor_distances(smoothed.table, ids.cpu())[torch.tensor(cert.mask)]
+        record.update(whole_generation_radius=cert.prefix_radius(len(cert.tokens)),
+                      min_substitution_radius=float(nn_dist.min()), perturb=perturb)
+    record["seconds"] = seconds
+    return record, cert, smoothed
+
+
+def perturbed_positions(ids: torch.Tensor, perturb: str | None, noise: str, tokenizer: Any) -> tuple[list[bool], str]:
+    """The mask of --perturb for this prompt, and the --perturb it stands for (the default resolved).
 
     context: every position up to and including the last token that holds a line break, when some token
-    follows it (the line being completed); a prompt of one line has no context.
+    follows it (the line being completed); a prompt of one line has no context. Default: context for a
+    prompt of several lines under token ablation, else all.
     """
     pieces = [_decode_text([int(t)], tokenizer) for t in ids.tolist()]
     breaks = [i for i, piece in enumerate(pieces) if "\n" in piece and i < len(pieces) - 1]
-    if args.perturb is None:
-        args.perturb = "context" if args.noise == "ablate" and breaks else "all"
+    if perturb is None:
+        perturb = "context" if noise == "ablate" and breaks else "all"
     length = len(pieces)
-    if args.perturb == "all":
-        return [True] * length
-    if args.perturb == "last":
-        return [i == length - 1 for i in range(length)]
+    if perturb == "all":
+        return [True] * length, perturb
+    if perturb == "last":
+        return [i == length - 1 for i in range(length)], perturb
+    if perturb != "context":
+        raise InvalidParameterError(f"perturb must be all, context or last, got {perturb!r}")
     if not breaks:
         raise InvalidParameterError("--perturb context needs a prompt of several lines (it perturbs every line before "
                                     "the last one); use --perturb all for a one-line prompt")
-    return [i <= breaks[-1] for i in range(length)]
+    return [i <= breaks[-1] for i in range(length)], perturb
 
 
-def _ablation(args: argparse.Namespace, smoothed: Any, ids: torch.Tensor, tokenizer: Any, name: str) -> Any:
-    """The TokenAblation of --keep and --mask-token for this prompt."""
+def token_ablation(smoothed: Any, ids: torch.Tensor, tokenizer: Any, keep: int | None, mask_token: int | None) -> Any:
+    """The TokenAblation of --keep (default: DEFAULT_KEEP_FRACTION of the perturbed positions, at least 1)
+    and --mask-token (default: NUL for byte-level LMs, else the tokenizer's mask or unknown token)."""
     from smoothgen.generative import TokenAblation
 
     perturbed = int(smoothed.prompt_mask(ids).sum())
-    keep = max(1, round(DEFAULT_KEEP_FRACTION * perturbed)) if args.keep is None else args.keep
-    mask_token = args.mask_token
+    keep = max(1, round(DEFAULT_KEEP_FRACTION * perturbed)) if keep is None else keep
     if mask_token is None:
         from smoothgen.models.lm import CodeLM
 
@@ -349,45 +446,20 @@ def _ablation(args: argparse.Namespace, smoothed: Any, ids: torch.Tensor, tokeni
 EXHAUSTIVE_MAX_SUBSETS = 5_000
 
 
-def _generate_ablated(args: argparse.Namespace, smoothed: Any, ids: torch.Tensor, prompt: str, tokenizer: Any,
-                      name: str) -> dict[str, Any]:
-    if args.exhaustive:
-        import math
+def _check_exhaustive(smoothed: Any, ids: torch.Tensor) -> None:
+    """--exhaustive decodes C(P, keep) subsets per edited prompt: refused before generating when too many."""
+    import math
 
-        perturbed = int(smoothed.prompt_mask(ids).sum())
-        keep = min(smoothed.noise.keep, perturbed)
-        if math.comb(perturbed, keep) > EXHAUSTIVE_MAX_SUBSETS:
-            raise InvalidParameterError(
-                f"--exhaustive decodes every kept subset at every edited prompt: C({perturbed}, {keep}) = "
-                f"{math.comb(perturbed, keep)} subsets exceed {EXHAUSTIVE_MAX_SUBSETS}; use a shorter prompt, a smaller "
-                "--keep or --perturb last")
-    start = time.perf_counter()
-    cert = smoothed.generate(ids, args.max_new_tokens, n0=args.selection_samples, n=args.samples, alpha=args.alpha,
-                             seed=args.seed, radius=args.edits)
-    seconds = time.perf_counter() - start
-    k = cert.certified_prefix
-    record = {
-        **cert.to_dict(),
-        "prompt_ids": list(cert.prompt),
-        "model": name,
-        "prompt": prompt,
-        "mask_token": smoothed.noise.mask_token_id,
-        "perturbed_positions": int(sum(cert.mask)),
-        "perturb": args.perturb,
-        "edits": args.edits,
-        "text": _decode_text(cert.tokens, tokenizer),
-        "certified_text": _decode_text(cert.tokens[:k], tokenizer),
-        "whole_generation_edits": int(min(cert.step_radius)),
-        "seconds": seconds,
-    }
-    if args.exhaustive:
-        record["exhaustive"] = _exhaustive_check(smoothed, cert)
-    if not args.json:
-        _print_ablated(record, cert, tokenizer)
-    return record
+    perturbed = int(smoothed.prompt_mask(ids).sum())
+    keep = min(smoothed.noise.keep, perturbed)
+    if math.comb(perturbed, keep) > EXHAUSTIVE_MAX_SUBSETS:
+        raise InvalidParameterError(
+            f"--exhaustive decodes every kept subset at every edited prompt: C({perturbed}, {keep}) = "
+            f"{math.comb(perturbed, keep)} subsets exceed {EXHAUSTIVE_MAX_SUBSETS}; use a shorter prompt, a smaller "
+            "--keep or --perturb last")
 
 
-def _exhaustive_check(smoothed: Any, cert: Any) -> dict[str, Any]:
+def _exhaustive_check(smoothed: Any, cert: Any, no_progress: bool = True) -> dict[str, Any]:
     """Exact decoding at every prompt with one substituted token (every perturbed position, every other
     token): how many change the prefix certified at one edit. Exact (all subsets), so a change is a failure
     of the certificate (probability <= alpha) or a bug, never sampling noise."""
@@ -397,15 +469,21 @@ def _exhaustive_check(smoothed: Any, cert: Any) -> dict[str, Any]:
     if steps == 0:
         return {"certified_steps": 0, "edited_prompts": 0, "changed": 0}
     changed = checked = 0
-    for pos in positions:
-        for tok in range(smoothed.vocab_size):
-            if tok == prompt[pos]:
-                continue
-            edited = list(prompt)
-            edited[pos] = tok
-            tokens, _ = smoothed.exact_decode(edited, steps, mask=list(cert.mask), max_subsets=EXHAUSTIVE_MAX_SUBSETS)
-            changed += tokens[:steps] != cert.tokens[:steps]
-            checked += 1
+    progress = _Progress(no_progress)
+    progress.phase("exhaustive check", len(positions) * (smoothed.vocab_size - 1), "prompt")
+    try:
+        for pos in positions:
+            for tok in range(smoothed.vocab_size):
+                if tok == prompt[pos]:
+                    continue
+                edited = list(prompt)
+                edited[pos] = tok
+                tokens, _ = smoothed.exact_decode(edited, steps, mask=list(cert.mask), max_subsets=EXHAUSTIVE_MAX_SUBSETS)
+                changed += tokens[:steps] != cert.tokens[:steps]
+                checked += 1
+                progress.advance(1)
+    finally:
+        progress.close()
     return {"certified_steps": steps, "edited_prompts": checked, "changed": changed}
 
 
@@ -486,14 +564,22 @@ def _generate_diffusion(args: argparse.Namespace) -> dict[str, Any]:
     smoothed = SmoothedConditionalDiffusion(ddpm, args.sigma, guidance=args.guidance, num_steps=args.steps,
                                             batch_size=args.batch_size)
     start = time.perf_counter()
-    mean = smoothed.certify_mean(args.label, radius=args.radius, n=args.samples, alpha=args.alpha, seed=args.seed)
-    tv = smoothed.tv_bound(args.radius, label=args.label)
     shown = min(8, args.samples)
-    noisy = smoothed.samples(args.label, n=shown, seed=args.seed, request_id=1)
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    labels = torch.full((shown,), args.label, dtype=torch.long, device=args.device)
-    with torch.no_grad():
-        base = sample(ddpm, labels, generator, args.guidance, num_steps=args.steps)
+    progress = _Progress(args.no_progress)
+    progress.phase("sample", args.samples + shown + smoothed.num_classes * SCALE_SAMPLES, "sample")
+    smoothed.sampler.on_batch = progress.advance
+    try:
+        mean = smoothed.certify_mean(args.label, radius=args.radius, n=args.samples, alpha=args.alpha, seed=args.seed)
+        tv = smoothed.tv_bound(args.radius, label=args.label)
+        noisy = smoothed.samples(args.label, n=shown, seed=args.seed, request_id=1)
+        generator = torch.Generator(device=args.device).manual_seed(args.seed)
+        labels = torch.full((shown,), args.label, dtype=torch.long, device=args.device)
+        with torch.no_grad():
+            base = sample(ddpm, labels, generator, args.guidance, num_steps=args.steps)
+        scale = _mean_image_scale(smoothed, args, mean.to_record())
+    finally:
+        smoothed.sampler.on_batch = None
+        progress.close()
     seconds = time.perf_counter() - start
     _write_grid(png, base.cpu(), noisy.cpu(), mean.mean.cpu(), args)
     distances = smoothed.class_distances(args.label)
@@ -507,18 +593,73 @@ def _generate_diffusion(args: argparse.Namespace) -> dict[str, Any]:
         "nearest_other_label_distance": float(min(d for j, d in enumerate(distances) if j != args.label)),
         "mean_certificate": mean.to_record(),
         "sample_tv_bound": tv.to_record(),
+        "scale": scale,
     }
     if not args.json:
         m = record["mean_certificate"]
         print(f"wrote {png}: {shown} base samples of digit {args.label}, {shown} smoothed samples (sigma={args.sigma} "
               f"on the class embedding), and the mean of {args.samples} smoothed samples ({seconds:.1f} s)")
         print(f"one smoothed sample, any conditioning move of l2 norm <= {args.radius:g}: TV <= {tv.tv:.4f}, "
-              f"W1 (l2 on images) <= {tv.w1_l2:.4f}")
+              f"W1 (l2 on images) <= {tv.w1_l2:.4f}" + (" (vacuous: TV 1 allows any other output)" if tv.tv >= 1.0 else ""))
         print(f"the mean image: moves by at most {m['expectation_bound']:.4f} in l2 in expectation; two runs of "
               f"{args.samples} samples differ by at most {m['empirical_bound']:.4f} (probability >= 1 - 2*alpha)")
+        _print_mean_image_scale(scale, args, m)
         print(f"the nearest other digit's embedding is {record['nearest_other_label_distance']:.3f} away; "
               f"labels covered at this radius: {list(tv.covered_labels) or 'none'}")
     return record
+
+
+#: Smoothed samples per digit whose mean stands for "the output of another input" in the scale of the mean
+#: image's certificate (every digit's, this one's included, so all means carry the same sampling noise).
+SCALE_SAMPLES = 16
+
+
+def _mean_image_scale(smoothed: Any, args: argparse.Namespace, certificate: dict[str, Any]) -> dict[str, Any]:
+    """What the mean image's l2 bounds mean: the diameter of the output space ([0, 1]^k images), the distances
+    from this digit's mean image to the other digits' (means of SCALE_SAMPLES smoothed samples each), and
+    whether each bound is vacuous (at least the diameter, or at least the distance to the closest other digit's
+    mean: the certificate then allows the mean image to become another digit's)."""
+    means = torch.stack([
+        smoothed.samples(j, n=SCALE_SAMPLES, seed=args.seed, request_id=2 + j).double().mean(dim=0).flatten()
+        for j in range(smoothed.num_classes)
+    ])
+    distances = (means - means[args.label]).norm(dim=1).tolist()
+    others = {j: d for j, d in enumerate(distances) if j != args.label}
+    closest = min(others, key=others.get)
+    diameter = float(smoothed.image_diameter)
+
+    def vacuous(bound: float) -> bool:
+        return bound >= diameter or bound >= others[closest]
+
+    return {
+        "diameter": diameter,
+        "pixels": int(smoothed.image_numel),
+        "samples_per_label": SCALE_SAMPLES,
+        "other_label_mean_distances": {str(j): d for j, d in others.items()},
+        "median_other_label_mean_distance": float(statistics.median(others.values())),
+        "closest_other_label": closest,
+        "closest_other_label_mean_distance": others[closest],
+        "expectation_bound_vacuous": vacuous(certificate["expectation_bound"]),
+        "empirical_bound_vacuous": vacuous(certificate["empirical_bound"]),
+    }
+
+
+def _print_mean_image_scale(scale: dict[str, Any], args: argparse.Namespace, certificate: dict[str, Any]) -> None:
+    closest, far = scale["closest_other_label"], scale["closest_other_label_mean_distance"]
+    print(f"scale: two images of {scale['pixels']} pixels in [0, 1] are at most {scale['diameter']:g} apart in l2 (the "
+          f"diameter); the mean images of the other digits ({scale['samples_per_label']} smoothed samples each) lie "
+          f"{scale['median_other_label_mean_distance']:.3g} from digit {args.label}'s (median), the closest "
+          f"(digit {closest}) {far:.3g}")
+
+    def verdict(bound: float) -> str:
+        if bound >= scale["diameter"]:
+            return f"{bound:.3g} is VACUOUS: at least the diameter {scale['diameter']:g}, it allows any image"
+        if bound >= far:
+            return f"{bound:.3g} is VACUOUS at this scale: it reaches the mean image of digit {closest} ({far:.3g} away)"
+        return f"{bound:.3g} is below the {far:.3g} to the closest other digit's mean image"
+
+    print(f"so the bound in expectation {verdict(certificate['expectation_bound'])}; the bound on two runs "
+          f"{verdict(certificate['empirical_bound'])}")
 
 
 def _generate_text_digits(args: argparse.Namespace) -> dict[str, Any]:
@@ -534,11 +675,18 @@ def _generate_text_digits(args: argparse.Namespace) -> dict[str, Any]:
     smoothed = text_digits.smoothed_text_digits(load_text_ddpm().to(args.device), args.sigma, num_steps=args.steps,
                                                 guidance=args.guidance, batch_size=args.batch_size)
     embedding = text_digits.encode_prompts([args.text])[0].to(args.device)
-    cert = smoothed.certify_content(load_classifier(0.0).to(args.device), prompt_embeds=embedding,
-                                    n0=args.selection_samples, n=args.samples, alpha=args.alpha, seed=args.seed)
-    variants = text_digits.covered_variants(args.text, cert)
     shown = 8
-    noisy = smoothed.samples(prompt_embeds=embedding, n=shown, seed=args.seed, request_id=1)
+    progress = _Progress(args.no_progress)
+    progress.phase("sample", args.selection_samples + args.samples + shown, "sample")
+    smoothed.sampler.on_batch = progress.advance
+    try:
+        cert = smoothed.certify_content(load_classifier(0.0).to(args.device), prompt_embeds=embedding,
+                                        n0=args.selection_samples, n=args.samples, alpha=args.alpha, seed=args.seed)
+        noisy = smoothed.samples(prompt_embeds=embedding, n=shown, seed=args.seed, request_id=1)
+    finally:
+        smoothed.sampler.on_batch = None
+        progress.close()
+    variants = text_digits.covered_variants(args.text, cert)
     seconds = time.perf_counter() - start
     _draw_grid(png, [(f"smoothed samples (σ={args.sigma:g} on the prompt embedding)", noisy.cpu())],
                f"{args.text!r}: text-to-digit UNet, all-MiniLM-L6-v2 conditioning")

@@ -9,10 +9,12 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Sequence
 
-import numpy as np
-import torch
-
+from smoothgen._lazy import lazy_module
 from smoothgen.certificates import ABSTAIN
+
+# Imported on first use, so that the CLI, which imports this module, parses `--help` without torch.
+np = lazy_module("numpy")
+torch = lazy_module("torch")
 
 # Fields that differ between two computations of the same certificate (wall time, where it ran).
 TIMING_FIELDS = ("time", "worker")
@@ -35,8 +37,13 @@ def certify_record(
     target_radius: float | None = None,
     looks: Sequence[int] | None = None,
     reseed: Callable[[int, int], None] | None = None,
+    sequential: str = "looks",
+    max_samples: int | None = None,
+    check_every: int | None = None,
 ) -> dict[str, Any]:
-    """The record of one input of `smoothgen certify`: CERTIFY with (n0, n), or CERTIFY-AT `target_radius`.
+    """The record of one input of `smoothgen certify`: CERTIFY with (n0, n), or CERTIFY-AT `target_radius`
+    with the sequential test `sequential` ("looks" at `looks`, or "betting" checked after every
+    `check_every` samples up to `max_samples`; docs/theory.md §6).
 
     The input's random stream is (seed, idx); `reseed` (DiffSmooth's local-noise stream) is reseeded with
     (seed, idx) too, so a record does not depend on what ran before it or where.
@@ -48,11 +55,13 @@ def certify_record(
         cert = smoothed.certify(_as_tensor(x), n0, n, alpha, seed=seed, request_id=idx)
         record = {"radius": cert.radius, "p_lower": cert.p_lower, "count": cert.count, "samples": cert.samples}
     else:
-        cert = smoothed.certify_at(_as_tensor(x), target_radius, alpha, n0=n0, looks=tuple(looks), seed=seed, request_id=idx)
+        looks = None if looks is None or sequential == "betting" else tuple(looks)  # "betting" has no looks
+        cert = smoothed.certify_at(_as_tensor(x), target_radius, alpha, n0=n0, looks=looks, seed=seed, request_id=idx,
+                                   method=sequential, max_samples=max_samples, check_every=check_every)
         # The selected class is kept whatever the decision: rejected and undecided are not abstentions.
         record = {"radius": cert.certified_radius if cert.certified else 0.0, "decision": cert.decision,
                   "selected": cert.selected, "p_lower": cert.p_lower, "p_upper": cert.p_upper,
-                  "count": cert.count, "samples": cert.samples}
+                  "count": cert.count, "samples": cert.samples, "sequential": cert.method}
     abstained = cert.prediction == ABSTAIN
     return {"idx": idx, "label": label, "predict": cert.prediction,
             "correct": None if label is None else (not abstained and cert.prediction == label),
@@ -72,16 +81,19 @@ def center_record(
     alpha2: float,
     seed: int,
     run_fields: Sequence[str] = (),
-) -> dict[str, Any]:
+    return_certificate: bool = False,
+) -> dict[str, Any] | tuple[dict[str, Any], Any]:
     """The record of one (input, eps_in) pair of `smoothgen center` (the run's own fields left out: the
-    results file adds them)."""
+    results file adds them); with return_certificate, (record, CenterCertificate) — the certificate holds
+    the smoothed output itself, which records leave out."""
     t0 = time.perf_counter()
     cert = smoother.certify(_as_tensor(x), eps_in, n=n, m=m, delta=delta, alpha1=alpha1, alpha2=alpha2,
                             seed=seed, request_id=idx)
     record = cert.to_record()
     for name in run_fields:
         record.pop(name, None)
-    return {"idx": idx, **record, "time": time.perf_counter() - t0}
+    record = {"idx": idx, **record, "time": time.perf_counter() - t0}
+    return (record, cert) if return_certificate else record
 
 
 def without_timing(record: dict[str, Any]) -> dict[str, Any]:

@@ -359,6 +359,17 @@ def test_certify_backend_onnxruntime_matches_eager(tmp_path, capsys):
     assert [r["predict"] for r in _records(onnx)] == [r["predict"] for r in _records(eager)]
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_certify_default_backend_is_the_verified_auto_and_records_name_it(tmp_path, capsys):
+    """Issue 15: --backend auto (the default) picks ONNX Runtime for the embedded CNN on CPU once it reproduced
+    eager on the probe batch; every record names the runtime and its dtype."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "a.jsonl"
+    assert _run(["certify", "--num", "2", *FAST, "--out", str(out)], capsys)[0] == 0
+    records = _records(out)
+    assert [(r["backend"], r["dtype"]) for r in records] == [("onnxruntime", "float32")] * 2  # --device cpu default
+
+
 @pytest.mark.parametrize(
     "extra",
     [["--target-radius", "0"], ["--target-radius", "0.5", "--looks", "1000,100"], ["--target-radius", "0.5", "--looks", "0"]]
@@ -430,3 +441,77 @@ def test_a_corrupt_export_program_is_one_line(tmp_path):
                            "--out", str(tmp_path / "r.jsonl")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "cannot load torch.export program" in proc.stderr
+
+
+def test_a_long_run_announces_its_duration_after_the_first_input(tmp_path, capsys, monkeypatch):
+    """Issue 16 item 5: a run that will take more than ESTIMATE_THRESHOLD_S says so on stderr once its
+    first input is done; a quick run, or one with --no-progress, prints nothing of the kind."""
+    import smoothgen.cli as cli
+
+    assert cli.ESTIMATE_THRESHOLD_S == 120.0
+    assert cli._estimate_message(0.3, 100, "input") is None  # 30 s in all: nothing said
+    assert cli._estimate_message(2.0, 100, "input").startswith("estimated time: ~3 min for 100 inputs")
+    assert cli._estimate_message(16.0, 450, "input").startswith("estimated time: ~2.0 h for 450 inputs")
+    assert cli._estimate_message(500.0, 1, "input") is None  # one input: it is already done
+    monkeypatch.setattr(cli, "ESTIMATE_THRESHOLD_S", 0.0)  # every run counts as long
+    out = tmp_path / "r.jsonl"
+    slow = ["--num", "3", "--n0", "50", "--n", "300", "--batch-size", "300", "--out", str(out)]
+    code, _, err = _run(["certify", *slow], capsys)
+    assert code == 0 and err.count("estimated time: ~") == 1 and "for 3 inputs" in err, err
+    code, _, err = _run(["certify", *slow, "--overwrite", "--no-progress"], capsys)
+    assert code == 0 and err == "", err
+    code, _, err = _run(["center", "--num", "1", "--eps-in", "0.1,0.2", "--n", "1300", "--m", "1300",
+                         "--out", str(tmp_path / "c.jsonl")], capsys)
+    assert code == 0 and "for 2 certificates" in err, err
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_model_file_is_recorded_by_absolute_path_so_resume_accepts_any_spelling(tmp_path, capsys, monkeypatch):
+    """Issue 16 item 8: --data was recorded resolved and --model as typed, so resuming a run started with a
+    relative model path, with its absolute path, was refused as a run with other parameters."""
+    model = tmp_path / "cnn.pt"
+    torch.jit.script(load_classifier(0.25)).save(str(model))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "r.jsonl"
+    assert _run(["certify", "--num", "1", *FAST, "--model", "cnn.pt", "--out", str(out)], capsys)[0] == 0
+    assert _records(out)[0]["model"] == str(model.resolve())
+    code, _, err = _run(["certify", "--num", "2", *FAST, "--model", str(model.resolve()), "--out", str(out), "--resume"],
+                        capsys)
+    assert code == 0, err
+    code, _, err = _run(["certify", "--num", "3", *FAST, "--model", "./cnn.pt", "--out", str(out), "--resume"], capsys)
+    assert code == 0, err
+    assert [r["idx"] for r in _records(out)] == [0, 1, 2]
+    # A factory is not a file: recorded as typed.
+    factory = tmp_path / "f.jsonl"
+    assert _run(["certify", "--num", "1", *FAST, "--model", "smoothgen.models:load_classifier", "--out", str(factory)],
+                capsys)[0] == 0
+    assert _records(factory)[0]["model"] == "smoothgen.models:load_classifier"
+
+
+def test_center_prints_the_metric_diameter_where_the_output_space_bounds_it(tmp_path, capsys):
+    """Issue 16 item 4: eps_out next to the largest distance the metric can give on this output space. The
+    embedded autoencoder's outputs lie in [0, 1]^(1, 8, 8) (a sigmoid): tv2d's diameter there is 224 and
+    l2's 8; for a user model the range is unknown, so only a bounded metric (cosine) states one."""
+    small = ["--num", "2", "--eps-in", "0.1", "--n", "1300", "--m", "1300", "--no-progress"]
+    for extra, diameter in (([], "224"), (["--metric", "l2"], "8"), (["--metric", "cosine"], "1")):
+        out = tmp_path / f"c{len(extra)}{diameter}.jsonl"
+        code, stdout, err = _run(["center", *small, *extra, "--out", str(out)], capsys)
+        assert code == 0, err
+        reach = sum(not r["abstained"] and r["eps_out"] >= float(diameter) for r in _records(out))
+        assert f"in [0, 1]^(1, 8, 8) is {diameter} (the diameter); {reach} of" in stdout, stdout
+    user = ["--model", "smoothgen.models:load_autoencoder"]
+    code, stdout, err = _run(["center", *small, *user, "--metric", "l2", "--out", str(tmp_path / "u.jsonl")], capsys)
+    assert code == 0 and "the diameter" not in stdout and "apart (median" in stdout, err
+    code, stdout, err = _run(["center", *small, *user, "--metric", "cosine", "--out", str(tmp_path / "v.jsonl")], capsys)
+    assert code == 0 and "between any two outputs is 2 (the diameter)" in stdout, stdout
+
+
+def test_help_states_the_expected_input_shape_and_cites_the_docs(capsys):
+    with pytest.raises(SystemExit):
+        main(["certify", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "[N, *input_shape]" in text and "[b, 1, 8, 8] with pixels in [0, 1]" in text
+    assert "docs/theory.md section 1" in text and "docs/theory.md section 6" in text
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "docs/theory.md" in capsys.readouterr().out

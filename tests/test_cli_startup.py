@@ -115,7 +115,7 @@ def test_importing_the_package_is_light():
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["certify", "--help"], ["center", "--help"], ["generate", "--help"],
-                                  ["certify", "--sigma", "x"]])
+                                  ["serve", "--help"], ["certify", "--sigma", "x"]])
 def test_help_and_argument_errors_import_neither_torch_nor_numpy(argv):
     """Issue 16 item 8: `smoothgen certify --help` took 5 s importing torch. Parsing needs neither torch nor
     NumPy (the CLI imports them after parsing): checked on the real command's own -X importtime lines, so
@@ -125,5 +125,5 @@ def test_help_and_argument_errors_import_neither_torch_nor_numpy(argv):
     assert got.returncode in (0, 2), got.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in got.stderr.splitlines() if line.startswith("import time:")}
     assert "smoothgen.cli" in imported, "the probe must see the CLI's imports"
-    heavy = sorted(m for m in imported if m.split(".")[0] in ("torch", "numpy", "scipy"))
+    heavy = sorted(m for m in imported if m.split(".")[0] in ("torch", "numpy", "scipy", "ray", "fastapi"))
     assert heavy == [], heavy[:10]

@@ -226,3 +226,55 @@ def test_text_to_digit_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_bars_on_stderr_unless_no_progress(tmp_path, capsys):
+    """Issue 16 item 8: `generate` had no progress bar and no --no-progress."""
+    assert cli_main([*TEXT, "--prompt", "import os\nimport s", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "choose tokens:" in err and "token/s" in err, err
+    assert "certify:" in err and "40/40" in err and "copy/s" in err, err
+    assert cli_main([*TEXT, "--prompt", "import os\nimport s", "--json", "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+    png = tmp_path / "g.png"
+    assert cli_main([*DIFFUSION, "--png", str(png), "--json"]) == 0
+    err = capsys.readouterr().err
+    # The mean's 16 samples, 8 shown, and 16 for each of the 10 digits' mean images (the scale).
+    assert "sample:" in err and "184/184" in err, err
+    assert cli_main([*DIFFUSION, "--png", str(png), "--json", "--overwrite", "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_the_mean_image_certificate_is_printed_next_to_its_scale(tmp_path, capsys):
+    """Issue 16 item 4: the mean image's l2 bound beside the diameter of [0, 1]^64 (8) and the distance to
+    the other digits' mean images, with "VACUOUS" when it reaches either."""
+    from smoothgen.conditional import SmoothedConditionalDiffusion
+    from smoothgen.generate_cli import SCALE_SAMPLES, _print_mean_image_scale
+    from smoothgen.models import load_ddpm
+
+    out = tmp_path / "d.json"
+    assert cli_main([*DIFFUSION, "--png", str(tmp_path / "g.png"), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads(out.read_text())
+    scale, mean = record["scale"], record["mean_certificate"]
+    assert scale["diameter"] == 8.0 and scale["pixels"] == 64 and scale["samples_per_label"] == SCALE_SAMPLES
+    # The other digits' mean images, recomputed from the same streams.
+    smoothed = SmoothedConditionalDiffusion(load_ddpm(), 0.5, num_steps=10)
+    means = [smoothed.samples(j, n=SCALE_SAMPLES, seed=0, request_id=2 + j).double().mean(dim=0) for j in range(10)]
+    expected = {str(j): float((means[j] - means[3]).norm()) for j in range(10) if j != 3}
+    assert scale["other_label_mean_distances"] == pytest.approx(expected)
+    closest = scale["closest_other_label_mean_distance"]
+    assert closest == pytest.approx(min(expected.values()))
+    assert scale["empirical_bound_vacuous"] == (mean["empirical_bound"] >= min(8.0, closest))
+    assert scale["expectation_bound_vacuous"] == (mean["expectation_bound"] >= min(8.0, closest))
+    assert "at most 8 apart in l2 (the diameter)" in printed and f"(digit {scale['closest_other_label']}) {closest:.3g}" in printed
+    assert printed.count("VACUOUS") == scale["empirical_bound_vacuous"] + scale["expectation_bound_vacuous"]
+    # The three verdicts, on chosen numbers.
+    args = type("Args", (), {"label": 3})()
+    fake = {**scale, "closest_other_label": 5, "closest_other_label_mean_distance": 2.5}
+    _print_mean_image_scale(fake, args, {"expectation_bound": 1.0, "empirical_bound": 3.0})
+    text = capsys.readouterr().out
+    assert "expectation 1 is below the 2.5 to the closest other digit's mean image" in text
+    assert "two runs 3 is VACUOUS at this scale: it reaches the mean image of digit 5 (2.5 away)" in text
+    _print_mean_image_scale(fake, args, {"expectation_bound": 2.0, "empirical_bound": 9.0})
+    assert "9 is VACUOUS: at least the diameter 8, it allows any image" in capsys.readouterr().out

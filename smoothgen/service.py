@@ -458,6 +458,14 @@ class CertificationService:
         ticket.deadline = ticket.admitted + timeout
         return timeout
 
+    def _admitted(self, body: _Body, ticket: Ticket | None) -> tuple[int, int, Ticket]:
+        """The request's stream and deadline, once every field is read (unknown fields refused here)."""
+        seed, request_id = self._stream(body)
+        ticket = ticket or Ticket()
+        self._deadline(body, ticket)
+        body.finish()
+        return seed, request_id, ticket
+
     def _check_samples(self, total: int, what: str) -> None:
         if total > self.config.max_samples:
             raise InvalidParameterError(f"{what} = {total} noisy copies exceed this server's limit of {self.config.max_samples} "
@@ -517,10 +525,7 @@ class CertificationService:
                 self._check_samples(n0 + betting["max_samples"], "n0 + max_samples")
         if label is not None and label >= model.num_classes:
             raise InvalidParameterError(f"label {label} is not a class of the model: labels lie in [0, {model.num_classes})")
-        seed, request_id = self._stream(body)
-        ticket = ticket or Ticket()
-        self._deadline(body, ticket)
-        body.finish()
+        seed, request_id, ticket = self._admitted(body, ticket)
         smoothed = SmoothedClassifier(model.scheduler.runtime, model.num_classes, sigma, input_shape=model.shape,
                                       sampler=DeadlineSampler(model.scheduler, ticket))
         record = certify_record(smoothed, x, request_id, label, n0=n0, n=n, alpha=alpha, seed=seed,
@@ -540,10 +545,7 @@ class CertificationService:
         model, body, x, sigma, alpha = self._classifier_request(raw, "predict")
         n = body.integer("n", 1000)
         self._check_samples(n, "n")
-        seed, request_id = self._stream(body)
-        ticket = ticket or Ticket()
-        self._deadline(body, ticket)
-        body.finish()
+        seed, request_id, ticket = self._admitted(body, ticket)
         smoothed = SmoothedClassifier(model.scheduler.runtime, model.num_classes, sigma, input_shape=model.shape,
                                       sampler=DeadlineSampler(model.scheduler, ticket))
         t0 = time.perf_counter()
@@ -575,10 +577,7 @@ class CertificationService:
             raise InvalidParameterError(f"alpha1 + alpha2 must be < 1, got {alpha1} + {alpha2}")
         n_candidates = body.integer("n_candidates", 30, minimum=0) or None
         self._check_samples(2 * n + m, "2n + m")
-        seed, request_id = self._stream(body)
-        ticket = ticket or Ticket()
-        self._deadline(body, ticket)
-        body.finish()
+        seed, request_id, ticket = self._admitted(body, ticket)
         smoother = CenterSmoother(model.scheduler.runtime, eps_in / h, metric, n_candidates=n_candidates,
                                   input_shape=model.shape, sampler=DeadlineSampler(model.scheduler, ticket))
         run = {"backend": model.backend, "dtype": model.dtype, "metric": metric.name, "h": h, "n": n, "m": m, "delta": delta, "alpha1": alpha1,
@@ -619,10 +618,7 @@ class CertificationService:
             options.update(sigma=check_sigma(body.number("sigma", DEFAULT_TEXT_SIGMA)),
                            radius=check_positive(body.number("radius", 0.0), "radius", allow_zero=True))
         self._check_samples(n0 + n, "n0 + n")
-        seed, request_id = self._stream(body)
-        ticket = ticket or Ticket()
-        self._deadline(body, ticket)
-        body.finish()
+        seed, request_id, ticket = self._admitted(body, ticket)
         model, tokenizer, name = self.lms[noise]
 
         def progress(phase: str, done: int, total: int) -> None:

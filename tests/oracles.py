@@ -47,6 +47,18 @@ class Constant(torch.nn.Module):
         return logits
 
 
+class Recorder(torch.nn.Module):
+    """Records every noisy input it sees, then answers class 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        return Constant(0, 2)(x)
+
+
 class WrongWidth(torch.nn.Module):
     """A 'classifier' that returns 3 logits for some inputs and 4 for others: garbage."""
 

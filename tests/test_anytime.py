@@ -22,7 +22,7 @@ from smoothgen.engine import Purpose, RandomStream, noise_tv
 from smoothgen.errors import InvalidParameterError, SmoothgenError
 from smoothgen.jobs import certify_record
 
-from oracles import Constant, LinearBinary
+from oracles import Constant, LinearBinary, Recorder
 
 # The boundary oracle: f(x) = [x > 0] on R¹, σ = 0.5, x = 0.25, so pA = Φ(0.5) = Φ(r/σ) at r = 0.25 exactly.
 SIGMA, AT_THRESHOLD = 0.5, 0.25
@@ -250,18 +250,6 @@ def test_betting_stops_at_the_first_check_that_decides():
     counts = smoothed.sampler.counts(model, x, before, 0.5, 2, RandomStream(3, 0).key(Purpose.ESTIMATION))
     threshold = stats.upper_under_gaussian(norm.cdf(0.5), noise_tv(2))
     assert not stats.betting_proves_above(int(counts[cert.selected]), before, threshold, 0.001)
-
-
-class Recorder(torch.nn.Module):
-    """Records every noisy input it sees, then answers class 0."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def forward(self, x):
-        self.seen.append(x.clone())
-        return Constant(0, 2)(x)
 
 
 def test_betting_continues_one_stream_disjoint_from_selection():

@@ -9,7 +9,7 @@ from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutp
 from smoothgen import stats
 from smoothgen.engine import Purpose, RandomStream
 
-from oracles import Constant, LinearBinary
+from oracles import Constant, LinearBinary, Recorder
 
 
 def test_linear_oracle_false_certification_rate_at_most_alpha():
@@ -51,18 +51,6 @@ def test_all_votes_agree_gives_max_radius_exactly():
     assert cert.prediction == 3 and cert.count == n
     assert cert.radius == pytest.approx(sigma * norm.ppf(alpha ** (1 / n)), rel=1e-12)
     assert cert.radius == pytest.approx(stats.max_certifiable_radius(sigma, n, alpha), rel=1e-12)
-
-
-class Recorder(torch.nn.Module):
-    """Records every noisy input it sees, then answers class 0."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def forward(self, x):
-        self.seen.append(x.clone())
-        return Constant(0, 2)(x)
 
 
 def test_selection_and_estimation_samples_are_disjoint():

@@ -20,7 +20,7 @@ from smoothgen import __version__
 from smoothgen._lazy import lazy_module
 from smoothgen._entry import stop_during_startup
 from smoothgen.certificates import ABSTAIN
-from smoothgen.jobs import center_record, certify_record
+from smoothgen.jobs import center_record, certify_record, certify_run
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, ResultsFileError, SmoothgenError, first_line
 from smoothgen.results import ResultsFile, write_cohen_tsv
 
@@ -527,13 +527,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
         check_count(args.max_samples, "--max-samples")
         check_count(args.check_every, "--check-every")
     x, y, data_name = _load_inputs(args)
-    from smoothgen.models import load_classifier
-
-    if args.denoiser is None:
-        runtime, model_name = _load_model(args, lambda: load_classifier(args.sigma), f"embedded:digits_cnn_sigma{args.sigma}", x)
-    else:
-        runtime, model_name = _load_denoised(args, x)
-    runtime = _apply_backend(args, runtime, x)
+    runtime, model_name = _classifier_runtime(args, x)
     logits = _probe(runtime, x[0])
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != 1:
         raise ModelOutputError(f"a classifier must return logits [batch, classes]; got {getattr(logits, 'shape', type(logits).__name__)} for a batch of 1")
@@ -545,14 +539,9 @@ def cmd_certify(args: argparse.Namespace) -> int:
     _check_labels(y, num_classes)
     smoothed = SmoothedClassifier(runtime, num_classes, args.sigma, batch_size=args.batch_size, input_shape=x.shape[1:])
 
-    run = {"sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha, "seed": args.seed,
-           "model": model_name, "data": data_name, "backend": runtime.backend, "dtype": _dtype_name(runtime)}
-    if args.target_radius is not None:
-        if args.sequential == "betting":
-            run.update(n=None, target_radius=args.target_radius, sequential="betting", max_samples=args.max_samples,
-                       check_every=args.check_every)
-        else:
-            run.update(n=None, target_radius=args.target_radius, looks=list(args.looks))
+    run = certify_run(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed, model=model_name,
+                      data=data_name, backend=runtime.backend, dtype=_dtype_name(runtime), target_radius=args.target_radius,
+                      sequential=args.sequential, looks=args.looks, max_samples=args.max_samples, check_every=args.check_every)
     if args.denoiser is not None:
         run["denoiser"] = args.denoiser
         if args.denoiser == "diffsmooth":
@@ -571,11 +560,9 @@ def _certify_inputs(args, smoothed, results, x, y, reseed) -> int:
         run_on_ray(args, results, "certify", [(args.start + i, x[i], None if y is None else int(y[i])) for i in todo],
                    x[:1], smoothed.runtime.backend, num_classes=smoothed.num_classes)
     else:
+        compute = _certify_unit(args, smoothed, reseed)
         for i in _with_estimate(_progress(todo, args, len(todo), "certify"), args, len(todo), "input"):
-            results.append(certify_record(
-                smoothed, x[i], args.start + i, None if y is None else int(y[i]), n0=args.n0, n=args.n, alpha=args.alpha,
-                seed=args.seed, target_radius=args.target_radius, looks=args.looks, reseed=reseed,
-                **_sequential_options(args)))
+            results.append(compute(args.start + i, x[i], None if y is None else int(y[i])))
     records = sorted(results.records, key=lambda r: r["idx"])
     _print_certify_summary(records, args.radii if args.target_radius is None else [args.target_radius])
     print(f"mean estimation samples per input: {statistics.fmean(r['samples'] for r in records):.0f}")
@@ -588,11 +575,30 @@ def _certify_inputs(args, smoothed, results, x, y, reseed) -> int:
     return 0
 
 
-def _sequential_options(args) -> dict[str, Any]:
-    """certify_record's arguments of the sequential test chosen on the command line (also for --ray workers)."""
-    if getattr(args, "target_radius", None) is None or getattr(args, "sequential", None) != "betting":
-        return {}
-    return {"sequential": "betting", "max_samples": args.max_samples, "check_every": args.check_every}
+def _classifier_runtime(args: argparse.Namespace, x: np.ndarray):
+    """certify's base classifier (--model or the embedded CNN at --sigma, behind --denoiser) on --backend:
+    (runtime, name). The --ray workers and `smoothgen serve` build theirs here too, so every front end
+    certifies the same runtime."""
+    from smoothgen.models import load_classifier
+
+    if getattr(args, "denoiser", None) is None:
+        runtime, name = _load_model(args, lambda: load_classifier(args.sigma), f"embedded:digits_cnn_sigma{args.sigma}", x)
+    else:
+        runtime, name = _load_denoised(args, x)
+    return _apply_backend(args, runtime, x), name
+
+
+def _certify_unit(args: argparse.Namespace, smoothed, reseed):
+    """The record of one input under the command line's options: compute(idx, x, label) (local loop and --ray workers)."""
+    sequential = {}
+    if args.target_radius is not None and getattr(args, "sequential", None) == "betting":
+        sequential = {"sequential": "betting", "max_samples": args.max_samples, "check_every": args.check_every}
+
+    def compute(idx: int, xi: np.ndarray, label: int | None) -> dict[str, Any]:
+        return certify_record(smoothed, xi, idx, label, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
+                              target_radius=args.target_radius, looks=args.looks, reseed=reseed, **sequential)
+
+    return compute
 
 
 def _print_certify_summary(records: list[dict[str, Any]], radii: Sequence[float]) -> None:
@@ -638,36 +644,55 @@ def cmd_center(args: argparse.Namespace) -> int:
     if not (0 < args.delta < 0.5):
         raise InvalidParameterError(f"--delta must lie strictly between 0 and 1/2, got {args.delta}")
     x, _, data_name = _load_inputs(args)
-    from smoothgen.models import load_autoencoder
-
-    runtime, model_name = _load_model(args, load_autoencoder, "embedded:digits_autoencoder", x)
-    runtime = _apply_backend(args, runtime, x)
+    runtime, model_name = _center_runtime(args, x)
     clean = _probe(runtime, x[0])
     metric.distances(clean, clean)  # a metric that cannot handle these outputs fails here, before any record
 
     run = {"backend": runtime.backend, "dtype": _dtype_name(runtime), "metric": metric.name, "h": args.h, "n": args.n, "m": args.m, "delta": args.delta, "alpha1": args.alpha1,
            "alpha2": args.alpha2, "n_candidates": n_candidates, "seed": args.seed, "model": model_name, "data": data_name}
     with ResultsFile(args.out, run, key=("idx", "eps_in"), resume=args.resume, overwrite=args.overwrite) as results:
-        return _center_inputs(args, results, x, runtime, metric, n_candidates, run)
+        return _center_inputs(args, results, x, runtime, metric, run)
 
 
-def _center_inputs(args, results, x, runtime, metric, n_candidates, run) -> int:
+def _center_runtime(args: argparse.Namespace, x: np.ndarray):
+    """center's base model (--model or the embedded autoencoder) on --backend: (runtime, name); also built by
+    the --ray workers and `smoothgen serve`."""
+    from smoothgen.models import load_autoencoder
+
+    runtime, name = _load_model(args, load_autoencoder, "embedded:digits_autoencoder", x)
+    return _apply_backend(args, runtime, x), name
+
+
+def _center_unit(args: argparse.Namespace, runtime, metric, input_shape: tuple[int, ...], run_fields: tuple[str, ...]):
+    """The record of one (input, eps_in) pair under the command line's options: compute(idx, x, eps_in), with
+    one CenterSmoother per eps_in (local loop and --ray workers)."""
     from smoothgen.center import CenterSmoother
 
+    smoothers: dict[float, CenterSmoother] = {}
+
+    def compute(idx: int, xi: np.ndarray, eps: float) -> dict[str, Any]:
+        if eps not in smoothers:
+            smoothers[eps] = CenterSmoother(runtime, eps / args.h, metric, batch_size=args.batch_size,
+                                            n_candidates=args.n_candidates or None, input_shape=input_shape)
+        return center_record(smoothers[eps], xi, idx, eps, n=args.n, m=args.m, delta=args.delta, alpha1=args.alpha1,
+                             alpha2=args.alpha2, seed=args.seed, run_fields=run_fields)
+
+    return compute
+
+
+def _center_inputs(args, results, x, runtime, metric, run) -> int:
     done = results.done()
     todo = [(i, eps) for i in range(len(x)) for eps in args.eps_in if (args.start + i, eps) not in done]
-    smoothers = {eps: CenterSmoother(runtime, eps / args.h, metric, batch_size=args.batch_size,
-                                     n_candidates=n_candidates, input_shape=x.shape[1:]) for eps in args.eps_in}
     if args.ray is not None:  # the same records, computed by Ray workers (smoothgen.distributed)
         from smoothgen.distributed import run_on_ray
 
         run_on_ray(args, results, "center", [(args.start + i, x[i], eps) for i, eps in todo], x[:1], runtime.backend,
                    run_fields=tuple(run))
     else:
+        compute = _center_unit(args, runtime, metric, x.shape[1:], tuple(run))
         bar = _progress(todo, args, len(todo), "center", unit=" certificate")
         for i, eps in _with_estimate(bar, args, len(todo), "certificate"):  # (input, eps_in) pairs
-            results.append(center_record(smoothers[eps], x[i], args.start + i, eps, n=args.n, m=args.m, delta=args.delta,
-                                         alpha1=args.alpha1, alpha2=args.alpha2, seed=args.seed, run_fields=tuple(run)))
+            results.append(compute(args.start + i, x[i], eps))
     _print_center_summary(results.records, args.eps_in)
     # The embedded autoencoder ends in a sigmoid: its outputs lie in [0, 1], which bounds most metrics' diameter.
     _print_center_scale(results.records, runtime, metric, x, output_range=(0.0, 1.0) if args.model is None else None)

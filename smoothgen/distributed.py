@@ -226,49 +226,22 @@ def _build(job: Job) -> Callable:
 
 
 def _build_certify(job: Job, args: argparse.Namespace, cli) -> Callable:
-    """The runtime `cli.cmd_certify` builds, from the same helpers (keep the two in step)."""
+    """The runtime and per-input records of `cli.cmd_certify`, from its own helpers."""
     from smoothgen.classify import SmoothedClassifier
-    from smoothgen.jobs import certify_record
-    from smoothgen.models import load_classifier
 
     x = job.example
-    if args.denoiser is None:
-        runtime, _ = cli._load_model(args, lambda: load_classifier(args.sigma), "", x)
-    else:
-        runtime, _ = cli._load_denoised(args, x)
-    runtime = cli._apply_backend(args, runtime, x)
+    runtime, _ = cli._classifier_runtime(args, x)
     smoothed = SmoothedClassifier(runtime, job.num_classes, args.sigma, batch_size=args.batch_size, input_shape=x.shape[1:])
-    reseed = getattr(getattr(runtime, "model", None), "reseed", None)
-
-    def compute(idx: int, xi: np.ndarray, label: int | None) -> dict[str, Any]:
-        return certify_record(smoothed, xi, idx, label, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
-                              target_radius=args.target_radius, looks=args.looks, reseed=reseed,
-                              **cli._sequential_options(args))
-
-    return compute
+    return cli._certify_unit(args, smoothed, getattr(getattr(runtime, "model", None), "reseed", None))
 
 
 def _build_center(job: Job, args: argparse.Namespace, cli) -> Callable:
-    """The runtime and smoothers `cli.cmd_center` builds, from the same helpers (keep the two in step)."""
-    from smoothgen.center import CenterSmoother
-    from smoothgen.jobs import center_record
+    """The runtime and per-pair records of `cli.cmd_center`, from its own helpers."""
     from smoothgen.metrics import get_metric
-    from smoothgen.models import load_autoencoder
 
     x = job.example
-    metric = get_metric(args.metric)
-    runtime, _ = cli._load_model(args, load_autoencoder, "", x)
-    runtime = cli._apply_backend(args, runtime, x)
-    smoothers: dict[float, CenterSmoother] = {}
-
-    def compute(idx: int, xi: np.ndarray, eps: float) -> dict[str, Any]:
-        if eps not in smoothers:
-            smoothers[eps] = CenterSmoother(runtime, eps / args.h, metric, batch_size=args.batch_size,
-                                            n_candidates=args.n_candidates or None, input_shape=x.shape[1:])
-        return center_record(smoothers[eps], xi, idx, eps, n=args.n, m=args.m, delta=args.delta, alpha1=args.alpha1,
-                             alpha2=args.alpha2, seed=args.seed, run_fields=job.run_fields)
-
-    return compute
+    runtime, _ = cli._center_runtime(args, x)
+    return cli._center_unit(args, runtime, get_metric(args.metric), x.shape[1:], job.run_fields)
 
 
 def worker_name() -> str:

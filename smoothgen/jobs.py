@@ -68,6 +68,36 @@ def certify_record(
             "time": time.perf_counter() - t0, **record}
 
 
+def certify_run(
+    *,
+    sigma: float,
+    n0: int,
+    n: int | None,
+    alpha: float,
+    seed: int,
+    model: str,
+    data: str,
+    backend: str,
+    dtype: str | None,
+    target_radius: float | None = None,
+    sequential: str = "looks",
+    looks: Sequence[int] | None = None,
+    max_samples: int | None = None,
+    check_every: int | None = None,
+) -> dict[str, Any]:
+    """The run fields every record of `smoothgen certify` carries (and /v1/certify's records): the parameters
+    that produced it, with those of the sequential test when there is a target radius (n is then None)."""
+    run = {"sigma": sigma, "n0": n0, "n": n if target_radius is None else None, "alpha": alpha, "seed": seed,
+           "model": model, "data": data, "backend": backend, "dtype": dtype}
+    if target_radius is not None:
+        run["target_radius"] = target_radius
+        if sequential == "betting":
+            run.update(sequential="betting", max_samples=max_samples, check_every=check_every)
+        else:
+            run["looks"] = list(looks)
+    return run
+
+
 def center_record(
     smoother,
     x: Any,

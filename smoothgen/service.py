@@ -34,7 +34,7 @@ import torch
 from smoothgen.engine.scheduler import (QueueFullError, RequestCancelledError, ScheduledSampler, Scheduler,
                                         SchedulerClosedError)
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, SmoothgenError, first_line
-from smoothgen.jobs import center_record, certify_record
+from smoothgen.jobs import center_record, certify_record, certify_run
 from smoothgen.validate import check_alpha, check_count, check_positive, check_sigma
 
 from smoothgen.serve import API_VERSION, ENDPOINTS  # noqa: E402  (the HTTP layer's names, light to import)
@@ -355,25 +355,19 @@ class CertificationService:
         self.ready = True
 
     def _load_models(self) -> None:
-        from smoothgen.cli import _apply_backend, _load_model, _probe
+        from smoothgen.cli import _center_runtime, _classifier_runtime, _probe
 
         config = self.config
         if "certify" in config.endpoints or "predict" in config.endpoints:
-            from smoothgen.models import load_classifier
-
-            args, x = _runtime_args(config, config.model, config.sigma), _example(config, config.model)
-            runtime, name = _load_model(args, lambda: load_classifier(config.sigma), f"embedded:digits_cnn_sigma{config.sigma}", x)
-            runtime = _apply_backend(args, runtime, x)
+            x = _example(config, config.model)
+            runtime, name = _classifier_runtime(_runtime_args(config, config.model, config.sigma), x)
             logits = _probe(runtime, x[0])
             if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
                 raise ModelOutputError(f"{name} is not a classifier: it must return logits [batch, classes]")
             self.models["classifier"] = self._model(runtime, name, x, num_classes=int(logits.shape[1]))
         if "center" in config.endpoints:
-            from smoothgen.models import load_autoencoder
-
-            args, x = _runtime_args(config, config.center_model), _example(config, config.center_model)
-            runtime, name = _load_model(args, load_autoencoder, "embedded:digits_autoencoder", x)
-            runtime = _apply_backend(args, runtime, x)
+            x = _example(config, config.center_model)
+            runtime, name = _center_runtime(_runtime_args(config, config.center_model), x)
             self.models["center"] = self._model(runtime, name, x)
         if "generate" in config.endpoints:
             from smoothgen.generate_cli import _load_lm
@@ -530,12 +524,9 @@ class CertificationService:
                                       sampler=DeadlineSampler(model.scheduler, ticket))
         record = certify_record(smoothed, x, request_id, label, n0=n0, n=n, alpha=alpha, seed=seed,
                                 target_radius=target_radius, looks=looks, sequential=sequential, **betting)
-        run = {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "model": model.name, "data": "http",
-               "backend": model.backend, "dtype": model.dtype}
-        if target_radius is not None:
-            # The run fields of `smoothgen certify --target-radius` for the same test.
-            run.update(target_radius=target_radius, **({"looks": looks} if sequential == "looks" else
-                                                       {"sequential": "betting", **betting}))
+        run = certify_run(sigma=sigma, n0=n0, n=n, alpha=alpha, seed=seed, model=model.name, data="http",
+                          backend=model.backend, dtype=model.dtype, target_radius=target_radius, sequential=sequential,
+                          looks=looks, **betting)
         return self._response({**record, **run, "worker": self.replica}, seed, request_id)
 
     def predict(self, raw: Any, ticket: Ticket | None = None) -> dict[str, Any]:

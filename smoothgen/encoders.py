@@ -158,9 +158,10 @@ class SmoothedEncoder(PromptSmoother):
             sentence-transformers model's own mode, else "mean".
         tokenizer: for string prompts: a callable returning a mapping with ``"input_ids"`` (Hugging Face
             tokenizers), or an object with ``encode(str) -> ids``.
-        mask: the perturbed positions: None (all), L booleans, or a callable ids [L] -> booleans.
-            Unperturbed positions keep their clean embedding and are never ablated; edits there are
-            not covered. Per-call ``mask=`` overrides it.
+        mask: the perturbed positions: None (all), L booleans, or a callable L -> L booleans, called
+            with the prompt's length only, never its tokens (the perturbed set must be the same at x and
+            x', docs/theory.md §4g). Unperturbed positions keep their clean embedding and are never
+            ablated; edits there are not covered. Per-call ``mask=`` overrides it.
         batch_size: noisy copies per encoder call.
         device: move the model there (default: where its embedding table is).
         n_candidates: None (exact min-median center) or k (the high-dimensional variant; its miss
@@ -180,7 +181,7 @@ class SmoothedEncoder(PromptSmoother):
         *,
         pooling: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         tokenizer: Any = None,
-        mask: Sequence[bool] | Callable[[torch.Tensor], Any] | None = None,
+        mask: Sequence[bool] | Callable[[int], Any] | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         device: str | torch.device | None = None,
         n_candidates: int | None = None,

@@ -404,6 +404,11 @@ def perturbed_positions(ids: torch.Tensor, perturb: str | None, noise: str, toke
     context: every position up to and including the last token that holds a line break, when some token
     follows it (the line being completed); a prompt of one line has no context. Default: context for a
     prompt of several lines under token ablation, else all.
+
+    "context" reads the clean prompt's content, so the mask is computed here once, from x, and passed on
+    as a fixed list of booleans: the certificate is about the model smoothed over these positions, at every
+    prompt of x's length that differs from x only inside them (docs/theory.md §4g). Recomputing the mask
+    from an edited prompt would give another smoothed model, which the certificate does not describe.
     """
     pieces = [_decode_text([int(t)], tokenizer) for t in ids.tolist()]
     breaks = [i for i, piece in enumerate(pieces) if "\n" in piece and i < len(pieces) - 1]

@@ -145,6 +145,29 @@ def forward_lm(model: Any, embeds: torch.Tensor, past: Any = None) -> tuple[torc
     return logits, cache
 
 
+def positional_mask(mask: Callable[[int], Any], length: int) -> Any:
+    """The perturbed positions a callable mask gives for a prompt of `length` tokens: mask(length).
+
+    The callable receives the length only, never the token ids. Every certificate compares the smoothed
+    model at x and at x' with the SAME perturbed set M (docs/theory.md §4g); x' of the threat model has
+    x's length, so mask(L) is that set. A set computed from the tokens could differ at x' (an edit that
+    changes the tokens the mask looks at), and neither the ablation nor the Gaussian proof covers that.
+
+    Raises:
+        InvalidParameterError: the callable fails on an int (e.g. one written for token ids).
+    """
+    rule = (f"a callable mask is positional: it is called with the prompt's length L = {length} (an int), never with "
+            f"the tokens, and returns L booleans (docs/theory.md §4g)")
+    try:
+        out = mask(int(length))
+        size = len(out)
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError, RuntimeError) as exc:
+        raise InvalidParameterError(f"{rule}; it failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
+    if size != length:
+        raise InvalidParameterError(f"{rule}; it returned {size} values")
+    return out
+
+
 def _check_mask_tensor(mask: Any, length: int, device: torch.device) -> torch.Tensor:
     try:
         m = torch.as_tensor(mask, device=device)
@@ -668,12 +691,15 @@ class PromptSmoother:
         raise InvalidInputError("tokenizer must have encode(str) or be callable (returning input_ids)")
 
     def prompt_mask(self, ids: torch.Tensor, mask: Any = None) -> torch.Tensor:
-        """The bool mask [L] of perturbed positions for this prompt (per-call mask, else the wrapper's)."""
+        """The bool mask [L] of perturbed positions for this prompt (per-call mask, else the wrapper's).
+
+        The mask is positional: L booleans, or a callable that receives the prompt's length L (an int),
+        never its tokens (`positional_mask`)."""
         mask = self.mask if mask is None else mask
         if mask is None:
             return torch.ones(ids.numel(), dtype=torch.bool, device=self.device)
         if callable(mask):
-            mask = mask(ids)
+            mask = positional_mask(mask, ids.numel())
         return _check_mask_tensor(mask, ids.numel(), self.device)
 
 
@@ -693,8 +719,10 @@ class SmoothedLM(PromptSmoother):
         sigma: the noise space: a number σ > 0 (Gaussian noise of that standard deviation in embedding
             space, `EmbeddingGaussian`), or `TokenAblation(keep, mask_token_id)`.
         mask: which prompt positions are perturbed: None (all), a sequence of L booleans (prompts must
-            then have length L), or a callable ids [L] -> booleans [L]. Per-call ``mask=`` overrides it.
-            Unperturbed positions keep their exact clean embedding.
+            then have length L), or a callable L -> L booleans, called with the prompt's length only
+            (positions, never tokens: the certificates hold for a perturbed set that is the same at x and
+            at every x' they cover, docs/theory.md §4g). Per-call ``mask=`` overrides it. Unperturbed
+            positions keep their exact clean embedding.
         batch_size: noisy copies per model call; each chunk keeps its own KV cache.
         device: move the model there (default: where its embedding table is).
         bound: confidence bound on p̄ ("best", "bernstein" or "hoeffding"; see `stats.bounded_mean_lower`).
@@ -721,7 +749,7 @@ class SmoothedLM(PromptSmoother):
         model: Any,
         sigma: float | EmbeddingGaussian | TokenAblation,
         *,
-        mask: Sequence[bool] | Callable[[torch.Tensor], Any] | None = None,
+        mask: Sequence[bool] | Callable[[int], Any] | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         device: str | torch.device | None = None,
         bound: str = "best",

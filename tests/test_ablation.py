@@ -76,6 +76,32 @@ class BagLM(torch.nn.Module):
         return _Out(logits, (full,))
 
 
+class SeeTokenLM(torch.nn.Module):
+    """Outputs token `then` whenever token `watch` is visible anywhere in its input (prompt or generated
+    tokens), else token `otherwise`. At a prompt without `watch` every ablated copy votes `otherwise`; a
+    substitution that writes `watch` at a perturbed position is seen exactly by the copies that keep it."""
+
+    def __init__(self, vocab: int, watch: int, then: int, otherwise: int):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, vocab)
+        with torch.no_grad():
+            self.emb.weight.copy_(torch.eye(vocab))
+        self.watch, self.then, self.otherwise, self.vocab = watch, then, otherwise, vocab
+
+    def get_input_embeddings(self):
+        return self.emb
+
+    def forward(self, inputs_embeds, past_key_values=None, use_cache=True):
+        past = past_key_values[0] if past_key_values else inputs_embeds[:, :0]
+        full = torch.cat([past, inputs_embeds], dim=1)
+        seen = (full.argmax(dim=-1) == self.watch).any(dim=1)  # [B]
+        token = torch.where(seen, torch.full_like(seen, self.then, dtype=torch.long),
+                            torch.full_like(seen, self.otherwise, dtype=torch.long))
+        logits = torch.full((full.shape[0], inputs_embeds.shape[1], self.vocab), -30.0)
+        logits[torch.arange(full.shape[0]), :, token] = 30.0
+        return _Out(logits, (full,))
+
+
 # --------------------------------------------------------------------------------------------------
 # Δ_r and the radius
 # --------------------------------------------------------------------------------------------------
@@ -255,3 +281,84 @@ def test_center_certify_under_ablation_counts_edited_tokens():
     assert lm.center_certify(ids, 3, 6, n=3000, m=3000, delta=0.05, seed=0).reason == "q > 1"
     with pytest.raises(InvalidParameterError):
         lm.center_certify(ids, 3, 1.5, n=100, m=100)
+
+
+# --------------------------------------------------------------------------------------------------
+# The perturbed positions are positional (issue 21, item 4a; docs/theory.md §4g)
+# --------------------------------------------------------------------------------------------------
+
+SPECIAL = 7  # the token a content-dependent mask leaves unperturbed
+
+
+def _all_but_special(ids):
+    """A content-dependent mask, as a user might write it: perturb every position except special tokens."""
+    return [int(t) != SPECIAL for t in ids]
+
+
+def test_content_dependent_mask_would_certify_a_changed_output_and_is_refused():
+    """The demo of the review. At x (no special token) every ablated copy votes 1, so one edit is
+    certified. The edit writes the special token at position 2. With the perturbed set M fixed (the
+    smoothed model the proof is about), the copies at x' see it only when they keep position 2 (1 in 6),
+    and the output stays 1. With the mask recomputed from x' the position leaves M, is never ablated,
+    every copy sees it, and the exact smoothed output is 2: a certified edit whose output changes, with
+    probability 1. So a callable mask never sees the tokens: it gets the prompt's length."""
+    x = [3, 4, 5, 6, 3, 4]
+    edited = list(x)
+    edited[2] = SPECIAL
+    lm = SmoothedLM(SeeTokenLM(9, SPECIAL, then=2, otherwise=1), TokenAblation(1, MASK), batch_size=500)
+    fixed = _all_but_special(x)
+    cert = lm.generate(x, 1, n0=50, n=500, alpha=0.001, seed=0, mask=fixed)
+    assert cert.tokens == (1,) and cert.step_radius[0] >= 1
+    assert cert.prefix_under_substitutions(lm.table, {2: SPECIAL}) == 1  # the edit is covered
+    assert lm.exact_decode(edited, 1, mask=fixed)[0] == cert.tokens  # g_M(x') with M fixed: still 1
+    assert _all_but_special(edited) != fixed
+    assert lm.exact_decode(edited, 1, mask=_all_but_special(edited))[0] == (2,)  # M recomputed from x': 2
+    with pytest.raises(InvalidParameterError, match="positional"):
+        lm.generate(x, 1, n0=50, n=500, alpha=0.001, seed=0, mask=_all_but_special)
+    with pytest.raises(InvalidParameterError, match="positional"):
+        SmoothedLM(lm.model, TokenAblation(1, MASK), mask=_all_but_special).exact_decode(x, 1)
+
+
+def test_a_callable_mask_receives_the_length_only():
+    calls = []
+
+    def first_half(length):
+        calls.append(length)
+        return [i < length // 2 for i in range(length)]
+
+    lm = SmoothedLM(BagLM(), TokenAblation(1, MASK), mask=first_half, batch_size=64)
+    cert = lm.generate([1, 2, 3, 4, 5, 6], 1, n0=10, n=20, alpha=0.1, seed=0)
+    assert cert.mask == (True, True, True, False, False, False)
+    assert calls and all(type(c) is int and c == 6 for c in calls)
+    with pytest.raises(InvalidParameterError, match="returned 5 values"):
+        lm.generate([1, 2, 3, 4, 5, 6], 1, n0=10, n=20, mask=lambda length: [True] * (length - 1))
+
+
+# --------------------------------------------------------------------------------------------------
+# Partial masks: Δ_r counts the perturbed positions P, not the prompt's length L
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("score", ["probability", "vote"])
+def test_partial_mask_certificate_against_the_exact_decoder(score):
+    """6 of 12 positions perturbed, keep 1: every copy votes 2 at x, and writing the watched token at r
+    perturbed positions leaves exactly C(6 − r, 1)/C(6, 1) = 1 − r/6 of the kept subsets blind to it. So the
+    exact decoder keeps 2 for r ≤ 2 and flips to 1 at r = 3 (a tie, which goes to the lower id). The
+    certificate must claim r = 2: Δ_r over P = 6 positions. Over the prompt's L = 12 (Δ_r = r/12) it would
+    claim r = 5, and the exact decoder at three or more edits refutes it."""
+    x = [3, 4, 5, 6, 3, 4, 5, 6, 3, 4, 5, 6]
+    mask = [True] * 6 + [False] * 6
+    lm = SmoothedLM(SeeTokenLM(9, SPECIAL, then=1, otherwise=2), TokenAblation(1, MASK), batch_size=500, score=score)
+    cert = lm.generate(x, 1, n0=50, n=500, alpha=0.001, seed=0, mask=mask)
+    assert cert.tokens == (2,) and sum(cert.mask) == 6
+    claimed = int(cert.step_radius[0])
+    assert claimed == ablation_radius(cert.p_lower[0], 6, 1) == 2
+    for r in range(1, 7):
+        for positions in itertools.combinations(range(6), r):
+            edited = list(x)
+            for p in positions:
+                edited[p] = SPECIAL
+            same = lm.exact_decode(edited, 1, mask=mask)[0] == cert.tokens
+            assert same == (r <= 2), (r, positions)
+            if r <= claimed:  # covered edits keep the certified token
+                assert cert.prefix_under_substitutions(lm.table, {p: SPECIAL for p in positions}) == 1 and same

@@ -352,3 +352,34 @@ def test_prompt_noise_is_a_center_noise(bert):
         PromptNoise("gauss", noise.table, noise.mask)
     with pytest.raises(InvalidParameterError):
         PromptNoise(TokenAblation(1, 99), noise.table, noise.mask)
+
+
+def test_partial_mask_ablation_certificate_against_exact_centers():
+    """TOY_PROMPT's 10 positions perturbed, 10 more PLAIN ones held fixed (L = 20, P = 10). The exact law at
+    every prompt within two substitutions of the perturbed positions is a count over the C(10, 2) kept
+    subsets, as with every position perturbed, so the certificate must be the one of P = 10: p = 1/2 + Δ +
+    Δ_2(10, 2) and ε_out ≈ 10·d(A, A'). With Δ_2 over L = 20 positions (0.195 instead of 0.378), q = 0.77
+    falls below P_x(A) = 0.8 (at m = 4000 the sample share of A lies 3 standard deviations above q), R̂ = 0
+    and ε_out = 0, which two WEAK substitutions refute."""
+    ids = TOY_PROMPT + [PLAIN] * 10
+    mask = torch.tensor([True] * 10 + [False] * 10)
+    enc = SmoothedEncoder(ThreePointEncoder(), TokenAblation(keep=2, mask_token_id=MASK), pooling="cls", batch_size=500)
+    cert = enc.center_certify(ids, edits=2, n=2000, m=4000, seed=0, mask=mask.tolist())
+    assert not cert.abstained and cert.eps_out > 0
+    assert cert.p == pytest.approx(0.55 + float(ablation_delta(10, 2, 2)))
+    subsets = torch.tensor(list(itertools.combinations(range(10), 2)), dtype=torch.long)
+
+    def exact(prompts: torch.Tensor) -> torch.Tensor:  # [N, 20] -> [N, 45, 2]: every kept subset, exactly
+        rows = torch.cat([enc.noise.subset_prompts(enc.table, p, mask, subsets) for p in prompts])
+        with torch.no_grad():
+            return enc._encode(rows).reshape(prompts.shape[0], subsets.shape[0], -1)
+
+    at_x = exact(torch.tensor([ids]))[0]
+    assert float((COSINE.distances(at_x, cert.center[None])[:, 0] <= cert.r_hat).double().mean()) >= cert.p - 1e-12
+    edited = _edited_prompts(TOY_PROMPT, enc.vocab_size, 2)
+    edited = torch.cat([edited, torch.full((edited.shape[0], 10), PLAIN)], dim=1)
+    worst = -math.inf
+    for outputs in exact(edited):
+        centers, _ = _exact_centers(outputs)
+        worst = max(worst, float(COSINE.distances(centers, cert.center[None]).max()) - cert.eps_out)
+    assert worst <= 1e-6

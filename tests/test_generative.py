@@ -226,7 +226,7 @@ def test_masked_positions_stay_exactly_clean():
             else:
                 assert torch.equal(e[:, pos], clean[pos].expand_as(e[:, pos]))
     # a callable mask and a per-call mask give the same noise rows
-    lm2 = SmoothedLM(inner, 0.5, mask=lambda ids: [bool(i % 2) for i in range(len(ids))], batch_size=8)
+    lm2 = SmoothedLM(inner, 0.5, mask=lambda length: [bool(i % 2) for i in range(length)], batch_size=8)
     assert lm2.generate(PROMPT, 3, n0=8, n=8, alpha=0.1, seed=0).to_dict() == cert.to_dict()
 
 

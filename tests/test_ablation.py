@@ -362,3 +362,46 @@ def test_partial_mask_certificate_against_the_exact_decoder(score):
             assert same == (r <= 2), (r, positions)
             if r <= claimed:  # covered edits keep the certified token
                 assert cert.prefix_under_substitutions(lm.table, {p: SPECIAL for p in positions}) == 1 and same
+
+
+# --------------------------------------------------------------------------------------------------
+# The certified prefix stops at the first step that does not cover the radius
+# --------------------------------------------------------------------------------------------------
+
+
+class SeeThenConstantLM(SeeTokenLM):
+    """Step 0 as `SeeTokenLM`; every later step outputs token `constant`, whatever it sees. Step 0 is close
+    to a tie and later steps are certain: the step radii are not monotone."""
+
+    def __init__(self, vocab: int, watch: int, then: int, otherwise: int, constant: int, prompt_length: int):
+        super().__init__(vocab, watch, then, otherwise)
+        self.constant, self.prompt_length = constant, prompt_length
+
+    def forward(self, inputs_embeds, past_key_values=None, use_cache=True):
+        out = super().forward(inputs_embeds, past_key_values, use_cache)
+        start = out.past_key_values[0].shape[1] - inputs_embeds.shape[1]  # position of the first input
+        later = torch.arange(start, start + inputs_embeds.shape[1]) >= self.prompt_length  # predicts step ≥ 1
+        logits = out.logits.clone()
+        logits[:, later] = -30.0
+        logits[:, later, self.constant] = 30.0
+        return _Out(logits, out.past_key_values)
+
+
+def test_prefix_stops_at_the_first_uncovered_step():
+    """20 positions, keep 1, the watched token at 9 of them: step 0 votes 2 with exact share 11/20, certified
+    at r = 0 only (L_0 ≈ 0.53, Δ_1 = 0.05); steps 1 and 2 always give 5, certified at r = 9 (Δ_r = r/20).
+    Against one edit the certified prefix is empty, although two of the three steps cover it: writing the
+    watched token at a tenth position ties step 0 at 1/2, which goes to token 1, and the exact decoder's
+    first token changes. Counting covering steps instead of stopping at the first gap would claim two."""
+    ids = [SPECIAL] * 9 + [3, 4, 5, 6, 3, 4, 5, 6, 3, 4, 5]
+    lm = SmoothedLM(SeeThenConstantLM(9, SPECIAL, then=1, otherwise=2, constant=5, prompt_length=len(ids)),
+                    TokenAblation(1, MASK), batch_size=500)
+    cert = lm.generate(ids, 3, n0=200, n=4000, alpha=0.001, seed=0, radius=1)
+    assert cert.tokens == (2, 5, 5) and cert.step_radius == (0.0, 9.0, 9.0)
+    assert lm.exact_decode(ids, 3) == ((2, 5, 5), (11 / 20, 1.0, 1.0))
+    assert cert.prefix_at(0) == 3
+    assert cert.prefix_at(1) == 0 and cert.certified_prefix == 0
+    assert cert.prefix_under_substitutions(lm.table, {9: SPECIAL}) == 0
+    edited = list(ids)
+    edited[9] = SPECIAL
+    assert lm.exact_decode(edited, 2)[0] == (1, 5)  # the first token changes under this one edit

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -312,6 +313,21 @@ def test_step_radius_matches_a_hand_computation():
         assert cert.prefix_at(radius) == k
     assert cert.prefix_radius(0) == math.inf
     assert cert.prefix_radius(2) == min(r[:2])
+
+
+def test_prefix_at_stops_at_the_first_step_below_the_radius():
+    """Non-monotone step radii (a hesitant step between two confident ones): the prefix certified at R is
+    the steps before the first R_t ≤ R, never the number of steps with R_t > R."""
+    lm = SmoothedLM(tiny_code_lm(), 0.3, batch_size=6)
+    cert = lm.generate(PROMPT, 3, n0=6, n=6, alpha=0.1, seed=0)
+    cert = dataclasses.replace(cert, step_radius=(0.5, 0.1, 0.5))
+    assert [cert.prefix_at(r) for r in (0.0, 0.05, 0.1, 0.2, 0.5)] == [3, 3, 1, 1, 0]
+    for radius in (0.0, 0.05, 0.1, 0.2, 0.49, 0.5, 1.0):  # the largest k with prefix_radius(k) > radius
+        assert cert.prefix_at(radius) == max(k for k in range(4) if cert.prefix_radius(k) > radius)
+    edit = {0: PROMPT[0] + 1}
+    d = substitution_radius(lm.table, PROMPT, edit)
+    cert = dataclasses.replace(cert, step_radius=(2 * d, d / 2, 2 * d))
+    assert cert.prefix_under_substitutions(lm.table, edit) == 1
 
 
 def test_generation_step_radius_formula():

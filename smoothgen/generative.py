@@ -472,6 +472,11 @@ def ablation_radius(lower: float, length: int, keep: int) -> int:
     return r
 
 
+#: The chance that two independent uniform 64-bit Philox words are equal: a tie between two of the words
+#: that pick a copy's kept subset (union bound over the C(P, 2) pairs; docs/theory.md §4g).
+SUBSET_TIE_PROBABILITY = 2.0**-64
+
+
 class TokenAblation:
     """Randomized ablation of prompt tokens (docs/theory.md §4g; Levine & Feizi, AAAI 2020): each copy keeps a
     uniformly random subset of `keep` of the perturbed positions and replaces every other perturbed
@@ -523,8 +528,9 @@ class TokenAblation:
         return table[tokens]
 
     def noise_tv(self, length: int, dim: int, perturbed: int | None = None) -> float:
+        """The tie charge C(P, 2)·`SUBSET_TIE_PROBABILITY` per copy (P perturbed positions), rounded up."""
         pairs = math.comb(length if perturbed is None else perturbed, 2)
-        return math.nextafter(pairs * 2.0**-64, math.inf) if pairs else 0.0
+        return math.nextafter(pairs * SUBSET_TIE_PROBABILITY, math.inf) if pairs else 0.0
 
     def step_radius(self, lower: float, perturbed: int) -> float:
         return float(ablation_radius(lower, perturbed, self.keep))

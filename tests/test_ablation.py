@@ -405,3 +405,33 @@ def test_prefix_stops_at_the_first_uncovered_step():
     edited = list(ids)
     edited[9] = SPECIAL
     assert lm.exact_decode(edited, 2)[0] == (1, 5)  # the first token changes under this one edit
+
+
+# --------------------------------------------------------------------------------------------------
+# The tie charge of the subset sampler (C(P, 2)·2⁻⁶⁴ per copy, docs/theory.md §4g)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_vote_bound_and_center_check_charge_the_subset_ties(monkeypatch):
+    """The real charge (15·2⁻⁶⁴ for P = 6) vanishes next to a Clopper–Pearson bound in double precision, so
+    it is inflated to 0.02 per pair, 0.3 per copy: the vote bound must drop by 0.3 (every copy votes 2 at
+    x: CP = 0.001^(1/500) = 0.986, margin 0.486 → r = 2; after the charge 0.186 → r = 1, as Δ_1 = 1/6 <
+    0.186 < Δ_2 = 1/3), and center smoothing's check must add it to Δ1 (0.055 + 0.3 > Δ = 0.1)."""
+    import smoothgen.generative as generative
+    from smoothgen import stats
+
+    x = [3, 4, 5, 6, 3, 4]
+    lm = SmoothedLM(SeeTokenLM(9, SPECIAL, then=1, otherwise=2), TokenAblation(1, MASK), batch_size=500)
+    cp = stats.clopper_pearson_lower(500, 500, 0.001)
+    honest = lm.generate(x, 1, n0=50, n=500, alpha=0.001, seed=0)
+    assert honest.noise_tv == math.nextafter(15 * 2.0**-64, math.inf)
+    assert honest.p_mean == (1.0,) and honest.step_radius == (2.0,)
+    assert not lm.center_certify(x, 1, 0, n=1000, m=1000, delta=0.1, seed=0).abstained
+    monkeypatch.setattr(generative, "SUBSET_TIE_PROBABILITY", 0.02)
+    cert = lm.generate(x, 1, n0=50, n=500, alpha=0.001, seed=0)
+    assert cert.noise_tv == pytest.approx(0.3, abs=1e-15) and cert.noise_tv >= 15 * 0.02
+    assert cert.p_lower[0] == stats.lower_under_gaussian(cp, cert.noise_tv) and cert.p_lower[0] < cp - 0.3 + 1e-12
+    assert cert.step_radius == (1.0,)
+    center = lm.center_certify(x, 1, 0, n=1000, m=1000, delta=0.1, seed=0)
+    assert center.noise_tv == cert.noise_tv
+    assert center.abstained and center.reason == "center check failed"

@@ -82,6 +82,28 @@ def test_center_certificate_charges_tau():
     assert smoothed.delta1 == stats.hoeffding_radius(500, 0.005, two_sided=True) + tau
 
 
+def test_center_check_charges_a_large_tau(monkeypatch):
+    """Δ1 = sqrt(ln(2/α1)/(2n)) + τ. The real τ (~1e-19) is below a double's resolution next to the
+    Hoeffding term, so τ is inflated to 0.1: at n = 1000, α1 = 0.005 the Hoeffding term is 0.0547, and with
+    every sample at the center (p = 1) the check accepts at Δ = 0.1 only without τ."""
+    import smoothgen.center as center
+
+    hoeffding = stats.hoeffding_radius(1000, 0.005, two_sided=True)
+    assert 0.054 < hoeffding < 0.055
+    assert stats.center_smoothing_check(1.0, 1000, 0.005, 0.1) == (True, hoeffding, 0.5 - (1.0 - hoeffding))
+    accepted, delta1, delta2 = stats.center_smoothing_check(1.0, 1000, 0.005, 0.1, noise_tv=0.1)
+    assert not accepted and delta1 == hoeffding + 0.1 and delta2 == 0.5 - (1.0 - delta1)
+    model = Constant(1, 3)  # every output identical: p = 1 exactly
+    assert not CenterSmoother(model, 0.25, "l2").smooth(torch.zeros(5), n=1000, delta=0.1, seed=0).abstained
+    monkeypatch.setattr(center, "noise_tv", lambda numel: 0.1)
+    smoothed = CenterSmoother(model, 0.25, "l2").smooth(torch.zeros(5), n=1000, delta=0.1, seed=0)
+    assert smoothed.p == 1.0 and smoothed.noise_tv == 0.1
+    assert smoothed.abstained and smoothed.delta1 == hoeffding + 0.1
+    cert = CenterSmoother(model, 0.25, "l2").certify(torch.zeros(5), 0.1, n=1000, m=1000, delta=0.1, seed=0)
+    assert cert.abstained and cert.reason == "center check failed"
+    assert cert.q == stats.center_certify_level(0.1, 0.25, 0.1) + 0.1 + stats.hoeffding_radius(1000, 0.005)
+
+
 def test_sample_free_bounds_add_two_tau():
     assert stats.tv_bound(0.0, 1.0, 1e-3) == pytest.approx(2e-3)
     assert stats.tv_bound(0.3, 1.0, 1e-3) == pytest.approx(stats.tv_bound(0.3, 1.0) + 2e-3)

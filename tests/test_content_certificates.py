@@ -113,6 +113,21 @@ def test_labels_and_record():
     assert record["certified"] and record["covered_labels"] == [1] and record["prediction"] == 1
 
 
+def test_covered_labels_are_strictly_inside_the_radius(monkeypatch):
+    """Cohen's certificate is for the open ball ‖e − e'‖ < R: a label at distance exactly R is not covered,
+    one a double below R is. The distances are pinned to the certificate's own radius (same seed, same R)."""
+    import numpy as np
+
+    labels = torch.tensor([[0.5, 0.1], [0.5, 0.12], [-0.5, 0.5], [0.6, 0.1]])
+    smoothed = SmoothedConditionalDiffusion(ThresholdGenerator(W, B), SIGMA, label_conditionings=labels, batch_size=4096)
+    radius = smoothed.certify_content(two_class, 0, n0=50, n=5_000, alpha=0.001, num_classes=2, seed=0).radius
+    assert radius > 0
+    pinned = np.array([0.0, radius, math.nextafter(radius, 0.0), math.nextafter(radius, math.inf)])
+    monkeypatch.setattr(smoothed, "class_distances", lambda label: pinned)
+    cert = smoothed.certify_content(two_class, 0, n0=50, n=5_000, alpha=0.001, num_classes=2, seed=0)
+    assert cert.radius == radius and cert.covered_labels == (2,)
+
+
 def test_reproducible():
     a = toy().certify_content(two_class, class_embed=E, n0=20, n=1000, alpha=0.01, num_classes=2, seed=5)
     b = toy().certify_content(two_class, class_embed=E, n0=20, n=1000, alpha=0.01, num_classes=2, seed=5)

@@ -54,9 +54,23 @@ class RandomStream:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) < 1 << 64:
                 raise InvalidParameterError(f"{name} must be an integer in [0, 2^64), got {value!r}")
 
-    def _state(self, purpose: Purpose) -> int:
-        entropy = None if self.seed is None else _words(int(self.seed)) + _words(int(self.request_id)) + [int(purpose)]
+    def state(self, tag: int) -> int:
+        """The 64-bit state of this request's stream `tag`: SeedSequence of the fixed-width words (seed: two,
+        request id: two, tag: one). The engine's purposes are tags 0..5; a module with randomness of its own
+        (a generator's sampler noise, DiffSmooth's local noise) takes a tag of its own, so its stream is keyed
+        exactly like the engine's and no two (seed, request id, tag) share an entropy. Seed None: fresh OS
+        entropy (not reproducible).
+
+        Raises:
+            InvalidParameterError: a tag outside [0, 2³²).
+        """
+        if isinstance(tag, bool) or not isinstance(tag, (int, np.integer)) or not 0 <= int(tag) < 1 << 32:
+            raise InvalidParameterError(f"a stream tag must be an integer in [0, 2^32), got {tag!r}")
+        entropy = None if self.seed is None else _words(int(self.seed)) + _words(int(self.request_id)) + [int(tag)]
         return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
+
+    def _state(self, purpose: Purpose) -> int:
+        return self.state(int(purpose))
 
     def key(self, purpose: Purpose) -> NoiseKey:
         """The key of this request's input noise for `purpose` (see engine/noise.py): batch-invariant."""

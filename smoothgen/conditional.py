@@ -72,9 +72,10 @@ __all__ = [
     "SmoothedConditionalDiffusion",
 ]
 
-#: Tag mixed into the seed of the generator's own stream (sampler randomness ω), so that it never
-#: coincides with the engine's input-noise streams (keyed (seed, request, purpose), purpose 0..5) nor
-#: with DiffSmooth's local-noise stream (smoothgen.denoise.LOCAL_NOISE_STREAM_TAG).
+#: The tag of the generator's own stream (sampler randomness ω) in the engine's key derivation
+#: (`RandomStream.state`: fixed-width seed, request id and tag), so that it never coincides with the
+#: engine's input-noise streams (tags = purposes 0..5) nor with DiffSmooth's local-noise stream
+#: (smoothgen.denoise.LOCAL_NOISE_STREAM_TAG).
 GENERATION_STREAM_TAG = 0xC0DD1F
 
 #: Copies sampled at once. The pre-drawn sampler noise of a batch is batch × steps × 64 float32, which
@@ -114,15 +115,18 @@ class ConditionalGenerator(nn.Module):
         """Restart the sampler-noise stream at copy 0, keyed by (seed, request_id).
 
         Args:
-            seed: Integer ≥ 0 or None (fresh OS entropy).
-            request_id: Distinguishes requests that share a seed (integer ≥ 0).
+            seed: Integer in [0, 2⁶⁴) or None (fresh OS entropy).
+            request_id: Distinguishes requests that share a seed (integer in [0, 2⁶⁴)).
+
+        Raises:
+            InvalidParameterError: a seed or request id outside [0, 2⁶⁴).
         """
         if seed is not None:
             seed = check_count(seed, "seed", minimum=0)
         request_id = check_count(request_id, "request_id", minimum=0)
-        entropy = None if seed is None else [seed, request_id, GENERATION_STREAM_TAG]
-        state = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
-        self._key = NoiseKey(state)
+        # The engine's fixed-width key derivation: a list [seed, request_id, tag] of variable-width entries
+        # would give (s + b·2³², r) and (s, b + r·2³²) the same stream.
+        self._key = NoiseKey(RandomStream(seed, request_id).state(GENERATION_STREAM_TAG))
         self._source: NoiseSource | None = None
         self._copies = 0
 

@@ -29,11 +29,13 @@ import torch
 from torch import nn
 
 from smoothgen import kernels
+from smoothgen.engine.random import RandomStream
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelLoadError, ModelOutputError, SmoothgenError, first_line
 from smoothgen.validate import check_count, check_sigma
 
-#: Tag mixed into the seed of DiffSmooth's local-noise stream, so that it never coincides with one of
-#: the sampler's streams (those are keyed by (seed, request id, purpose) with purpose 0..5).
+#: The tag of DiffSmooth's local-noise stream in the engine's key derivation (`RandomStream.state`:
+#: fixed-width seed, request id and tag), so that it never coincides with one of the sampler's streams
+#: (tags = purposes 0..5) nor with a conditional generator's (smoothgen.conditional.GENERATION_STREAM_TAG).
 LOCAL_NOISE_STREAM_TAG = 0xD1FF5
 
 
@@ -269,15 +271,18 @@ class DiffSmooth(nn.Module):
         """Restart the local-noise stream from (seed, request_id); seed None draws fresh OS entropy.
 
         Args:
-            seed: Integer ≥ 0 or None.
-            request_id: Distinguishes inputs that share a seed (integer ≥ 0).
+            seed: Integer in [0, 2⁶⁴) or None.
+            request_id: Distinguishes inputs that share a seed (integer in [0, 2⁶⁴)).
+
+        Raises:
+            InvalidParameterError: a seed or request id outside [0, 2⁶⁴).
         """
         if seed is not None:
             seed = check_count(seed, "seed", minimum=0)
         request_id = check_count(request_id, "request_id", minimum=0)
-        entropy = None if seed is None else [seed, request_id, LOCAL_NOISE_STREAM_TAG]
-        state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
-        self._seed_value = int(state) & 0x7FFF_FFFF_FFFF_FFFF
+        # The engine's fixed-width key derivation: a list [seed, request_id, tag] of variable-width entries
+        # would give (s + b·2³², r) and (s, b + r·2³²) the same stream. torch seeds are non-negative int64.
+        self._seed_value = RandomStream(seed, request_id).state(LOCAL_NOISE_STREAM_TAG) & 0x7FFF_FFFF_FFFF_FFFF
         self._generators: dict[torch.device, torch.Generator] = {}
 
     def _generator(self, device: torch.device) -> torch.Generator:

@@ -77,6 +77,26 @@ def test_generator_noise_is_keyed_per_copy_and_independent_of_batching(ddpm) -> 
     assert not torch.allclose(other_request, whole)
 
 
+def test_seed_request_pairs_that_share_32_bit_words_get_different_sampler_noise(ddpm) -> None:
+    """(s + b·2³², r) and (s, b + r·2³²) are the same list of 32-bit words [s, b, r]; keyed as variable-width
+    entries they shared one stream. Keyed by the engine's fixed-width words they do not (and a seed beyond
+    64 bits, which would overflow those words, is refused)."""
+    e = ddpm.class_embedding.weight[[2, 2]].detach()
+    gen = DiffusionGenerator(ddpm, num_steps=2)
+    with torch.inference_mode():
+        gen.reseed(1 + 2 * 2**32, request_id=3)
+        first = gen._noise(2, torch.device("cpu"))
+        gen.reseed(1, request_id=2 + 3 * 2**32)
+        second = gen._noise(2, torch.device("cpu"))
+        gen.reseed(1 + 2 * 2**32, request_id=3)
+        again = gen._noise(2, torch.device("cpu"))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, second)
+    assert gen._key.key == RandomStream(1 + 2 * 2**32, 3).state(0xC0DD1F)
+    with pytest.raises(InvalidParameterError):
+        gen.reseed(2**64)
+
+
 # --------------------------------------------------------------------------------------------------
 # Determinism and validation of the smoothed generator
 # --------------------------------------------------------------------------------------------------
@@ -288,7 +308,9 @@ def test_label_distances_and_tv_bounds(ddpm) -> None:
 
 @pytest.mark.parametrize("metric", ["l2", "tv2d"])
 def test_center_certificate_is_consistent_with_center_smoothing(ddpm, metric: str) -> None:
-    sigma, eps_in, n, m, delta = 0.5, 0.1, 100, 150, 0.3
+    # n = 200: the check needs p ≥ 1/2 − Δ + Δ1 (0.32 here, 0.37 at n = 100, where 2 of the first 8 seeds
+    # fall below it: p is a share of n fresh samples, standard deviation ≈ 0.05 at n = 100).
+    sigma, eps_in, n, m, delta = 0.5, 0.1, 200, 150, 0.3
     smoothed = SmoothedConditionalDiffusion(ddpm, sigma, num_steps=3, batch_size=256)
     cert = smoothed.certify_center(2, eps_in=eps_in, metric=metric, n=n, m=m, delta=delta, seed=0)
     assert not cert.abstained, cert.to_record()

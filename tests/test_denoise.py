@@ -274,6 +274,25 @@ def test_diffsmooth_determinism_with_a_seed():
     assert not torch.equal(DiffSmooth(IdentityPurifier(), clf, 5, 0.25)(x), DiffSmooth(IdentityPurifier(), clf, 5, 0.25)(x))
 
 
+def test_seed_request_pairs_that_share_32_bit_words_get_different_local_noise():
+    """(s + b·2³², r) and (s, b + r·2³²) are the same list of 32-bit words [s, b, r]: keyed as variable-width
+    entries they drew the same local noise. Keyed by the engine's fixed-width words they do not."""
+    x = torch.zeros(3, 1, 4, 4)
+    clf = Recorder(num_classes=10)
+    base = DiffSmooth(IdentityPurifier(), clf, 2, 0.25)
+    base.reseed(1 + 2 * 2**32, request_id=3)
+    base(x)
+    base.reseed(1, request_id=2 + 3 * 2**32)
+    base(x)
+    base.reseed(1 + 2 * 2**32, request_id=3)
+    base(x)
+    first, second, again = clf.seen
+    assert torch.equal(first, again)
+    assert not torch.equal(first, second)
+    with pytest.raises(InvalidParameterError):
+        base.reseed(1, request_id=2**64)
+
+
 def test_certificates_are_reproducible_with_seeds():
     from smoothgen.models.ddpm import DigitsDDPM
 

@@ -10,13 +10,15 @@ same noise up to the last bits of float32 log/sin/cos. A 64-bit key and a 64-bit
 of a request and purpose can share noise (the kernels refuse streams that would wrap the counter),
 unlike seeding a generator per block, where CPU seeds keep only 32 bits.
 
-Distance to the Gaussian of the proofs (`noise_tv`): in exact arithmetic on exact uniforms, each pair
-of coordinates is Box–Muller of a uniform u1 ≥ 2⁻⁶⁵ — the Gaussian truncated at radius
-sqrt(128 ln 2) ≈ 9.42 —, within total variation 2⁻⁶⁴ of N(0, I₂); a copy of d coordinates (⌈d/2⌉
-independent pairs, TV is subadditive over independent coordinates) is within ⌈d/2⌉·2⁻⁶⁴ of N(0, I_d).
-Every certificate charges this per-copy τ (a bound on a probability under the sampler minus τ is a bound
-under the Gaussian). Not covered, and assumed as in docs/theory.md §6: that Philox words are independent
-uniforms, and the discreteness and float rounding of the noise and of x + σ·ε (Voráček & Hein 2023).
+Distance to the Gaussian of the proofs (`noise_tv`, docs/theory.md §6): in exact arithmetic, each pair
+of coordinates is Box–Muller of a uniform u1 on [2⁻⁶⁵, 1] — the Gaussian truncated at radius
+sqrt(130 ln 2) ≈ 9.49 (−2 ln u1 ≤ 130 ln 2), whose mass beyond it is 2⁻⁶⁵ —, within total variation
+2⁻⁶⁵ ≤ 2⁻⁶⁴ of N(0, I₂); a copy of d coordinates (⌈d/2⌉ independent pairs, TV is subadditive over
+independent coordinates) is within ⌈d/2⌉·2⁻⁶⁴ of N(0, I_d). Every certificate charges this per-copy τ (a
+bound on a probability under the sampler minus τ is a bound under the Gaussian). Not covered, and
+assumed as in docs/theory.md §6: that Philox words are independent uniforms, and the discreteness and
+float rounding of the noise (u1 itself is formed in float32, a rounding of the 64-bit uniform) and of
+x + σ·ε (Voráček & Hein 2023).
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ import torch
 
 from smoothgen import kernels
 
-#: Total variation between one Box–Muller pair of the sampler (u1 ≥ 2⁻⁶⁵, a 64-bit uniform) and N(0, I₂).
+#: The per-pair charge: at least the total variation 2⁻⁶⁵ between Box–Muller of a uniform u1 on [2⁻⁶⁵, 1]
+#: (exact arithmetic) and N(0, I₂) (docs/theory.md §6).
 PAIR_TV = 2.0**-64
 
 

@@ -35,7 +35,8 @@ def to_bf16_rne(x):
 @triton.jit
 def pair_normal(seed, counter):
     """Two standard normals per 64-bit Philox counter (the scheme of kernels/reference.py): Box–Muller of
-    u1 = w0·2⁻³² + w1·2⁻⁶⁴ + 2⁻⁶⁵ ∈ (0, 1] (a 64-bit uniform, never 0: no clamp) and θ = 2π·w2·2⁻³²."""
+    u1 = w0·2⁻³² + w1·2⁻⁶⁴ + 2⁻⁶⁵ ∈ [2⁻⁶⁵, 1] (never 0: no clamp; formed in float32, so a rounding of the
+    64-bit uniform, docs/theory.md §6) and θ = 2π·w2·2⁻³²."""
     w0, w1, w2, w3 = tl.randint4x(seed, counter)
     u1 = w0.to(tl.float32) * 2.3283064365386963e-10 + w1.to(tl.float32) * 5.421010862427522e-20 + 2.710505431213761e-20
     r = tl.sqrt(-2.0 * tl.log(u1))

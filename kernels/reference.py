@@ -20,11 +20,13 @@ ceil(cols / 2) ≥ 2⁶⁴). In float32:
     θ  = 2π · (w2 · 2⁻³²)
     lane 0 = sqrt(−2 ln u1) · cos θ,  lane 1 = sqrt(−2 ln u1) · sin θ          (w3 is not used)
 
-In exact arithmetic on exact uniforms this is the Box–Muller transform truncated at u1 ≥ 2⁻⁶⁴, i.e. at
-radius sqrt(128 ln 2) ≈ 9.42: per pair it is within total variation 2⁻⁶⁴ of N(0, I₂), and a copy of
-``cols`` elements within ⌈cols/2⌉·2⁻⁶⁴ of N(0, I) (`smoothgen.engine.noise.noise_tv`, charged to every
-certificate). The discreteness of the uniforms and float32 rounding remain assumptions (docs/theory.md §6,
-README "Soundness"). `philox_normal_reference` computes the same numbers in NumPy: the Philox words are
+In exact arithmetic, with u1 uniform on [2⁻⁶⁵, 1], this is the Box–Muller transform truncated at
+u1 ≥ 2⁻⁶⁵, i.e. at radius sqrt(130 ln 2) ≈ 9.49: per pair it is within total variation 2⁻⁶⁵ ≤ 2⁻⁶⁴ of
+N(0, I₂), and a copy of ``cols`` elements within ⌈cols/2⌉·2⁻⁶⁴ of N(0, I)
+(`smoothgen.engine.noise.noise_tv`, charged to every certificate). u1 is formed in float32 (w0 and w1
+rounded to 24-bit significands, the sum rounded again: above 2⁻⁸ the low word has no effect), so it is a
+rounding of the 64-bit uniform; that rounding, the discreteness of θ and the float32 rounding of
+log/sqrt/cos/sin remain assumptions (docs/theory.md §6, README "Soundness"). `philox_normal_reference` computes the same numbers in NumPy: the Philox words are
 identical bit for bit, the normals equal to float32 rounding of log/sqrt/cos/sin (the Triton
 interpreter matches exactly; a GPU's transcendental functions may differ in the last bits).
 """
@@ -195,7 +197,7 @@ _TWO_PI = np.float32(6.283185307179586)
 
 
 def _pair_normal(w0: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Box–Muller of u1 = w0·2⁻³² + w1·2⁻⁶⁴ + 2⁻⁶⁵ ∈ (0, 1] and θ = 2π·w2·2⁻³², in float32 (module docstring)."""
+    """Box–Muller of u1 = w0·2⁻³² + w1·2⁻⁶⁴ + 2⁻⁶⁵ ∈ [2⁻⁶⁵, 1] and θ = 2π·w2·2⁻³², in float32 (module docstring)."""
     u1 = w0.astype(np.float32) * _TWO_M32 + w1.astype(np.float32) * _TWO_M64 + _TWO_M65
     r = np.sqrt(np.float32(-2.0) * np.log(u1))
     th = _TWO_PI * (w2.astype(np.float32) * _TWO_M32)

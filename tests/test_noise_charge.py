@@ -7,6 +7,7 @@ certificate moves its bounds (strictly: the shift is rounded outward even where 
 resolution) and records τ.
 """
 import math
+import re
 
 import numpy as np
 import pytest
@@ -139,3 +140,26 @@ def test_truncation_radius_bounds_every_pair():
     values = noise.reshape(-1).double()
     assert abs(float(values.mean())) < 0.01 and abs(float(values.std()) - 1.0) < 0.01
     assert np.isclose(float((values.abs() > 1.959964).double().mean()), 0.05, atol=0.005)
+
+
+def test_the_documented_truncation_radius_is_the_samplers():
+    """Every "sqrt(N ln 2) ≈ R" the theory and the noise code state is the largest radius the sampler makes:
+    the pair of words w0 = w1 = 0 gives u1 = 2⁻⁶⁵ (exact in float32), so −2 ln u1 = 130 ln 2."""
+    from pathlib import Path
+
+    from smoothgen.kernels.reference import _pair_normal
+
+    zero = np.zeros(1, dtype=np.uint64)
+    lane0, lane1 = _pair_normal(zero, zero, zero)
+    largest = math.hypot(float(lane0[0]), float(lane1[0]))
+    assert largest == pytest.approx(math.sqrt(130 * math.log(2)), rel=1e-6)
+    root = Path(__file__).resolve().parents[1]
+    stated = []
+    for name in ("docs/theory.md", "engine/noise.py", "kernels/reference.py", "kernels/README.md"):
+        text = (root / name).read_text(encoding="utf-8")
+        for n, r in re.findall(r"sqrt\((\d+) ln 2\)(?: ≈ (\d+\.\d+))?", text):
+            stated.append((name, n, r))
+            assert int(n) == 130, (name, n)
+            assert not r or abs(float(r) - largest) < 0.005, (name, r)
+        assert "9.42" not in text, name
+    assert {name for name, _, _ in stated} == {"docs/theory.md", "engine/noise.py", "kernels/reference.py", "kernels/README.md"}

@@ -109,7 +109,7 @@ def test_noise_tv_is_the_truncation_of_every_pair():
     assert noise_tv(1) >= 2.0**-64 and noise_tv(2) == noise_tv(1)
     assert noise_tv(3 * 224 * 224) >= 75_264 * 2.0**-64
     assert noise_tv(3 * 224 * 224) < 75_265 * 2.0**-64
-    # The sampler's radius per pair never exceeds the truncation radius sqrt(128 ln 2) (u1 >= 2^-65).
+    # The sampler's radius per pair never exceeds the truncation radius sqrt(130 ln 2) (u1 >= 2^-65).
     out = torch.empty(2000, 64)
     NoiseSource(torch.zeros(64), 1.0, 2000, key(11)).fill(out, 0)
     pairs = out.reshape(-1, 2)

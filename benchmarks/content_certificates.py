@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> None:
                 cert = smoothed.certify_content(classifier, prompt_embeds=e, n0=args.n0, n=args.n, alpha=args.alpha,
                                                 seed=args.seed, request_id=digit)
                 seconds = time.perf_counter() - start
-                rows = td.covered_variants(prompt, cert, digit=digit, encoder=encoder)
+                rows = td.covered_variants(prompt, cert, embedding=e, digit=digit, encoder=encoder)
                 covered = [r for r in rows if r.covered]
                 by_kind = {}
                 for r in rows:

@@ -679,7 +679,10 @@ def _generate_text_digits(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     smoothed = text_digits.smoothed_text_digits(load_text_ddpm().to(args.device), args.sigma, num_steps=args.steps,
                                                 guidance=args.guidance, batch_size=args.batch_size)
-    embedding = text_digits.encode_prompts([args.text])[0].to(args.device)
+    # The prompt is encoded once: the certificate is computed at this embedding and the rewordings are
+    # measured from it (docs/theory.md §4f).
+    encoder = text_digits.load_text_encoder()
+    embedding = text_digits.encode_prompts([args.text], encoder)[0].to(args.device)
     shown = 8
     progress = _Progress(args.no_progress)
     progress.phase("sample", args.selection_samples + args.samples + shown, "sample")
@@ -691,7 +694,7 @@ def _generate_text_digits(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         smoothed.sampler.on_batch = None
         progress.close()
-    variants = text_digits.covered_variants(args.text, cert)
+    variants = text_digits.covered_variants(args.text, cert, embedding=embedding, encoder=encoder)
     seconds = time.perf_counter() - start
     _draw_grid(png, [(f"smoothed samples (σ={args.sigma:g} on the prompt embedding)", noisy.cpu())],
                f"{args.text!r}: text-to-digit UNet, all-MiniLM-L6-v2 conditioning")

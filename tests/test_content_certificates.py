@@ -227,6 +227,41 @@ def test_bad_variant_arguments():
         td.covered_variants("a seven", SimpleNamespace(radius=0.0, prediction=ABSTAIN, abstained=True), encoder=object())
 
 
+class TableEncoder:
+    """A stand-in sentence encoder: fixed vectors per text; the certified prompt, if it is encoded again,
+    comes out elsewhere (as another device or batch could make it)."""
+
+    def __init__(self, table):
+        self.table, self.calls = table, []
+
+    def encode(self, texts, batch_size=64, convert_to_tensor=True, show_progress_bar=False):
+        self.calls.append(list(texts))
+        return torch.stack([self.table[t] for t in texts])
+
+
+def test_variants_are_measured_from_the_certified_embedding():
+    """The certified point is the embedding the certificate was computed at, passed in; the prompt is not
+    encoded again (here it would land at (0, 1, 0), moving every distance). A variant exactly at the radius
+    is not covered (the certificate is for the open ball); one a double below it is."""
+    td = pytest.importorskip("smoothgen.models.text_digits")
+    e = torch.tensor([1.0, 0.0, 0.0])
+    encoder = TableEncoder({"a seven": torch.tensor([0.0, 1.0, 0.0]), "at": torch.tensor([1.0, 0.5, 0.0]),
+                            "below": torch.tensor([1.0, 0.0, 0.25]), "far": torch.tensor([0.0, 0.0, 1.0])})
+    variants = [("at", "typo", 7), ("below", "typo", 7), ("far", "other_digit", 1)]
+    certificate = SimpleNamespace(radius=0.5, prediction=7, abstained=False)
+    rows = td.covered_variants("a seven", certificate, embedding=e, encoder=encoder, variants=variants)
+    assert [(r.text, r.distance, r.covered) for r in rows] == [("below", 0.25, True), ("at", 0.5, False),
+                                                              ("far", math.sqrt(2), False)]
+    assert all("a seven" not in call for call in encoder.calls)
+    nudged = SimpleNamespace(radius=math.nextafter(0.5, 1.0), prediction=7, abstained=False)
+    assert [r.covered for r in td.covered_variants("a seven", nudged, embedding=e, encoder=encoder,
+                                                   variants=variants)] == [True, True, False]
+    with pytest.raises(InvalidParameterError, match="embedding"):
+        td.covered_variants("a seven", certificate, encoder=encoder, variants=variants)
+    with pytest.raises(InvalidParameterError, match="shape"):
+        td.covered_variants("a seven", certificate, embedding=torch.zeros(4), encoder=encoder, variants=variants)
+
+
 def test_typos_are_deterministic_single_edits():
     td = pytest.importorskip("smoothgen.models.text_digits")
     typos = td.typo_variants("a handwritten seven")
@@ -266,7 +301,7 @@ def test_real_text_model_content_certificate_and_variants(text_setup):
     assert cert.noise_tv == noise_tv(384)
 
     for certificate in (cert, SimpleNamespace(radius=0.45, prediction=7, abstained=False)):
-        rows = td.covered_variants(prompt, certificate, encoder=encoder)
+        rows = td.covered_variants(prompt, certificate, embedding=e, encoder=encoder)
         covered = [r for r in rows if r.covered]
         assert [r.distance for r in rows] == sorted(r.distance for r in rows)
         assert all(r.covered == (r.distance < certificate.radius) for r in rows)

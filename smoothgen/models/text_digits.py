@@ -338,6 +338,7 @@ def covered_variants(
     prompt: str,
     certificate: Any,
     *,
+    embedding: torch.Tensor | None = None,
     digit: int | None = None,
     encoder: Any = None,
     variants: Sequence[tuple[str, str, int]] | None = None,
@@ -345,20 +346,28 @@ def covered_variants(
 ) -> list[PromptVariant]:
     """Which concrete rewordings of `prompt` a content certificate covers, measured with the real encoder.
 
-    A `smoothgen.conditional.ContentCertificate` computed at prompt_embeds = encode_prompts([prompt])[0]
-    certifies its class for every embedding strictly within `certificate.radius` (ℓ2); a variant is
-    covered when ‖E(variant) − E(prompt)‖₂ < radius (nothing is covered when the certificate abstained).
+    A `smoothgen.conditional.ContentCertificate` computed at prompt_embeds = e certifies its class for
+    every embedding strictly within `certificate.radius` (ℓ2) of e; a variant is covered when
+    ‖E(variant) − e‖₂ < radius (nothing is covered when the certificate abstained). e is `embedding`, the
+    very tensor the certificate was computed at: the prompt is encoded once, for both. Encoding it again
+    here (another device, another batch) could give another point, and the distances would then not be
+    measured from the certified one.
 
     Args:
         prompt: The certified prompt.
         certificate: A `ContentCertificate` (or anything with `radius` and `prediction`/`abstained`).
+        embedding: The prompt's embedding the certificate was computed at [384] (any device; required).
         digit: The digit the prompt asks for (default: the certified class).
-        encoder: A loaded encoder (default: `load_text_encoder()`).
+        encoder: A loaded encoder for the variants (default: `load_text_encoder()`).
         variants: (text, kind, digit) triples to measure (default: `prompt_variants(prompt, digit)`).
         include_other_digits: For the default variants: also every other digit's templates.
 
     Returns:
         Every variant, nearest first; the covered ones are those with `covered` True.
+
+    Raises:
+        InvalidParameterError: no embedding, or one of another shape than the encoder's; a bad radius,
+            prompt or digit.
     """
     radius = getattr(certificate, "radius", None)
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius < 0:
@@ -374,9 +383,19 @@ def covered_variants(
         variants = [(str(t), str(k), int(d)) for t, k, d in variants]
     if not isinstance(prompt, str) or not prompt:
         raise InvalidParameterError(f"prompt must be a non-empty string, got {prompt!r}")
+    if not isinstance(embedding, torch.Tensor) or not torch.is_floating_point(embedding):
+        raise InvalidParameterError(
+            "pass embedding=, the prompt's embedding the certificate was computed at (encode the prompt once, "
+            "for the certificate and the variants)"
+        )
+    if not variants:
+        return []
     encoder = load_text_encoder() if encoder is None else encoder
-    embeddings = encode_prompts([prompt] + [t for t, _, _ in variants], encoder).double()
-    distances = (embeddings[1:] - embeddings[0]).norm(dim=1).tolist()
+    center = embedding.detach().to("cpu", torch.float64)
+    embeddings = encode_prompts([t for t, _, _ in variants], encoder).double()
+    if tuple(center.shape) != tuple(embeddings.shape[1:]):
+        raise InvalidParameterError(f"embedding has shape {tuple(center.shape)}, the encoder's are {tuple(embeddings.shape[1:])}")
+    distances = (embeddings - center).norm(dim=1).tolist()
     rows = [
         PromptVariant(text, kind, d, float(dist), (not abstained) and radius > 0 and float(dist) < radius)
         for (text, kind, d), dist in zip(variants, distances)

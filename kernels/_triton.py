@@ -8,18 +8,43 @@ tests/kernels/conftest.py. This module is imported only by the kernel files, nev
 """
 from __future__ import annotations
 
+import re
+
 import torch
 import triton
 import triton.language as tl
 
 from smoothgen.errors import InvalidInputError
 
+#: The Triton releases the kernels are verified with, [low, high): the same range as pyproject.toml's
+#: requirement (constraints.txt pins 3.7.1, the version torch 2.13.0's CUDA wheel requires). The noise
+#: takes a 64-bit Philox counter through ``tl.randint4x``, which splits an int64 offset into two 32-bit
+#: counter words only since Triton 3.4 (triton-lang/triton PR 6832); before, it ran Philox4x64, whose
+#: 64-bit words are not kernels/reference.py's (u1 > 1: NaN noise). Releases outside the range were
+#: never checked against the reference, so the Triton path refuses them and the dispatch falls back to
+#: the reference (same noise, computed on the host).
+VERIFIED_TRITON = ((3, 7, 1), (3, 8, 0))
+
+
+def triton_version(text: str) -> tuple[int, int, int]:
+    """(major, minor, patch) of a version string such as "3.7.1" or "3.7.1+git1a2b3c" (missing parts: 0)."""
+    parts = [int(p) for p in re.findall(r"\d+", text.split("+")[0])[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))  # type: ignore[return-value]
+
+
+if not VERIFIED_TRITON[0] <= triton_version(triton.__version__) < VERIFIED_TRITON[1]:
+    raise ImportError(
+        f"triton {triton.__version__} is outside the range the kernels were verified with "
+        f"(>= {'.'.join(map(str, VERIFIED_TRITON[0]))}, < {'.'.join(map(str, VERIFIED_TRITON[1]))}): its 64-bit "
+        "Philox counter handling was never checked against kernels/reference.py"
+    )
+
 #: True when triton's own library functions were built by the interpreter (TRITON_INTERPRET=1 was set
 #: before triton was imported). Then every kernel runs interpreted (NumPy on the host), on any device.
 INTERPRETED: bool = type(tl.randn4x).__name__ == "InterpretedFunction"
 
 
-#: The interpreter casts float32 to bfloat16 by truncation (triton 3.9), the GPU rounds to nearest even.
+#: The interpreter casts float32 to bfloat16 by truncation (triton 3.7.1), the GPU rounds to nearest even.
 #: Kernels cast through `to_bf16_rne` when interpreted so that both give the GPU's (and torch's) result.
 EXACT_BF16_CAST: bool = INTERPRETED
 
@@ -65,4 +90,4 @@ def launch_options(**gpu_options) -> dict:
     return {"enable_fp_fusion": False, **gpu_options}
 
 
-__all__ = ["EXACT_BF16_CAST", "INTERPRETED", "pair_normal", "to_bf16_rne", "check_device", "launch_options", "tl", "triton"]
+__all__ = ["EXACT_BF16_CAST", "INTERPRETED", "VERIFIED_TRITON", "triton_version", "pair_normal", "to_bf16_rne", "check_device", "launch_options", "tl", "triton"]

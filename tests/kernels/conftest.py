@@ -29,9 +29,11 @@ try:
     from smoothgen.kernels import _triton as triton_support
 
     INTERPRETED = triton_support.INTERPRETED
-except ImportError:  # triton missing: the Triton tests fail loudly through the fixture below
+    TRITON_MISSING = None
+except ImportError as exc:  # triton missing or unverified: the Triton tests fail loudly through the fixture below
     triton_support = None
     INTERPRETED = False
+    TRITON_MISSING = str(exc)
 
 DEVICES = [
     pytest.param(
@@ -48,7 +50,7 @@ DEVICES = [
 def device(request):
     """The device the Triton kernels run on: CPU tensors under the interpreter, or CUDA."""
     if triton_support is None:
-        pytest.fail("triton is not installed: pip install -c constraints.txt triton (see kernels/README.md)")
+        pytest.fail(f"triton cannot be used ({TRITON_MISSING}): pip install -c constraints.txt triton (see kernels/README.md)")
     if request.param == "cpu":
         assert INTERPRETED, "TRITON_INTERPRET=1 did not take effect (triton imported too early?)"
     return torch.device(request.param)

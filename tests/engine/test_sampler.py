@@ -102,6 +102,19 @@ def test_request_identities_do_not_collide():
             RandomStream(0, bad)
 
 
+def test_tagged_streams_share_the_fixed_width_derivation():
+    """Streams outside the engine's purposes (a generator's sampler noise, DiffSmooth's local noise) take a
+    tag in the same derivation: purposes are tags 0..5, and tags keep (seed, request id) pairs apart too."""
+    stream = RandomStream(5, 7)
+    for purpose in Purpose:
+        assert stream.state(int(purpose)) == stream.key(purpose).key
+    assert stream.state(0xC0DD1F) != stream.state(0xD1FF5) != stream.state(0)
+    assert RandomStream(5 + (3 << 32), 7).state(0xC0DD1F) != RandomStream(5, 3 + (7 << 32)).state(0xC0DD1F)
+    for bad in (-1, 1 << 32, 2.0, True):
+        with pytest.raises(InvalidParameterError):
+            stream.state(bad)
+
+
 def test_noise_tv_is_the_truncation_of_every_pair():
     from smoothgen.engine import noise_tv
 

@@ -232,7 +232,9 @@ LM_MASKS = st.one_of(
     st.lists(st.booleans(), max_size=5),
     st.sampled_from([
         [1, 0, 1], [0.5, 1.0, 1.0], [2, 1, 1], "abc", [], 3, float("nan"), [[True]], torch.ones(3, dtype=torch.bool),
-        lambda ids: [True] * ids.numel(), lambda ids: "x", lambda ids: None, lambda ids: [False] * ids.numel(),
+        # callables get the prompt's length, never its ids: the last is one written for ids (refused)
+        lambda length: [True] * length, lambda length: "x", lambda length: None, lambda length: [False] * length,
+        lambda ids: [True] * ids.numel(),
     ]),
 )
 LM_DELTAS = st.sampled_from([None, None, None, "x", 0.5, torch.zeros(3), torch.zeros(3, 8), torch.full((3, 8), float("nan")),

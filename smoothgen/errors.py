@@ -6,6 +6,8 @@ the matching built-in (`ValueError`, `RuntimeError`, ...) so that generic handle
 """
 from __future__ import annotations
 
+import reprlib
+
 
 class SmoothgenError(Exception):
     """Base class of every error smoothgen raises on purpose."""
@@ -44,3 +46,25 @@ def first_line(exc: BaseException) -> str:
     one-line error message quotes of a third-party failure."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _Short(reprlib.Repr):
+    def repr_int(self, x, level):  # repr() of an int of more than 4300 digits raises ValueError
+        if x.bit_length() > 256:
+            return f"<an integer of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+_SHORT = _Short()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlong = 40
+_SHORT.maxlist = _SHORT.maxtuple = 6
+_SHORT.maxdict = 4
+_SHORT.maxlevel = 3
+
+
+def short(value: object) -> str:
+    """repr(value) cut to a short prefix (reprlib): what an error message quotes of a bad value, so that a
+    10⁶-element list or a megabyte string given where a number belongs makes a one-line message, not a
+    copy of the value."""
+    return _SHORT.repr(value)

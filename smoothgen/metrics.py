@@ -50,7 +50,7 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 import torch
 
-from smoothgen.errors import InvalidInputError, InvalidParameterError, MetricError
+from smoothgen.errors import InvalidInputError, InvalidParameterError, MetricError, short
 
 __all__ = [
     "Metric",
@@ -231,7 +231,7 @@ def get_metric(metric: str | Metric) -> Metric:
     with _REGISTRY_LOCK:
         found = _REGISTRY.get(metric)
     if found is None:
-        raise InvalidParameterError(f"unknown metric {metric!r}; available: {', '.join(available_metrics())}")
+        raise InvalidParameterError(f"unknown metric {short(metric)}; available: {', '.join(available_metrics())}")
     return found
 
 

@@ -4,39 +4,52 @@ from __future__ import annotations
 import math
 from numbers import Integral, Real
 
-import torch
+from smoothgen._lazy import lazy_module
+from smoothgen.errors import InvalidInputError, InvalidParameterError, first_line, short
 
-from smoothgen.errors import InvalidInputError, InvalidParameterError, first_line
+# Imported on first use: the checks of plain numbers (sigma, alpha, counts) are used where torch is not
+# loaded (the `smoothgen serve` command's own process).
+torch = lazy_module("torch")
+
+
+def finite_real(value) -> bool:
+    """True for a real number (not a bool) that is finite as a float; False for an int beyond float range
+    (10**400, as JSON may carry), where math.isfinite would raise OverflowError."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def check_sigma(sigma: float) -> float:
     """Return sigma as a float after checking 0 < sigma < inf."""
-    if isinstance(sigma, bool) or not isinstance(sigma, Real) or not math.isfinite(sigma) or sigma <= 0:
-        raise InvalidParameterError(f"sigma must be a finite number > 0, got {sigma!r}")
+    if not finite_real(sigma) or sigma <= 0:
+        raise InvalidParameterError(f"sigma must be a finite number > 0, got {short(sigma)}")
     return float(sigma)
 
 
 def check_alpha(alpha: float, name: str = "alpha") -> float:
     """Return alpha as a float after checking 0 < alpha < 1."""
     if isinstance(alpha, bool) or not isinstance(alpha, Real) or not (0.0 < alpha < 1.0):
-        raise InvalidParameterError(f"{name} must lie strictly between 0 and 1, got {alpha!r}")
+        raise InvalidParameterError(f"{name} must lie strictly between 0 and 1, got {short(alpha)}")
     return float(alpha)
 
 
 def check_count(n: int, name: str = "n", minimum: int = 1) -> int:
     """Return n as an int after checking it is an integer >= minimum."""
     if isinstance(n, bool) or not isinstance(n, Integral) or n < minimum:
-        raise InvalidParameterError(f"{name} must be an integer >= {minimum}, got {n!r}")
+        raise InvalidParameterError(f"{name} must be an integer >= {minimum}, got {short(n)}")
     return int(n)
 
 
 def check_positive(value: float, name: str, allow_zero: bool = False) -> float:
     """Return value as a float after checking it is finite and > 0 (or >= 0)."""
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
+    ok = finite_real(value) and (value >= 0 if allow_zero else value > 0)
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
-        raise InvalidParameterError(f"{name} must be a finite number {bound}, got {value!r}")
+        raise InvalidParameterError(f"{name} must be a finite number {bound}, got {short(value)}")
     return float(value)
 
 
@@ -83,10 +96,10 @@ def check_shape(shape, name: str = "input_shape") -> tuple[int, ...] | None:
     if shape is None:
         return None
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
-        raise InvalidParameterError(f"{name} must be a sequence of integers, got {shape!r}")
+        raise InvalidParameterError(f"{name} must be a sequence of integers, got {short(shape)}")
     dims = tuple(shape)
     if not all(isinstance(d, Integral) and not isinstance(d, bool) and d >= 1 for d in dims):
-        raise InvalidParameterError(f"{name} must be a sequence of integers >= 1, got {shape!r}")
+        raise InvalidParameterError(f"{name} must be a sequence of integers >= 1, got {short(shape)}")
     return tuple(int(d) for d in dims)
 
 
@@ -97,7 +110,7 @@ def check_device(device, name: str = "device") -> torch.device:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise InvalidParameterError(f"{name} {device!r} is not a torch device: {first_line(exc)}") from exc
+        raise InvalidParameterError(f"{name} {short(device)} is not a torch device: {first_line(exc)}") from exc
     if parsed.type == "meta":
         raise InvalidParameterError(f"{name} meta holds no values: nothing can run there")
     try:

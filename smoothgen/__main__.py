@@ -3,4 +3,5 @@ import sys
 
 from smoothgen._entry import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned child process re-imports the main module
+    sys.exit(main())

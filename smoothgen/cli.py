@@ -216,9 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     from smoothgen import generate_cli
 
     generate_cli.add_parser(sub)
-    from smoothgen import serve
+    from smoothgen import serve_cli, verify_cli
 
-    serve.add_parser(sub)
+    serve_cli.add_parser(sub)
+    verify_cli.add_parser(sub)
     return parser
 
 
@@ -757,7 +758,7 @@ def _on_sigterm(signum, frame) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for module in RUN_IMPORTS:  # still start-up: a Ctrl-C in these imports is one line (smoothgen._entry)
+    for module in getattr(args, "run_imports", RUN_IMPORTS):  # still start-up: a Ctrl-C in these imports is one line (smoothgen._entry)
         __import__(module)  # as an import statement does (-X importtime reports it; importlib.import_module is not)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous: dict[int, Any] = {}

@@ -129,3 +129,88 @@ def center_record(
 def without_timing(record: dict[str, Any]) -> dict[str, Any]:
     """A record without the fields that legitimately differ between runs (for comparisons)."""
     return {k: v for k, v in record.items() if k not in TIMING_FIELDS}
+
+
+# ------------------------------------------------------------------------------------------ served requests
+# What one request to `smoothgen serve` computes, given its parameters with every default filled in (the
+# `params` of a served document, docs/theory.md §8). The service calls these, and `smoothgen verify`
+# calls them again on the signed parameters to recompute a certificate bit for bit.
+
+def served_certify(runtime, num_classes: int, shape, x: Any, params: dict[str, Any], *, seed: int, request_id: int,
+                   model: dict[str, Any], sampler=None, batch_size: int = 1000) -> dict[str, Any]:
+    """/v1/certify: CERTIFY (n0, n), or CERTIFY-AT target_radius with the sequential test."""
+    from smoothgen.classify import SmoothedClassifier
+
+    p = params
+    smoothed = SmoothedClassifier(runtime, num_classes, p["sigma"], input_shape=tuple(shape), sampler=sampler,
+                                  batch_size=batch_size)
+    betting = ({"max_samples": p["max_samples"], "check_every": p["check_every"]}
+               if p["sequential"] == "betting" else {})
+    record = certify_record(smoothed, x, request_id, p["label"], n0=p["n0"], n=p["n"], alpha=p["alpha"], seed=seed,
+                            target_radius=p["target_radius"], looks=p["looks"], sequential=p["sequential"] or "looks",
+                            **betting)
+    run = certify_run(sigma=p["sigma"], n0=p["n0"], n=p["n"], alpha=p["alpha"], seed=seed, model=model["name"],
+                      data="http", backend=model["backend"], dtype=model["dtype"], target_radius=p["target_radius"],
+                      sequential=p["sequential"] or "looks", looks=p["looks"], **betting)
+    return {**record, **run}
+
+
+def served_predict(runtime, num_classes: int, shape, x: Any, params: dict[str, Any], *, seed: int, request_id: int,
+                   model: dict[str, Any], sampler=None, batch_size: int = 1000) -> dict[str, Any]:
+    """/v1/predict: PREDICT, the smoothed class or ABSTAIN (−1), wrong with probability at most alpha."""
+    from smoothgen.classify import SmoothedClassifier
+
+    smoothed = SmoothedClassifier(runtime, num_classes, params["sigma"], input_shape=tuple(shape), sampler=sampler,
+                                  batch_size=batch_size)
+    t0 = time.perf_counter()
+    prediction = smoothed.predict(_as_tensor(x), params["n"], params["alpha"], seed=seed, request_id=request_id)
+    return {"idx": request_id, **prediction.to_record(), "model": model["name"], "data": "http",
+            "backend": model["backend"], "dtype": model["dtype"], "time": time.perf_counter() - t0}
+
+
+def served_center(runtime, shape, x: Any, params: dict[str, Any], *, seed: int, request_id: int,
+                  model: dict[str, Any], sampler=None, batch_size: int = 1000) -> tuple[dict[str, Any], Any]:
+    """/v1/center: center smoothing at one eps_in (σ = eps_in / h); (record, the smoothed output)."""
+    from smoothgen.center import CenterSmoother
+    from smoothgen.metrics import get_metric
+
+    p = params
+    metric = get_metric(p["metric"])
+    smoother = CenterSmoother(runtime, p["eps_in"] / p["h"], metric, n_candidates=p["n_candidates"],
+                              input_shape=tuple(shape), sampler=sampler, batch_size=batch_size)
+    run = {"backend": model["backend"], "dtype": model["dtype"], "metric": metric.name, "h": p["h"], "n": p["n"],
+           "m": p["m"], "delta": p["delta"], "alpha1": p["alpha1"], "alpha2": p["alpha2"],
+           "n_candidates": p["n_candidates"], "seed": seed, "model": model["name"], "data": "http"}
+    record, cert = center_record(smoother, x, request_id, p["eps_in"], n=p["n"], m=p["m"], delta=p["delta"],
+                                 alpha1=p["alpha1"], alpha2=p["alpha2"], seed=seed, run_fields=tuple(run),
+                                 return_certificate=True)
+    center = cert.center.detach().cpu().tolist() if isinstance(cert.center, torch.Tensor) else cert.center
+    return {**record, **run}, center
+
+
+def served_generate(lm, tokenizer, name: str, prompt: str, params: dict[str, Any], *, seed: int, request_id: int,
+                    batch_size: int, progress=None) -> dict[str, Any]:
+    """/v1/generate: SmoothedLM's certified prefix, the record `smoothgen generate --json` prints."""
+    from smoothgen.generate_cli import certified_generation
+
+    p = params
+    options = ({"keep": p["keep"], "mask_token": p["mask_token"], "edits": p["edits"]} if p["noise"] == "ablate"
+               else {"sigma": p["sigma"], "radius": p["radius"]})
+    record, _, _ = certified_generation(lm, tokenizer, name, prompt=prompt, noise=p["noise"],
+                                        max_new_tokens=p["max_new_tokens"], n0=p["n0"], n=p["n"], alpha=p["alpha"],
+                                        seed=seed, request_id=request_id, perturb=p["perturb"], batch_size=batch_size,
+                                        progress=progress, **options)
+    return record
+
+
+def failure_probability(endpoint: str, params: dict[str, Any], shape=None) -> float:
+    """The chance that a served answer's claim is false (docs/theory.md §8): alpha, or for center smoothing
+    alpha1 + alpha2 + the candidate-miss term of §2 (with τ of an input of `shape`)."""
+    if endpoint != "center":
+        return float(params["alpha"])
+    from smoothgen.engine import noise_tv
+    from smoothgen.stats import center_candidate_miss
+
+    tau = noise_tv(int(np.prod(shape))) if shape is not None else 0.0
+    miss = center_candidate_miss(params["delta"], params["n_candidates"], params["n"], tau)
+    return min(1.0, params["alpha1"] + params["alpha2"] + miss)

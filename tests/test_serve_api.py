@@ -53,11 +53,13 @@ def _part(record, like):
 def test_certify_over_http_is_the_in_process_record(client):
     for i, form in ((0, "list"), (3, "npy"), (7, "list")):
         x = X[i].tolist() if form == "list" else encode_input(X[i])
-        response = client.post("/v1/certify", json={"x": x, "seed": 11, "request_id": 100 + i, "n": 2000, "label": int(load_digits_split().y_test[i])})
+        response = client.post("/v1/certify", json={"x": x, "seed": 11, "request_id": 100 + i, "n": 2000, "alpha": 0.001,
+                                                    "label": int(load_digits_split().y_test[i]), "reproduce": True})
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["seed"] == 11 and body["request_id"] == 100 + i and body["api"] == "v1"
-        record = body["record"]
+        assert body["issued"] is False and "record" not in body and "signature" not in body  # never a certificate
+        record = body["reproduction"]
         expected = _expected_certify(i, 11, 100 + i, label=int(load_digits_split().y_test[i]))
         assert _part(record, expected) == expected
         # The run's parameters travel with the record, as in a results file: it can be re-checked offline.
@@ -67,30 +69,32 @@ def test_certify_over_http_is_the_in_process_record(client):
 
 
 def test_sequential_certify_predict_and_center_match_in_process(client):
+    repro = {"reproduce": True, "alpha": 0.001}
     body = client.post("/v1/certify", json={"x": X[1].tolist(), "seed": 2, "request_id": 9, "target_radius": 0.25,
-                                            "looks": [100, 1000, 10000]}).json()
+                                            "looks": [100, 1000, 10000], **repro}).json()
     expected = _expected_certify(1, 2, 9, n=None, target_radius=0.25, looks=[100, 1000, 10000])
-    assert _part(body["record"], expected) == expected and body["record"]["decision"] == "certified"
+    assert _part(body["reproduction"], expected) == expected and body["reproduction"]["decision"] == "certified"
 
     # Without looks, the betting confidence sequence, as `smoothgen certify --target-radius` does.
-    body = client.post("/v1/certify", json={"x": X[1].tolist(), "seed": 2, "request_id": 9, "target_radius": 0.25}).json()
+    body = client.post("/v1/certify", json={"x": X[1].tolist(), "seed": 2, "request_id": 9, "target_radius": 0.25, **repro}).json()
     smoothed = SmoothedClassifier(load_classifier(0.25), 10, 0.25, batch_size=500)
     expected = without_timing(certify_record(smoothed, X[1], 9, None, n0=100, n=None, alpha=0.001, seed=2, target_radius=0.25,
                                              sequential="betting", max_samples=100_000, check_every=100))
-    assert _part(body["record"], expected) == expected and body["record"]["sequential"] == "betting"
-    assert body["record"]["max_samples"] == 100_000 and body["record"]["check_every"] == 100
+    assert _part(body["reproduction"], expected) == expected and body["reproduction"]["sequential"] == "betting"
+    assert body["reproduction"]["max_samples"] == 100_000 and body["reproduction"]["check_every"] == 100
 
-    body = client.post("/v1/predict", json={"x": X[2].tolist(), "seed": 3, "request_id": 4, "n": 500}).json()
+    body = client.post("/v1/predict", json={"x": X[2].tolist(), "seed": 3, "request_id": 4, "n": 500, **repro}).json()
     prediction = SmoothedClassifier(load_classifier(0.25), 10, 0.25).predict(torch.from_numpy(X[2]), 500, 0.001, seed=3, request_id=4)
-    assert _part(body["record"], prediction.to_record()) == prediction.to_record()
+    assert _part(body["reproduction"], prediction.to_record()) == prediction.to_record()
 
-    request = {"x": X[5].tolist(), "seed": 4, "request_id": 6, "eps_in": 0.3, "h": 2.0, "metric": "l2", "n": 1000, "m": 4000}
+    request = {"x": X[5].tolist(), "seed": 4, "request_id": 6, "eps_in": 0.3, "h": 2.0, "metric": "l2", "n": 1000, "m": 4000,
+               "alpha1": 0.005, "alpha2": 0.005, "reproduce": True}
     body = client.post("/v1/center", json=request).json()
     smoother = CenterSmoother(load_autoencoder(), 0.15, "l2", n_candidates=30)
     expected, cert = center_record(smoother, X[5], 6, 0.3, n=1000, m=4000, delta=0.05, alpha1=0.005, alpha2=0.005, seed=4,
                                    return_certificate=True)
     expected = {k: v for k, v in without_timing(expected).items() if k not in ("center",)}
-    got = body["record"]
+    got = body["reproduction"]
     for key, value in expected.items():
         if isinstance(value, float) and math.isinf(value):
             assert got[key] is None  # JSON has no Infinity: null, as in results files
@@ -99,11 +103,15 @@ def test_sequential_certify_predict_and_center_match_in_process(client):
     assert np.array_equal(np.asarray(body["center"], dtype=np.float32), cert.center.numpy())
 
 
-def test_a_request_without_seed_gets_a_fresh_one_and_reports_it(client):
-    a = client.post("/v1/predict", json={"x": X[0].tolist(), "n": 100}).json()
-    b = client.post("/v1/predict", json={"x": X[0].tolist(), "n": 100}).json()
-    assert a["seed"] != b["seed"] and a["request_id"] != b["request_id"]
-    assert a["record"]["seed"] == a["seed"] and a["record"]["idx"] == a["request_id"]
+def test_an_issued_certificate_is_the_library_certificate_at_the_servers_seed(client):
+    """No seed in the request: the server keys the noise (docs/theory.md §8); the record is exactly what the
+    library computes at that seed, and a repeat of the request gets the identical certificate."""
+    a = client.post("/v1/certify", json={"x": X[4].tolist(), "n": 2000}).json()
+    b = client.post("/v1/certify", json={"x": X[4].tolist(), "n": 2000}).json()
+    assert a["issued"] is True and a["seed_source"] == "server" and a["request_id"] == 0 and a["seed"] == b["seed"]
+    expected = _expected_certify(4, a["seed"], 0, n=2000, alpha=1e-6)
+    assert _part(a["record"], expected) == expected == _part(b["record"], expected)
+    assert a["record"]["alpha"] == 1e-6 and a["signature"]["value"] != b["signature"]["value"]  # two issuances
 
 
 NAN_NPY = encode_input(np.full((1, 8, 8), np.nan, dtype=np.float32))
@@ -113,7 +121,8 @@ BAD = [
     ({"x": [[1.0, 2.0]]}, 422, "shape (1, 2)"),
     ({"x": NAN_NPY}, 422, "NaN or Inf"),
     ({"x": {"npy": "not base64!"}}, 422, "not a base64-encoded .npy"),
-    ({"x": [[1, 2], [3]]}, 422, "regular shape"),
+    ({"x": [[1, 2], [3]]}, 422, "this model takes one input of shape (1, 8, 8)"),  # refused before conversion
+    ({"x": [[row if r != 3 else row[:5] for r, row in enumerate(X[0][0].tolist())]]}, 422, "regular shape"),
     ({"x": "abc"}, 422, "x"),
     ({"sigma": 0.0}, 422, "sigma must be a finite number > 0"),
     ({"sigma": -1}, 422, "sigma must be a finite number > 0"),
@@ -124,7 +133,12 @@ BAD = [
     ({"n": 2.5}, 422, "n must be an integer"),
     ({"n": True}, 422, "n must be an integer"),
     ({"seed": -3}, 422, "seed must be an integer >= 0"),
-    ({"seed": 2**70}, 422, "seed must be at most"),
+    ({"seed": 2**70, "reproduce": True}, 422, "seed must be at most"),
+    ({"seed": 3}, 422, "seed and request_id are chosen by the server"),
+    ({"request_id": 3}, 422, "seed and request_id are chosen by the server"),
+    ({"reproduce": True}, 400, "needs the field 'seed'"),
+    ({"reproduce": "yes", "seed": 1}, 422, "reproduce must be true or false"),
+    ({"alpha": 0.001}, 422, "an issued certificate may fail with probability at most 1e-06"),
     ({"label": 10}, 422, "label 10 is not a class"),
     ({"target_radius": -0.5}, 422, "target_radius must be a finite number > 0"),
     ({"target_radius": 0.5, "looks": [1000, 100]}, 422, "looks must be increasing"),
@@ -176,7 +190,7 @@ def test_the_service_survives_bad_requests(client):
     for _ in range(3):
         client.post("/v1/certify", content=b"garbage")
         client.post("/v1/certify", content=json.dumps({"x": [float("inf")] * 3}))
-    response = client.post("/v1/certify", json={"x": X[0].tolist(), "n": 200, "seed": 1})
+    response = client.post("/v1/certify", json={"x": X[0].tolist(), "n": 200})
     assert response.status_code == 200 and response.json()["record"]["samples"] == 200
 
 
@@ -232,7 +246,8 @@ def test_concurrent_requests_share_batches_and_match_in_process(service, client)
     results = {}
 
     def ask(i):
-        results[i] = client.post("/v1/certify", json={"x": X[i].tolist(), "seed": 0, "request_id": i, "n": 1000}).json()
+        results[i] = client.post("/v1/certify", json={"x": X[i].tolist(), "seed": 0, "request_id": i, "n": 1000,
+                                                      "alpha": 0.001, "reproduce": True}).json()
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
     for t in threads:
@@ -241,7 +256,7 @@ def test_concurrent_requests_share_batches_and_match_in_process(service, client)
         t.join(timeout=120)
     for i in range(8):
         expected = _expected_certify(i, 0, i, n=1000)
-        assert _part(results[i]["record"], expected) == expected
+        assert _part(results[i]["reproduction"], expected) == expected
     # 8 requests of 1100 samples in batches of 500: alone they would take 8 x 3 batches.
     assert scheduler.batches_run - batches_before < 8 * 3
 
@@ -284,7 +299,7 @@ def test_the_default_backend_is_the_clis_verified_choice():
     try:
         model = svc.models["classifier"]
         assert (model.backend, model.dtype) == ("onnxruntime", "float32")
-        record = svc.call("certify", {"x": X[0].tolist(), "n": 200, "seed": 0})["record"]
+        record = svc.call("certify", {"x": X[0].tolist(), "n": 200})["record"]
         assert record["backend"] == "onnxruntime" and record["dtype"] == "float32" and record["samples"] == 200
     finally:
         svc.close()
@@ -333,9 +348,9 @@ def test_generate_over_http_is_the_cli_record(lm_client, tmp_path, capsys, noise
     expected = _cli_generation(tmp_path, [*common, *noise_args])
     capsys.readouterr()
     response = lm_client.post("/v1/generate", json={"prompt": prompt, "max_new_tokens": 4, "n": 200, "n0": 40, "seed": 5,
-                                                    "request_id": 0, **body})
+                                                    "request_id": 0, "alpha": 0.001, "reproduce": True, **body})
     assert response.status_code == 200, response.text
-    record = response.json()["record"]
+    record = response.json()["reproduction"]
     for key, value in expected.items():
         if key != "seconds":
             assert record[key] == value, key

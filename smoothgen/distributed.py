@@ -35,7 +35,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -48,6 +47,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from smoothgen.errors import InvalidParameterError, SmoothgenError, first_line
+from smoothgen.ray_util import check_reachable, secure_auth_token
 
 #: What to install for `--ray` (the extra that also serves `smoothgen serve`).
 RAY_EXTRA = "pip install 'smoothgen[serve]'"
@@ -57,9 +57,6 @@ LOCAL = "local"
 MAX_RETRIES = 3
 #: Resubmissions by the driver of a unit whose task Ray gave up on or could not retry (see _result).
 MAX_RESUBMITS = 2
-#: Seconds a TCP connection to `--ray ADDRESS` may take before the address counts as unreachable
-#: (`ray.init` itself waits for minutes on an address where no cluster listens).
-CONNECT_TIMEOUT_S = 5.0
 
 
 class DistributedError(SmoothgenError, RuntimeError):
@@ -92,39 +89,7 @@ def check_options(args: argparse.Namespace) -> None:
     if args.ray_workers is not None and args.ray_workers < 1:
         raise InvalidParameterError(f"--ray-workers must be >= 1, got {args.ray_workers}")
     if args.ray != LOCAL:
-        _check_reachable(args.ray)
-
-
-def _check_reachable(address: str, option: str = "--ray") -> None:
-    """A TCP connection to the cluster's address (host:port, auto or ray://host:port) succeeds (also for
-    `smoothgen serve --address`: option names the option in the messages)."""
-    target = address
-    if address == "auto":
-        target = os.environ.get("RAY_ADDRESS") or address
-    if target == "auto":
-        try:
-            from ray._private.services import canonicalize_bootstrap_address_or_die
-        except ImportError:  # a private helper of Ray: without it, ray.init finds the address itself
-            return
-        try:
-            target = canonicalize_bootstrap_address_or_die("auto")
-        except ConnectionError as exc:
-            raise DistributedError(f"{option} auto: {first_line(exc)} (start a cluster with `ray start --head`, or give "
-                                   f"its address: {option} HOST:PORT)") from exc
-        except Exception:  # noqa: BLE001 - Ray's own detection failed in another way: let ray.init say it
-            return
-    hostport = target.split("://", 1)[1] if "://" in target else target
-    host, colon, port = hostport.rpartition(":")
-    host = host.strip("[]")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidParameterError(f"{option} {address!r} is not a Ray address: give HOST:PORT (the head node's "
-                                    "`ray start --head` port, 6379 by default), auto, or ray://HOST:PORT (Ray Client)")
-    try:
-        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        reason = f"no answer in {CONNECT_TIMEOUT_S:g} s" if isinstance(exc, socket.timeout) else (exc.strerror or type(exc).__name__)
-        raise DistributedError(f"cannot reach a Ray cluster at {hostport}: {reason} (is `ray start --head` running there?)") from exc
+        check_reachable(args.ray)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -279,6 +244,8 @@ def connected(address: str, num_cpus: int | None = None):
         options.update(address="local", include_dashboard=False, num_cpus=num_cpus)
     else:
         options["address"] = address
+    if local:
+        secure_auth_token()  # before Ray writes it world-readable (smoothgen.ray_util)
     try:
         ray.init(**options)
     except Exception as exc:  # noqa: BLE001 - ray.init raises ConnectionError, RuntimeError, ValueError, ...

@@ -251,11 +251,11 @@ def cmd_serve(args) -> int:
         raise InvalidParameterError(f"--port must lie in 1..65535, got {args.port}")
     num_gpus = (1.0 if args.device.startswith("cuda") else 0.0) if args.num_gpus is None else check_positive(args.num_gpus, "--num-gpus", allow_zero=True)
     _import_ray()
-    config = config_from_args(args)
     if args.address is not None:
         from smoothgen.ray_util import check_reachable
 
         check_reachable(args.address, "--address")
+    config = config_from_args(args)
     precheck(config)  # the device, models and backend, checked in a child process
     handle = start(config, address=args.address, host=args.host, port=args.port, replicas=args.replicas,
                    num_cpus=args.num_cpus, num_gpus=num_gpus, tls_cert=args.tls_cert, tls_key=args.tls_key)

@@ -1,8 +1,17 @@
 """Shared fixtures."""
+import os
+import tempfile
+
 import pytest
 import torch
 
 from oracles import LinearBinary
+
+
+def pytest_configure(config):
+    # `smoothgen serve` keeps its keys and audit log in a state folder (default under ~/.local/state):
+    # the tests' servers use a folder of their own, never a user's.
+    os.environ.setdefault("SMOOTHGEN_STATE_DIR", tempfile.mkdtemp(prefix="smoothgen-test-state-"))
 
 
 @pytest.fixture

@@ -27,6 +27,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 from typing import Any
 
 from smoothgen.errors import InvalidInputError, InvalidParameterError, MetricError, SmoothgenError, first_line
@@ -353,6 +355,9 @@ def start(config, *, address: str | None = None, host: str = "127.0.0.1", port: 
         proxy_environment(config.max_body)
         if address is None:
             secure_auth_token()  # before the local instance writes it world-readable
+        # ray.init installs its own SIGTERM handler (exit at once with status 15); the caller's is put back.
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGTERM) if in_main else None
         try:
             # address "local": a new Ray instance of this command's own, even when others run on this machine.
             ray.init(address=address or "local", namespace=namespace, include_dashboard=False, log_to_driver=False,
@@ -360,6 +365,9 @@ def start(config, *, address: str | None = None, host: str = "127.0.0.1", port: 
         except Exception as exc:  # ray.init raises ConnectionError, RuntimeError, ValueError, ...
             hint = "" if address is None else " (a cluster with token authentication also needs RAY_AUTH_MODE=token here; README: Scaling out)"
             raise InvalidParameterError(f"cannot start or reach Ray (--address {address}): {first_line(exc)}{hint}") from exc
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     http_options: dict[str, Any] = {"host": host, "port": port}
     if tls_cert is not None:
         http_options.update(ssl_certfile=tls_cert, ssl_keyfile=tls_key)

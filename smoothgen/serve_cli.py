@@ -257,16 +257,18 @@ def cmd_serve(args) -> int:
         check_reachable(args.address, "--address")
     config = config_from_args(args)
     precheck(config)  # the device, models and backend, checked in a child process
+    stopped = threading.Event()
+    # From here SIGTERM stops the server once it is up (start() keeps this handler across ray.init): the
+    # server may already answer requests before start() returns.
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     handle = start(config, address=args.address, host=args.host, port=args.port, replicas=args.replicas,
                    num_cpus=args.num_cpus, num_gpus=num_gpus, tls_cert=args.tls_cert, tls_key=args.tls_key)
-    stopped = threading.Event()
     scheme = "https" if args.tls_cert else "http"
     try:
         print(f"smoothgen serve: {scheme}://{args.host}:{args.port}/{API_VERSION} ({args.replicas} replica(s); "
               f"endpoints: {', '.join(config.endpoints)}; signing key {_key_id(config)}; audit log {config.audit_db}"
               f"{'; API keys: ' + str(len(config.api_keys)) if config.api_keys else ''}). Ctrl-C stops.",
               file=sys.stderr, flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
         while not stopped.wait(0.5):
             pass
     except KeyboardInterrupt:

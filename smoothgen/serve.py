@@ -201,7 +201,6 @@ def build_app(service):
                     future, ticket = service.submit(endpoint, body, client)
                     result = await asyncio.wrap_future(future)
                 except asyncio.CancelledError:  # the client went away: its samples are not computed for nobody
-                    status = CLIENT_CLOSED
                     if ticket is not None:
                         ticket.cancel()
                     raise
@@ -209,6 +208,9 @@ def build_app(service):
                     service.release(endpoint)
             status = 200
             return _json(result)
+        except asyncio.CancelledError:  # gone while its body was read, or while it waited for its answer
+            status = CLIENT_CLOSED
+            raise
         except Exception as exc:
             status = status_of(exc)
             if status >= 500 and status != 504:

@@ -34,10 +34,8 @@ import logging
 import math
 import os
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -47,7 +45,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from smoothgen.errors import InvalidParameterError, SmoothgenError, first_line
-from smoothgen.ray_util import check_reachable, secure_auth_token
+from smoothgen.ray_util import check_reachable, init_ray
 
 #: What to install for `--ray` (the extra that also serves `smoothgen serve`).
 RAY_EXTRA = "pip install 'smoothgen[serve]'"
@@ -237,17 +235,13 @@ def connected(address: str, num_cpus: int | None = None):
     records) is put back."""
     ray = import_ray()
     local = address == LOCAL
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGTERM) if in_main else None
     options: dict[str, Any] = {"logging_level": logging.WARNING}
     if local:
         options.update(address="local", include_dashboard=False, num_cpus=num_cpus)
     else:
         options["address"] = address
-    if local:
-        secure_auth_token()  # before Ray writes it world-readable (smoothgen.ray_util)
     try:
-        ray.init(**options)
+        init_ray(ray, local, **options)
     except Exception as exc:  # noqa: BLE001 - ray.init raises ConnectionError, RuntimeError, ValueError, ...
         what = "start a local Ray instance" if local else f"connect to the Ray cluster at {address}"
         hint = ""
@@ -255,9 +249,6 @@ def connected(address: str, num_cpus: int | None = None):
             hint = (" (a cluster with token authentication, the default of `ray start --head`, also needs "
                     "RAY_AUTH_MODE=token here and its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
         raise DistributedError(f"cannot {what}: {first_line(exc)}{hint}") from exc
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     try:
         yield ray
     finally:

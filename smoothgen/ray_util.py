@@ -3,8 +3,10 @@ check that a cluster's address answers, and Ray's token file kept private."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
+import threading
 from pathlib import Path
 
 from smoothgen.errors import InvalidParameterError, SmoothgenError, first_line
@@ -79,3 +81,17 @@ def secure_auth_token() -> Path | None:
     finally:
         os.close(fd)
     return path
+
+
+def init_ray(ray, local: bool, **options) -> None:
+    """ray.init(**options) as the front doors call it: for a local instance, Ray's token file is made private
+    first (`secure_auth_token`); and the caller's SIGTERM handler is put back afterwards (ray.init installs its
+    own, which exits at once with status 15). ray.init's own errors propagate."""
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if local:
+        secure_auth_token()
+    try:
+        ray.init(**options)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -25,10 +25,7 @@ as 499 in the metrics.
 import asyncio
 import json
 import logging
-import math
 import os
-import signal
-import threading
 from typing import Any
 
 from smoothgen.errors import InvalidInputError, InvalidParameterError, MetricError, SmoothgenError, first_line
@@ -87,21 +84,11 @@ CLIENT_CLOSED = 499
 def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None):
     from starlette.responses import Response
 
-    from smoothgen.results import _json_default
+    from smoothgen.trust import json_ready
 
     # As in results files: infinite radii (abstentions) are null, JSON having no Infinity.
-    content = json.dumps(_finite(body), default=_json_default, allow_nan=False)
+    content = json.dumps(json_ready(body), allow_nan=False)
     return Response(content, status_code=status, media_type="application/json", headers=headers)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def error_response(exc: BaseException, retry_after: int):
@@ -347,7 +334,7 @@ def start(config, *, address: str | None = None, host: str = "127.0.0.1", port: 
 
     Returns what `stop` needs. Raises BackendUnavailableError without the serve extra.
     """
-    from smoothgen.ray_util import check_reachable, secure_auth_token
+    from smoothgen.ray_util import check_reachable, init_ray
 
     ray, serve = _import_ray()
     started_ray = not ray.is_initialized()
@@ -355,21 +342,13 @@ def start(config, *, address: str | None = None, host: str = "127.0.0.1", port: 
         check_reachable(address, "--address")  # one line at once, where ray.init would wait for minutes
     if started_ray:
         proxy_environment(config.max_body)
-        if address is None:
-            secure_auth_token()  # before the local instance writes it world-readable
-        # ray.init installs its own SIGTERM handler (exit at once with status 15); the caller's is put back.
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.getsignal(signal.SIGTERM) if in_main else None
         try:
             # address "local": a new Ray instance of this command's own, even when others run on this machine.
-            ray.init(address=address or "local", namespace=namespace, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            init_ray(ray, address is None, address=address or "local", namespace=namespace, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
         except Exception as exc:  # ray.init raises ConnectionError, RuntimeError, ValueError, ...
             hint = "" if address is None else " (a cluster with token authentication also needs RAY_AUTH_MODE=token here; README: Scaling out)"
             raise InvalidParameterError(f"cannot start or reach Ray (--address {address}): {first_line(exc)}{hint}") from exc
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
     http_options: dict[str, Any] = {"host": host, "port": port}
     if tls_cert is not None:
         http_options.update(ssl_certfile=tls_cert, ssl_keyfile=tls_key)

@@ -51,7 +51,7 @@ class KeyFileError(SmoothgenError, OSError):
 
 
 # ------------------------------------------------------------------------------------------ encoding
-def _plain(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """JSON-ready values: finite floats (±inf and NaN become null, as in results files and responses),
     lists for tuples and arrays, Python scalars for NumPy and torch scalars."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
@@ -61,18 +61,18 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_ready(v) for v in value]
     if hasattr(value, "tolist"):  # numpy / torch arrays and scalars
-        return _plain(value.tolist())
+        return json_ready(value.tolist())
     if hasattr(value, "item"):
-        return _plain(value.item())
+        return json_ready(value.item())
     raise InvalidParameterError(f"cannot encode a {type(value).__name__} in a certificate document")
 
 
 def plain(document: dict[str, Any]) -> dict[str, Any]:
-    """The document as a client receives it: a JSON round trip of `_plain` values (what is signed)."""
+    """The document as a client receives it: a JSON round trip of `json_ready` values (what is signed)."""
     return json.loads(canonical(document))
 
 
@@ -80,7 +80,7 @@ def canonical(document: Any) -> bytes:
     """The canonical encoding that is signed: JSON with sorted keys, no whitespace, ASCII only, no NaN.
     Floats are written by Python's shortest round-trip repr, so a document parsed by a JSON reader that
     keeps doubles exactly (Python's, JavaScript's) and encoded again gives the same bytes."""
-    return json.dumps(_plain(document), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+    return json.dumps(json_ready(document), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                       allow_nan=False).encode("ascii")
 
 
@@ -283,10 +283,11 @@ class Signer:
         self.key_id = key_id(self.public_key)
 
     def sign(self, document: dict[str, Any]) -> dict[str, Any]:
-        """The document with a "signature" field over the canonical encoding of everything else."""
-        body = plain({k: v for k, v in document.items() if k != "signature"})
-        value = self._key.sign(canonical(body))
-        return {**body, "signature": {"algorithm": ALGORITHM, "key_id": self.key_id, "public_key": self.public_key,
+        """The document as a client receives it (`plain`), with a "signature" field over the canonical
+        encoding of everything else."""
+        encoded = canonical({k: v for k, v in document.items() if k != "signature"})
+        value = self._key.sign(encoded)
+        return {**json.loads(encoded), "signature": {"algorithm": ALGORITHM, "key_id": self.key_id, "public_key": self.public_key,
                                       "value": base64.b64encode(value).decode("ascii")}}
 
     def keys_document(self) -> dict[str, Any]:

@@ -9,7 +9,6 @@ import json
 import threading
 import time
 
-import numpy as np
 import pytest
 import torch
 

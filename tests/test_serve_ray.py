@@ -160,9 +160,10 @@ def _raw_request(base_url, head: bytes, body: bytes = b"") -> tuple[int, dict]:
 
 def test_the_hostile_set_gets_4xx_without_raising_the_replicas_memory(base_url):
     """Issue 21's stress set through the real proxy and replica: a 200 MB body (declared, and streamed),
-    deep nesting, huge integers, huge values, a long prompt, a generate flood beside a certify request
-    with its own deadline. No 500, the replica's resident memory grows by less than 100 MB, and the
-    certify request is answered within its deadline."""
+    deep nesting, huge integers, huge values, a long prompt, generate floods beside a certify request
+    with its own deadline. No 500; the hostile bodies raise the replica's resident memory by less than
+    100 MB, and later floods by less than 100 MB over the first ones; every certify request is answered
+    within its deadline."""
     rss = 'process_resident_memory_bytes'
     flood = [{"prompt": "import os\nimport s", "n0": 100, "n": 20_000, "timeout_s": 5} for _ in range(16)]
 
@@ -173,11 +174,20 @@ def test_the_hostile_set_gets_4xx_without_raising_the_replicas_memory(base_url):
             certify = await client.post(f"{base_url}/v1/certify", json={"x": X[0].tolist(), "n": 2000, "timeout_s": 4})
             return certify, await asyncio.gather(*generate)
 
-    # The baseline is a replica that has served two floods: the first uses of the LM and the classifier
-    # allocate what later requests reuse (measured: 375 MB at start, 575 and 700 MB after one and two
-    # floods, then 750-770 MB however many more). Memory that grew again with each flood would be a leak.
-    for _ in range(2):
-        asyncio.run(flood_and_certify())
+    def flood_checked() -> float:
+        """One flood beside a certify request; the replica's resident memory after it."""
+        certify, generated = asyncio.run(flood_and_certify())
+        assert certify.status_code == 200, certify.text  # answered within its own deadline
+        codes = [r.status_code for r in generated]
+        assert set(codes) <= {200, 429, 504} and 429 in codes, codes
+        assert all(r.json()["status"] == r.status_code for r in generated if r.status_code != 200)
+        return _metric(base_url, rss)
+
+    # The first floods allocate what later requests reuse: measured 375 MB at start, then 575, 620-700 and
+    # 700-780 MB after one, two and three floods, and 600-780 MB after each later one, with no trend (where
+    # each generation is cut off by its deadline varies). Floods are compared with floods, the hostile
+    # bodies with the replica just before them.
+    warm = max(flood_checked() for _ in range(3))
     before = _metric(base_url, rss)
     head = (b"POST /v1/certify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 200000000\r\nConnection: close\r\n\r\n")
@@ -203,12 +213,8 @@ def test_the_hostile_set_gets_4xx_without_raising_the_replicas_memory(base_url):
             response = client.post(f"{base_url}/v1/{'generate' if i == len(hostile) - 1 else 'certify'}", content=raw)
             assert response.status_code in (400, 413, 422) and response.json()["status"] == response.status_code, response.text[:300]
             statuses.append(response.status_code)
-    certify, generated = asyncio.run(flood_and_certify())
-    assert certify.status_code == 200, certify.text
-    codes = [r.status_code for r in generated]
-    assert set(codes) <= {200, 429, 504} and 429 in codes, codes
-    assert all(r.json()["status"] == r.status_code for r in generated if r.status_code != 200)
-    assert 500 not in statuses and _metric(base_url, rss) - before < 100e6
+    assert 500 not in statuses and _metric(base_url, rss) - before < 100e6  # the hostile bodies
+    assert max(flood_checked() for _ in range(2)) - warm < 100e6  # floods: no growth from flood to flood
 
 
 def test_serve_without_ray_exits_2_naming_the_extra(monkeypatch, capsys):

@@ -28,7 +28,12 @@ $(STAMP): constraints.txt pyproject.toml setup.py
 	$(PIP) install -c constraints.txt "torch==2.13.0"
 	# Build tools of the C++ core for the standalone CMake build, and the fuzzer of its C ABI.
 	$(PIP) install -c constraints.txt pybind11 boost-headers atheris
-	$(PIP) install -c constraints.txt -e ".[test,diffusion,serve]"
+	$(PIP) install -c constraints.txt -e ".[test,diffusion,serve,vision]"
+	# The pretrained detector and recogniser of `smoothgen center --model mtcnn|rapidocr`, without their declared
+	# dependencies: facenet-pytorch's would install torchvision (whose wheels link the CUDA torch and break
+	# transformers and diffusers next to the CPU build) and rapidocr's opencv-python (the headless build is in
+	# the vision extra); smoothgen.detection supplies the one torchvision function facenet's MTCNN calls.
+	$(PIP) install --no-deps -c constraints.txt facenet-pytorch rapidocr-onnxruntime
 	touch $(STAMP) $(CORE_STAMP)
 
 # Rebuild smoothgen._C in place when the C++ sources change after set-up. The first set-up built it already

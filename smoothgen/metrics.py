@@ -26,6 +26,7 @@ name            gamma  kind      distance between two outputs
 ``tv1d``        1      tensor    total variation of ``a - b`` along the last axis
 ``tv2d``        1      tensor    anisotropic total variation of ``a - b`` over ``[C, H, W]``
 ``jaccard``     1      tensor    ``1 - IoU`` of boxes ``(x1, y1, x2, y2)``
+``jaccard-match`` 1    tensor    sets of K ≤ 6 boxes: least mean ``1 - IoU`` over the pairings of slots
 ``w1``          1      tensor    1-Wasserstein distance of histograms on unit-spaced bins
 ``levenshtein`` 1      sequence  edit distance of integer token sequences
 ==============  =====  ========  =============================================================
@@ -40,6 +41,7 @@ of the inputs plus one block.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -592,6 +594,35 @@ def _tv2d(a: Outputs, b: Outputs) -> torch.Tensor:
     return _cdist(_grad_features(a), _grad_features(b), p=1.0)
 
 
+def _boxes(a: Outputs, b: Outputs, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box outputs ``[n, *slots, 4]`` as float ``[n, K, 4]`` (K = the number of slots)."""
+    a, b = _float_outputs(a, b, name, min_dims=1)
+    if a.shape[-1] != 4:
+        raise InvalidInputError(
+            f"metric {name!r} takes boxes [..., 4] = (x1, y1, x2, y2), got last dimension {a.shape[-1]}"
+        )
+    slots = math.prod(a.shape[1:-1])
+    return a.reshape(a.shape[0], slots, 4), b.reshape(b.shape[0], slots, 4)
+
+
+def _box_area(x: torch.Tensor) -> torch.Tensor:
+    w, h = x[..., 2] - x[..., 0], x[..., 3] - x[..., 1]
+    # The same expression as the intersection in _box_distances, so that IoU(box, box) is exactly 1.
+    return torch.where((w > 0) & (h > 0), w * h, torch.zeros_like(w))
+
+
+def _box_distances(p: torch.Tensor, q: torch.Tensor, area_p: torch.Tensor, area_q: torch.Tensor) -> torch.Tensor:
+    """1 − IoU of boxes p and q broadcast against each other (areas broadcast alike); an empty box (x2 <= x1
+    or y2 <= y1) is the empty set: 1 against a box, 0 against another empty one."""
+    # Either box empty makes one side of the overlap <= 0, so the intersection is 0.
+    iw = (torch.minimum(p[..., 2], q[..., 2]) - torch.maximum(p[..., 0], q[..., 0])).clamp_(min=0)
+    ih = (torch.minimum(p[..., 3], q[..., 3]) - torch.maximum(p[..., 1], q[..., 1])).clamp_(min=0)
+    inter = iw.mul_(ih)
+    union = area_p + area_q - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.ones_like(union))
+    return (1.0 - iou).clamp_(0.0, 1.0)
+
+
 def _jaccard(a: Outputs, b: Outputs) -> torch.Tensor:
     """``1 - IoU`` of boxes ``(x1, y1, x2, y2)``, averaged over box slots.
 
@@ -602,35 +633,52 @@ def _jaccard(a: Outputs, b: Outputs) -> torch.Tensor:
     Shapes:
         a: ``[n_a, *slots, 4]``; b: ``[n_b, *slots, 4]``; result: ``[n_a, n_b]``.
     """
-    a, b = _float_outputs(a, b, "jaccard", min_dims=1)
-    if a.shape[-1] != 4:
-        raise InvalidInputError(
-            f"metric 'jaccard' takes boxes [..., 4] = (x1, y1, x2, y2), got last dimension {a.shape[-1]}"
-        )
-    slots = math.prod(a.shape[1:-1])
-    a = a.reshape(a.shape[0], slots, 4)
-    b = b.reshape(b.shape[0], slots, 4)
+    a, b = _boxes(a, b, "jaccard")
+    area_a, area_b = _box_area(a), _box_area(b)
+    out = torch.empty(a.shape[0], b.shape[0], dtype=a.dtype, device=a.device)
 
-    def area(x: torch.Tensor) -> torch.Tensor:
-        w, h = x[..., 2] - x[..., 0], x[..., 3] - x[..., 1]
-        # The same expression as the intersection below, so that IoU(box, box) is exactly 1.
-        return torch.where((w > 0) & (h > 0), w * h, torch.zeros_like(w))
+    def block(r: slice, c: slice) -> torch.Tensor:  # [r, 1, K, 4] against [1, c, K, 4]
+        return _box_distances(a[r, None], b[None, c], area_a[r, None], area_b[None, c]).mean(dim=-1)
 
-    area_a, area_b = area(a), area(b)
+    # About eight [r, c, K] temporaries are alive at once.
+    return _fill_blockwise(out, 8 * a.shape[1] * a.element_size(), block)
+
+
+#: The most box slots `jaccard-match` pairs (it tries all K! pairings).
+MAX_MATCH_SLOTS = 6
+
+
+def _jaccard_match(a: Outputs, b: Outputs) -> torch.Tensor:
+    """Sets of up to K boxes: the least mean Jaccard distance over the K! ways to pair the slots of a with those of b.
+
+    Each output is K box slots ``(x1, y1, x2, y2)``, empty slots (x2 <= x1 or y2 <= y1) standing for "no box";
+    unlike ``jaccard`` the slots are not compared in order, so the result does not depend on how a detector
+    orders its boxes. This is the 1-Wasserstein distance between the uniform measures on the K slot sets
+    with the Jaccard metric as ground metric (an optimal plan between two uniform K-point measures is a
+    permutation, Birkhoff–von Neumann), so a metric on multisets of K sets: gamma = 1 (docs/theory.md §2.3).
+
+    Shapes:
+        a: ``[n_a, K, 4]`` (or ``[n_a, *slots, 4]``, flattened to K slots); b: ``[n_b, K, 4]``; K ≤ 6;
+        result: ``[n_a, n_b]``.
+    """
+    a, b = _boxes(a, b, "jaccard-match")
+    k = a.shape[1]
+    if k > MAX_MATCH_SLOTS:
+        raise InvalidInputError(f"metric 'jaccard-match' pairs at most {MAX_MATCH_SLOTS} box slots (it tries all K! pairings), got {k}")
+    perms = torch.tensor(list(itertools.permutations(range(k))), dtype=torch.long, device=a.device).reshape(-1, k)
+    slot = torch.arange(k, device=a.device)
+    area_a, area_b = _box_area(a), _box_area(b)
     out = torch.empty(a.shape[0], b.shape[0], dtype=a.dtype, device=a.device)
 
     def block(r: slice, c: slice) -> torch.Tensor:
-        p, q = a[r, None], b[None, c]  # [r, 1, K, 4], [1, c, K, 4]
-        # Either box empty makes one side of the overlap <= 0, so the intersection is 0.
-        iw = (torch.minimum(p[..., 2], q[..., 2]) - torch.maximum(p[..., 0], q[..., 0])).clamp_(min=0)
-        ih = (torch.minimum(p[..., 3], q[..., 3]) - torch.maximum(p[..., 1], q[..., 1])).clamp_(min=0)
-        inter = iw.mul_(ih)
-        union = area_a[r, None] + area_b[None, c] - inter
-        iou = torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.ones_like(union))
-        return (1.0 - iou).clamp_(0.0, 1.0).mean(dim=-1)
+        # [r, 1, K, 1, 4] against [1, c, 1, K, 4]: every slot of a against every slot of b.
+        d = _box_distances(a[r, None, :, None], b[None, c, None, :], area_a[r, None, :, None], area_b[None, c, None, :])
+        # cost of pairing perm: sum over slots s of d[s, perm[s]]  -> [r, c, K!]
+        cost = d[:, :, slot[None, :], perms].sum(dim=-1)
+        return cost.min(dim=-1).values / k
 
-    # About eight [r, c, K] temporaries are alive at once.
-    return _fill_blockwise(out, 8 * slots * a.element_size(), block)
+    # Per pair: about eight [K, K] temporaries and the [K!, K] gathered costs.
+    return _fill_blockwise(out, (8 * k * k + 2 * perms.numel()) * a.element_size(), block)
 
 
 def _cdf_rows(x: torch.Tensor, name: str, label: str) -> torch.Tensor:
@@ -704,6 +752,7 @@ _BUILTINS = (
     ("tv1d", 1.0, _tv1d, "tensor", "total variation of a - b along the last axis"),
     ("tv2d", 1.0, _tv2d, "tensor", "anisotropic total variation of a - b over [C, H, W] or [H, W]"),
     ("jaccard", 1.0, _jaccard, "tensor", "1 - IoU of boxes (x1, y1, x2, y2); x2 <= x1 or y2 <= y1 is no box"),
+    ("jaccard-match", 1.0, _jaccard_match, "tensor", "sets of up to 6 boxes [K, 4]: least mean 1 - IoU over the pairings of their slots"),
     ("w1", 1.0, _w1, "tensor", "1-Wasserstein distance of histograms [B] on unit-spaced bins"),
     ("levenshtein", 1.0, _levenshtein, "sequence", "edit distance of integer token sequences"),
 )
@@ -718,7 +767,7 @@ def diameter(metric: str | Metric, output_shape: Sequence[int], output_range: tu
 
     What a certified output radius is to be compared with: a radius at or above the diameter says nothing.
     Some metrics are bounded whatever the outputs: cosine (2; 1 for non-negative outputs), angular (1; 1/2
-    for non-negative outputs), jaccard (1) and w1 on B bins (B − 1). The others need outputs bounded
+    for non-negative outputs), jaccard and jaccard-match (1) and w1 on B bins (B − 1). The others need outputs bounded
     coordinate-wise, in `output_range` = (lo, hi) with w = hi − lo:
     l2 w·sqrt(k) and l1 w·k for k coordinates; tv1d 2w per pair of neighbours along the last axis and tv2d
     2w per pair of vertical or horizontal neighbours (a checkerboard against its negative attains both).
@@ -736,7 +785,7 @@ def diameter(metric: str | Metric, output_shape: Sequence[int], output_range: tu
         return 1.0 if nonnegative else 2.0
     if name == "angular":
         return 0.5 if nonnegative else 1.0
-    if name == "jaccard":
+    if name in ("jaccard", "jaccard-match"):
         return 1.0
     if name == "w1":
         return float(max(shape[-1] - 1, 0)) if len(shape) == 1 else None

@@ -378,10 +378,46 @@ class CenterSmoother:
         Shapes:
             x: [*input_shape]
         """
+        return self.certify_radii(x, [eps_in], n=n, m=m, delta=delta, alpha1=alpha1, alpha2=alpha2, seed=seed,
+                                  request_id=request_id)[0]
+
+    def certify_radii(
+        self,
+        x: torch.Tensor,
+        radii: Any,
+        n: int = 10_000,
+        m: int = 10_000,
+        delta: float = 0.05,
+        alpha1: float = 0.005,
+        alpha2: float = 0.005,
+        seed: int | None = None,
+        request_id: int = 0,
+    ) -> list[CenterCertificate]:
+        """CERTIFY at several input radii from one set of samples: the certificate curve ε_in ↦ ε_out at this σ.
+
+        The SMOOTH step and the m radius samples are drawn once; each radius reads its own order statistic
+        ⌈q(ε_in)·m⌉ of the same m distances. Each certificate is exactly the one `certify` returns for its
+        radius (same seed, same numbers), and they hold all at once with probability ≥ 1 − α1 − α2 −
+        candidate_miss, not only one at a time: the one-sided DKW inequality bounds the empirical CDF at
+        every level simultaneously (docs/theory.md §2).
+
+        Args:
+            radii: input radii ε_in ≥ 0 (with ``noise=``, threat sizes in its unit), one or more.
+            the rest: as `certify`.
+
+        Returns:
+            One `CenterCertificate` per radius, in the order given.
+        """
+        try:
+            radii = list(radii)
+        except TypeError:
+            raise InvalidParameterError(f"radii must be a sequence of input radii, got {type(radii).__name__}") from None
+        if not radii:
+            raise InvalidParameterError("radii must hold at least one input radius")
         if self.noise is None:
-            eps_in = check_positive(eps_in, "eps_in", allow_zero=True)
+            radii = [check_positive(eps, "eps_in", allow_zero=True) for eps in radii]
         else:
-            eps_in = self.noise.check_radius(eps_in)
+            radii = [self.noise.check_radius(eps) for eps in radii]
         m = check_count(m, "m")
         alpha2 = check_alpha(alpha2, "alpha2")
         alpha1 = check_alpha(alpha1, "alpha1")
@@ -389,47 +425,54 @@ class CenterSmoother:
             raise InvalidParameterError(f"alpha1 + alpha2 = {alpha1 + alpha2} must be below 1 (they add up)")
         smoothed = self.smooth(x, n, delta, alpha1, seed, request_id)
         center = smoothed.center[None] if isinstance(smoothed.center, torch.Tensor) else [smoothed.center]
-        if self.noise is None:
-            p = stats.center_certify_level(eps_in, self.sigma, delta)
-        else:
-            p = float(self.noise.level(x, eps_in, delta))
-        if p <= 1.0:
-            q = stats.dkw_quantile_level(p, m, alpha2, noise_tv=smoothed.noise_tv)
-        else:  # no ball holds mass p > 1 (a discrete noise's level at a large threat): q > 1 below
-            q = p + smoothed.noise_tv + stats.hoeffding_radius(m, alpha2)
-        k = stats.order_statistic_index(q, m)
-        # q > 1 depends only on the parameters (ε_in too large for σ and m): report it before the check.
-        reason = "q > 1" if k is None else ("center check failed" if smoothed.abstained else None)
-        r_hat = math.inf
-        if reason is None:
-            distances = self._distances_to(x, m, center, Purpose.CENTER_RADIUS, RandomStream(seed, request_id))
-            r_hat = stats.order_statistic(distances.cpu().numpy(), k)
-        eps_out = math.inf if reason is not None else stats.center_eps_out(self.metric.gamma, self.beta, r_hat)
-        return CenterCertificate(
-            center=smoothed.center,
-            abstained=reason is not None,
-            reason=reason,
-            eps_in=eps_in,
-            eps_out=eps_out,
-            r_hat=r_hat,
-            center_radius=smoothed.center_radius,
-            smoothing_error=self.smoothing_error(x, center),
-            p=p,
-            q=q,
-            sigma=self.sigma,
-            metric=self.metric.name,
-            gamma=self.metric.gamma,
-            beta=self.beta,
-            n=n,
-            m=m,
-            delta=delta,
-            alpha1=alpha1,
-            alpha2=alpha2,
-            n_candidates=self.n_candidates,
-            seed=seed,
-            noise_tv=smoothed.noise_tv,
-            candidate_miss=stats.center_candidate_miss(delta, self.n_candidates, n, smoothed.noise_tv),
-        )
+        levels = []
+        for eps_in in radii:
+            if self.noise is None:
+                p = stats.center_certify_level(eps_in, self.sigma, delta)
+            else:
+                p = float(self.noise.level(x, eps_in, delta))
+            if p <= 1.0:
+                q = stats.dkw_quantile_level(p, m, alpha2, noise_tv=smoothed.noise_tv)
+            else:  # no ball holds mass p > 1 (a discrete noise's level at a large threat): q > 1 below
+                q = p + smoothed.noise_tv + stats.hoeffding_radius(m, alpha2)
+            levels.append((p, q, stats.order_statistic_index(q, m)))
+        distances = None
+        if not smoothed.abstained and any(k is not None for _, _, k in levels):
+            distances = self._distances_to(x, m, center, Purpose.CENTER_RADIUS, RandomStream(seed, request_id)).cpu().numpy()
+        smoothing_error = self.smoothing_error(x, center)
+        candidate_miss = stats.center_candidate_miss(delta, self.n_candidates, n, smoothed.noise_tv)
+        certificates = []
+        for eps_in, (p, q, k) in zip(radii, levels):
+            # q > 1 depends only on the parameters (ε_in too large for σ and m): report it before the check.
+            reason = "q > 1" if k is None else ("center check failed" if smoothed.abstained else None)
+            r_hat = math.inf if reason is not None else stats.order_statistic(distances, k)
+            eps_out = math.inf if reason is not None else stats.center_eps_out(self.metric.gamma, self.beta, r_hat)
+            certificates.append(CenterCertificate(
+                center=smoothed.center,
+                abstained=reason is not None,
+                reason=reason,
+                eps_in=eps_in,
+                eps_out=eps_out,
+                r_hat=r_hat,
+                center_radius=smoothed.center_radius,
+                smoothing_error=smoothing_error,
+                p=p,
+                q=q,
+                sigma=self.sigma,
+                metric=self.metric.name,
+                gamma=self.metric.gamma,
+                beta=self.beta,
+                n=n,
+                m=m,
+                delta=delta,
+                alpha1=alpha1,
+                alpha2=alpha2,
+                n_candidates=self.n_candidates,
+                seed=seed,
+                noise_tv=smoothed.noise_tv,
+                candidate_miss=candidate_miss,
+            ))
+        return certificates
 
     def smoothing_error(self, x: torch.Tensor, center: Any) -> float:
         """d(ẑ, f(x)): distance between the smoothed output (a batch of one) and the base model's clean output."""

@@ -210,3 +210,27 @@ def test_cuda_center_selection_matches_the_reference(metric, n_candidates):
     smoother = CenterSmoother(Linear(torch.eye(65)).cuda(), 0.25, metric, n_candidates=n_candidates)
     cert = smoother.certify(torch.zeros(65, device="cuda"), 0.5, n=10_000, m=20_000, seed=0)
     assert not cert.abstained and cert.center.is_cuda
+
+
+def test_certify_radii_is_certify_at_each_radius():
+    """One sampling run certifies a whole curve ε_in ↦ ε_out: each certificate is the one `certify` gives at
+    its radius with the same seed (and the DKW bound holds at every level at once, docs/theory.md §2)."""
+    gen = torch.Generator().manual_seed(0)
+    model = Linear(torch.randn(3, 6, generator=gen))
+    x = torch.randn(6, generator=gen)
+    smoother = CenterSmoother(model, 0.25, "l2", n_candidates=30, input_shape=(6,))
+    radii = [0.0, 0.1, 0.25, 0.5, 2.0]  # 2.0: q > 1 at m = 4000, an abstention in the curve
+    curve = smoother.certify_radii(x, radii, n=1000, m=4000, seed=3)
+    assert [c.eps_in for c in curve] == radii
+    for eps, cert in zip(radii, curve):
+        one = smoother.certify(x, eps, n=1000, m=4000, seed=3)
+        assert cert.to_record() == one.to_record()
+    assert curve[-1].abstained and curve[-1].reason == "q > 1"
+    eps_out = [c.eps_out for c in curve[:-1]]
+    assert eps_out == sorted(eps_out)  # a larger threat reads a higher order statistic
+    with pytest.raises(InvalidParameterError):
+        smoother.certify_radii(x, [], n=100, m=100)
+    with pytest.raises(InvalidParameterError):
+        smoother.certify_radii(x, [0.1, -1.0], n=100, m=100)
+    with pytest.raises(InvalidParameterError):
+        smoother.certify_radii(x, 0.1, n=100, m=100)

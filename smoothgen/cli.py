@@ -34,7 +34,10 @@ DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: The sequential test of `certify --target-radius` when neither --sequential nor --looks is given: betting,
 #: which needed 1.6x fewer samples than the 4 looks for the same certificates (benchmarks/RESULTS.md).
 DEFAULT_SEQUENTIAL = "betting"
-DEFAULT_EPS_IN = (0.1, 0.2, 0.3, 0.4, 0.5)
+#: center's radii: at h = 2 on the digits autoencoder, eps_in <= 0.1 keeps eps_out (tv2d) below the distance between
+#: two different digits' reconstructions; from 0.2 on the certified ball reaches another input's output (20 of 25
+#: certificates at 0.1..0.5 were vacuous at that scale, 0 of 10 at 0.05, 0.1; benchmarks/RESULTS.md).
+DEFAULT_EPS_IN = (0.05, 0.1)
 DEFAULT_LOCAL_SAMPLES = 5
 DEFAULT_LOCAL_SIGMA = 0.25
 
@@ -70,16 +73,28 @@ class _Explicit(argparse.Action):
         namespace.explicit_options = getattr(namespace, "explicit_options", set()) | {self.option_strings[0]}
 
 
+_NUM_HELP = {"results/center.jsonl": "number of inputs to process (default: 5; a pretrained --model's own, see --eps-in)"}
+#: What `center` adds to --model's and --data's help: the pretrained models and data sets it knows by name
+#: (smoothgen.pretrained), keyed by the command's default results file.
+_PRETRAINED_HELP = {"results/center.jsonl": "; or a pretrained model by name: mtcnn (facenet-pytorch's face detector, "
+                    "its largest face as a box), opencv-haar (OpenCV's Haar face cascade), rapidocr (PP-OCRv4 text-line "
+                    "recogniser); each takes images [b, C, H, W] in [0, 1] and brings its own --metric and --data"}
+_DATASETS_HELP = {"results/center.jsonl": "; or a data set by name: faces (100 real LFW face crops from scikit-image, "
+                  "upscaled to 100x100 gray), text-lines (real scanned lines of scikit-image's page.png and lines "
+                  "rendered with a real font, 48 px high)"}
+
+
 def _common(parser: argparse.ArgumentParser, default_num: int, default_out: str) -> None:
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--model", help="TorchScript file, torch.export program (.pt2), ONNX file, or package.module:factory; "
                     "it takes a batch [b, *input_shape] of --data's inputs (default: the embedded digits model, which "
-                    "takes [b, 1, 8, 8] with pixels in [0, 1])")
+                    "takes [b, 1, 8, 8] with pixels in [0, 1])" + _PRETRAINED_HELP.get(default_out, ""))
     io.add_argument("--data", help=".npy of inputs, or .npz with 'x' (inputs) and optional 'y' (integer labels): an array "
                     "[N, *input_shape] of N inputs in the shape --model takes, float (default: the 450-image digits test "
-                    "split, [450, 1, 8, 8] in [0, 1])")
+                    "split, [450, 1, 8, 8] in [0, 1])" + _DATASETS_HELP.get(default_out, ""))
     io.add_argument("--start", type=int, default=0, help="index of the first input to process (default: 0)")
-    io.add_argument("--num", type=int, default=default_num, help=f"number of inputs to process (default: {default_num})")
+    io.add_argument("--num", type=int, default=default_num,
+                    help=_NUM_HELP.get(default_out, f"number of inputs to process (default: {default_num})"))
     io.add_argument("--out", default=default_out, help="results file, one JSON record per line")
     existing = io.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true", help="continue an interrupted run from --out")
@@ -199,18 +214,25 @@ def build_parser() -> argparse.ArgumentParser:
         "(under a minute on 2 CPU cores). The certificate: docs/theory.md section 2.",
         formatter_class=DefaultsFormatter,
     )
-    cen.add_argument("--eps-in", type=_floats, default=list(DEFAULT_EPS_IN), help="input radii to certify (comma-separated)")
-    cen.add_argument("--h", type=float, default=2.0, help="eps_in / sigma")
-    cen.add_argument("--metric", default="tv2d", help="output metric: l2, l1, cosine, angular, tv1d, tv2d, jaccard, levenshtein, w1")
-    cen.add_argument("--n", type=int, default=10_000, help="samples to choose the center, and again (fresh) for its check")
-    cen.add_argument("--m", type=int, default=20_000, help="fresh samples for the certified radius (the paper uses 10^6)")
-    cen.add_argument("--delta", type=float, default=0.05, help="tolerance Delta in (0, 1/2)")
+    cen.add_argument("--eps-in", type=_floats, help="input radii to certify (comma-separated) (default: 0.05,0.1 "
+                     "at --h 2; a pretrained --model has its own defaults, sized to finish in minutes on 2 CPU cores: "
+                     + _pretrained_defaults_help() + ")")
+    cen.add_argument("--h", type=float, help="eps_in / sigma (default: 2; a pretrained --model's own, see --eps-in)")
+    cen.add_argument("--metric", help="output metric: l2, l1, cosine, angular, tv1d, tv2d, jaccard, jaccard-match, levenshtein, "
+                     "w1 (default: the pretrained --model's own metric, else tv2d)")
+    cen.add_argument("--n", type=int, help="samples to choose the center, and again (fresh) for its check (default: 10000)")
+    cen.add_argument("--m", type=int, help="fresh samples for the certified radius (the paper uses 10^6) (default: 20000)")
+    cen.add_argument("--delta", type=float, help="tolerance Delta in (0, 1/2) (default: 0.05; a pretrained --model's own, "
+                     "see --eps-in)")
     cen.add_argument("--alpha1", type=float, default=0.005, help="failure probability of the smoothing step")
     cen.add_argument("--alpha2", type=float, default=0.005, help="failure probability of the radius step")
     cen.add_argument("--n-candidates", type=int, default=30,
                      help="choose the center among this many of the n samples (the paper's high-dimensional variant, "
                      "O(n_c*n) distances); 0 = among all n samples (O(n^2))")
-    _common(cen, default_num=5, default_out="results/center.jsonl")  # 5 inputs × 5 radii: ~30 s on 2 cores
+    cen.add_argument("--png", help="with a pretrained detector or recogniser: draw each input with its clean and "
+                     "smoothed box (or the clean and smoothed strings under the line) and its certificate at the "
+                     "first --eps-in into this PNG file")
+    _common(cen, default_num=None, default_out="results/center.jsonl")  # 5 inputs × 2 radii: ~1 min on 2 shared cores
     cen.set_defaults(func=cmd_center)
 
     from smoothgen import generate_cli
@@ -234,8 +256,28 @@ def _check_common(args: argparse.Namespace) -> None:
     check_options(args)  # --ray: Ray installed, the cluster reachable (before anything is loaded)
     for option in ("model", "ddpm"):
         spec = getattr(args, option, None)
+        if option == "model" and getattr(args, "command", None) == "center" and spec in _pretrained().MODELS:
+            continue
         if spec is not None and spec != "embedded" and not spec.startswith("diffusers:"):
             _check_model_spec(spec, f"--{option}")
+
+
+def _pretrained_defaults_help() -> str:
+    """The pretrained models' own `center` defaults, as --eps-in's help states them (from smoothgen.pretrained,
+    which imports nothing heavy)."""
+    parts = []
+    for name, spec in _pretrained().MODELS.items():
+        d = spec.defaults
+        unit = ("face" if spec.kind == "boxes" else "line") + ("s" if d["num"] != 1 else "")
+        parts.append(f"{name}: {d['num']} {unit} at eps_in {','.join(f'{e:g}' for e in d['eps_in'])}, h {d['h']:g}, "
+                     f"n {d['n']}, m {d['m']}, delta {d['delta']:g}")
+    return "; ".join(parts)
+
+
+def _pretrained():
+    from smoothgen import pretrained
+
+    return pretrained
 
 
 def _check_model_spec(spec: str, option: str) -> None:
@@ -283,6 +325,9 @@ def _load_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | Non
 
         split = load_digits_split()
         x, y, name = split.x_test, split.y_test, "digits-test"
+    elif getattr(args, "command", None) == "center" and args.data in _pretrained().DATASETS:
+        x, _ = _pretrained().load_dataset(args.data)
+        y, name = None, args.data
     else:
         from smoothgen.loading import load_data
 
@@ -626,8 +671,27 @@ def cmd_center(args: argparse.Namespace) -> int:
     from smoothgen.metrics import get_metric
     from smoothgen.validate import check_alpha, check_count, check_positive
 
+    pretrained = _pretrained().MODELS.get(args.model) if args.model is not None else None
+    if pretrained is not None:
+        _check_pretrained_options(args)
+    # Options left out take the pretrained model's defaults (sized for minutes on 2 CPU cores), else center's own.
+    own = dict(num=5, eps_in=list(DEFAULT_EPS_IN), h=2.0, n=10_000, m=20_000, delta=0.05)
+    for option, value in {**own, **(pretrained.defaults if pretrained is not None else {})}.items():
+        if getattr(args, option) is None:
+            setattr(args, option, value)
     _check_common(args)
+    if pretrained is not None and args.data is None:
+        args.data = pretrained.data
+    if args.metric is None:
+        args.metric = pretrained.metric if pretrained is not None else "tv2d"
+    if args.png is not None:
+        if pretrained is None:
+            raise InvalidParameterError("--png draws boxes or strings: it needs a pretrained --model (mtcnn, opencv-haar, rapidocr)")
+        if not args.png.lower().endswith(".png"):
+            raise InvalidParameterError(f"--png must name a .png file, got {args.png!r}")
+        _check_output_file(args.png, "--png", args.out, replace=True)
     metric = get_metric(args.metric)
+    args.metric = metric.name  # the --ray workers look it up again
     check_positive(args.h, "--h")
     if not args.eps_in:
         raise InvalidParameterError("--eps-in needs at least one radius")
@@ -656,12 +720,37 @@ def cmd_center(args: argparse.Namespace) -> int:
 
 
 def _center_runtime(args: argparse.Namespace, x: np.ndarray):
-    """center's base model (--model or the embedded autoencoder) on --backend: (runtime, name); also built by
-    the --ray workers and `smoothgen serve`."""
+    """center's base model (--model, a pretrained model by name, or the embedded autoencoder) on --backend:
+    (runtime, name); also built by the --ray workers and `smoothgen serve`."""
     from smoothgen.models import load_autoencoder
 
+    if args.model in _pretrained().MODELS:
+        return _pretrained_runtime(args, x), args.model
     runtime, name = _load_model(args, load_autoencoder, "embedded:digits_autoencoder", x)
     return _apply_backend(args, runtime, x), name
+
+
+def _check_pretrained_options(args: argparse.Namespace) -> None:
+    """A pretrained model runs as it ships: no other --backend, and on the CPU except MTCNN (a torch model)."""
+    if args.backend not in ("auto", "eager"):
+        raise InvalidParameterError(f"--model {args.model} runs as it ships (--backend auto or eager), got --backend {args.backend}")
+    if str(args.device) != "cpu" and args.model != "mtcnn":
+        raise InvalidParameterError(f"--model {args.model} runs on the CPU (--device cpu), got --device {args.device}")
+
+
+def _pretrained_runtime(args: argparse.Namespace, x: np.ndarray):
+    """A pretrained model by name (smoothgen.pretrained) as a runtime: it runs as it ships (MTCNN and the cascade
+    in eager torch / OpenCV, the OCR model in ONNX Runtime inside), so --backend can only be auto or eager."""
+    from smoothgen.engine.runtime import Runtime, TorchRuntime
+
+    _check_pretrained_options(args)
+    model, _ = _pretrained().load_pretrained(args.model)
+    if isinstance(model, Runtime):  # the OCR recogniser is an ONNX Runtime session of its own
+        runtime = model
+    else:
+        runtime = TorchRuntime(model.to(args.device) if isinstance(model, torch.nn.Module) else model, device=args.device)
+    _probe(runtime, x[0])
+    return runtime
 
 
 def _center_unit(args: argparse.Namespace, runtime, metric, input_shape: tuple[int, ...], run_fields: tuple[str, ...]):
@@ -670,13 +759,19 @@ def _center_unit(args: argparse.Namespace, runtime, metric, input_shape: tuple[i
     from smoothgen.center import CenterSmoother
 
     smoothers: dict[float, CenterSmoother] = {}
+    pretrained = _pretrained().MODELS.get(args.model) if args.model is not None else None
 
     def compute(idx: int, xi: np.ndarray, eps: float) -> dict[str, Any]:
         if eps not in smoothers:
             smoothers[eps] = CenterSmoother(runtime, eps / args.h, metric, batch_size=args.batch_size,
                                             n_candidates=args.n_candidates or None, input_shape=input_shape)
-        return center_record(smoothers[eps], xi, idx, eps, n=args.n, m=args.m, delta=args.delta, alpha1=args.alpha1,
-                             alpha2=args.alpha2, seed=args.seed, run_fields=run_fields)
+        record, cert = center_record(smoothers[eps], xi, idx, eps, n=args.n, m=args.m, delta=args.delta, alpha1=args.alpha1,
+                                     alpha2=args.alpha2, seed=args.seed, run_fields=run_fields, return_certificate=True)
+        if pretrained is not None:  # the certificate in the output's own words (IoU kept, characters changed)
+            clean = runtime.run(torch.from_numpy(xi[None]).to(runtime.device))
+            decode = getattr(runtime, "decode", None) or getattr(getattr(runtime, "model", None), "decode", None)
+            record.update(_pretrained().readable(pretrained.kind, cert, clean[0], decode))
+        return record
 
     return compute
 
@@ -695,9 +790,16 @@ def _center_inputs(args, results, x, runtime, metric, run) -> int:
         for i, eps in _with_estimate(bar, args, len(todo), "certificate"):  # (input, eps_in) pairs
             results.append(compute(args.start + i, x[i], eps))
     _print_center_summary(results.records, args.eps_in)
+    pretrained = _pretrained().MODELS.get(args.model) if args.model is not None else None
+    if pretrained is not None:  # the certificates in the output's own words, and the picture of them
+        from smoothgen import center_report
+
+        center_report.print_readable(results.records, pretrained.kind)
+        if args.png is not None:
+            center_report.write_png(args.png, results.records, x, args.start, pretrained.kind, args.eps_in[0])
     # The embedded autoencoder ends in a sigmoid: its outputs lie in [0, 1], which bounds most metrics' diameter.
     _print_center_scale(results.records, runtime, metric, x, output_range=(0.0, 1.0) if args.model is None else None)
-    print(f"wrote {len(results.records)} records to {args.out}")
+    print(f"wrote {len(results.records)} records to {args.out}" + (f" and {args.png}" if args.png else ""))
     return 0
 
 

@@ -42,12 +42,12 @@ def print_readable(records: list[dict[str, Any]], kind: str, most: int = 20) -> 
             continue
         if kind == "boxes":
             iou = statistics.median(r["iou_guaranteed"] for r in ok)
-            print(f"eps_in {eps:.3g}: median guaranteed IoU {iou:.2f} over {len(ok)} certified inputs")
+            print(f"eps_in {eps:.3g}: median guaranteed IoU {iou:.2f} over {len(ok)} certified input{'s' if len(ok) != 1 else ''}")
         else:
             share = statistics.median(r["changed_share"] for r in ok)
             chars = statistics.median(r["max_changed_characters"] for r in ok)
             print(f"eps_in {eps:.3g}: at most {chars:g} characters change (median), {share:.0%} of the line, "
-                  f"over {len(ok)} certified lines")
+                  f"over {len(ok)} certified line{'s' if len(ok) != 1 else ''}")
 
 
 def write_png(path: str, records: list[dict[str, Any]], x: np.ndarray, start: int, kind: str, eps_in: float,
@@ -65,7 +65,7 @@ def write_png(path: str, records: list[dict[str, Any]], x: np.ndarray, start: in
     if kind == "boxes":
         cols = min(6, len(rows))
         lines = math.ceil(len(rows) / cols)
-        fig, axes = plt.subplots(lines, cols, figsize=(2.2 * cols, 2.5 * lines), squeeze=False)
+        fig, axes = plt.subplots(lines, cols, figsize=(max(2.2 * cols, 4.0), 2.6 * lines + 0.4), squeeze=False)
     else:
         cols, lines = 1, len(rows)
         fig, axes = plt.subplots(lines, 1, figsize=(8, 1.2 * lines), squeeze=False)
@@ -87,7 +87,7 @@ def write_png(path: str, records: list[dict[str, Any]], x: np.ndarray, start: in
                      else f"<= {r['max_changed_characters']} chars change")
             ax.set_title(f"#{r['idx']} {bound}\nclean:    {r.get('clean_text', '')}\nsmoothed: {r.get('smoothed_text', '')}",
                          fontsize=7, loc="left", family="monospace")
-    fig.suptitle(f"clean (dashed) and smoothed (solid) outputs, eps_in = {eps_in:g}" if kind == "boxes"
+    fig.suptitle(f"clean (dashed) and smoothed (solid) boxes\neps_in = {eps_in:g}" if kind == "boxes"
                  else f"clean and smoothed recognitions, eps_in = {eps_in:g}", fontsize=9)
     fig.tight_layout()
     try:

@@ -187,7 +187,10 @@ class Detector(Protocol):
 def check_images(images: Any, name: str = "images") -> torch.Tensor:
     """A float batch [b, C, H, W] with C in (1, 3), finite (raise InvalidInputError otherwise)."""
     if not isinstance(images, torch.Tensor):
-        images = torch.as_tensor(np.asarray(images))
+        try:
+            images = torch.as_tensor(np.asarray(images))
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InvalidInputError(f"{name} must be a float array [b, C, H, W], got {type(images).__name__}: {first_line(exc)}") from exc
     if images.dim() != 4 or images.shape[1] not in (1, 3) or images.shape[2] < 1 or images.shape[3] < 1:
         raise InvalidInputError(f"{name} must be a batch [b, C, H, W] with C = 1 or 3 channels, got shape {tuple(images.shape)}")
     if not torch.is_floating_point(images):
@@ -238,6 +241,8 @@ class MTCNNDetector(torch.nn.Module):
 
     def detect(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         images = check_images(images)
+        if images.shape[0] == 0:
+            return []
         if images.shape[2] < 12 or images.shape[3] < 12:
             raise InvalidInputError(f"MTCNN needs images of at least 12 x 12 pixels, got {tuple(images.shape[2:])}")
         self.mtcnn.device = images.device

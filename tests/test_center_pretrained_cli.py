@@ -36,9 +36,9 @@ def test_mtcnn_on_faces_prints_the_iou_kept_and_draws_the_boxes(tmp_path, capsys
 
 
 def test_rapidocr_on_text_lines_prints_the_characters_that_may_change(tmp_path, capsys):
-    out = tmp_path / "text.jsonl"
+    out, png = tmp_path / "text.jsonl", tmp_path / "text.png"
     code = main(["center", "--model", "rapidocr", "--num", "1", "--eps-in", "0.01", "--h", "0.5", "--batch-size", "100",
-                 "--out", str(out), *SMALL])
+                 "--out", str(out), "--png", str(png), *SMALL])
     assert code == 0
     printed = capsys.readouterr().out
     (record,) = _records(out)
@@ -47,6 +47,8 @@ def test_rapidocr_on_text_lines_prints_the_characters_that_may_change(tmp_path, 
         assert record["max_changed_characters"] == int(record["eps_out"])  # Levenshtein R̂ is an integer
         assert record["changed_share"] == pytest.approx(record["max_changed_characters"] / len(record["clean_text"]))
         assert "characters change" in printed
+    with Image.open(png) as image:
+        assert image.size[0] > 400
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -176,6 +176,10 @@ def test_top_box_and_box_set_outputs():
         BoxSet(CallableDetector(detector), slots=7)
     with pytest.raises(InvalidInputError):
         TopBox(CallableDetector(detector))(torch.ones(8, 8))
+    with pytest.raises(InvalidInputError):
+        TopBox(CallableDetector(detector))([["not", "pixels"]])
+    with pytest.raises(InvalidInputError):
+        TopBox(CallableDetector(detector))(torch.full((1, 1, 8, 8), float("nan")))
     with pytest.raises(ModelOutputError):
         TopBox(CallableDetector(lambda images: torch.zeros(len(images), 4)))(images)
     padded = torch.tensor([[[0.0, 0, 2, 2, 0.3], [0, 0, 0, 0, float("-inf")]]] * 2)

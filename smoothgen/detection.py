@@ -28,17 +28,17 @@ process sees a torchvision, and a user whose torchvision works keeps theirs.
 from __future__ import annotations
 
 import importlib
-import itertools
 import math
 import sys
 import threading
 import types
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelLoadError, ModelOutputError, first_line
+from smoothgen.metrics import MAX_MATCH_SLOTS
 
 __all__ = [
     "BoxSet",
@@ -51,8 +51,8 @@ __all__ = [
     "load_facenet_mtcnn",
 ]
 
-#: The most slots `BoxSet` (and the ``jaccard-match`` metric) takes: the metric tries all K! pairings.
-MAX_SLOTS = 6
+#: The most slots `BoxSet` takes: the ``jaccard-match`` metric tries all K! pairings.
+MAX_SLOTS = MAX_MATCH_SLOTS
 
 
 # --------------------------------------------------------------------------------------------------
@@ -467,7 +467,3 @@ class BoxSet(torch.nn.Module):
             out[i, : len(order)] = boxes[order]
         return out
 
-
-def permutations_tensor(k: int) -> torch.Tensor:
-    """All k! permutations of range(k), [k!, k] (the pairings `jaccard-match` tries)."""
-    return torch.tensor(list(itertools.permutations(range(k))), dtype=torch.long).reshape(-1, k)

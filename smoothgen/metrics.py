@@ -663,6 +663,8 @@ def _jaccard_match(a: Outputs, b: Outputs) -> torch.Tensor:
     """
     a, b = _boxes(a, b, "jaccard-match")
     k = a.shape[1]
+    if k == 0:
+        raise InvalidInputError("metric 'jaccard-match' needs at least one box slot, got outputs with none")
     if k > MAX_MATCH_SLOTS:
         raise InvalidInputError(f"metric 'jaccard-match' pairs at most {MAX_MATCH_SLOTS} box slots (it tries all K! pairings), got {k}")
     perms = torch.tensor(list(itertools.permutations(range(k))), dtype=torch.long, device=a.device).reshape(-1, k)

@@ -1,7 +1,6 @@
 """Detectors as center-smoothing base models (smoothgen.detection, docs/theory.md §2.3): the torch NMS that
 stands in for torchvision's, the scoped import of facenet-pytorch's MTCNN, the box adapters, the
 jaccard-match metric, and a certificate on boxes against an exact oracle."""
-import importlib
 import itertools
 import subprocess
 import sys
@@ -208,6 +207,8 @@ def test_jaccard_match_is_the_best_pairing_and_a_metric():
     assert float(triangle.max()) <= 1e-6
     with pytest.raises(InvalidInputError):
         match.distances(torch.zeros(2, 7, 4), torch.zeros(2, 7, 4))
+    with pytest.raises(InvalidInputError):
+        match.distances(torch.zeros(2, 0, 4), torch.zeros(2, 0, 4))
 
 
 class SignDetector:

@@ -17,7 +17,11 @@ def _box_text(box: Sequence[float] | None) -> str:
 
 
 def print_readable(records: list[dict[str, Any]], kind: str, most: int = 20) -> None:
-    """One line per certificate (the first `most`), then the medians a reader compares with the output's size."""
+    """One line per certificate (the first `most`), then the medians a reader compares with the output's size.
+
+    The guarantee is about the smoothed output: within eps_in of the input, the smoothed detector's box keeps
+    IoU >= 1 - eps_out with the smoothed box printed here (not with the base model's clean box), and the
+    smoothed reading changes by at most floor(eps_out) characters."""
     rows = sorted(records, key=lambda r: (r["idx"], r["eps_in"]))
     for r in rows[:most]:
         head = f"input {r['idx']:3d}  eps_in {r['eps_in']:.3g}: "
@@ -25,15 +29,15 @@ def print_readable(records: list[dict[str, Any]], kind: str, most: int = 20) -> 
             if r.get("iou_guaranteed") is None:
                 print(head + f"abstained ({r.get('reason')}); clean box {_box_text(r.get('clean_box'))}")
             else:
-                print(head + f"IoU >= {r['iou_guaranteed']:.2f} guaranteed (eps_out {r['eps_out']:.3f}); clean box "
-                      f"{_box_text(r['clean_box'])}, smoothed box {_box_text(r['smoothed_box'])}")
+                print(head + f"IoU >= {r['iou_guaranteed']:.2f} with the smoothed box guaranteed (eps_out {r['eps_out']:.3f}); "
+                      f"smoothed box {_box_text(r['smoothed_box'])}, clean box {_box_text(r['clean_box'])}")
         else:
             clean = r.get("clean_text", "")
             if r.get("max_changed_characters") is None:
                 print(head + f"abstained ({r.get('reason')}); clean {clean!r}")
             else:
-                print(head + f"at most {r['max_changed_characters']} characters change ({r['changed_share']:.0%} of "
-                      f"{len(clean)}); clean {clean!r}, smoothed {r.get('smoothed_text', '')!r}")
+                print(head + f"at most {r['max_changed_characters']} characters of the smoothed reading change "
+                      f"({r['changed_share']:.0%} of {len(clean)}); smoothed {r.get('smoothed_text', '')!r}, clean {clean!r}")
     if len(rows) > most:
         print(f"... {len(rows) - most} more certificates in the results file")
     for eps in sorted({r["eps_in"] for r in rows}):

@@ -29,7 +29,7 @@ def test_mtcnn_on_faces_prints_the_iou_kept_and_draws_the_boxes(tmp_path, capsys
         assert r["clean_box"] is not None and len(r["clean_box"]) == 4
         if not r["abstained"]:
             assert r["iou_guaranteed"] == pytest.approx(max(0.0, 1 - r["eps_out"]))
-            assert f"IoU >= {r['iou_guaranteed']:.2f} guaranteed" in printed
+            assert f"IoU >= {r['iou_guaranteed']:.2f} with the smoothed box guaranteed" in printed
     assert "median guaranteed IoU" in printed or all(r["abstained"] for r in records)
     with Image.open(png) as image:
         assert image.size[0] > 100 and image.size[1] > 100
@@ -46,7 +46,7 @@ def test_rapidocr_on_text_lines_prints_the_characters_that_may_change(tmp_path, 
     if not record["abstained"]:
         assert record["max_changed_characters"] == int(record["eps_out"])  # Levenshtein R̂ is an integer
         assert record["changed_share"] == pytest.approx(record["max_changed_characters"] / len(record["clean_text"]))
-        assert "characters change" in printed
+        assert "characters of the smoothed reading change" in printed
     with Image.open(png) as image:
         assert image.size[0] > 400
 

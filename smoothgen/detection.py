@@ -39,6 +39,7 @@ import torch
 
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelLoadError, ModelOutputError, first_line
 from smoothgen.metrics import MAX_MATCH_SLOTS
+from smoothgen.validate import check_image_batch
 
 __all__ = [
     "BoxSet",
@@ -185,19 +186,14 @@ class Detector(Protocol):
 
 
 def check_images(images: Any, name: str = "images") -> torch.Tensor:
-    """A float batch [b, C, H, W] with C in (1, 3), finite (raise InvalidInputError otherwise)."""
-    if not isinstance(images, torch.Tensor):
+    """A float batch [b, C, H, W] with C in (1, 3), finite (validate.check_image_batch; a nested sequence of
+    numbers is taken as an array first)."""
+    if not isinstance(images, (torch.Tensor, np.ndarray)):
         try:
-            images = torch.as_tensor(np.asarray(images))
-        except (TypeError, ValueError, RuntimeError) as exc:
+            images = np.asarray(images)
+        except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"{name} must be a float array [b, C, H, W], got {type(images).__name__}: {first_line(exc)}") from exc
-    if images.dim() != 4 or images.shape[1] not in (1, 3) or images.shape[2] < 1 or images.shape[3] < 1:
-        raise InvalidInputError(f"{name} must be a batch [b, C, H, W] with C = 1 or 3 channels, got shape {tuple(images.shape)}")
-    if not torch.is_floating_point(images):
-        raise InvalidInputError(f"{name} must hold float pixels in [0, 1], got dtype {images.dtype}")
-    if images.numel() and not bool(torch.isfinite(images).all()):
-        raise InvalidInputError(f"{name} hold NaN or Inf pixels")
-    return images
+    return check_image_batch(images, name)
 
 
 def _to_pixels(images: torch.Tensor, clip: bool) -> torch.Tensor:

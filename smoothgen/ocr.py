@@ -61,7 +61,7 @@ from smoothgen.errors import (
     ModelOutputError,
     first_line,
 )
-from smoothgen.validate import check_count
+from smoothgen.validate import check_count, check_image_batch
 
 #: The installed package that ships the model.
 RAPIDOCR_PACKAGE = "rapidocr_onnxruntime"
@@ -382,29 +382,7 @@ class TextLineRecognizer(Runtime):
     # ------------------------------------------------------------------ internals
     def _check(self, images: Any) -> torch.Tensor:
         """The batch as a CPU float32 tensor [b, C, H, W], or InvalidInputError saying what is wrong."""
-        if isinstance(images, np.ndarray):
-            if images.dtype.kind != "f":
-                raise InvalidInputError(
-                    f"OCR input must hold floating pixels in [0, 1], got {images.dtype} (divide uint8 images by 255)"
-                )
-            images = torch.from_numpy(np.ascontiguousarray(images))
-        if not isinstance(images, torch.Tensor):
-            raise InvalidInputError(f"OCR input must be a torch tensor or NumPy array [b, C, H, W], got {type(images).__name__}")
-        if not torch.is_floating_point(images):
-            raise InvalidInputError(f"OCR input must hold floating pixels in [0, 1], got {images.dtype} (divide uint8 images by 255)")
-        if images.dim() != 4:
-            raise InvalidInputError(
-                f"OCR input must be a batch of lines [b, C, H, W], got shape {tuple(images.shape)} ({images.dim()}-d)"
-            )
-        b, c, h, w = images.shape
-        if c not in (1, 3):
-            raise InvalidInputError(f"OCR input must have 1 (gray) or 3 (RGB) channels, got {c} (shape {tuple(images.shape)})")
-        if h < 1 or w < 1:
-            raise InvalidInputError(f"OCR input lines must be at least 1×1 pixels, got {h}×{w}")
-        x = images.detach().to(device="cpu", dtype=torch.float32)
-        if b and not bool(torch.isfinite(x).all()):
-            raise InvalidInputError("OCR input contains NaN or Inf pixels")
-        return x
+        return check_image_batch(images, "OCR input", "lines").cpu()
 
     def _prepare(self, x: torch.Tensor) -> np.ndarray:
         """`preprocess` of a checked batch (`_check`)."""

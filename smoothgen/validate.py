@@ -76,6 +76,34 @@ def check_input(x: torch.Tensor, expected_shape: tuple[int, ...] | None = None) 
     return x.detach()
 
 
+def check_image_batch(images, name: str = "images", items: str = "images") -> torch.Tensor:
+    """A batch of images [b, C, H, W] as a float32 torch tensor on its own device: floating pixels (a NumPy
+    array is wrapped), C = 1 (gray) or 3 (RGB), H, W >= 1, and no NaN or Inf once in float32 (a float64
+    pixel beyond float32's range is refused, not turned into Inf); else InvalidInputError naming `name`.
+    What the detectors (smoothgen.detection) and the OCR recogniser (smoothgen.ocr) take."""
+    import numpy as np
+
+    if isinstance(images, np.ndarray):
+        if images.dtype.kind != "f":
+            raise InvalidInputError(f"{name} must hold floating pixels in [0, 1], got {images.dtype} (divide uint8 images by 255)")
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        raise InvalidInputError(f"{name} must be a torch tensor or NumPy array [b, C, H, W], got {type(images).__name__}")
+    if not torch.is_floating_point(images):
+        raise InvalidInputError(f"{name} must hold floating pixels in [0, 1], got {images.dtype} (divide uint8 images by 255)")
+    if images.dim() != 4:
+        raise InvalidInputError(f"{name} must be a batch of {items} [b, C, H, W], got shape {tuple(images.shape)} ({images.dim()}-d)")
+    b, c, h, w = images.shape
+    if c not in (1, 3):
+        raise InvalidInputError(f"{name} must have 1 (gray) or 3 (RGB) channels, got {c} (shape {tuple(images.shape)})")
+    if h < 1 or w < 1:
+        raise InvalidInputError(f"{name}: {items} must be at least 1×1 pixels, got {h}×{w}")
+    images = images.detach().to(dtype=torch.float32)
+    if b and not bool(torch.isfinite(images).all()):
+        raise InvalidInputError(f"NaN or Inf pixels in {name}")
+    return images
+
+
 def as_model_dtype(x: torch.Tensor, dtype: torch.dtype | None, strict: bool = True) -> torch.Tensor:
     """x in the dtype the model computes in (None: unchanged): converted only when the conversion is exact
     (float16 → float32, or a float64 input whose values float32 holds) — a certificate is for the input

@@ -41,16 +41,20 @@ def _done(path: Path) -> set[tuple[int, float]]:
     return {(r["idx"], r["sigma"]) for r in map(json.loads, path.read_text().splitlines()) if r.get("kind") == "certificate"}
 
 
-def _raw_ms_per_copy(model, x: torch.Tensor, sigma: float, batch: int, copies: int) -> float:
-    """Milliseconds per noisy copy of the base model alone, batched as the certifier batches (the cost reference)."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.inference_mode():
-        model(x[None] + sigma * torch.randn((min(batch, copies), *x.shape), generator=gen))  # warm-up
-    start = time.perf_counter()
+def _bare_calls(model, x: torch.Tensor, sigma: float, batch: int, copies: int, seed: int) -> None:
+    """The base model alone on `copies` noisy copies of x, in batches of `batch` (the certifier's batching)."""
+    gen = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
         for begin in range(0, copies, batch):
             count = min(batch, copies - begin)
             model(x[None] + sigma * torch.randn((count, *x.shape), generator=gen))
+
+
+def _raw_ms_per_copy(model, x: torch.Tensor, sigma: float, batch: int, copies: int) -> float:
+    """Milliseconds per noisy copy of the base model alone, batched as the certifier batches (the cost reference)."""
+    _bare_calls(model, x, sigma, batch, min(batch, copies), seed=0)  # warm-up
+    start = time.perf_counter()
+    _bare_calls(model, x, sigma, batch, copies, seed=1)
     return 1000.0 * (time.perf_counter() - start) / copies
 
 
@@ -166,12 +170,8 @@ def cost(args: argparse.Namespace) -> None:
         cert = smoother.certify(x, args.sigma, n=args.n, m=args.m, delta=args.delta, seed=0, request_id=i)
         certify_cpu = time.process_time() - start
         copies = 2 * args.n + (0 if cert.abstained and cert.reason == "center check failed" else args.m) + 1
-        gen = torch.Generator().manual_seed(2)
         start = time.process_time()
-        with torch.inference_mode():
-            for begin in range(0, copies, args.batch_size):
-                count = min(args.batch_size, copies - begin)
-                call(x[None] + args.sigma * torch.randn((count, *x.shape), generator=gen))
+        _bare_calls(call, x, args.sigma, args.batch_size, copies, seed=2)
         raw_cpu = time.process_time() - start
         print(json.dumps({"kind": "cost", "data": args.data, "abstained": cert.abstained, "idx": i, "sigma": args.sigma, "n": args.n, "m": args.m,
                           "copies": copies, "certify_cpu_s": certify_cpu, "raw_cpu_s": raw_cpu,

@@ -280,6 +280,12 @@ def _pretrained():
     return pretrained
 
 
+def _pretrained_spec(args: argparse.Namespace):
+    """The pretrained model --model names (smoothgen.pretrained.PretrainedModel), or None for a file, factory
+    or the embedded model."""
+    return _pretrained().MODELS.get(args.model) if getattr(args, "model", None) is not None else None
+
+
 def _check_model_spec(spec: str, option: str) -> None:
     """A model option is an existing file or package.module:factory (an empty module name was a ValueError)."""
     if spec and Path(spec).is_file():
@@ -671,7 +677,7 @@ def cmd_center(args: argparse.Namespace) -> int:
     from smoothgen.metrics import get_metric
     from smoothgen.validate import check_alpha, check_count, check_positive
 
-    pretrained = _pretrained().MODELS.get(args.model) if args.model is not None else None
+    pretrained = _pretrained_spec(args)
     if pretrained is not None:
         _check_pretrained_options(args)
     # Options left out take the pretrained model's defaults (sized for minutes on 2 CPU cores), else center's own.
@@ -724,7 +730,7 @@ def _center_runtime(args: argparse.Namespace, x: np.ndarray):
     (runtime, name); also built by the --ray workers and `smoothgen serve`."""
     from smoothgen.models import load_autoencoder
 
-    if args.model in _pretrained().MODELS:
+    if _pretrained_spec(args) is not None:
         return _pretrained_runtime(args, x), args.model
     runtime, name = _load_model(args, load_autoencoder, "embedded:digits_autoencoder", x)
     return _apply_backend(args, runtime, x), name
@@ -759,7 +765,7 @@ def _center_unit(args: argparse.Namespace, runtime, metric, input_shape: tuple[i
     from smoothgen.center import CenterSmoother
 
     smoothers: dict[float, CenterSmoother] = {}
-    pretrained = _pretrained().MODELS.get(args.model) if args.model is not None else None
+    pretrained = _pretrained_spec(args)
 
     def compute(idx: int, xi: np.ndarray, eps: float) -> dict[str, Any]:
         if eps not in smoothers:
@@ -790,7 +796,7 @@ def _center_inputs(args, results, x, runtime, metric, run) -> int:
         for i, eps in _with_estimate(bar, args, len(todo), "certificate"):  # (input, eps_in) pairs
             results.append(compute(args.start + i, x[i], eps))
     _print_center_summary(results.records, args.eps_in)
-    pretrained = _pretrained().MODELS.get(args.model) if args.model is not None else None
+    pretrained = _pretrained_spec(args)
     if pretrained is not None:  # the certificates in the output's own words, and the picture of them
         from smoothgen import center_report
 

@@ -3,13 +3,16 @@ each certificate in the output's own units — the IoU every attacked box keeps,
 that may change — and a PNG of the clean and smoothed outputs (Kumar & Goldstein's Figure 3b)."""
 from __future__ import annotations
 
+import io
 import math
 import statistics
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from smoothgen.errors import ResultsFileError
+from smoothgen.results import write_atomically
 
 
 def _box_text(box: Sequence[float] | None) -> str:
@@ -94,9 +97,10 @@ def write_png(path: str, records: list[dict[str, Any]], x: np.ndarray, start: in
     fig.suptitle(f"clean (dashed) and smoothed (solid) boxes\neps_in = {eps_in:g}" if kind == "boxes"
                  else f"clean and smoothed recognitions, eps_in = {eps_in:g}", fontsize=9)
     fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    try:  # whole or not at all, as every file a run writes
+        write_atomically(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
     except OSError as exc:
         raise ResultsFileError(f"cannot write --png {path}: {exc.strerror or exc}") from exc
-    finally:
-        plt.close(fig)

@@ -695,7 +695,7 @@ def cmd_center(args: argparse.Namespace) -> int:
             raise InvalidParameterError("--png draws boxes or strings: it needs a pretrained --model (mtcnn, opencv-haar, rapidocr)")
         if not args.png.lower().endswith(".png"):
             raise InvalidParameterError(f"--png must name a .png file, got {args.png!r}")
-        _check_output_file(args.png, "--png", args.out, replace=True)
+        _check_output_file(args.png, "--png", args.out, replace=args.overwrite or args.resume)
     metric = get_metric(args.metric)
     args.metric = metric.name  # the --ray workers look it up again
     check_positive(args.h, "--h")

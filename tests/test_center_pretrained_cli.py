@@ -33,6 +33,10 @@ def test_mtcnn_on_faces_prints_the_iou_kept_and_draws_the_boxes(tmp_path, capsys
     assert "median guaranteed IoU" in printed or all(r["abstained"] for r in records)
     with Image.open(png) as image:
         assert image.size[0] > 100 and image.size[1] > 100
+    # An existing PNG is replaced only with --overwrite (or --resume), like --out and --tsv, before any work.
+    code = main(["center", "--model", "mtcnn", "--num", "2", "--out", str(tmp_path / "other.jsonl"), "--png", str(png), *SMALL])
+    assert code == 2 and "--png" in capsys.readouterr().err
+    assert not (tmp_path / "other.jsonl").exists()
 
 
 def test_rapidocr_on_text_lines_prints_the_characters_that_may_change(tmp_path, capsys):

@@ -507,25 +507,39 @@ class TokenAblation:
             raise InvalidParameterError("delta is an embedding perturbation: it applies to Gaussian noise, not to token ablation")
         if self.mask_token_id >= table.shape[0]:
             raise InvalidParameterError(f"mask_token_id {self.mask_token_id} is outside the vocabulary of {table.shape[0]}")
-        tokens = ids.to(table.device).expand(count, -1).clone()
-        perturbed = torch.nonzero(mask, as_tuple=False)[:, 0].to(table.device)
+        return table[self.ablated_ids(ids.to(table.device), mask, key, start, count)]
+
+    def ablated_ids(self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, start: int, count: int) -> torch.Tensor:
+        """The token ids of copies start .. start + count − 1: the kept positions' tokens, `mask_token_id`
+        at every other perturbed position (what `prompts` embeds; for models fed token ids).
+
+        Shapes:
+            ids: [L], mask: [L] -> [count, L] int64 (on ids' device)
+        """
+        tokens = ids.expand(count, -1).clone()
+        perturbed = torch.nonzero(mask, as_tuple=False)[:, 0].to(ids.device)
         keep = min(self.keep, perturbed.numel())
         if keep < perturbed.numel():
             words = kernels.philox_uint64_reference(key.key, start, count, perturbed.numel())
-            order = torch.from_numpy(np.argsort(words, axis=1, kind="stable").astype(np.int64)).to(table.device)
+            order = torch.from_numpy(np.argsort(words, axis=1, kind="stable").astype(np.int64)).to(ids.device)
             dropped = perturbed[order[:, keep:]]  # [count, L − k] positions to mask
             tokens.scatter_(1, dropped, self.mask_token_id)
-        return table[tokens]
+        return tokens
 
     def subset_prompts(self, table, ids, mask, subsets: torch.Tensor) -> torch.Tensor:
         """The ablated prompts of explicit kept subsets [S, k] (indices into the perturbed positions)."""
-        tokens = ids.to(table.device).expand(subsets.shape[0], -1).clone()
-        perturbed = torch.nonzero(mask, as_tuple=False)[:, 0].to(table.device)
-        drop = torch.ones(subsets.shape[0], perturbed.numel(), dtype=torch.bool, device=table.device)
-        drop.scatter_(1, subsets.to(table.device), False)
+        return table[self.subset_ids(ids.to(table.device), mask, subsets)]
+
+    def subset_ids(self, ids: torch.Tensor, mask: torch.Tensor, subsets: torch.Tensor) -> torch.Tensor:
+        """The token ids of the ablated prompts of explicit kept subsets [S, k] (indices into the perturbed
+        positions). Shapes: ids [L], mask [L], subsets [S, k] -> [S, L] int64."""
+        tokens = ids.expand(subsets.shape[0], -1).clone()
+        perturbed = torch.nonzero(mask, as_tuple=False)[:, 0].to(ids.device)
+        drop = torch.ones(subsets.shape[0], perturbed.numel(), dtype=torch.bool, device=ids.device)
+        drop.scatter_(1, subsets.to(ids.device), False)
         rows = drop.nonzero(as_tuple=True)
         tokens[rows[0], perturbed[rows[1]]] = self.mask_token_id
-        return table[tokens]
+        return tokens
 
     def noise_tv(self, length: int, dim: int, perturbed: int | None = None) -> float:
         """The tie charge C(P, 2)·`SUBSET_TIE_PROBABILITY` per copy (P perturbed positions), rounded up."""

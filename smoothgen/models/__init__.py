@@ -1,7 +1,8 @@
 """Embedded default models: digits classifiers (clean and trained under Gaussian noise), a digits
 autoencoder, a class-conditional digits DDPM (the purifier of DDS / DiffSmooth, `smoothgen.denoise`), and a
 byte-level causal language model of Python source (`CodeLM`, the default model of `smoothgen.generative`)
-with versions of it fine-tuned for the smoothing distributions of `smoothgen.generative.SmoothedLM` (`lm_names`).
+with versions of it fine-tuned for the smoothing distributions of `smoothgen.generative.SmoothedLM` (`lm_names`),
+and a LoRA adapter that fits the pretrained all-MiniLM-L6-v2 to token ablation (`load_ablation_encoder`).
 
 The weights ship with the package in `weights/` (safetensors), together with `weights/models.json`,
 which records how each model was trained and its test metrics. They are produced by
@@ -16,6 +17,7 @@ Example:
     >>> lm = load_lm()                             # CodeLM over UTF-8 bytes, context 256
     >>> ablated = load_lm("code_lm_ablate0.25")    # fine-tuned for token ablation (keep 25%, MASK = byte 0)
     >>> logits = lm(input_ids=encode("def main(").unsqueeze(0)).logits   # [1, 9, 256]
+    >>> st = load_ablation_encoder()               # all-MiniLM-L6-v2 + the adapter trained for token ablation
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from smoothgen.errors import InvalidParameterError, ModelLoadError
+from smoothgen.models.ablation_encoder import load_ablation_encoder
 from smoothgen.models.architectures import DigitsAutoencoder, DigitsCNN
 from smoothgen.models.data import DIGITS_SHAPE, NUM_CLASSES, DigitsSplit, load_digits_split
 from smoothgen.models.ddpm import DigitsDDPM
@@ -63,6 +66,7 @@ __all__ = [
     "available_classifier_sigmas",
     "decode",
     "encode",
+    "load_ablation_encoder",
     "load_autoencoder",
     "load_classifier",
     "load_ddpm",

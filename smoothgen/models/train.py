@@ -10,6 +10,7 @@ Usage::
     python -m smoothgen.models.train lm                       # the byte-level code LM (Python stdlib corpus)
     python -m smoothgen.models.train lm-ablate --keep-fraction 0.25   # code LM fine-tuned for token ablation
     python -m smoothgen.models.train lm-gauss --sigma 0.5     # code LM fine-tuned for Gaussian embedding noise
+    python -m smoothgen.models.train encoder-ablate           # LoRA adapter: all-MiniLM-L6-v2 for token ablation
 
 Training is deterministic: the seed fixes the initial weights, the shuffling and every noise draw, and
 deterministic algorithms are enforced, so the same command on the same software stack reproduces the
@@ -1515,6 +1516,29 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], out_dir: Path, filename: str, record: dict[str, Any],
+                 description: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Save named tensors (a model's or an adapter's state dict) as safetensors, whole or not at all, and return
+    the metadata record completed with ``file`` and ``sha256``.
+
+    Args:
+        tensors: The tensors by name.
+        out_dir: Destination folder (created if missing).
+        filename: Weights file name inside out_dir.
+        record: Metadata record of the training function.
+        description: What the file header says (default: the record's architecture).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / filename
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    # One metadata key only: safetensors writes the header metadata in hash-map order, so several
+    # keys would make the file bytes (and its sha256 in models.json) differ between identical runs.
+    description = {"architecture": record["architecture"]} if description is None else description
+    header = {"smoothgen": json.dumps(description, sort_keys=True)}
+    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    return {**record, "file": filename, "sha256": _sha256(path)}
+
+
 def save_model(model: nn.Module, out_dir: Path, filename: str, record: dict[str, Any]) -> dict[str, Any]:
     """Save a model's weights as safetensors and return its metadata record completed with file and hash.
 
@@ -1527,15 +1551,8 @@ def save_model(model: nn.Module, out_dir: Path, filename: str, record: dict[str,
     Returns:
         A copy of record with ``file`` and ``sha256`` added.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / filename
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    # One metadata key only: safetensors writes the header metadata in hash-map order, so several
-    # keys would make the file bytes (and its sha256 in models.json) differ between identical runs.
-    description = {"architecture": record["architecture"], "kwargs": record["kwargs"]}
-    header = {"smoothgen": json.dumps(description, sort_keys=True)}
-    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=header))
-    return {**record, "file": filename, "sha256": _sha256(path)}
+    return save_tensors(model.state_dict(), out_dir, filename, record,
+                        {"architecture": record["architecture"], "kwargs": record["kwargs"]})
 
 
 def update_metadata(out_dir: Path, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -1592,7 +1609,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "what",
-        choices=["classifier", "autoencoder", "ddpm", "lm", "lm-ablate", "lm-gauss", "all", "text-ddpm"],
+        choices=["classifier", "autoencoder", "ddpm", "lm", "lm-ablate", "lm-gauss", "all", "text-ddpm", "encoder-ablate"],
         help=(
             "which models to train: the classifiers, the autoencoder, the DDPM, the code LM, the code LM "
             "fine-tuned for token ablation or for Gaussian embedding noise, or all of them (all fine-tunes "
@@ -1686,8 +1703,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--keep-fraction applies to lm-ablate only")
     if args.epochs is not None and args.what in lm_kinds:
         parser.error("--epochs does not apply to the code LMs; use --steps")
-    if args.steps is not None and args.what not in (*lm_kinds, "all"):
-        parser.error("--steps applies to the code LMs only")
+    if args.steps is not None and args.what not in (*lm_kinds, "all", "encoder-ablate"):
+        parser.error("--steps applies to the code LMs and encoder-ablate only")
     if args.what == "text-ddpm" and args.sigma is not None:
         parser.error("text-ddpm takes --cond-sigma, not --sigma")
     if args.cond_sigma is not None and args.what != "text-ddpm":
@@ -1788,6 +1805,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"sigma={s}: {v['heldout_accuracy']:.3f}" for s, v in record["generation"]["by_sigma"].items()
         )
         print(f"{record['file']}: held-out-template generation accuracy {accuracy}; trained in "
+              f"{record['train_seconds']:.0f} s", file=sys.stderr)
+    if args.what == "encoder-ablate":
+        from smoothgen.models.ablation_encoder import ABLATION_ENCODER_FILENAME, ABLATION_ENCODER_NAME, train_ablation_encoder
+
+        kwargs = {} if args.steps is None else {"steps": args.steps}
+        tensors, record = train_ablation_encoder(seed=args.seed, progress=True, **kwargs)
+        record = save_tensors(tensors, out_dir, ABLATION_ENCODER_FILENAME, record)
+        records[ABLATION_ENCODER_NAME] = record
+        held = record["heldout"]
+        print(f"{record['file']}: held-out cosine distance of ablated copies (keep 0.3) to the whole sentence "
+              f"{held['0.3']['cosine_distance_to_whole']:.3f} (original model "
+              f"{record['heldout_original']['0.3']['cosine_distance_to_whole']:.3f}); trained in "
               f"{record['train_seconds']:.0f} s", file=sys.stderr)
     update_metadata(out_dir, records)
     print(f"wrote {out_dir / METADATA_FILENAME} in {time.perf_counter() - start:.1f} s", file=sys.stderr)

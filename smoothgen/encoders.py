@@ -37,6 +37,9 @@ module changes nothing for the cosine distance.
 """
 from __future__ import annotations
 
+import itertools
+import math
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -52,9 +55,80 @@ from smoothgen.generative import (
     PromptNoise,
     PromptSmoother,
     TokenAblation,
+    ablation_delta,
 )
 from smoothgen.metrics import Metric, get_metric
-from smoothgen.validate import check_count
+from smoothgen.stats import vector_mean_deviation
+from smoothgen.validate import check_alpha, check_count
+
+#: Kept subsets `SmoothedEncoder.mean_certify` enumerates at most; beyond, it samples (default).
+DEFAULT_MAX_SUBSETS = 20_000
+
+
+def _round_up(value: float) -> float:
+    return math.nextafter(float(value), math.inf)
+
+
+def cosine_bound(l2_bound: float, norm_lower: float) -> float:
+    """The largest cosine distance between u and any v with ‖u − v‖₂ ≤ l2_bound, given ‖u‖₂ ≥ norm_lower:
+    1 − sqrt(1 − (l2_bound/norm_lower)²) (v on the tangent cone of the ball around u), or 2 (anything) when
+    the ball reaches the origin (l2_bound ≥ norm_lower). Rounded up."""
+    if not (norm_lower > 0) or l2_bound >= norm_lower:
+        return 2.0
+    ratio = l2_bound / norm_lower
+    return min(2.0, _round_up(1.0 - math.sqrt(max(0.0, 1.0 - ratio * ratio)) + 4 * 2.0**-52))
+
+
+@dataclass(frozen=True)
+class MeanEmbeddingCertificate:
+    """Mean smoothing of a sentence embedding under token ablation (docs/theory.md §4i).
+
+    F(x) = E_S f(ablate_S(x)) is the mean of the unit-norm pooled embeddings f over the kept k-subsets S
+    of the P perturbed positions. For every x' that substitutes at most `edits` perturbed tokens,
+    ‖F(x) − F(x')‖₂ ≤ `l2_bound` = 2·Δ_r and d_cos(F(x), F(x')) ≤ `cosine_bound`. Exact (``exact``: every
+    subset enumerated, `mean` is F(x) itself, nothing is random) or sampled (`copies` random subsets;
+    `mean` is an empirical F̂ with ‖F̂ − F(x)‖₂ ≤ `sampling_error` and the cosine bound holding with
+    probability ≥ 1 − `alpha`).
+
+    Attributes:
+        mean: F(x) (exact) or F̂(x) (sampled), float64 [H]; not normalised (its norm is `norm`).
+        edits: r, the substituted perturbed tokens covered.
+        keep, perturbed: k and P.
+        delta_r: Δ_r = 1 − C(P − r, k)/C(P, k), rounded up.
+        l2_bound: 2·Δ_r (outputs lie in the unit ball, diameter 2), for the exact means.
+        norm: ‖mean‖₂.
+        norm_lower: a lower bound on ‖F(x)‖₂: `norm` (exact) or `norm` − `sampling_error`.
+        cosine_bound: `cosine_bound`(l2_bound, norm_lower) between the exact means F(x) and F(x').
+        exact: whether every subset was enumerated.
+        copies: subsets averaged (C(P, k) when exact).
+        sampling_error: 0 (exact) or `stats.vector_mean_deviation`(1, copies, alpha) + 2τ (the subset sampler's
+            total variation τ per copy, §4g).
+        alpha: the failure probability (0 when exact).
+        smoothing_error: d_cos(mean, f(x)), how far the smoothed embedding is from the model's clean one.
+    """
+
+    mean: torch.Tensor
+    edits: int
+    keep: int
+    perturbed: int
+    delta_r: float
+    l2_bound: float
+    norm: float
+    norm_lower: float
+    cosine_bound: float
+    exact: bool
+    copies: int
+    sampling_error: float
+    alpha: float
+    smoothing_error: float
+
+    @property
+    def failure_probability(self) -> float:
+        return self.alpha
+
+    def to_record(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "mean"}
+        return {**out, "failure_probability": self.failure_probability}
 
 #: Built-in poolings of the last hidden state h [B, L, H] under an attention mask a [B, L].
 POOLINGS = ("mean", "cls", "max")
@@ -327,8 +401,71 @@ class SmoothedEncoder(PromptSmoother):
         return self.smoother(noise).certify(ids, noise.check_radius(threat), n=n, m=m, delta=delta, alpha1=alpha1,
                                             alpha2=alpha2, seed=seed, request_id=request_id)
 
+    @torch.no_grad()
+    def mean_certify(
+        self,
+        prompt: Any,
+        *,
+        edits: int,
+        max_subsets: int = DEFAULT_MAX_SUBSETS,
+        n: int = 10_000,
+        alpha: float = 0.001,
+        seed: int | None = None,
+        request_id: int = 0,
+        mask: Any = None,
+    ) -> MeanEmbeddingCertificate:
+        """Mean smoothing under token ablation (docs/theory.md §4i): the mean F(x) of the unit-norm pooled
+        embeddings of the ablated copies, and how far any prompt with at most `edits` substituted perturbed
+        tokens can move it: ‖F(x) − F(x')‖₂ ≤ 2·Δ_r, in cosine distance `cosine_bound`.
+
+        With C(P, k) ≤ `max_subsets` every kept subset is enumerated: F(x) is exact and the certificate is
+        deterministic. Otherwise n subsets are sampled (Purpose.ESTIMATION stream of (seed, request_id)),
+        and the cosine bound, which needs ‖F(x)‖ from below, holds with probability ≥ 1 − alpha.
+
+        Raises:
+            InvalidParameterError: Gaussian noise (use `center_certify`), a bad edits, max_subsets, n or alpha.
+            InvalidInputError: an empty prompt, ids out of range, a string without a tokenizer.
+        """
+        if not isinstance(self.noise, TokenAblation):
+            raise InvalidParameterError("mean_certify needs token ablation (edits are substituted tokens); under "
+                                        "Gaussian noise use center_certify(eps_in=...)")
+        edits = check_count(edits, "edits", minimum=0)
+        max_subsets = check_count(max_subsets, "max_subsets")
+        noise, ids = self.noise_for(prompt, mask)
+        perturbed, keep = noise.perturbed, min(self.noise.keep, noise.perturbed)
+        total = math.comb(perturbed, keep)
+        exact = total <= max_subsets
+        if exact:
+            subsets = torch.tensor(list(itertools.combinations(range(perturbed), keep)), dtype=torch.long).reshape(total, keep)
+            chunks = (self.noise.subset_prompts(self.table, ids, noise.mask, subsets[s:s + self.batch_size])
+                      for s in range(0, total, self.batch_size))
+            copies, alpha, error = total, 0.0, 0.0
+        else:
+            copies, alpha = check_count(n, "n"), check_alpha(alpha)
+            key = RandomStream(seed, request_id).key(Purpose.ESTIMATION)
+            chunks = (noise.copies(ids, key, s, min(self.batch_size, copies - s)) for s in range(0, copies, self.batch_size))
+            # The sampler is within total variation τ per copy of exact uniform subsets: the mean moves by <= 2τ.
+            error = _round_up(vector_mean_deviation(1.0, copies, alpha) + 2 * noise.noise_tv(ids))
+        total_sum = None
+        for chunk in chunks:
+            z = torch.nn.functional.normalize(self.runtime.run(chunk).double(), dim=-1).sum(0)
+            total_sum = z if total_sum is None else total_sum + z
+        mean = total_sum / copies
+        delta_r = _round_up(float(ablation_delta(perturbed, keep, edits)))
+        l2 = _round_up(2.0 * delta_r) if edits else 0.0
+        norm = float(mean.norm())
+        norm_lower = norm - error
+        clean = self.embed(ids).double()
+        smoothing_error = float(1 - torch.nn.functional.cosine_similarity(mean, clean, dim=0)) if norm > 0 else 2.0
+        return MeanEmbeddingCertificate(
+            mean=mean, edits=edits, keep=keep, perturbed=perturbed, delta_r=delta_r, l2_bound=l2, norm=norm,
+            norm_lower=norm_lower, cosine_bound=0.0 if l2 == 0 else cosine_bound(l2, norm_lower), exact=exact,
+            copies=copies, sampling_error=error, alpha=alpha, smoothing_error=smoothing_error,
+        )
+
     def __repr__(self) -> str:
         return f"SmoothedEncoder({type(self.model).__name__}, {self.noise!r}, pooling={self.pooling!r}, metric={self.metric.name!r})"
 
 
-__all__ = ["POOLINGS", "PromptNoise", "SmoothedEncoder", "cls_pooling", "max_pooling", "mean_pooling"]
+__all__ = ["POOLINGS", "MeanEmbeddingCertificate", "PromptNoise", "SmoothedEncoder", "cls_pooling", "cosine_bound",
+           "max_pooling", "mean_pooling"]

@@ -383,3 +383,119 @@ def test_partial_mask_ablation_certificate_against_exact_centers():
         centers, _ = _exact_centers(outputs)
         worst = max(worst, float(COSINE.distances(centers, cert.center[None]).max()) - cert.eps_out)
     assert worst <= 1e-6
+
+
+# --------------------------------------------------------------------------------------------------
+# Mean smoothing under ablation (docs/theory.md §4i): exact means, every edited prompt, tightness
+# --------------------------------------------------------------------------------------------------
+
+ANTI_PLAIN, ANTI_HOT, ANTI_MASK = 0, 1, 2
+
+
+class AntipodalEncoder(torch.nn.Module):
+    """Outputs e1 unless a HOT token is visible, then −e1: at a prompt of PLAIN tokens with HOT written at r
+    perturbed positions, F = e1·(1 − 2Δ_r) exactly, so ‖F(x) − F(x')‖ = 2Δ_r attains the bound."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(3, 3)
+        with torch.no_grad():
+            self.emb.weight.copy_(torch.eye(3))
+
+    def get_input_embeddings(self):
+        return self.emb
+
+    def forward(self, inputs_embeds, attention_mask=None):
+        hot = (inputs_embeds[..., ANTI_HOT] > 0.5).any(1, keepdim=True)
+        e1 = torch.tensor([1.0, 0.0]).expand(hot.shape[0], 2)
+        out = torch.where(hot, -e1, e1)
+        return (out[:, None, :].expand(-1, inputs_embeds.shape[1], -1),)
+
+
+def _exact_mean_distances(enc: SmoothedEncoder, ids: list[int], cert, r: int) -> tuple[float, float]:
+    """max over every prompt x' within r substitutions of (‖F(x) − F(x')‖₂ − l2_bound, d_cos − cosine_bound),
+    with F(x') the exact mean over all C(P, k) subsets."""
+    worst_l2 = worst_cos = -math.inf
+    for edited in _edited_prompts(ids, enc.vocab_size, r).tolist():
+        other = enc.mean_certify(edited, edits=0)
+        assert other.exact
+        gap = float((cert.mean - other.mean).norm())
+        cos = float(1 - torch.nn.functional.cosine_similarity(cert.mean, other.mean, dim=0))
+        worst_l2 = max(worst_l2, gap - cert.l2_bound)
+        worst_cos = max(worst_cos, cos - cert.cosine_bound)
+    return worst_l2, worst_cos
+
+
+@pytest.mark.parametrize("r", [1, 2])
+def test_mean_certificate_holds_at_every_edited_prompt_and_is_attained(r):
+    enc = SmoothedEncoder(AntipodalEncoder(), TokenAblation(keep=2, mask_token_id=ANTI_MASK), pooling="cls", batch_size=64)
+    ids = [ANTI_PLAIN] * 10
+    cert = enc.mean_certify(ids, edits=r)
+    assert cert.exact and cert.copies == 45 and cert.alpha == 0.0
+    assert cert.l2_bound == pytest.approx(2 * float(ablation_delta(10, 2, r)))
+    worst_l2, worst_cos = _exact_mean_distances(enc, ids, cert, r)
+    assert worst_l2 <= 0 and worst_cos <= 0
+    assert worst_l2 == pytest.approx(0, abs=1e-9)  # r HOT tokens move F by exactly 2·Δ_r
+
+
+def test_mean_cosine_bound_holds_for_a_two_dimensional_toy():
+    enc = SmoothedEncoder(ThreePointEncoder(), TokenAblation(keep=2, mask_token_id=MASK), pooling="cls", batch_size=64)
+    cert = enc.mean_certify(TOY_PROMPT, edits=1)
+    assert 0 < cert.cosine_bound < 2
+    worst_l2, worst_cos = _exact_mean_distances(enc, TOY_PROMPT, cert, 1)
+    assert worst_l2 <= 0 and worst_cos <= 0
+
+
+def test_the_mean_oracle_catches_a_halved_edit_bound(monkeypatch):
+    """Sabotage: Δ_r halved. HOT tokens then move the exact mean beyond the claimed l2 bound."""
+    import smoothgen.encoders as encoders
+
+    honest = encoders.ablation_delta
+    monkeypatch.setattr(encoders, "ablation_delta", lambda P, k, r: honest(P, k, r) / 2)
+    enc = SmoothedEncoder(AntipodalEncoder(), TokenAblation(keep=2, mask_token_id=ANTI_MASK), pooling="cls", batch_size=64)
+    ids = [ANTI_PLAIN] * 10
+    cert = enc.mean_certify(ids, edits=1)
+    worst_l2, _ = _exact_mean_distances(enc, ids, cert, 1)
+    assert worst_l2 > 0.05
+
+
+def test_sampled_mean_lies_within_its_sampling_error_of_the_exact_one(bert):
+    ids = [2, 11, 17, 23, 5, 8, 9, 3]
+    enc = SmoothedEncoder(bert, TokenAblation(keep=3, mask_token_id=4), batch_size=500)
+    exact = enc.mean_certify(ids, edits=1)
+    sampled = enc.mean_certify(ids, edits=1, max_subsets=10, n=4000, alpha=0.01, seed=0)
+    assert exact.exact and exact.copies == math.comb(8, 3) and not sampled.exact and sampled.copies == 4000
+    assert sampled.alpha == 0.01 and sampled.sampling_error > 0
+    assert float((sampled.mean - exact.mean).norm()) <= sampled.sampling_error
+    assert sampled.norm_lower == pytest.approx(sampled.norm - sampled.sampling_error)
+    assert sampled.cosine_bound >= exact.cosine_bound - 1e-12  # the weaker norm bound can only widen it
+    # the exact mean is the mean of the enumerated copies, whatever the batch size
+    again = SmoothedEncoder(bert, TokenAblation(keep=3, mask_token_id=4), batch_size=7).mean_certify(ids, edits=1)
+    assert torch.allclose(again.mean, exact.mean, atol=1e-6)
+
+
+def test_cosine_bound_is_the_tangent_angle():
+    from smoothgen.encoders import cosine_bound
+
+    rho, eps = 0.8, 0.3
+    bound = cosine_bound(eps, rho)
+    assert bound == pytest.approx(1 - math.sqrt(1 - (eps / rho) ** 2))
+    torch.manual_seed(0)
+    u = torch.tensor([rho, 0.0, 0.0], dtype=torch.float64)
+    v = u + eps * torch.nn.functional.normalize(torch.randn(20000, 3, dtype=torch.float64), dim=-1)
+    cos = 1 - torch.nn.functional.cosine_similarity(v, u[None], dim=-1)
+    assert float(cos.max()) <= bound and float(cos.max()) > 0.99 * bound
+    assert cosine_bound(0.9, 0.8) == 2.0 and cosine_bound(0.1, 0.0) == 2.0
+
+
+def test_mean_certify_refuses_what_it_cannot_certify(bert):
+    gauss = SmoothedEncoder(bert, 0.1)
+    with pytest.raises(InvalidParameterError, match="token ablation"):
+        gauss.mean_certify(PROMPT, edits=1)
+    enc = SmoothedEncoder(bert, TokenAblation(keep=2, mask_token_id=4))
+    for kwargs in ({"edits": -1}, {"edits": 1.5}, {"edits": 1, "max_subsets": 0},
+                   {"edits": 1, "max_subsets": 1, "alpha": 2.0}, {"edits": 1, "max_subsets": 1, "n": 0}):
+        with pytest.raises(SmoothgenError):
+            enc.mean_certify(PROMPT, **kwargs)
+    record = enc.mean_certify(PROMPT, edits=0).to_record()
+    assert record["l2_bound"] == 0 and record["cosine_bound"] == 0 and "mean" not in record

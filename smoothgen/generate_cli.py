@@ -699,7 +699,6 @@ def _print_mean_image_scale(scale: dict[str, Any], args: argparse.Namespace, cer
 def _generate_text_digits(args: argparse.Namespace) -> dict[str, Any]:
     """--text: the text-to-digit model, its certified content and the rewordings it covers."""
     from smoothgen.models import load_classifier, load_text_ddpm, text_digits
-    from smoothgen.prompt_content import perturbed_positions, tokenize
     from smoothgen.validate import check_count, check_positive
 
     check_count(args.steps, "--steps")

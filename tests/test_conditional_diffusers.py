@@ -22,6 +22,7 @@ from smoothgen.conditional import (  # noqa: E402
     SmoothedConditionalDiffusion,
 )
 from smoothgen.engine import NoiseSource, Purpose, RandomStream  # noqa: E402
+from tiny_models import tiny_unet  # noqa: E402
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, SmoothgenError  # noqa: E402
 
 COND_SHAPE = (3, 12)  # a 3-token prompt embedding of width 12
@@ -29,16 +30,6 @@ COND_SHAPE = (3, 12)  # a 3-token prompt embedding of width 12
 # Floor for the shipped text-to-digit model at σ = 0.05, 10 DDIM steps (models.json records 0.87 on held-out
 # templates at 25 steps; these 24 seeded samples score 0.96).
 MIN_SHIPPED_ACCURACY = 0.75
-
-
-def tiny_unet(cross_attention_dim: int = 12, **kwargs) -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = dict(
-        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=4, norm_num_groups=4,
-    )
-    return diffusers.UNet2DConditionModel(**{**config, **kwargs}).eval()
 
 
 @pytest.fixture(scope="module", autouse=True)

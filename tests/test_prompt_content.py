@@ -10,19 +10,18 @@ downloaded: every model is built here, tiny and random, or written by hand.
 from __future__ import annotations
 
 import itertools
-import math
 from fractions import Fraction
 
 import pytest
 import torch
 
 import smoothgen.generative as generative
-from smoothgen.certificates import ABSTAIN
 from smoothgen.conditional import ConditionalGenerator, DiffusersGenerator
 from smoothgen.engine import Purpose, RandomStream
 from smoothgen.errors import InvalidInputError, InvalidParameterError, SmoothgenError
 from smoothgen.generative import TokenAblation, ablation_delta
 from smoothgen.prompt_content import PromptContentCertificate, PromptContentSmoother, token_edit_distance, tokenize
+from tiny_models import tiny_unet
 
 transformers = pytest.importorskip("transformers")
 
@@ -522,17 +521,6 @@ def test_bad_arguments_are_smoothgen_errors():
 # --------------------------------------------------------------------------------------------------
 # Diffusers: any pipeline whose text encoder is a Hugging Face model
 # --------------------------------------------------------------------------------------------------
-
-
-def tiny_unet(cross_attention_dim: int, **kwargs):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    config = dict(
-        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=4, norm_num_groups=4,
-    )
-    return diffusers.UNet2DConditionModel(**{**config, **kwargs}).eval()
 
 
 class Brightness(torch.nn.Module):

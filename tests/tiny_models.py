@@ -1,0 +1,17 @@
+"""Tiny randomly initialised models that several test files build (nothing is downloaded)."""
+from __future__ import annotations
+
+import torch
+
+
+def tiny_unet(cross_attention_dim: int = 12, **kwargs) -> torch.nn.Module:
+    """A diffusers UNet2DConditionModel on 8×8 single-channel images, seeded (torch.manual_seed(0))."""
+    import diffusers
+
+    torch.manual_seed(0)
+    config = dict(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=4, norm_num_groups=4,
+    )
+    return diffusers.UNet2DConditionModel(**{**config, **kwargs}).eval()

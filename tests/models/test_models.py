@@ -38,7 +38,7 @@ MIN_CLEAN_ACCURACY = {0.0: 0.95, 0.25: 0.95, 0.5: 0.90, 1.0: 0.80}
 MAX_CLEAN_MSE = 0.02
 MAX_NOISY_MSE = 0.03
 MAX_WEIGHTS_BYTES = 1_000_000
-MAX_LM_WEIGHTS_BYTES = 6_000_000  # the byte-level code LM: 0.86 M float32 parameters (3.4 MB)
+MAX_LM_WEIGHTS_BYTES = 6_000_000  # the byte-level code LM: 0.86 M float32 parameters (3.4 MB); the larger models
 
 
 def _classifier_record(sigma: float) -> dict:
@@ -138,13 +138,15 @@ def test_shipped_models_are_listed_and_their_files_match() -> None:
     assert available_classifier_sigmas() == sorted(DEFAULT_SIGMAS)
     info = model_info()
     # The classifiers, the autoencoder, the DDPM, the code LM and its smoothing-trained fine-tunes, and the
-    # text-to-digit diffusers UNet (conditioned on all-MiniLM-L6-v2 embeddings).
+    # text-to-digit diffusers UNet (conditioned on all-MiniLM-L6-v2 embeddings), and the ablation adapter of
+    # all-MiniLM-L6-v2.
     num_finetuned_lms = len(DEFAULT_LM_KEEP_FRACTIONS) + len(DEFAULT_LM_GAUSS_SIGMAS)
-    assert len(info["models"]) == len(DEFAULT_SIGMAS) + 4 + num_finetuned_lms
+    assert len(info["models"]) == len(DEFAULT_SIGMAS) + 5 + num_finetuned_lms
+    assert info["models"]["minilm_ablation"]["kind"] == "encoder_adapter"
     for record in info["models"].values():
         path = WEIGHTS_DIR / record["file"]
         assert path.is_file()
-        large = record["kind"] in ("lm", "text_ddpm")
+        large = record["kind"] in ("lm", "text_ddpm", "encoder_adapter")  # the adapter: 1.4 MB of float16
         assert path.stat().st_size < (MAX_LM_WEIGHTS_BYTES if large else MAX_WEIGHTS_BYTES)
         assert hashlib.sha256(path.read_bytes()).hexdigest() == record["sha256"]
     # model_info hands out copies: changing one does not change what the loaders see.

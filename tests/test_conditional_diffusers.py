@@ -22,7 +22,7 @@ from smoothgen.conditional import (  # noqa: E402
     SmoothedConditionalDiffusion,
 )
 from smoothgen.engine import NoiseSource, Purpose, RandomStream  # noqa: E402
-from tiny_models import tiny_unet  # noqa: E402
+from tiny_models import one_thread, tiny_unet  # noqa: E402, F401 - one_thread: an autouse fixture
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, SmoothgenError  # noqa: E402
 
 COND_SHAPE = (3, 12)  # a 3-token prompt embedding of width 12
@@ -30,16 +30,6 @@ COND_SHAPE = (3, 12)  # a 3-token prompt embedding of width 12
 # Floor for the shipped text-to-digit model at σ = 0.05, 10 DDIM steps (models.json records 0.87 on held-out
 # templates at 25 steps; these 24 seeded samples score 0.96).
 MIN_SHIPPED_ACCURACY = 0.75
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models: two threads only add synchronisation, which costs 30× when the 2 cores are busy
-    # (1.8 s against 61 s for one epoch of the tiny text UNet, measured under load).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

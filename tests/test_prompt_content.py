@@ -21,17 +21,9 @@ from smoothgen.engine import Purpose, RandomStream
 from smoothgen.errors import InvalidInputError, InvalidParameterError, SmoothgenError
 from smoothgen.generative import TokenAblation, ablation_delta
 from smoothgen.prompt_content import PromptContentCertificate, PromptContentSmoother, token_edit_distance, tokenize
-from tiny_models import tiny_unet
+from tiny_models import one_thread, tiny_unet  # noqa: F401 - one_thread: an autouse fixture
 
 transformers = pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -604,15 +596,23 @@ def test_cli_text_ablate_prints_which_edits_are_covered(tmp_path, capsys):
     record = json.loads(out.read_text())
     cert = record["content_certificate"]
     assert record["noise"] == "ablate" and cert["keep"] == 1 and cert["n"] == 40 and cert["edits"] == 1
+    assert record["encoder"].endswith("minilm_ablation adapter")  # the default: the encoder trained for ablation
     assert cert["protected"] == [8] and cert["special"] == [0, 9] and cert["tokens"][8] == "seven"
     assert cert["mask"] == [False] + [True] * 7 + [False, False]
-    for v in record["variants"]:
-        expected = (cert["prediction"] != -1 and v["substitutions"] is not None
-                    and v["substitutions"] <= cert["certified_edits"])
-        if v["covered"] or expected:  # a substitution inside the perturbed positions (seven is protected)
-            assert v["covered"] == expected, v
-        if v["substitutions"] is None:
-            assert not v["covered"] and "changes the token count" in v["reason"]
+    from smoothgen.models import text_digits
+    from smoothgen.prompt_content import tokenize
+
+    tokenizer = text_digits.load_text_tokenizer()
+    assert len(record["variants"]) > 20
+    for v in record["variants"]:  # recomputed here from the tokens: covered iff a substitution of at most r*
+        ids = tokenize(tokenizer, v["text"])[0]  # perturbed positions (seven, [CLS] and [SEP] are held fixed)
+        same_count = len(ids) == len(cert["prompt_ids"])
+        differ = [i for i, (a, b) in enumerate(zip(ids, cert["prompt_ids"])) if a != b] if same_count else None
+        expected = (cert["prediction"] != -1 and same_count and len(differ) <= cert["certified_edits"]
+                    and all(cert["mask"][i] for i in differ))
+        assert v["covered"] == expected, v
+        if not same_count:
+            assert v["substitutions"] is None and "changes the token count" in v["reason"]
     assert record["covered_variants"] == sum(v["covered"] for v in record["variants"])
     assert cert["statement"] in printed and "insertions and deletions change the token count" in printed
 
@@ -620,6 +620,7 @@ def test_cli_text_ablate_prints_which_edits_are_covered(tmp_path, capsys):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--keep", "1"], "--keep applies with --text --noise ablate"),
     (["--protect", "seven"], "--protect applies with --text --noise ablate"),
+    (["--encoder", "stock"], "--encoder applies with --text --noise ablate"),
     (["--noise", "ablate", "--sigma", "0.1"], "--sigma applies to Gaussian noise"),
     (["--noise", "ablate", "--protect", "eight"], "does not occur"),
     (["--noise", "ablate", "--protect", "pos:x"], "pos:"),
@@ -640,8 +641,47 @@ def test_cli_text_ablate_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_unknown_encoder_is_argparse_one_line_exit_2(capsys):
+    from smoothgen.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["generate", "--text", "a handwritten seven", "--noise", "ablate", "--encoder", "bogus"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1 and "invalid choice: 'bogus'" in err, err
+
+
 def test_cli_protect_is_refused_for_language_models(capsys):
     from smoothgen.cli import main as cli_main
 
     assert cli_main(["generate", "--protect", "x", "--max-new-tokens", "1"]) == 2
     assert "--protect applies with --text --noise ablate" in capsys.readouterr().err
+
+
+def test_the_benchmark_summary_counts_what_its_records_hold():
+    """benchmarks/prompt_content.py --summary: the RESULTS.md tables are computed from the records, per setting."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        import prompt_content as bench
+    finally:
+        sys.path.pop(0)
+
+    def record(correct, edits, p_lower, smoothed, rewordings):
+        return {"encoder": "ablation", "protect_digit": True, "redundancy": 2, "keep": 1, "correct": correct,
+                "certified_edits": edits, "p_lower": p_lower, "smoothed_correct": smoothed, "smoothed_copies": 10,
+                "unsmoothed_accuracy": 1.0, "stock_unsmoothed_accuracy": 0.8, "rewordings": rewordings}
+
+    row = lambda covered, injected, unsmoothed, smoothed: {  # noqa: E731
+        "covered": covered, "injected": injected, "keeps_unsmoothed": unsmoothed, "keeps_smoothed": smoothed}
+    records = [record(True, 3, 0.9, 9, [row(True, False, True, True), row(True, True, False, True)]),
+               record(True, 0, 0.6, 7, [row(False, True, False, False)]),
+               record(False, -1, 0.2, 2, []),
+               {"encoder": "ablation", "protect_digit": True, "redundancy": 2, "keep": 1, "error": "too short"}]
+    tables = bench.summary(records)
+    first, second = [line for line in tables.splitlines() if line.startswith("| ablation")]
+    assert first == ("| ablation | yes | 2 | 1 | 4 | 2/3 (67 %) | 1/3 (33 %) | 0.600 | 0 | 0.600 | 1.000 | 0.800 "
+                     "| 0.750 |")
+    assert second == ("| ablation | yes | 2 | 1 | 1 | 1/1 (100 %) / 1/1 (100 %) | 0 | 0/0 / 0/0 | 1 | 0/1 (0 %) / "
+                      "1/1 (100 %) | 1 | 0/1 (0 %) / 0/1 (0 %) |")

@@ -189,9 +189,10 @@ def _lora_config(kwargs: dict[str, Any]) -> Any:
 def apply_adapter(encoder: Any, tensors: dict[str, torch.Tensor], lora_kwargs: dict[str, Any]) -> Any:
     """Inject a LoRA adapter (its peft state dict) into a SentenceTransformer's transformer and merge it into the
     weights, in place. Returns the encoder."""
+    config = _lora_config(lora_kwargs)  # a ModelLoadError, not an ImportError, without peft
     import peft
 
-    model = peft.get_peft_model(encoder[0].auto_model, _lora_config(lora_kwargs))
+    model = peft.get_peft_model(encoder[0].auto_model, config)
     result = peft.set_peft_model_state_dict(model, {k: v.float() for k, v in tensors.items()})
     missing = [k for k in getattr(result, "unexpected_keys", [])]
     if missing:

@@ -21,7 +21,7 @@ from smoothgen._lazy import lazy_module
 from smoothgen._entry import stop_during_startup
 from smoothgen.certificates import ABSTAIN
 from smoothgen.jobs import center_record, certify_record, certify_run
-from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, ResultsFileError, SmoothgenError, first_line
+from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, ResultsFileError, SmoothgenError
 from smoothgen.results import ResultsFile, write_cohen_tsv
 
 # Imported on first use: `smoothgen --help` and argument errors need neither (main imports them before a run).
@@ -859,7 +859,13 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: the run stops between whole records."""
 
 
+#: Set by the SIGTERM handler: the exit code is 143 even where a library re-raised the interruption as a
+#: plain KeyboardInterrupt (Ray's core worker does, for an exception raised in a handler during its calls).
+_sigterm_received = threading.Event()
+
+
 def _on_sigterm(signum, frame) -> None:
+    _sigterm_received.set()
     raise _Terminated()
 
 
@@ -869,6 +875,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for module in getattr(args, "run_imports", RUN_IMPORTS):  # still start-up: a Ctrl-C in these imports is one line (smoothgen._entry)
         __import__(module)  # as an import statement does (-X importtime reports it; importlib.import_module is not)
     in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        _sigterm_received.clear()
     previous: dict[int, Any] = {}
     try:
         if in_main_thread:
@@ -883,7 +891,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         print(f"smoothgen {args.command}: interrupted; whole records are kept, rerun with --resume", file=sys.stderr)
-        return 143 if isinstance(exc, _Terminated) else 130
+        return 143 if isinstance(exc, _Terminated) or _sigterm_received.is_set() else 130
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)

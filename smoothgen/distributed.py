@@ -34,8 +34,10 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -255,6 +257,56 @@ def connected(address: str, num_cpus: int | None = None):
         ray.shutdown()  # a local instance stops; a joined cluster keeps running
 
 
+class _HeldSignals:
+    """SIGINT and SIGTERM held while the driver waits on Ray, then handed to the handler installed before.
+
+    A handler that raises inside `ray.wait` or `ray.get` does not reach the caller as raised: Ray's core
+    worker turns any exception of a signal handler into a plain KeyboardInterrupt (so the CLI's SIGTERM,
+    exit 143, became Ctrl-C's 130), and a call cut off that way can leave the core worker in a state its
+    checks abort on at shutdown. Here a signal is only recorded; `check()`, called between Ray calls,
+    puts the previous handlers back and runs the one of the first signal received (the CLI's: raise, so the
+    run stops between whole records). Outside the main thread (no handlers there) it does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.previous: dict[int, Any] = {}
+        self.received: int | None = None
+
+    def __enter__(self) -> "_HeldSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def _record(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signum
+
+    def _restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self.previous = {}
+
+    def check(self) -> None:
+        """Deliver a held signal to its previous handler (which may raise), once."""
+        if self.received is None or not self.previous:
+            return
+        signum, handler = self.received, self.previous.get(self.received)
+        self._restore()
+        if callable(handler):
+            handler(signum, None)
+        elif signum == signal.SIGINT and handler != signal.SIG_IGN:
+            raise KeyboardInterrupt
+        elif handler == signal.SIG_DFL:
+            os.kill(os.getpid(), signum)  # the default action (terminate), as if never held
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.check()  # a signal after the last check: not lost
+        self._restore()
+
+
 def _worker_slots(ray, cpus: float, gpus: float) -> int:
     """How many workers of (cpus, gpus) the cluster's live nodes can run at once."""
     slots, largest = 0, {}
@@ -332,38 +384,41 @@ def run_on_ray(
         lost: dict[tuple, int] = {}  # (idx, label or eps_in) -> times resubmitted
         checked = time.monotonic()
         bar = _progress(None, args, len(units), kind, unit="input" if kind == "certify" else " certificate")
+        held = _HeldSignals()
         try:
-            while True:
-                if args.ray_workers is None and time.monotonic() - checked > 15.0:  # nodes come and go
-                    with contextlib.suppress(DistributedError):
-                        slots = _worker_slots(ray, cpus, gpus)
-                    checked = time.monotonic()
-                window = args.ray_workers or 2 * slots  # two per worker: the next one is there when one ends
-                while len(pending) < window:
-                    unit = again.pop() if again else next(queue, None)
-                    if unit is None:
+            with held:
+                while True:
+                    held.check()  # Ctrl-C or SIGTERM: stop here, between Ray calls and whole records
+                    if args.ray_workers is None and time.monotonic() - checked > 15.0:  # nodes come and go
+                        with contextlib.suppress(DistributedError):
+                            slots = _worker_slots(ray, cpus, gpus)
+                        checked = time.monotonic()
+                    window = args.ray_workers or 2 * slots  # two per worker: the next one is there when one ends
+                    while len(pending) < window:
+                        unit = again.pop() if again else next(queue, None)
+                        if unit is None:
+                            break
+                        idx, x, extra = unit
+                        pending[task.remote(job_ref, idx, x, extra)] = unit
+                    if not pending:
                         break
-                    idx, x, extra = unit
-                    pending[task.remote(job_ref, idx, x, extra)] = unit
-                if not pending:
-                    break
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # the timeout lets Ctrl-C in
-                for ref in ready:
-                    unit = pending.pop(ref)
-                    result = _result(ray, ref, unit, lost.get((unit[0], unit[2]), 0))
-                    if result is None:
-                        lost[unit[0], unit[2]] = lost.get((unit[0], unit[2]), 0) + 1
-                        again.append(unit)
-                        continue
-                    record, built = result
-                    stats["builds"] += built
-                    if key(record) in done:  # never a second record of a unit
-                        continue
-                    results.append(record)
-                    done.add(key(record))
-                    workers.add(record["worker"])
-                    stats["records"] += 1
-                    bar.update(1)
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # a held signal waits <= 1 s
+                    for ref in ready:
+                        unit = pending.pop(ref)
+                        result = _result(ray, ref, unit, lost.get((unit[0], unit[2]), 0))
+                        if result is None:
+                            lost[unit[0], unit[2]] = lost.get((unit[0], unit[2]), 0) + 1
+                            again.append(unit)
+                            continue
+                        record, built = result
+                        stats["builds"] += built
+                        if key(record) in done:  # never a second record of a unit
+                            continue
+                        results.append(record)
+                        done.add(key(record))
+                        workers.add(record["worker"])
+                        stats["records"] += 1
+                        bar.update(1)
         finally:
             bar.close()
             for ref in pending:  # stopped early (error, Ctrl-C): no work left behind on a shared cluster

@@ -44,3 +44,55 @@ def test_api_key_files(tmp_path):
 def test_loopback_hosts():
     assert all(map(is_loopback, ("127.0.0.1", "localhost", "::1", "127.0.0.2")))
     assert not any(map(is_loopback, ("0.0.0.0", "::", "10.0.0.1", "example.org")))
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, frame):
+    raise _Stop(signum)
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_the_ray_driver_holds_a_signal_until_its_check_then_runs_the_previous_handler(signum):
+    """`smoothgen certify --ray` never lets a signal handler raise inside a Ray call (Ray turns that into a
+    plain KeyboardInterrupt, so SIGTERM exited 130, and its core worker could abort at shutdown): the signal
+    is recorded, and check() runs the handler that was there before, once, with the handlers put back."""
+    import signal
+
+    from smoothgen.distributed import _HeldSignals
+
+    signum = getattr(signal, signum)
+    before = {s: signal.getsignal(s) for s in _HeldSignals.SIGNALS}
+    signal.signal(signum, _raise_stop)
+    try:
+        with pytest.raises(_Stop) as raised:
+            with _HeldSignals() as held:
+                held.check()  # nothing received: nothing happens
+                os.kill(os.getpid(), signum)
+                os.kill(os.getpid(), signal.SIGINT if signum == signal.SIGTERM else signal.SIGTERM)  # second: dropped
+                assert held.received == signum  # recorded, not raised
+                assert signal.getsignal(signum) == held._record
+                held.check()
+        assert raised.value.args == (signum,)
+        assert signal.getsignal(signum) is _raise_stop  # put back
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def test_a_signal_after_the_last_check_is_delivered_on_exit_and_ctrl_c_is_keyboard_interrupt():
+    import signal
+
+    from smoothgen.distributed import _HeldSignals
+
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _HeldSignals():
+                os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)

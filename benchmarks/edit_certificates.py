@@ -14,6 +14,8 @@ line being completed, as `smoothgen generate --perturb context`). For each promp
 `SmoothedLM.generate` certifies T = --max-new-tokens tokens (n0, n, α) and the record keeps every step's
 certified number of substituted tokens r_t:
 - token ablation (keep k of P perturbed positions): r_t directly (L_t > 1/2 + Δ_r);
+- token deletion (each perturbed byte deleted with probability p): r_t directly, in inserted, deleted or
+  substituted bytes (L_t > 3/2 − p^r, docs/theory.md §4j);
 - Gaussian noise of σ on the embeddings: r_t = the largest r such that EVERY set of r substitutions
   is inside the certified radius R_t, i.e. the root of the sum of the r largest per-position worst-case
   row moves max_v ‖e_{x_i} − e_v‖ (over all 256 bytes) is below R_t.
@@ -49,8 +51,8 @@ MASK = 0
 @dataclass(frozen=True)
 class Setting:
     model: str
-    kind: str  # "ablate" or "gauss"
-    level: float  # keep fraction of the perturbed positions, or σ
+    kind: str  # "ablate", "delete" or "gauss"
+    level: float  # keep fraction of the perturbed positions, deletion probability, or σ
     score: str  # "vote" or "probability"
     edits: str  # "all" or "context"
 
@@ -72,6 +74,11 @@ SETTINGS = (
     Setting("code_lm_ablate0.1", "ablate", 0.1, "probability", "context"),
     Setting("code_lm_ablate0.25", "ablate", 0.25, "vote", "context"),
     Setting("code_lm_gauss0.5", "gauss", 0.5, "vote", "context"),
+    # Token deletion (docs/theory.md §4j): r_t counts inserted, deleted or substituted bytes.
+    Setting("code_lm", "delete", 0.9, "vote", "context"),
+    Setting("code_lm_ablate0.1", "delete", 0.9, "vote", "context"),
+    Setting("code_lm_delete0.9", "delete", 0.9, "vote", "context"),
+    Setting("code_lm_delete0.9", "delete", 0.9, "vote", "all"),
 )
 
 
@@ -83,12 +90,15 @@ def perturbed_mask(setting: Setting, length: int, fixed: int) -> list[bool]:
 
 
 def smoothed_lm(setting: Setting, length: int, fixed: int, batch_size: int) -> Any:
+    from smoothgen.deletion import TokenDeletion
     from smoothgen.generative import SmoothedLM, TokenAblation
     from smoothgen.models import load_lm
 
     mask = perturbed_mask(setting, length, fixed)
     if setting.kind == "ablate":
         noise: Any = TokenAblation(max(1, round(setting.level * sum(mask))), MASK)
+    elif setting.kind == "delete":
+        noise = TokenDeletion(setting.level, empty_token_id=MASK)
     else:
         noise = float(setting.level)
     return SmoothedLM(load_lm(setting.model), noise, mask=mask, batch_size=batch_size, score=setting.score)
@@ -113,7 +123,7 @@ def certify(setting: Setting, prompt: torch.Tensor, args: argparse.Namespace) ->
     start = time.perf_counter()
     cert = lm.generate(prompt, args.max_new_tokens, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed)
     seconds = time.perf_counter() - start
-    if setting.kind == "ablate":
+    if setting.kind in ("ablate", "delete"):  # r_t directly (deletion: inserted, deleted or substituted)
         edits = [int(r) for r in cert.step_radius]
     else:
         editable = prompt[torch.tensor(cert.mask)]
@@ -280,7 +290,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in summarize(records):
         st = r["setting"]
-        noise = f"ablation, keep {st.level:g}·P ({'/'.join(map(str, r['keep']))})" if st.kind == "ablate" else f"Gaussian σ = {st.level:g}"
+        noise = {"ablate": f"ablation, keep {st.level:g}·P ({'/'.join(map(str, r['keep']))})",
+                 "delete": f"deletion, p = {st.level:g} (edit distance)"}.get(st.kind, f"Gaussian σ = {st.level:g}")
         editable = "all" if st.edits == "all" else f"first {'/'.join(map(str, r['perturbed']))} (context)"
         acc = "–" if r["accuracy"] is None else f"{r['accuracy']:.3f} ({_pct(r['retention'])})"
         bits = "–" if r["bits_per_byte"] is None else f"{r['bits_per_byte']:.2f}"

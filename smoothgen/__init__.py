@@ -60,6 +60,7 @@ _EXPORTS = {
     "GenerationCertificate": "smoothgen.generative",
     "SmoothedLM": "smoothgen.generative",
     "TokenAblation": "smoothgen.generative",
+    "TokenDeletion": "smoothgen.deletion",
     "SmoothedEncoder": "smoothgen.encoders",
 }
 

@@ -266,6 +266,11 @@ class SmoothedEncoder(PromptSmoother):
             model, st_pooling, st_tokenizer = parts
             pooling = st_pooling if pooling is None else pooling
             tokenizer = st_tokenizer if tokenizer is None else tokenizer
+        from smoothgen.deletion import TokenDeletion
+
+        if isinstance(noise, TokenDeletion):
+            raise InvalidParameterError("SmoothedEncoder takes Gaussian noise or token ablation; token deletion is "
+                                        "implemented for SmoothedLM only")
         super().__init__(model, noise, mask=mask, batch_size=batch_size, device=device, tokenizer=tokenizer)
         pooling = "mean" if pooling is None else pooling
         self.pool = _pooling(pooling)

@@ -49,6 +49,9 @@ DEFAULT_PROMPT = "def read_lines(path):\n    with open(path) as f:\n        retu
 #: The keep fraction of --noise ablate when --keep is not given (the embedded ablation LMs are trained at
 #: 0.1 and 0.25 of the prompt; 0.1 certifies more edits, benchmarks/RESULTS.md).
 DEFAULT_KEEP_FRACTION = 0.1
+#: --delete-prob of --noise delete: each perturbed token deleted with this probability (Δ_1 = 1 − p = 0.1,
+#: about the ablation default's k/P; the embedded code_lm_delete0.9 is trained at it).
+DEFAULT_DELETE_PROB = 0.9
 #: Markers around the certified part of the generation in the text output.
 CERTIFIED_OPEN, CERTIFIED_CLOSE = "\u27e6", "\u27e7"
 
@@ -148,22 +151,28 @@ def add_parser(sub: Any) -> None:
                       "only the last token (default: context with --noise ablate and a prompt of several lines, else all)")
     gen.add_argument("--batch-size", type=int, default=250,
                      help="noisy copies per model call (for text, each chunk keeps its KV cache)")
-    text.add_argument("--noise", default=None, choices=["ablate", "gaussian"],
+    text.add_argument("--noise", default=None, choices=["ablate", "delete", "gaussian"],
                       help="gaussian: noise of --sigma on the prompt's token embeddings (radii in embedding distance); "
                       "ablate: each copy keeps --keep random prompt positions and masks the others (docs/theory.md §4g: the "
-                      "certificate is stated in edited tokens; each copy votes with its greedy choice) (default: gaussian "
+                      "certificate is stated in substituted tokens; each copy votes with its greedy choice); delete: each "
+                      "copy deletes every perturbed token with probability --delete-prob (§4j: the certificate is stated "
+                      "in inserted, deleted or substituted tokens) (default: gaussian "
                       "when --sigma or --radius is given, else ablate; with --text: gaussian on the sentence embedding, "
                       "or ablate over the prompt's tokens before the encoder)")
     text.add_argument("--keep", type=int, default=None,
                       help=f"with --noise ablate: prompt positions each copy keeps (default: {DEFAULT_KEEP_FRACTION:g} of "
                       "the perturbed positions, rounded, at least 1); any r substituted tokens are covered while L_t > 1/2 + "
                       "1 - C(P-r, keep)/C(P, keep)")
+    text.add_argument("--delete-prob", type=float, default=None,
+                      help=f"with --noise delete: probability p that a copy deletes each perturbed token (default "
+                      f"{DEFAULT_DELETE_PROB}); any r edits are covered while L_t > 1/2 + 1 - p^r")
     text.add_argument("--mask-token", type=int, default=None,
-                      help="with --noise ablate: the token id that replaces dropped positions (default: byte 0 for the "
-                      "embedded byte-level LM; the tokenizer's mask or unknown token for hf: models)")
+                      help="with --noise ablate: the token id that replaces dropped positions; with --noise delete: the "
+                      "token a copy with nothing left is fed (--perturb all) (default: byte 0 for the embedded "
+                      "byte-level LMs; the tokenizer's mask or unknown token for hf: models)")
     text.add_argument("--edits", type=int, default=None,
-                      help="with --noise ablate: report the prefix certified against this many substituted tokens "
-                      "(default 1)")
+                      help="with --noise ablate or delete: report the prefix certified against this many edited tokens "
+                      "(substituted; for delete also inserted or deleted) (default 1)")
     text.add_argument("--exhaustive", action="store_true",
                       help="with --noise ablate: also decode exactly (every kept subset, no sampling) at every prompt with "
                       "one substituted token and report whether any changes the prefix certified at one edit "
@@ -211,6 +220,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 raise InvalidParameterError(f"{option} applies to text generation, not with --text")
         if not args.text.strip():
             raise InvalidParameterError("--text needs a prompt, e.g. --text 'a handwritten seven'")
+        if args.noise == "delete" or args.delete_prob is not None:
+            raise InvalidParameterError("--noise delete applies to text generation; --text takes --noise gaussian or ablate")
         args.noise = "gaussian" if args.noise is None else args.noise
         ablate = args.noise == "ablate"
         if ablate and args.sigma is not None:
@@ -264,7 +275,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_device(args.device, "--device")
     if args.noise is None:  # --sigma or --radius name Gaussian noise; text otherwise defaults to token ablation
         args.noise = "gaussian" if args.diffusion or args.sigma is not None or args.radius is not None else "ablate"
-    ablate = not args.diffusion and args.noise == "ablate"
+    ablate = not args.diffusion and args.noise in ("ablate", "delete")  # certificates in edited tokens
     if not ablate:
         for option, value in (("--keep", args.keep), ("--mask-token", args.mask_token), ("--edits", args.edits)):
             if value is not None:
@@ -272,9 +283,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if args.exhaustive:
             raise InvalidParameterError("--exhaustive applies with --noise ablate")
     elif args.sigma is not None or args.radius is not None:
-        raise InvalidParameterError("--sigma and --radius apply to Gaussian noise; with --noise ablate the certificate is in --edits")
+        raise InvalidParameterError(f"--sigma and --radius apply to Gaussian noise; with --noise {args.noise} the "
+                                    "certificate is in --edits")
+    if args.noise != "delete" and args.delete_prob is not None:
+        raise InvalidParameterError("--delete-prob applies with --noise delete")
+    if args.noise == "delete":
+        if args.keep is not None:
+            raise InvalidParameterError("--keep applies with --noise ablate; --noise delete takes --delete-prob")
+        if args.exhaustive:
+            raise InvalidParameterError("--exhaustive checks substitutions under --noise ablate; under --noise delete "
+                                        "use SmoothedLM.exact_decode (tests/test_deletion.py checks every single edit)")
+        from smoothgen.deletion import check_delete_prob
+
+        args.delete_prob = DEFAULT_DELETE_PROB if args.delete_prob is None else check_delete_prob(args.delete_prob, "--delete-prob")
     if args.diffusion and args.noise != "gaussian":
-        raise InvalidParameterError("--noise ablate applies to text generation, not with --diffusion")
+        raise InvalidParameterError(f"--noise {args.noise} applies to text generation, not with --diffusion")
     if args.sigma is None and not ablate:
         args.sigma = DEFAULT_DIFFUSION_SIGMA if args.diffusion else DEFAULT_TEXT_SIGMA
     if not ablate:
@@ -304,6 +327,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 #: The embedded LM that --noise ablate uses by default: fine-tuned under the ablation it is smoothed with.
 ABLATION_LM = "code_lm_ablate0.1"
+#: The embedded LM that --noise delete uses by default: fine-tuned under token deletion at p = 0.9.
+DELETION_LM = "code_lm_delete0.9"
 
 
 def _load_lm(spec: str | None, device: str, noise: str = "gaussian") -> tuple[Any, Any, str]:
@@ -311,7 +336,7 @@ def _load_lm(spec: str | None, device: str, noise: str = "gaussian") -> tuple[An
     if spec is None:
         from smoothgen.models import load_lm
 
-        name = ABLATION_LM if noise == "ablate" else "code_lm"
+        name = {"ablate": ABLATION_LM, "delete": DELETION_LM}.get(noise, "code_lm")
         return load_lm(name).to(device), None, f"embedded:{name}"
     if spec.startswith("hf:"):
         folder = spec[3:]
@@ -354,12 +379,13 @@ def _generate_text(args: argparse.Namespace) -> dict[str, Any]:
             model, tokenizer, name, prompt=prompt, noise=args.noise, sigma=args.sigma, keep=args.keep,
             mask_token=args.mask_token, perturb=args.perturb, max_new_tokens=args.max_new_tokens,
             n0=args.selection_samples, n=args.samples, alpha=args.alpha, seed=args.seed, edits=args.edits,
+            delete_prob=args.delete_prob,
             radius=args.radius, batch_size=args.batch_size, progress=progress,
             check=_check_exhaustive if args.noise == "ablate" and args.exhaustive else None)
     finally:
         progress.close()
     args.perturb = record["perturb"]
-    if args.noise == "ablate":
+    if args.noise in ("ablate", "delete"):
         if args.exhaustive:
             record["exhaustive"] = _exhaustive_check(smoothed, cert, args.no_progress)
         if not args.json:
@@ -388,6 +414,7 @@ def certified_generation(
     perturb: str | None = None,
     edits: int | None = None,
     radius: float | None = None,
+    delete_prob: float | None = None,
     batch_size: int = 250,
     progress: Any = None,
     check: Any = None,
@@ -395,21 +422,29 @@ def certified_generation(
     """One certified generation, as the record `smoothgen generate --json` prints (the HTTP service's
     /v1/generate returns the same record). Returns (record, GenerationCertificate, the SmoothedLM).
 
-    noise "ablate" (keep k of the perturbed positions, certificate against `edits` substituted tokens) or
-    "gaussian" (σ on the prompt's embeddings, prefix reported at `radius`); `perturb` picks the positions
+    noise "ablate" (keep k of the perturbed positions, certificate against `edits` substituted tokens),
+    "delete" (each perturbed token deleted with probability `delete_prob`, certificate against `edits`
+    inserted, deleted or substituted tokens) or "gaussian" (σ on the prompt's embeddings, prefix reported
+    at `radius`); `perturb` picks the positions
     (`perturbed_positions`); `check(smoothed, ids)` runs before any decoding (e.g. a size limit).
     """
     from smoothgen.generative import SmoothedLM, nearest_neighbor_distances
 
-    ablate = noise == "ablate"
-    # With token ablation this first instance only parses the prompt (σ = 1 is never used).
+    ablate = noise in ("ablate", "delete")  # certificates in edited tokens
+    # With token ablation or deletion this first instance only parses the prompt (σ = 1 is never used).
     smoothed = SmoothedLM(model, 1.0 if ablate else sigma, batch_size=batch_size, tokenizer=tokenizer)
     ids = smoothed.prompt_ids(prompt)  # checks emptiness, vocabulary and (below) the context length
     mask, perturb = perturbed_positions(ids, perturb, noise, tokenizer)
     smoothed.mask = mask
-    if ablate:
+    if noise == "ablate":
         smoothed = SmoothedLM(model, token_ablation(smoothed, ids, tokenizer, keep, mask_token), batch_size=batch_size,
                               tokenizer=tokenizer, mask=mask)
+    elif noise == "delete":
+        from smoothgen.deletion import TokenDeletion
+
+        deletion = TokenDeletion(DEFAULT_DELETE_PROB if delete_prob is None else delete_prob,
+                                 empty_token_id=_mask_token(smoothed, tokenizer, mask_token))
+        smoothed = SmoothedLM(model, deletion, batch_size=batch_size, tokenizer=tokenizer, mask=mask)
     if check is not None:
         check(smoothed, ids)
     start = time.perf_counter()
@@ -419,8 +454,8 @@ def certified_generation(
     k = cert.certified_prefix
     record = {**cert.to_dict(), "prompt_ids": list(cert.prompt), "model": name, "prompt": prompt}
     if ablate:
-        record.update(mask_token=smoothed.noise.mask_token_id, perturbed_positions=int(sum(cert.mask)), perturb=perturb,
-                      edits=edits)
+        record.update(mask_token=getattr(smoothed.noise, "mask_token_id", getattr(smoothed.noise, "empty_token_id", None)),
+                      perturbed_positions=int(sum(cert.mask)), perturb=perturb, edits=edits)
     record.update(text=_decode_text(cert.tokens, tokenizer), certified_text=_decode_text(cert.tokens[:k], tokenizer))
     if ablate:
         record["whole_generation_edits"] = int(min(cert.step_radius))
@@ -437,7 +472,7 @@ def perturbed_positions(ids: torch.Tensor, perturb: str | None, noise: str, toke
 
     context: every position up to and including the last token that holds a line break, when some token
     follows it (the line being completed); a prompt of one line has no context. Default: context for a
-    prompt of several lines under token ablation, else all.
+    prompt of several lines under token ablation or deletion, else all.
 
     "context" reads the clean prompt's content, so the mask is computed here once, from x, and passed on
     as a fixed list of booleans: the certificate is about the model smoothed over these positions, at every
@@ -447,7 +482,7 @@ def perturbed_positions(ids: torch.Tensor, perturb: str | None, noise: str, toke
     pieces = [_decode_text([int(t)], tokenizer) for t in ids.tolist()]
     breaks = [i for i, piece in enumerate(pieces) if "\n" in piece and i < len(pieces) - 1]
     if perturb is None:
-        perturb = "context" if noise == "ablate" and breaks else "all"
+        perturb = "context" if noise in ("ablate", "delete") and breaks else "all"
     length = len(pieces)
     if perturb == "all":
         return [True] * length, perturb
@@ -468,17 +503,22 @@ def token_ablation(smoothed: Any, ids: torch.Tensor, tokenizer: Any, keep: int |
 
     perturbed = int(smoothed.prompt_mask(ids).sum())
     keep = max(1, round(DEFAULT_KEEP_FRACTION * perturbed)) if keep is None else keep
-    if mask_token is None:
-        from smoothgen.models.lm import CodeLM
+    return TokenAblation(keep, _mask_token(smoothed, tokenizer, mask_token))
 
-        if tokenizer is None and isinstance(smoothed.model, CodeLM):
-            mask_token = 0  # byte-level LMs: NUL, never in source text (the ablation-trained LM's mask byte)
-        else:
-            mask_token = getattr(tokenizer, "mask_token_id", None)
-            mask_token = getattr(tokenizer, "unk_token_id", None) if mask_token is None else mask_token
-            if mask_token is None:
-                raise InvalidParameterError("this model's tokenizer has no mask or unknown token: pass --mask-token ID")
-    return TokenAblation(keep, mask_token)
+
+def _mask_token(smoothed: Any, tokenizer: Any, mask_token: int | None) -> int:
+    """--mask-token, or its default: NUL for byte-level LMs, else the tokenizer's mask or unknown token."""
+    if mask_token is not None:
+        return mask_token
+    from smoothgen.models.lm import CodeLM
+
+    if tokenizer is None and isinstance(smoothed.model, CodeLM):
+        return 0  # byte-level LMs: NUL, never in source text (the ablation-trained LM's mask byte)
+    mask_token = getattr(tokenizer, "mask_token_id", None)
+    mask_token = getattr(tokenizer, "unk_token_id", None) if mask_token is None else mask_token
+    if mask_token is None:
+        raise InvalidParameterError("this model's tokenizer has no mask or unknown token: pass --mask-token ID")
+    return mask_token
 
 
 #: The most kept subsets --exhaustive enumerates per edited prompt (exact decoding is C(P, keep) model rows).
@@ -537,11 +577,17 @@ def _print_marked(record: dict[str, Any], cert: Any, tokenizer: Any) -> int:
 
 def _print_ablated(record: dict[str, Any], cert: Any, tokenizer: Any) -> None:
     k = _print_marked(record, cert, tokenizer)
-    print(f"model {record['model']}, token ablation: keep {cert.keep} of {record['perturbed_positions']} prompt "
-          f"positions (mask token {record['mask_token']}), n0={cert.n0}, n={cert.n}, alpha={cert.alpha}, "
+    if cert.noise == "deletion":
+        noise = (f"token deletion: each of {record['perturbed_positions']} prompt positions deleted with probability "
+                 f"{cert.delete_prob:g}")
+    else:
+        noise = (f"token ablation: keep {cert.keep} of {record['perturbed_positions']} prompt positions (mask token "
+                 f"{record['mask_token']})")
+    print(f"model {record['model']}, {noise}, n0={cert.n0}, n={cert.n}, alpha={cert.alpha}, "
           f"{len(cert.tokens)} tokens in {record['seconds']:.1f} s")
     edits = record["edits"]
-    noun = "edited token" if edits == 1 else "edited tokens"
+    kind = "inserted, deleted or substituted" if cert.noise == "deletion" else "edited"
+    noun = f"{kind} token" if edits == 1 else f"{kind} tokens"
     where = _where(record, cert)
     if k:
         print(f"robust to any {edits} {noun} {where}: the first {k} of {len(cert.tokens)} generated tokens (between "
@@ -551,7 +597,7 @@ def _print_ablated(record: dict[str, Any], cert: Any, tokenizer: Any) -> None:
         print(f"not certified against {edits} {noun} {where}: the first generated token's smoothed vote is not "
               f"certifiably above 1/2 + Delta_{edits}")
     whole = record["whole_generation_edits"]
-    print(f"the whole generation is robust to any {whole} edited token{'s' if whole != 1 else ''} {where}" if whole >= 1
+    print(f"the whole generation is robust to any {whole} {kind} token{'s' if whole != 1 else ''} {where}" if whole >= 1
           else "the whole generation is not certified against one edited token (at some step the chosen token's smoothed "
           "score is not certifiably above 1/2 + Delta_1)")
     if "exhaustive" in record:
@@ -564,9 +610,12 @@ def _where(record: dict[str, Any], cert: Any) -> str:
     """Where the certified edits may fall, in words (the perturbed positions of --perturb)."""
     length, perturbed = len(cert.prompt), record["perturbed_positions"]
     if record["perturb"] == "context":
+        if cert.noise == "deletion":
+            return (f"in the lines before the last one (the first {perturbed} of {length} prompt tokens; every prompt "
+                    "with the same last line is covered)")
         return f"in the lines before the last one (the first {perturbed} of {length} prompt tokens; the last line is held fixed)"
     if record["perturb"] == "last":
-        return "in the prompt's last token"
+        return "in the prompt's last token" if cert.noise != "deletion" else "at the prompt's end (the tokens before it fixed)"
     return "anywhere in the prompt"
 
 

@@ -80,6 +80,7 @@ import torch
 
 from smoothgen import kernels, stats
 from smoothgen.certificates import CenterCertificate
+from smoothgen.deletion import TokenDeletion
 from smoothgen.engine import Purpose, RandomStream, noise_tv
 from smoothgen.engine.noise import NoiseKey
 from smoothgen.kernels.reference import check_counter_range
@@ -219,10 +220,13 @@ class GenerationCertificate:
         noise_tv: τ, the per-copy total variation between the sampled prompt noise and N(0, σ²I)
             (token ablation: the chance of a tie between the random words that pick the kept subset);
             every L_t is the bound under the sampler minus τ (smoothgen.engine.noise).
-        noise: "gaussian" (σ; radii in embedding distance) or "ablation" (keep k of the perturbed
+        noise: "gaussian" (σ; radii in embedding distance), "ablation" (keep k of the perturbed
             positions; sigma is None and `step_radius[t]` is the number r of substituted tokens step t
-            is certified against, −1 for none: L_t > 1/2 + Δ_r).
-        keep: k of token ablation (None for Gaussian noise).
+            is certified against, −1 for none: L_t > 1/2 + Δ_r) or "deletion" (each perturbed token
+            deleted with probability `delete_prob`; `step_radius[t]` is the number r of inserted, deleted
+            or substituted tokens in the perturbed run step t is certified against: L_t > 3/2 − p^r).
+        keep: k of token ablation (None otherwise).
+        delete_prob: p of token deletion (None otherwise).
         score: "probability" (p̄_t is the mean softmax) or "vote" (the share of copies whose argmax is
             the token; bound "clopper-pearson").
     """
@@ -251,6 +255,12 @@ class GenerationCertificate:
     noise: str = "gaussian"
     keep: int | None = None
     score: str = "probability"
+    delete_prob: float | None = None
+
+    @property
+    def token_noise(self) -> bool:
+        """Whether the radii count edited tokens (ablation, deletion) rather than embedding distance."""
+        return self.noise in ("ablation", "deletion")
 
     def prefix_radius(self, k: int) -> float:
         """The radius below which the first k tokens are certified: min_{t<k} R_t (inf for k = 0)."""
@@ -261,9 +271,10 @@ class GenerationCertificate:
 
     def prefix_at(self, radius: float) -> int:
         """The largest k whose steps all cover `radius`: Gaussian noise, R_t > radius (tokens certified
-        against ‖Δ‖_F ≤ radius); token ablation, r_t ≥ radius (against any `radius` substituted tokens)."""
+        against ‖Δ‖_F ≤ radius); token ablation, r_t ≥ radius (against any `radius` substituted tokens);
+        token deletion, r_t ≥ radius (against any `radius` inserted, deleted or substituted tokens)."""
         radius = _check_radius(radius)
-        covers = TokenAblation.covers if self.noise == "ablation" else EmbeddingGaussian.covers
+        covers = TokenAblation.covers if self.token_noise else EmbeddingGaussian.covers
         k = 0
         while k < len(self.step_radius) and covers(self.step_radius[k], radius):
             k += 1
@@ -275,7 +286,7 @@ class GenerationCertificate:
         subs = _substitution_items(substitutions, len(self.prompt))
         if not all(self.mask[p] for p in subs):
             return 0
-        if self.noise == "ablation":
+        if self.token_noise:
             changed = sum(1 for p, tok in subs.items() if tok != self.prompt[p])
             return self.prefix_at(changed)
         return self.prefix_at(substitution_radius(table, self.prompt, substitutions))
@@ -557,7 +568,10 @@ class TokenAblation:
         return f"TokenAblation(keep={self.keep}, mask_token_id={self.mask_token_id})"
 
 
-NoiseSpace = EmbeddingGaussian | TokenAblation
+NoiseSpace = EmbeddingGaussian | TokenAblation | TokenDeletion
+
+#: The noise spaces over tokens: certificates count edited tokens (TokenDeletion: edit distance).
+TOKEN_NOISE = (TokenAblation, TokenDeletion)
 
 
 class PromptNoise:
@@ -633,11 +647,13 @@ SCORES = ("auto", "probability", "vote")
 
 
 def as_noise_space(noise: Any) -> NoiseSpace:
-    """A noise space from a number σ (`EmbeddingGaussian`), or an `EmbeddingGaussian` / `TokenAblation` as is."""
-    if isinstance(noise, (EmbeddingGaussian, TokenAblation)):
+    """A noise space from a number σ (`EmbeddingGaussian`), or an `EmbeddingGaussian` / `TokenAblation` /
+    `TokenDeletion` as is."""
+    if isinstance(noise, (EmbeddingGaussian, TokenAblation, TokenDeletion)):
         return noise
     if isinstance(noise, bool) or not isinstance(noise, Real):
-        raise InvalidParameterError(f"noise must be a number σ > 0, an EmbeddingGaussian or a TokenAblation, got {noise!r}")
+        raise InvalidParameterError(
+            f"noise must be a number σ > 0, an EmbeddingGaussian, a TokenAblation or a TokenDeletion, got {noise!r}")
     return EmbeddingGaussian(noise)
 
 
@@ -783,7 +799,7 @@ class SmoothedLM(PromptSmoother):
         self.bound = bound
         if score not in SCORES:
             raise InvalidParameterError(f"score must be one of {SCORES}, got {score!r}")
-        self.score = ("vote" if isinstance(self.noise, TokenAblation) else "probability") if score == "auto" else score
+        self.score = ("vote" if isinstance(self.noise, TOKEN_NOISE) else "probability") if score == "auto" else score
         if eos_token_id is not None:
             eos_token_id = int(_as_ids([eos_token_id], self.vocab_size)[0])
         self.eos_token_id = eos_token_id
@@ -820,6 +836,16 @@ class SmoothedLM(PromptSmoother):
         """
         return self.noise.prompts(self.table, ids, mask, key, start, count, delta)
 
+    def noisy_groups(
+        self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, start: int, count: int, delta: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Copies start .. start + count − 1 as batches of equal length: [c_g, L_g, D] each. One batch
+        (`noisy_prompts`) for Gaussian noise and ablation; one per length for token deletion, whose copies
+        are the kept tokens only. Sums over copies do not depend on how they are grouped."""
+        if isinstance(self.noise, TokenDeletion):
+            return self.noise.prompt_groups(self.table, ids, mask, key, start, count, delta)
+        return [self.noisy_prompts(ids, mask, key, start, count, delta)]
+
     def _gaussian_only(self, what: str) -> None:
         if not isinstance(self.noise, EmbeddingGaussian):
             raise InvalidParameterError(f"{what} is a certificate of Gaussian embedding noise; this SmoothedLM uses {self.noise!r}")
@@ -833,16 +859,19 @@ class SmoothedLM(PromptSmoother):
     def _forward(self, embeds: torch.Tensor, past: Any = None) -> tuple[torch.Tensor, Any]:
         return forward_lm(self.model, embeds, past)
 
-    def _step_scores(self, logits: torch.Tensor) -> torch.Tensor:
+    def _step_scores(self, logits: torch.Tensor, per_copy: bool = False) -> torch.Tensor:
         """The sum over copies of each token's score at one position: softmax probabilities, or votes
-        (1 for the copy's argmax token, ties to the lowest id as torch.argmax).
+        (1 for the copy's argmax token, ties to the lowest id as torch.argmax); `per_copy`: each copy's.
 
         Shapes:
-            logits: [c, V] -> [V] float64
+            logits: [c, V] -> [V] float64 ([c, V] per copy)
         """
         if self.score == "vote":
+            if per_copy:
+                return torch.nn.functional.one_hot(logits.argmax(dim=-1), self.vocab_size).double()
             return torch.bincount(logits.argmax(dim=-1), minlength=self.vocab_size).double()
-        return torch.softmax(logits.float(), dim=-1).double().sum(0)
+        probs = torch.softmax(logits.float(), dim=-1).double()
+        return probs if per_copy else probs.sum(0)
 
     def _token_scores(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Each copy's score of the target token at each position (probability, or 1/0 vote).
@@ -881,12 +910,15 @@ class SmoothedLM(PromptSmoother):
         m = self.prompt_mask(ids, mask)
         delta = self._check_delta(delta, ids.numel())
         self._check_length(ids.numel(), 0)
+        if isinstance(self.noise, TokenDeletion):
+            self.noise.check(m, self.vocab_size)
         key = RandomStream(seed, request_id).key(Purpose.PREDICT)
         total = None
         for start, count in self._chunks(n, ids.numel()):
-            logits, _ = self._forward(self.noisy_prompts(ids, m, key, start, count, delta))
-            part = self._step_scores(logits[:, -1])
-            total = part if total is None else total + part
+            for noisy in self.noisy_groups(ids, m, key, start, count, delta):
+                logits, _ = self._forward(noisy)
+                part = self._step_scores(logits[:, -1])
+                total = part if total is None else total + part
         return (total / n).cpu()
 
     # ---------------------------------------------------------------------------------- decoding
@@ -895,17 +927,22 @@ class SmoothedLM(PromptSmoother):
         self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, count: int, steps: int,
         delta: torch.Tensor | None, use_cache: bool, progress: Progress | None = None,
     ) -> tuple[list[int], list[float]]:
-        """Smoothed greedy decoding from `count` copies: (tokens, mean probability of each chosen token)."""
+        """Smoothed greedy decoding from `count` copies: (tokens, mean probability of each chosen token).
+
+        Each chunk of copies is one or more batches of equal length (`noisy_groups`), each with its own
+        KV cache."""
         chunks = self._chunks(count, ids.numel())
         tokens: list[int] = []
         top: list[float] = []
         if use_cache:
-            caches: list[Any] = [None] * len(chunks)
+            caches: list[Any] = []
             total = None
-            for i, (start, c) in enumerate(chunks):  # prefill once per chunk
-                logits, caches[i] = self._forward(self.noisy_prompts(ids, mask, key, start, c, delta))
-                part = self._step_scores(logits[:, -1])
-                total = part if total is None else total + part
+            for start, c in chunks:  # prefill once per batch
+                for noisy in self.noisy_groups(ids, mask, key, start, c, delta):
+                    logits, past = self._forward(noisy)
+                    caches.append((noisy.shape[0], past))
+                    part = self._step_scores(logits[:, -1])
+                    total = part if total is None else total + part
             for t in range(steps):
                 a = int(torch.argmax(total))
                 tokens.append(a)
@@ -916,12 +953,13 @@ class SmoothedLM(PromptSmoother):
                     break
                 row = self.table[a]
                 total = None
-                for i, (start, c) in enumerate(chunks):  # feed the same clean token to every copy
-                    logits, caches[i] = self._forward(row.expand(c, 1, self.dim), caches[i])
+                for i, (c, past) in enumerate(caches):  # feed the same clean token to every copy
+                    logits, past = self._forward(row.expand(c, 1, self.dim), past)
+                    caches[i] = (c, past)
                     part = self._step_scores(logits[:, -1])
                     total = part if total is None else total + part
             return tokens, top
-        prompts = [self.noisy_prompts(ids, mask, key, start, c, delta) for start, c in self._chunks(count, ids.numel())]
+        prompts = [noisy for start, c in chunks for noisy in self.noisy_groups(ids, mask, key, start, c, delta)]
         for t in range(steps):  # recompute every copy's whole sequence at every step
             total = None
             suffix = self.table[torch.tensor(tokens, dtype=torch.long, device=self.device)]
@@ -946,52 +984,64 @@ class SmoothedLM(PromptSmoother):
         """Per step t, the sum and the sum of squares over `count` fresh copies of softmax_t(tokens[t]).
 
         Cached: teacher forcing on the decoded tokens (prefill + tokens[:-1] in as few calls as the
-        logits budget allows, continuing through each chunk's KV cache). Uncached: every step recomputes
+        logits budget allows, continuing through each batch's KV cache). Uncached: every step recomputes
         every copy's whole sequence (the reference for tests and benchmarks).
 
         Shapes:
             -> ([T] float64, [T] float64)
         """
         steps = len(tokens)
-        length = ids.numel()
         target = torch.tensor(tokens, dtype=torch.long, device=self.device)
         feed = self.table[target[:-1]]  # [T − 1, D]: clean embeddings of the fed tokens
         sums = torch.zeros(steps, dtype=torch.float64, device=self.device)
         squares = torch.zeros(steps, dtype=torch.float64, device=self.device)
-        for start, c in self._chunks(count, length):
-            noisy = self.noisy_prompts(ids, mask, key, start, c, delta)
-            scores = torch.empty(c, steps, dtype=torch.float64, device=self.device)
-            if use_cache:
-                per_call = max(1, LOGITS_BUDGET // max(1, c * self.vocab_size))
-                past, done, pos = None, 0, 0  # done: steps scored; pos: positions fed so far
-                total_pos = length + steps - 1
-                while pos < total_pos:
-                    width = max(per_call, length) if pos == 0 else per_call
-                    end = min(total_pos, pos + width)
-                    pieces = []
-                    if pos < length:
-                        pieces.append(noisy[:, pos:min(end, length)])
-                    if end > length:
-                        pieces.append(feed[max(pos, length) - length:end - length][None].expand(c, -1, -1))
-                    logits, past = self._forward(torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0], past)
-                    first = max(pos, length - 1)  # positions ≥ L − 1 predict a generated token
-                    if end > first:
-                        t0, t1 = first - (length - 1), end - (length - 1)
-                        scores[:, t0:t1] = self._token_scores(logits[:, first - pos:], target[t0:t1])
-                        done = t1
-                    pos = end
-                assert done == steps
-            else:
-                for t in range(steps):
-                    seq = torch.cat([noisy, feed[:t][None].expand(c, -1, -1)], dim=1)
-                    logits, _ = self._forward(seq)
-                    scores[:, t] = self._token_scores(logits[:, -1:], target[t:t + 1])[:, 0]
-            scores.clamp_(0.0, 1.0)
-            sums += scores.sum(0)
-            squares += scores.pow(2).sum(0)
+        for start, c in self._chunks(count, ids.numel()):
+            for noisy in self.noisy_groups(ids, mask, key, start, c, delta):
+                scores = self._teacher_forced_scores(noisy, feed, target, use_cache)
+                scores.clamp_(0.0, 1.0)
+                sums += scores.sum(0)
+                squares += scores.pow(2).sum(0)
             if progress is not None:
                 progress(ESTIMATION_PHASE, start + c, count)
         return sums.cpu(), squares.cpu()
+
+    def _teacher_forced_scores(
+        self, noisy: torch.Tensor, feed: torch.Tensor, target: torch.Tensor, use_cache: bool
+    ) -> torch.Tensor:
+        """Each copy's score of target[t] at step t, fed the prompt copy then target[:-1].
+
+        Shapes:
+            noisy: [c, L, D], feed: [T − 1, D], target: [T] -> [c, T] float64
+        """
+        c, length = noisy.shape[0], noisy.shape[1]
+        steps = target.numel()
+        scores = torch.empty(c, steps, dtype=torch.float64, device=self.device)
+        if not use_cache:
+            for t in range(steps):
+                seq = torch.cat([noisy, feed[:t][None].expand(c, -1, -1)], dim=1)
+                logits, _ = self._forward(seq)
+                scores[:, t] = self._token_scores(logits[:, -1:], target[t:t + 1])[:, 0]
+            return scores
+        per_call = max(1, LOGITS_BUDGET // max(1, c * self.vocab_size))
+        past, done, pos = None, 0, 0  # done: steps scored; pos: positions fed so far
+        total_pos = length + steps - 1
+        while pos < total_pos:
+            width = max(per_call, length) if pos == 0 else per_call
+            end = min(total_pos, pos + width)
+            pieces = []
+            if pos < length:
+                pieces.append(noisy[:, pos:min(end, length)])
+            if end > length:
+                pieces.append(feed[max(pos, length) - length:end - length][None].expand(c, -1, -1))
+            logits, past = self._forward(torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0], past)
+            first = max(pos, length - 1)  # positions ≥ L − 1 predict a generated token
+            if end > first:
+                t0, t1 = first - (length - 1), end - (length - 1)
+                scores[:, t0:t1] = self._token_scores(logits[:, first - pos:], target[t0:t1])
+                done = t1
+            pos = end
+        assert done == steps
+        return scores
 
     def _decode_args(self, prompt, max_new_tokens, mask, delta):
         ids = self.prompt_ids(prompt)
@@ -1018,6 +1068,8 @@ class SmoothedLM(PromptSmoother):
         """
         ids, max_new_tokens, m, delta = self._decode_args(prompt, max_new_tokens, mask, delta)
         n = check_count(n, "n")
+        if isinstance(self.noise, TokenDeletion):
+            self.noise.check(m, self.vocab_size)
         key = RandomStream(seed, request_id).key(Purpose.PREDICT)
         return tuple(self._select(ids, m, key, n, max_new_tokens, delta, use_cache)[0])
 
@@ -1067,6 +1119,8 @@ class SmoothedLM(PromptSmoother):
         ids, max_new_tokens, m, delta = self._decode_args(prompt, max_new_tokens, mask, delta)
         n0, n = check_count(n0, "n0"), check_count(n, "n")
         alpha = check_alpha(alpha)
+        if isinstance(self.noise, TokenDeletion):
+            self.noise.check(m, self.vocab_size)
         radius = _check_radius(radius)
         if self.score == "probability" and self.bound == "bernstein" and n < 2:
             raise InvalidParameterError("the empirical Bernstein bound needs n >= 2")
@@ -1115,6 +1169,7 @@ class SmoothedLM(PromptSmoother):
             noise=self.noise.kind,
             keep=getattr(self.noise, "keep", None),
             score=self.score,
+            delete_prob=getattr(self.noise, "delete_prob", None),
         )
         return dataclasses.replace(cert, certified_prefix=cert.prefix_at(radius))
 
@@ -1147,8 +1202,9 @@ class SmoothedLM(PromptSmoother):
     def exact_decode(
         self, prompt: Any, max_new_tokens: int, *, mask: Any = None, max_subsets: int = 20_000
     ) -> tuple[tuple[int, ...], tuple[float, ...]]:
-        """Token ablation only: the smoothed greedy decoder computed exactly, with no sampling, by
-        enumerating every kept subset (C(P, k) of them for P perturbed positions).
+        """Token ablation or deletion: the smoothed greedy decoder computed exactly, with no sampling, by
+        enumerating every kept subset (ablation: the C(P, k) subsets, equally likely; deletion: the 2^P
+        deletion patterns, each with its probability p^deleted (1 − p)^kept).
 
         The discrete threat model makes small cases checkable: the decoder's output at each edited prompt
         is then known exactly, so a certified prefix that changes under a covered edit is a failure of
@@ -1160,25 +1216,44 @@ class SmoothedLM(PromptSmoother):
         Raises:
             InvalidParameterError: Gaussian noise, or more than `max_subsets` subsets.
         """
-        if not isinstance(self.noise, TokenAblation):
-            raise InvalidParameterError("exact_decode enumerates the subsets of token ablation; Gaussian noise has none")
+        if not isinstance(self.noise, TOKEN_NOISE):
+            raise InvalidParameterError("exact_decode enumerates the subsets of token ablation or deletion; Gaussian noise has none")
         ids, max_new_tokens, m, _ = self._decode_args(prompt, max_new_tokens, mask, None)
+        max_subsets = check_count(max_subsets, "max_subsets")
         perturbed = int(m.sum())
-        keep = min(self.noise.keep, perturbed)
-        if math.comb(perturbed, keep) > check_count(max_subsets, "max_subsets"):
-            raise InvalidParameterError(f"C({perturbed}, {keep}) = {math.comb(perturbed, keep)} subsets exceed max_subsets = {max_subsets}")
-        subsets = torch.tensor(list(itertools.combinations(range(perturbed), keep)), dtype=torch.long).reshape(-1, keep)
-        prompts = self.noise.subset_prompts(self.table, ids, m, subsets)
+        groups: list[tuple[torch.Tensor, torch.Tensor]] = []  # (prompts [S_g, L_g, D], weights [S_g] float64)
+        if isinstance(self.noise, TokenDeletion):
+            self.noise.check(m, self.vocab_size)
+            patterns, weights = self.noise.all_patterns(perturbed, max_subsets)
+            kept = np.ones((patterns.shape[0], ids.numel()), dtype=bool)
+            kept[:, m.cpu().numpy()] = patterns
+            lengths = kept.sum(axis=1)
+            for length in np.unique(lengths):
+                rows = lengths == length
+                (group,) = self.noise.groups(ids, kept[rows])
+                groups.append((self.table[group], torch.from_numpy(weights[rows]).to(self.device)))
+        else:
+            keep = min(self.noise.keep, perturbed)
+            if math.comb(perturbed, keep) > max_subsets:
+                raise InvalidParameterError(f"C({perturbed}, {keep}) = {math.comb(perturbed, keep)} subsets exceed max_subsets = {max_subsets}")
+            subsets = torch.tensor(list(itertools.combinations(range(perturbed), keep)), dtype=torch.long).reshape(-1, keep)
+            prompts = self.noise.subset_prompts(self.table, ids, m, subsets)
+            groups.append((prompts, torch.ones(prompts.shape[0], dtype=torch.float64, device=self.device)))
+        norm = float(sum(float(w.sum()) for _, w in groups)) if not isinstance(self.noise, TokenDeletion) else 1.0
         tokens: list[int] = []
         probs: list[float] = []
         for _ in range(max_new_tokens):
             suffix = self.table[torch.tensor(tokens, dtype=torch.long, device=self.device)]
             total = torch.zeros(self.vocab_size, dtype=torch.float64, device=self.device)
-            for start in range(0, prompts.shape[0], self.batch_size):
-                chunk = prompts[start : start + self.batch_size]
-                logits, _ = self._forward(torch.cat([chunk, suffix[None].expand(chunk.shape[0], -1, -1)], dim=1))
-                total += self._step_scores(logits[:, -1])
-            p_bar = total / prompts.shape[0]
+            for prompts, weights in groups:
+                for start in range(0, prompts.shape[0], self.batch_size):
+                    chunk = prompts[start : start + self.batch_size]
+                    logits, _ = self._forward(torch.cat([chunk, suffix[None].expand(chunk.shape[0], -1, -1)], dim=1))
+                    if isinstance(self.noise, TokenDeletion):  # each pattern with its probability
+                        total += weights[start : start + self.batch_size] @ self._step_scores(logits[:, -1], per_copy=True)
+                    else:  # equally likely subsets: the sum, divided once (exact counts of votes)
+                        total += self._step_scores(logits[:, -1])
+            p_bar = total / norm
             a = int(torch.argmax(p_bar))
             tokens.append(a)
             probs.append(float(p_bar[a]))
@@ -1204,10 +1279,13 @@ class SmoothedLM(PromptSmoother):
         """
         ids, max_new_tokens, m, delta = self._decode_args(prompt, max_new_tokens, mask, delta)
         num_samples = check_count(num_samples, "num_samples")
+        if isinstance(self.noise, TokenDeletion):
+            self.noise.check(m, self.vocab_size)
         key = RandomStream(seed, request_id).key(Purpose.PREDICT)
         out: list[tuple[int, ...]] = []
         for start, c in self._chunks(num_samples, ids.numel()):
-            out += self._greedy(self.noisy_prompts(ids, m, key, start, c, delta), max_new_tokens)
+            for noisy in self.noisy_groups(ids, m, key, start, c, delta):  # token deletion: grouped by length
+                out += self._greedy(noisy, max_new_tokens)
         return out
 
     def noise_tv(self, prompt_length: int | None = None) -> float:
@@ -1276,6 +1354,9 @@ class SmoothedLM(PromptSmoother):
         from smoothgen.center import CenterSmoother
         from smoothgen.engine.runtime.torch_eager import TorchRuntime
 
+        if isinstance(self.noise, TokenDeletion):
+            raise InvalidParameterError("center_certify takes Gaussian noise or token ablation; for token deletion use "
+                                        "generate (certified prefix in edit distance)")
         ids, max_new_tokens, mk, _ = self._decode_args(prompt, max_new_tokens, mask, None)
         if isinstance(self.noise, TokenAblation):  # copies are whole ablated prompts; eps_in counts edited tokens
             smoother = CenterSmoother(

@@ -108,7 +108,35 @@ def test_ablation_exhaustive_check_decodes_every_single_substitution(capsys, mon
     assert ex["edited_prompts"] == 6 * 255 and ex["changed"] == 0
 
 
+def test_deletion_prints_edit_distance_in_plain_words(tmp_path, capsys):
+    """--noise delete: the embedded LM trained for deletion, the certificate in inserted, deleted or
+    substituted tokens of the lines before the last, each step's r the largest with L_t > 3/2 - p^r."""
+    from smoothgen.deletion import deletion_radius
+
+    out = tmp_path / "d.json"
+    assert cli_main([*TEXT, "--noise", "delete", "--prompt", "import os\nimport s", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["noise"] == "deletion" and record["delete_prob"] == 0.9 and record["keep"] is None
+    assert record["model"] == "embedded:code_lm_delete0.9" and record["perturb"] == "context"
+    assert record["mask"] == [True] * 10 + [False] * 8 and record["mask_token"] == 0 and record["score"] == "vote"
+    assert record["step_radius"] == [deletion_radius(lower, 0.9) for lower in record["p_lower"]]
+    assert ("robust to any 1 inserted, deleted or substituted token in the lines before the last one" in printed
+            or "not certified against 1 inserted, deleted or substituted token" in printed)
+    assert "every prompt with the same last line is covered" in printed
+    k = record["certified_prefix"]
+    assert all(r >= 1 for r in record["step_radius"][:k]) and (k == 6 or record["step_radius"][k] < 1)
+
+
 @pytest.mark.parametrize(("argv", "message"), [
+    (["--noise", "delete", "--keep", "2"], "--delete-prob"),
+    (["--noise", "delete", "--delete-prob", "1"], "--delete-prob must be a probability"),
+    (["--noise", "delete", "--delete-prob", "0"], "--delete-prob must be a probability"),
+    (["--noise", "delete", "--delete-prob", "nan"], "--delete-prob must be a probability"),
+    (["--noise", "ablate", "--delete-prob", "0.5"], "--delete-prob applies with --noise delete"),
+    (["--noise", "delete", "--exhaustive"], "--exhaustive"),
+    (["--noise", "delete", "--sigma", "0.1"], "--edits"),
+    (["--diffusion", "--noise", "delete"], "applies to text generation"),
     (["--noise", "ablate", "--sigma", "0.1"], "--edits"),
     (["--noise", "gaussian", "--keep", "3"], "--noise ablate"),
     (["--noise", "gaussian", "--exhaustive"], "--noise ablate"),

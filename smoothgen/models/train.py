@@ -10,6 +10,7 @@ Usage::
     python -m smoothgen.models.train lm                       # the byte-level code LM (Python stdlib corpus)
     python -m smoothgen.models.train lm-ablate --keep-fraction 0.25   # code LM fine-tuned for token ablation
     python -m smoothgen.models.train lm-gauss --sigma 0.5     # code LM fine-tuned for Gaussian embedding noise
+    python -m smoothgen.models.train lm-delete --delete-prob 0.9   # code LM fine-tuned for token deletion
     python -m smoothgen.models.train encoder-ablate           # LoRA adapter: all-MiniLM-L6-v2 for token ablation
 
 Training is deterministic: the seed fixes the initial weights, the shuffling and every noise draw, and
@@ -108,12 +109,14 @@ Folders named ``config-*`` (platform build files) are left out too."""
 LM_SLICE_CHARS = 1024
 """Characters per held-out file in the fixed evaluation slice recorded for tests (`lm_heldout_slice`)."""
 
-LM_NOISE_KINDS: tuple[str, ...] = ("ablate", "gauss")
-"""Smoothing distributions `finetune_lm` trains for: token ablation and Gaussian embedding noise."""
+LM_NOISE_KINDS: tuple[str, ...] = ("ablate", "gauss", "delete")
+"""Smoothing distributions `finetune_lm` trains for: token ablation, Gaussian embedding noise, token deletion."""
 DEFAULT_LM_KEEP_FRACTIONS: tuple[float, ...] = (0.1, 0.25)
 """Keep fractions of the shipped ablation-trained LMs (``code_lm_ablate0.25``)."""
 DEFAULT_LM_GAUSS_SIGMAS: tuple[float, ...] = (0.5,)
 """Embedding noise levels of the shipped Gaussian-trained LMs (``code_lm_gauss0.5``)."""
+DEFAULT_LM_DELETE_PROBS: tuple[float, ...] = (0.9,)
+"""Deletion probabilities of the shipped deletion-trained LMs (``code_lm_delete0.9``)."""
 ABLATION_MASK_TOKEN = 0
 """The ablation MASK token: byte 0 (NUL), which the training corpus never contains."""
 DEFAULT_FINETUNE_STEPS = 500
@@ -971,12 +974,13 @@ def finetuned_lm_name(noise: str, level: float) -> str:
     """Return the key in `models.json` of the code LM fine-tuned for a smoothing distribution.
 
     Args:
-        noise: ``"ablate"`` (token ablation, level = keep fraction) or ``"gauss"`` (Gaussian embedding
-            noise, level = σ).
-        level: The keep fraction or σ.
+        noise: ``"ablate"`` (token ablation, level = keep fraction), ``"gauss"`` (Gaussian embedding
+            noise, level = σ) or ``"delete"`` (token deletion, level = deletion probability).
+        level: The keep fraction, σ or deletion probability.
 
     Returns:
-        For example ``"code_lm_ablate0.25"`` or ``"code_lm_gauss0.5"`` (also the weights file's stem).
+        For example ``"code_lm_ablate0.25"``, ``"code_lm_gauss0.5"`` or ``"code_lm_delete0.9"`` (also the
+        weights file's stem).
     """
     return f"{LM_NAME}_{_check_noise(noise, level)[0]}{float(level)}"
 
@@ -984,10 +988,39 @@ def finetuned_lm_name(noise: str, level: float) -> str:
 def _check_noise(noise: str, level: float) -> tuple[str, float]:
     if noise not in LM_NOISE_KINDS:
         raise InvalidParameterError(f"noise must be one of {list(LM_NOISE_KINDS)}, got {noise!r}")
-    level = check_positive(level, "keep fraction" if noise == "ablate" else "sigma")
+    level = check_positive(level, {"ablate": "keep fraction", "gauss": "sigma", "delete": "deletion probability"}[noise])
     if noise == "ablate" and level > 1.0:
         raise InvalidParameterError(f"the keep fraction must lie in (0, 1], got {level}")
+    if noise == "delete" and level >= 1.0:
+        raise InvalidParameterError(f"the deletion probability must lie in (0, 1), got {level}")
     return noise, level
+
+
+def _delete_prompts(
+    windows: torch.Tensor, prompt_lengths: torch.Tensor, level: float, pad_token_id: int, generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows whose first prompt_lengths[b] bytes lose each byte independently with probability `level`
+    (token deletion, as the smoothed LM perturbs a prompt); the rest closes up and the row is padded at the
+    end with pad_token_id. A row that lost its whole prompt starts with pad_token_id alone (the token a
+    smoothed LM feeds an empty copy).
+
+    Returns:
+        (ids [B, T], kept prompt lengths [B]) for windows [B, T] (T = context + 1); a causal model's
+        predictions at a row's real positions never see its padding.
+    """
+    rows, kept_lengths = [], []
+    for row, length in zip(windows, prompt_lengths.tolist()):
+        keep = torch.rand(length, generator=generator) >= level
+        prompt = row[:length][keep]
+        if prompt.numel() == 0:
+            prompt = torch.tensor([pad_token_id], dtype=row.dtype)
+        kept_lengths.append(prompt.numel())
+        rows.append(torch.cat([prompt, row[length:]]))
+    width = windows.shape[1]
+    out = torch.full_like(windows, pad_token_id)
+    for b, r in enumerate(rows):
+        out[b, : min(width, r.numel())] = r[:width]
+    return out, torch.tensor(kept_lengths)
 
 
 def ablation_keep(fraction: float, prompt_length: int) -> int:
@@ -1049,7 +1082,11 @@ def finetune_lm(
     - ``noise="gauss"``, level = σ: N(0, σ² I) is added to the prompt positions' input embeddings (fed with
       ``inputs_embeds``), and the token embedding is frozen. The CodeLM output head is tied to that
       embedding, so the head is frozen too: the fine-tuned table equals the base's exactly, and a
-      certified embedding radius means the same token substitutions for both models.
+      certified embedding radius means the same token substitutions for both models;
+    - ``noise="delete"``, level = deletion probability p: each prompt byte is deleted independently with
+      probability p and the window closes up (padded at its end with mask_token_id; a prompt that lost every
+      byte is mask_token_id alone, what `smoothgen.deletion.TokenDeletion` feeds an empty copy); the loss
+      is on the continuation's real bytes only.
 
     The loss is the next-byte cross-entropy of the predictions at positions ≥ P − 1 (the continuation, what
     smoothed decoding uses). Optimizer and schedule as `train_lm` (shared loop), with a smaller peak
@@ -1110,6 +1147,12 @@ def finetune_lm(
 
         def window_loss(windows: torch.Tensor) -> torch.Tensor:
             lengths = torch.randint(min_prompt, max_prompt + 1, (len(windows),), generator=generator)
+            if noise == "delete":  # shorter rows, padded at the end: score only their real continuation
+                deleted, kept = _delete_prompts(windows, lengths, level, mask_token_id, generator)
+                logits = model(inputs_embeds=model.get_input_embeddings().weight[deleted[:, :-1]]).logits
+                real = positions[None] < (kept + windows.shape[1] - 1 - lengths)[:, None]
+                targets = deleted[:, 1:].masked_fill((positions[None] < kept[:, None] - 1) | ~real, -100)
+                return F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), targets.reshape(-1), ignore_index=-100)
             embeds = _perturb_prompts(model, windows[:, :-1], lengths, noise, level, mask_token_id, generator)
             logits = model(inputs_embeds=embeds).logits
             # The prediction at position i is of byte i + 1: score those from the last prompt byte on.
@@ -1130,11 +1173,12 @@ def finetune_lm(
         "base_sha256": base_sha256,
         "noise": noise,
         "noise_level": level,
-        "smoothing": (
-            f"TokenAblation(keep=max(1, round({level}·P)), mask_token_id={mask_token_id})" if noise == "ablate"
-            else f"EmbeddingGaussian(sigma={level})"
-        ),
-        "mask_token_id": mask_token_id if noise == "ablate" else None,
+        "smoothing": {
+            "ablate": f"TokenAblation(keep=max(1, round({level}·P)), mask_token_id={mask_token_id})",
+            "gauss": f"EmbeddingGaussian(sigma={level})",
+            "delete": f"TokenDeletion(delete_prob={level}, empty_token_id={mask_token_id})",
+        }[noise],
+        "mask_token_id": mask_token_id if noise in ("ablate", "delete") else None,
         "frozen": ["token_embedding (tied output head)"] if noise == "gauss" else [],
         "prompt_lengths": [min_prompt, max_prompt],
         "loss": "next-byte cross-entropy of the predictions at positions >= P - 1 (clean continuation)",
@@ -1149,7 +1193,7 @@ def finetune_lm(
         slice_texts = lm_heldout_slice(root)
         settings = {"prompt_length": FINETUNE_EVAL_PROMPT_LENGTH, "stride": FINETUNE_EVAL_STRIDE}
         smoothed = {"noise": noise, "noise_level": level, "copies": FINETUNE_EVAL_COPIES, "seed": EVAL_NOISE_SEED,
-                    "mask_token_id": mask_token_id if noise == "ablate" else None, **settings}
+                    "mask_token_id": mask_token_id if noise in ("ablate", "delete") else None, **settings}
         if noise == "ablate":
             smoothed["keep"] = ablation_keep(level, FINETUNE_EVAL_PROMPT_LENGTH)
         for key, evaluated in (("model", model), ("base", base_model)):
@@ -1189,8 +1233,8 @@ def lm_smoothed_metrics(
     Args:
         model: A `CodeLM` (or a model with its call convention and ``context_length``).
         texts: Strings (encoded as UTF-8) or bytes.
-        noise: ``"ablate"``, ``"gauss"`` or None.
-        level: Keep fraction or σ (ignored for None).
+        noise: ``"ablate"``, ``"gauss"``, ``"delete"`` or None.
+        level: Keep fraction, σ or deletion probability (ignored for None).
         prompt_length: Bytes per prompt.
         stride: Bytes between consecutive prompt starts in a text (a deterministic subsample).
         copies: Perturbed copies per prompt.
@@ -1234,11 +1278,17 @@ def lm_smoothed_metrics(
     try:
         for ids, target in zip(ids_all.split(batch_prompts), target_all.split(batch_prompts)):
             if noise is None:
-                embeds = table[ids]
+                logits = model(inputs_embeds=table[ids]).logits[:, -1].double()
+            elif noise == "delete":  # copies of different lengths, padded at the end: read each at its last byte
+                deleted, kept = zip(*[_delete_prompts(row.expand(copies, -1), lengths, level, mask_token_id, generator)
+                                      for row in ids])
+                deleted, kept = torch.cat(deleted), torch.cat(kept)
+                out = model(inputs_embeds=table[deleted]).logits
+                logits = out[torch.arange(out.shape[0]), kept - 1].double()
             else:  # prompt by prompt, so the draws of a prompt do not depend on batch_prompts
                 embeds = torch.cat([_perturb_prompts(model, row.expand(copies, -1), lengths, noise, level,
                                                      mask_token_id, generator) for row in ids])
-            logits = model(inputs_embeds=embeds).logits[:, -1].double()
+                logits = model(inputs_embeds=embeds).logits[:, -1].double()
             log_mean = torch.logsumexp(logits.log_softmax(-1).view(len(ids), copies, -1), dim=1) - math.log(copies)
             nll -= float(log_mean.gather(1, target[:, None]).sum())
             correct += int((log_mean.argmax(-1) == target).sum())
@@ -1249,8 +1299,9 @@ def lm_smoothed_metrics(
     top_probability = torch.cat(top)
     metrics["mean_top_probability"] = float(top_probability.mean())
     if noise is not None:
-        # Δ_1 = 1 − C(P − 1, k)/C(P, k) = k/P (docs/theory.md §4g).
-        threshold = 0.5 + ablation_keep(level, prompt_length) / prompt_length if noise == "ablate" else 0.5
+        # Δ_1 = 1 − C(P − 1, k)/C(P, k) = k/P (docs/theory.md §4g); deletion: Δ_1 = 1 − p (§4j).
+        threshold = {"ablate": 0.5 + ablation_keep(level, prompt_length) / prompt_length, "gauss": 0.5,
+                     "delete": 0.5 + (1 - level)}[noise]
         metrics["plugin_threshold"] = threshold
         metrics["plugin_fraction_above_threshold"] = float((top_probability > threshold).double().mean())
     return metrics
@@ -1602,19 +1653,21 @@ def _build_parser() -> argparse.ArgumentParser:
             "code LM on the smoothing distribution of smoothgen.generative.SmoothedLM: prompts (the first P bytes "
             f"of each window, P uniform in {list(FINETUNE_PROMPT_LENGTHS)}) with all but round(f*P) positions "
             f"replaced by byte {ABLATION_MASK_TOKEN} (token ablation, keep fraction f), or with N(0, sigma^2 I) "
-            "added to their embeddings (embedding table, tied to the output head, frozen); the continuation "
+            "added to their embeddings (embedding table, tied to the output head, frozen); lm-delete with each "
+            "prompt byte deleted with probability p (token deletion, the rest closes up). The continuation "
             "stays clean and carries the loss. Their records add clean and smoothed held-out metrics, and the "
             "code LM's smoothed metrics at the same noise."
         ),
     )
     parser.add_argument(
         "what",
-        choices=["classifier", "autoencoder", "ddpm", "lm", "lm-ablate", "lm-gauss", "all", "text-ddpm", "encoder-ablate"],
+        choices=["classifier", "autoencoder", "ddpm", "lm", "lm-ablate", "lm-gauss", "lm-delete", "all", "text-ddpm",
+                 "encoder-ablate"],
         help=(
             "which models to train: the classifiers, the autoencoder, the DDPM, the code LM, the code LM "
-            "fine-tuned for token ablation or for Gaussian embedding noise, or all of them (all fine-tunes "
-            f"the code LM it has just trained, at the keep fractions {list(DEFAULT_LM_KEEP_FRACTIONS)} and "
-            f"sigmas {list(DEFAULT_LM_GAUSS_SIGMAS)})"
+            "fine-tuned for token ablation, Gaussian embedding noise or token deletion, or all of them (all "
+            f"fine-tunes the code LM it has just trained, at the keep fractions {list(DEFAULT_LM_KEEP_FRACTIONS)}, "
+            f"sigmas {list(DEFAULT_LM_GAUSS_SIGMAS)} and deletion probabilities {list(DEFAULT_LM_DELETE_PROBS)})"
         ),
     )
     parser.add_argument(
@@ -1637,6 +1690,17 @@ def _build_parser() -> argparse.ArgumentParser:
         help=(
             "lm-ablate only: fraction(s) of the prompt positions each ablated copy keeps, in (0, 1] "
             f"(default: {' '.join(map(str, DEFAULT_LM_KEEP_FRACTIONS))})"
+        ),
+    )
+    parser.add_argument(
+        "--delete-prob",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="P",
+        help=(
+            "lm-delete only: probability with which each prompt byte is deleted, in (0, 1) "
+            f"(default: {' '.join(map(str, DEFAULT_LM_DELETE_PROBS))})"
         ),
     )
     parser.add_argument(
@@ -1696,11 +1760,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
-    lm_kinds = ("lm", "lm-ablate", "lm-gauss")
-    if args.sigma is not None and args.what in ("autoencoder", "ddpm", "lm", "lm-ablate"):
+    lm_kinds = ("lm", "lm-ablate", "lm-gauss", "lm-delete")
+    if args.sigma is not None and args.what in ("autoencoder", "ddpm", "lm", "lm-ablate", "lm-delete"):
         parser.error("--sigma applies to classifiers and lm-gauss only")
     if args.keep_fraction is not None and args.what != "lm-ablate":
         parser.error("--keep-fraction applies to lm-ablate only")
+    if args.delete_prob is not None and args.what != "lm-delete":
+        parser.error("--delete-prob applies to lm-delete only")
+    delete_probs = DEFAULT_LM_DELETE_PROBS if args.delete_prob is None else tuple(args.delete_prob)
+    if not all(0 < p < 1 for p in delete_probs):
+        parser.error(f"--delete-prob must lie in (0, 1), got {list(delete_probs)}")
     if args.epochs is not None and args.what in lm_kinds:
         parser.error("--epochs does not apply to the code LMs; use --steps")
     if args.steps is not None and args.what not in (*lm_kinds, "all", "encoder-ablate"):
@@ -1778,6 +1847,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     finetunes = [("ablate", f) for f in keep_fractions if args.what in ("lm-ablate", "all")]
     finetunes += [("gauss", s) for s in gauss_sigmas if args.what in ("lm-gauss", "all")]
+    finetunes += [("delete", p) for p in delete_probs if args.what in ("lm-delete", "all")]
     for noise, level in finetunes:
         steps = DEFAULT_FINETUNE_STEPS if args.steps is None else args.steps
         model, record = finetune_lm(noise, level, steps, args.seed, base=base, progress=True)

@@ -22,6 +22,7 @@ from smoothgen.models import (
     model_info,
 )
 from smoothgen.models.train import (
+    DEFAULT_LM_DELETE_PROBS,
     DEFAULT_LM_GAUSS_SIGMAS,
     DEFAULT_LM_KEEP_FRACTIONS,
     DEFAULT_SIGMAS,
@@ -140,7 +141,7 @@ def test_shipped_models_are_listed_and_their_files_match() -> None:
     # The classifiers, the autoencoder, the DDPM, the code LM and its smoothing-trained fine-tunes, and the
     # text-to-digit diffusers UNet (conditioned on all-MiniLM-L6-v2 embeddings), and the ablation adapter of
     # all-MiniLM-L6-v2.
-    num_finetuned_lms = len(DEFAULT_LM_KEEP_FRACTIONS) + len(DEFAULT_LM_GAUSS_SIGMAS)
+    num_finetuned_lms = len(DEFAULT_LM_KEEP_FRACTIONS) + len(DEFAULT_LM_GAUSS_SIGMAS) + len(DEFAULT_LM_DELETE_PROBS)
     assert len(info["models"]) == len(DEFAULT_SIGMAS) + 5 + num_finetuned_lms
     assert info["models"]["minilm_ablation"]["kind"] == "encoder_adapter"
     for record in info["models"].values():

@@ -188,6 +188,10 @@ class TokenDeletion:
     def step_radius(self, lower: float, perturbed: int) -> float:
         return float(deletion_radius(lower, self.delete_prob))
 
+    def certify_threshold(self, radius: float, perturbed: int) -> float:
+        """1/2 + Δ_r = 3/2 − p^r (as a float: it only decides when a sequential estimation stops)."""
+        return 0.5 + float(deletion_delta(self.delete_prob, math.ceil(radius)))  # radii are whole edits
+
     @staticmethod
     def covers(step_radius: float, radius: float) -> bool:
         return radius <= step_radius

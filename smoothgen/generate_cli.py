@@ -173,6 +173,12 @@ def add_parser(sub: Any) -> None:
     text.add_argument("--edits", type=int, default=None,
                       help="with --noise ablate or delete: report the prefix certified against this many edited tokens "
                       "(substituted; for delete also inserted or deleted) (default 1)")
+    text.add_argument("--sequential", action="store_true",
+                      help="with --noise ablate or delete: draw the estimation copies --check-every at a time and stop "
+                      "as soon as the prefix at --edits is decided (each step's betting confidence sequence, anytime "
+                      "valid: as sound as a fixed --samples, which becomes the maximum; docs/theory.md §6)")
+    text.add_argument("--check-every", type=int, default=None,
+                      help="with --sequential: estimation copies between two checks (default 50)")
     text.add_argument("--exhaustive", action="store_true",
                       help="with --noise ablate: also decode exactly (every kept subset, no sampling) at every prompt with "
                       "one substituted token and report whether any changes the prefix certified at one edit "
@@ -215,7 +221,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if args.diffusion or args.label is not None:
             raise InvalidParameterError("--text smooths the text-to-digit model: it takes no --diffusion or --label")
         for option, value in (("--prompt", args.prompt), ("--model", args.model), ("--max-new-tokens", args.max_new_tokens),
-                              ("--radius", args.radius), ("--perturb", args.perturb), ("--exhaustive", args.exhaustive or None)):
+                              ("--radius", args.radius), ("--perturb", args.perturb), ("--exhaustive", args.exhaustive or None),
+                              ("--sequential", args.sequential or None), ("--check-every", args.check_every)):
             if value is not None:
                 raise InvalidParameterError(f"{option} applies to text generation, not with --text")
         if not args.text.strip():
@@ -285,6 +292,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     elif args.sigma is not None or args.radius is not None:
         raise InvalidParameterError(f"--sigma and --radius apply to Gaussian noise; with --noise {args.noise} the "
                                     "certificate is in --edits")
+    if (args.sequential or args.check_every is not None) and not ablate:
+        raise InvalidParameterError("--sequential and --check-every apply with --noise ablate or delete (vote shares)")
+    if args.check_every is not None and not args.sequential:
+        raise InvalidParameterError("--check-every applies with --sequential")
+    if args.sequential:
+        args.check_every = 50 if args.check_every is None else check_count(args.check_every, "--check-every")
     if args.noise != "delete" and args.delete_prob is not None:
         raise InvalidParameterError("--delete-prob applies with --noise delete")
     if args.noise == "delete":
@@ -379,7 +392,7 @@ def _generate_text(args: argparse.Namespace) -> dict[str, Any]:
             model, tokenizer, name, prompt=prompt, noise=args.noise, sigma=args.sigma, keep=args.keep,
             mask_token=args.mask_token, perturb=args.perturb, max_new_tokens=args.max_new_tokens,
             n0=args.selection_samples, n=args.samples, alpha=args.alpha, seed=args.seed, edits=args.edits,
-            delete_prob=args.delete_prob,
+            delete_prob=args.delete_prob, sequential=args.sequential, check_every=args.check_every,
             radius=args.radius, batch_size=args.batch_size, progress=progress,
             check=_check_exhaustive if args.noise == "ablate" and args.exhaustive else None)
     finally:
@@ -415,6 +428,8 @@ def certified_generation(
     edits: int | None = None,
     radius: float | None = None,
     delete_prob: float | None = None,
+    sequential: bool = False,
+    check_every: int | None = None,
     batch_size: int = 250,
     progress: Any = None,
     check: Any = None,
@@ -448,8 +463,9 @@ def certified_generation(
     if check is not None:
         check(smoothed, ids)
     start = time.perf_counter()
+    extra = {"sequential": True, "check_every": check_every or 50} if sequential else {}
     cert = smoothed.generate(ids, max_new_tokens, n0=n0, n=n, alpha=alpha, seed=seed, request_id=request_id,
-                             radius=float(edits) if ablate else radius, progress=progress)
+                             radius=float(edits) if ablate else radius, progress=progress, **extra)
     seconds = time.perf_counter() - start
     k = cert.certified_prefix
     record = {**cert.to_dict(), "prompt_ids": list(cert.prompt), "model": name, "prompt": prompt}
@@ -583,7 +599,8 @@ def _print_ablated(record: dict[str, Any], cert: Any, tokenizer: Any) -> None:
     else:
         noise = (f"token ablation: keep {cert.keep} of {record['perturbed_positions']} prompt positions (mask token "
                  f"{record['mask_token']})")
-    print(f"model {record['model']}, {noise}, n0={cert.n0}, n={cert.n}, alpha={cert.alpha}, "
+    drawn = f"n={cert.n} (sequential, at most {cert.max_samples})" if cert.sequential else f"n={cert.n}"
+    print(f"model {record['model']}, {noise}, n0={cert.n0}, {drawn}, alpha={cert.alpha}, "
           f"{len(cert.tokens)} tokens in {record['seconds']:.1f} s")
     edits = record["edits"]
     kind = "inserted, deleted or substituted" if cert.noise == "deletion" else "edited"

@@ -87,6 +87,9 @@ from smoothgen.kernels.reference import check_counter_range
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError
 from smoothgen.validate import check_alpha, check_count, check_positive, check_sigma
 
+#: Estimation copies between two checks of a sequential estimation (`SmoothedLM.generate(sequential=True)`).
+SEQUENTIAL_CHECK_EVERY = 50
+
 #: Noisy copies per model call (and per KV cache). On the 2-core CPU with the embedded CodeLM, 100 copies
 #: per call keep the matrix multiplies large enough that Python overhead stays small.
 DEFAULT_BATCH_SIZE = 100
@@ -215,7 +218,10 @@ class GenerationCertificate:
         mask: which prompt positions carry noise (and may be perturbed).
         alpha_step: alpha / max_new_tokens (Bonferroni over the steps).
         bound: the confidence bound ("best": the larger of empirical Bernstein and Hoeffding, each at
-            alpha_step / 2; "bernstein"; "hoeffding"; "clopper-pearson" for votes).
+            alpha_step / 2; "bernstein"; "hoeffding"; "clopper-pearson" for votes; "betting" for votes
+            estimated sequentially: the lower end of each step's betting confidence sequence).
+        sequential, max_samples: whether the estimation stopped once the prefix at `radius` was decided
+            (then `n` is the number of estimation copies drawn, at most `max_samples`).
         stopped: why decoding stopped: "max_new_tokens" or "eos".
         noise_tv: τ, the per-copy total variation between the sampled prompt noise and N(0, σ²I)
             (token ablation: the chance of a tie between the random words that pick the kept subset);
@@ -256,6 +262,8 @@ class GenerationCertificate:
     keep: int | None = None
     score: str = "probability"
     delete_prob: float | None = None
+    sequential: bool = False
+    max_samples: int | None = None
 
     @property
     def token_noise(self) -> bool:
@@ -456,6 +464,10 @@ class EmbeddingGaussian:
     def step_radius(self, lower: float, perturbed: int) -> float:
         return stats.generation_step_radius(self.sigma, lower, 1.0 - lower)
 
+    def certify_threshold(self, radius: float, perturbed: int) -> float:
+        """The value a step's lower bound must exceed for the step to cover `radius`: Φ(R/σ)."""
+        return stats.normal_cdf(radius / self.sigma)
+
     @staticmethod
     def covers(step_radius: float, radius: float) -> bool:
         return step_radius > radius
@@ -559,6 +571,10 @@ class TokenAblation:
 
     def step_radius(self, lower: float, perturbed: int) -> float:
         return float(ablation_radius(lower, perturbed, self.keep))
+
+    def certify_threshold(self, radius: float, perturbed: int) -> float:
+        """1/2 + Δ_r (as a float: it only decides when a sequential estimation stops)."""
+        return 0.5 + float(ablation_delta(perturbed, self.keep, math.ceil(radius)))  # radii are whole edits
 
     @staticmethod
     def covers(step_radius: float, radius: float) -> bool:
@@ -850,11 +866,11 @@ class SmoothedLM(PromptSmoother):
         if not isinstance(self.noise, EmbeddingGaussian):
             raise InvalidParameterError(f"{what} is a certificate of Gaussian embedding noise; this SmoothedLM uses {self.noise!r}")
 
-    def _chunks(self, count: int, length: int) -> list[tuple[int, int]]:
-        """(start, size) of each batch of `count` copies of a prompt of `length` tokens. A count whose noise
-        counters would wrap (two copies sharing noise) is refused before anything is built."""
-        check_counter_range(0, count * length, max(self.dim, 2))
-        return [(s, min(self.batch_size, count - s)) for s in range(0, count, self.batch_size)]
+    def _chunks(self, count: int, length: int, first: int = 0) -> list[tuple[int, int]]:
+        """(start, size) of each batch of copies first .. first + count − 1 of a prompt of `length` tokens. A
+        count whose noise counters would wrap (two copies sharing noise) is refused before anything is built."""
+        check_counter_range(0, (first + count) * length, max(self.dim, 2))
+        return [(first + s, min(self.batch_size, count - s)) for s in range(0, count, self.batch_size)]
 
     def _forward(self, embeds: torch.Tensor, past: Any = None) -> tuple[torch.Tensor, Any]:
         return forward_lm(self.model, embeds, past)
@@ -979,9 +995,11 @@ class SmoothedLM(PromptSmoother):
 
     def _estimate(
         self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, count: int, tokens: list[int],
-        delta: torch.Tensor | None, use_cache: bool, progress: Progress | None = None,
+        delta: torch.Tensor | None, use_cache: bool, progress: Progress | None = None, first: int = 0,
+        total: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per step t, the sum and the sum of squares over `count` fresh copies of softmax_t(tokens[t]).
+        """Per step t, the sum and the sum of squares over `count` fresh copies (first .. first + count − 1
+        of the stream; progress counts them out of `total`) of softmax_t(tokens[t]).
 
         Cached: teacher forcing on the decoded tokens (prefill + tokens[:-1] in as few calls as the
         logits budget allows, continuing through each batch's KV cache). Uncached: every step recomputes
@@ -995,14 +1013,14 @@ class SmoothedLM(PromptSmoother):
         feed = self.table[target[:-1]]  # [T − 1, D]: clean embeddings of the fed tokens
         sums = torch.zeros(steps, dtype=torch.float64, device=self.device)
         squares = torch.zeros(steps, dtype=torch.float64, device=self.device)
-        for start, c in self._chunks(count, ids.numel()):
+        for start, c in self._chunks(count, ids.numel(), first):
             for noisy in self.noisy_groups(ids, mask, key, start, c, delta):
                 scores = self._teacher_forced_scores(noisy, feed, target, use_cache)
                 scores.clamp_(0.0, 1.0)
                 sums += scores.sum(0)
                 squares += scores.pow(2).sum(0)
             if progress is not None:
-                progress(ESTIMATION_PHASE, start + c, count)
+                progress(ESTIMATION_PHASE, start + c, first + count if total is None else total)
         return sums.cpu(), squares.cpu()
 
     def _teacher_forced_scores(
@@ -1089,6 +1107,8 @@ class SmoothedLM(PromptSmoother):
         use_cache: bool = True,
         delta: torch.Tensor | None = None,
         progress: Progress | None = None,
+        sequential: bool = False,
+        check_every: int = SEQUENTIAL_CHECK_EVERY,
     ) -> GenerationCertificate:
         """Certified smoothed greedy decoding (docs/theory.md §4c; the algorithm is in the module docstring).
 
@@ -1107,6 +1127,13 @@ class SmoothedLM(PromptSmoother):
             progress: called as progress(phase, done, total) while it works: `SELECTION_PHASE` after each
                 chosen token (of max_new_tokens), `ESTIMATION_PHASE` after each chunk of estimation copies
                 (of n). For progress bars; it does not change the result.
+            sequential: votes only (docs/theory.md §6 applied per step): draw the estimation copies
+                `check_every` at a time, up to n, and stop as soon as the prefix at `radius` is decided —
+                every step's vote share proved above the level `radius` needs, or the first step that is not
+                proved above it proved below — by each step's betting confidence sequence at α/T (anytime
+                valid: Ville's inequality holds at any stopping time). L_t is then that sequence's lower end,
+                so the certificate is as sound as with a fixed n; `n` in it is the number of copies drawn.
+            check_every: copies between two checks of the sequential estimation.
 
         Returns:
             A `GenerationCertificate`.
@@ -1124,18 +1151,30 @@ class SmoothedLM(PromptSmoother):
         radius = _check_radius(radius)
         if self.score == "probability" and self.bound == "bernstein" and n < 2:
             raise InvalidParameterError("the empirical Bernstein bound needs n >= 2")
+        if sequential:
+            if self.score != "vote":
+                raise InvalidParameterError("sequential estimation bounds vote shares (score='vote'); this SmoothedLM "
+                                            f"averages {self.score}s")
+            check_every = check_count(check_every, "check_every")
         stream = RandomStream(seed, request_id)
         selection_key, estimation_key = stream.key(Purpose.SELECTION), stream.key(Purpose.ESTIMATION)
         tokens, p_selection = self._select(ids, m, selection_key, n0, max_new_tokens, delta, use_cache, progress)
-        sums, squares = self._estimate(ids, m, estimation_key, n, tokens, delta, use_cache, progress)
         alpha_step = alpha / max_new_tokens  # Bonferroni over the T steps fixed in advance
         perturbed = int(m.sum())
         tau = self.noise.noise_tv(len(ids), self.dim, perturbed)
+        max_samples = n
+        if sequential:
+            sums, squares, n = self._estimate_sequentially(ids, m, estimation_key, n, tokens, delta, use_cache, progress,
+                                                           check_every, alpha_step, tau, radius, perturbed)
+        else:
+            sums, squares = self._estimate(ids, m, estimation_key, n, tokens, delta, use_cache, progress)
         means, variances, lowers, radii = [], [], [], []
         for t in range(len(tokens)):
             mean = min(1.0, max(0.0, float(sums[t]) / n))
             var = max(0.0, (float(squares[t]) - n * mean * mean) / (n - 1)) if n > 1 else 0.0
-            if self.score == "vote":  # 0/1 scores: the exact binomial bound on the vote share
+            if sequential:  # the lower end of the step's confidence sequence, valid at the stopping time
+                raw = stats.betting_lower(int(round(float(sums[t]))), n, alpha_step)
+            elif self.score == "vote":  # 0/1 scores: the exact binomial bound on the vote share
                 raw = stats.clopper_pearson_lower(int(round(float(sums[t]))), n, alpha_step)
             else:
                 raw = stats.bounded_mean_lower(mean, var, n, alpha_step, self.bound)
@@ -1159,7 +1198,7 @@ class SmoothedLM(PromptSmoother):
             n=n,
             alpha=alpha,
             alpha_step=alpha_step,
-            bound="clopper-pearson" if self.score == "vote" else self.bound,
+            bound="betting" if sequential else "clopper-pearson" if self.score == "vote" else self.bound,
             max_new_tokens=max_new_tokens,
             mask=tuple(bool(v) for v in m.tolist()),
             seed=seed,
@@ -1170,8 +1209,41 @@ class SmoothedLM(PromptSmoother):
             keep=getattr(self.noise, "keep", None),
             score=self.score,
             delete_prob=getattr(self.noise, "delete_prob", None),
+            sequential=sequential,
+            max_samples=max_samples,
         )
         return dataclasses.replace(cert, certified_prefix=cert.prefix_at(radius))
+
+    def _estimate_sequentially(
+        self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, max_samples: int, tokens: list[int],
+        delta: torch.Tensor | None, use_cache: bool, progress: Progress | None, check_every: int, alpha_step: float,
+        tau: float, radius: float, perturbed: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Estimation copies `check_every` at a time until the prefix at `radius` is decided (see `generate`):
+        (vote sums, sums of squares, copies drawn). The stopping rule only decides when to stop; the bounds
+        are computed afterwards from the counts (`stats.betting_lower`), valid at any stopping time."""
+        level = self.noise.certify_threshold(radius, perturbed)
+        certify_above = stats.upper_under_gaussian(level, tau)  # L − τ > level needs a share above level + τ
+        below = stats.lower_under_gaussian(level, tau)
+        zeros_above = math.nextafter(1.0 - below, math.inf) if below > 0.0 else None
+        steps = len(tokens)
+        sums = torch.zeros(steps, dtype=torch.float64)
+        squares = torch.zeros(steps, dtype=torch.float64)
+        drawn = 0
+        while drawn < max_samples:
+            count = min(check_every, max_samples - drawn)
+            s, q = self._estimate(ids, mask, key, count, tokens, delta, use_cache, progress, first=drawn, total=max_samples)
+            sums, squares, drawn = sums + s, squares + q, drawn + count
+            votes = [int(round(float(v))) for v in sums]
+            t = 0
+            while t < steps and certify_above < 1.0 and stats.betting_proves_above(votes[t], drawn, certify_above, alpha_step):
+                t += 1
+            if t == steps:
+                break  # every step certified at the radius
+            if certify_above >= 1.0 or (zeros_above is not None and zeros_above < 1.0
+                                        and stats.betting_proves_above(drawn - votes[t], drawn, zeros_above, alpha_step)):
+                break  # step t can never cover the radius: the prefix ends there, whatever more copies say
+        return sums, squares, drawn
 
     # ---------------------------------------------------------------------------------- one noisy run
 

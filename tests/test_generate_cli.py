@@ -128,7 +128,24 @@ def test_deletion_prints_edit_distance_in_plain_words(tmp_path, capsys):
     assert all(r >= 1 for r in record["step_radius"][:k]) and (k == 6 or record["step_radius"][k] < 1)
 
 
+def test_sequential_generation_stops_early_with_the_same_certified_tokens(capsys):
+    """--sequential: the estimation stops once the prefix at --edits is decided; the betting bound is the
+    certificate's, and on the default prompt it certifies what the fixed-n run certifies."""
+    base = ["generate", "--max-new-tokens", "6", "--samples", "1000", "--json"]
+    assert cli_main(base) == 0
+    fixed = json.loads(capsys.readouterr().out)
+    assert cli_main([*base, "--sequential", "--check-every", "50"]) == 0
+    seq = json.loads(capsys.readouterr().out)
+    assert seq["sequential"] and seq["bound"] == "betting" and seq["max_samples"] == 1000 and seq["n"] < 1000
+    assert seq["tokens"] == fixed["tokens"] and seq["certified_prefix"] == fixed["certified_prefix"] == 6
+    assert cli_main([*base[:-1], "--sequential"]) == 0
+    assert "(sequential, at most 1000)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("argv", "message"), [
+    (["--sequential", "--sigma", "0.1"], "--sequential and --check-every apply with --noise ablate or delete"),
+    (["--check-every", "10"], "--check-every applies with --sequential"),
+    (["--sequential", "--check-every", "0"], "--check-every"),
     (["--noise", "delete", "--keep", "2"], "--delete-prob"),
     (["--noise", "delete", "--delete-prob", "1"], "--delete-prob must be a probability"),
     (["--noise", "delete", "--delete-prob", "0"], "--delete-prob must be a probability"),

@@ -42,11 +42,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from smoothgen.center import CenterSmoother
 from smoothgen.certificates import CenterCertificate, CenterSmoothingResult
 from smoothgen.engine import Purpose, RandomStream
+from smoothgen.deletion import TokenDeletion, deletion_delta
 from smoothgen.engine.runtime.torch_eager import TorchRuntime
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError
 from smoothgen.generative import (
@@ -81,7 +83,9 @@ def cosine_bound(l2_bound: float, norm_lower: float) -> float:
 
 @dataclass(frozen=True)
 class MeanEmbeddingCertificate:
-    """Mean smoothing of a sentence embedding under token ablation (docs/theory.md §4i).
+    """Mean smoothing of a sentence embedding under token ablation (docs/theory.md §4i) or deletion (§4j:
+    subsets become deletion patterns with their probabilities, substitutions become edits of the perturbed
+    run — insertions, deletions, substitutions — and Δ_r = 1 − p^r; `keep` is None, `delete_prob` p).
 
     F(x) = E_S f(ablate_S(x)) is the mean of the unit-norm pooled embeddings f over the kept k-subsets S
     of the P perturbed positions. For every x' that substitutes at most `edits` perturbed tokens,
@@ -121,6 +125,7 @@ class MeanEmbeddingCertificate:
     sampling_error: float
     alpha: float
     smoothing_error: float
+    delete_prob: float | None = None
 
     @property
     def failure_probability(self) -> float:
@@ -266,11 +271,6 @@ class SmoothedEncoder(PromptSmoother):
             model, st_pooling, st_tokenizer = parts
             pooling = st_pooling if pooling is None else pooling
             tokenizer = st_tokenizer if tokenizer is None else tokenizer
-        from smoothgen.deletion import TokenDeletion
-
-        if isinstance(noise, TokenDeletion):
-            raise InvalidParameterError("SmoothedEncoder takes Gaussian noise or token ablation; token deletion is "
-                                        "implemented for SmoothedLM only")
         super().__init__(model, noise, mask=mask, batch_size=batch_size, device=device, tokenizer=tokenizer)
         pooling = "mean" if pooling is None else pooling
         self.pool = _pooling(pooling)
@@ -316,7 +316,15 @@ class SmoothedEncoder(PromptSmoother):
         return self.runtime.run(self.table[ids][None])[0]
 
     def noise_for(self, prompt: Any, mask: Any = None) -> tuple[PromptNoise, torch.Tensor]:
-        """(the `PromptNoise` of this prompt and mask, the prompt's ids)."""
+        """(the `PromptNoise` of this prompt and mask, the prompt's ids).
+
+        Raises:
+            InvalidParameterError: token deletion, whose copies have different lengths: center smoothing and
+                `samples` are not built for it (`mean_certify` is).
+        """
+        if isinstance(self.noise, TokenDeletion):
+            raise InvalidParameterError("center smoothing of an encoder is not built for token deletion; use "
+                                        "mean_certify(edits=r) (edit distance) or TokenAblation")
         ids = self.prompt_ids(prompt)
         return PromptNoise(self.noise, self.table, self.prompt_mask(ids, mask)), ids
 
@@ -392,6 +400,8 @@ class SmoothedEncoder(PromptSmoother):
             InvalidParameterError: eps_in with ablation, edits with Gaussian noise, neither, bad counts.
             InvalidInputError: an empty prompt, ids out of range, a string without a tokenizer.
         """
+        if isinstance(self.noise, TokenDeletion):
+            self.noise_for(prompt, mask)  # refused there, with the reason
         ablation = isinstance(self.noise, TokenAblation)
         if ablation and eps_in is not None:
             raise InvalidParameterError("eps_in is an embedding radius for Gaussian noise; under token ablation give edits=r")
@@ -431,8 +441,11 @@ class SmoothedEncoder(PromptSmoother):
             InvalidParameterError: Gaussian noise (use `center_certify`), a bad edits, max_subsets, n or alpha.
             InvalidInputError: an empty prompt, ids out of range, a string without a tokenizer.
         """
+        if isinstance(self.noise, TokenDeletion):
+            return self._mean_certify_deletion(prompt, edits=edits, max_subsets=max_subsets, n=n, alpha=alpha,
+                                               seed=seed, request_id=request_id, mask=mask)
         if not isinstance(self.noise, TokenAblation):
-            raise InvalidParameterError("mean_certify needs token ablation (edits are substituted tokens); under "
+            raise InvalidParameterError("mean_certify needs token ablation or deletion (edits are edited tokens); under "
                                         "Gaussian noise use center_certify(eps_in=...)")
         edits = check_count(edits, "edits", minimum=0)
         max_subsets = check_count(max_subsets, "max_subsets")
@@ -468,9 +481,67 @@ class SmoothedEncoder(PromptSmoother):
             copies=copies, sampling_error=error, alpha=alpha, smoothing_error=smoothing_error,
         )
 
+    def _mean_certify_deletion(
+        self, prompt: Any, *, edits: int, max_subsets: int, n: int, alpha: float, seed: int | None, request_id: int,
+        mask: Any,
+    ) -> MeanEmbeddingCertificate:
+        """`mean_certify` under token deletion (docs/theory.md §4i with §4j's Δ_r = 1 − p^r): every one of the
+        2^P deletion patterns with its probability when 2^P ≤ max_subsets, else n sampled copies; the bound
+        covers every prompt whose perturbed run is within `edits` insertions, deletions and substitutions."""
+        edits = check_count(edits, "edits", minimum=0)
+        max_subsets = check_count(max_subsets, "max_subsets")
+        ids = self.prompt_ids(prompt)
+        m = self.prompt_mask(ids, mask)
+        self.noise.check(m, self.vocab_size)
+        perturbed = int(m.sum())
+        exact = 2**perturbed <= max_subsets
+
+        def encode(kept: np.ndarray) -> torch.Tensor:  # [c, H] unit-norm embeddings of the copies, in order
+            lengths = kept.sum(axis=1)
+            out = torch.empty(kept.shape[0], 0, dtype=torch.float64)
+            for length in np.unique(lengths):
+                rows = np.nonzero(lengths == length)[0]
+                (group,) = self.noise.groups(ids, kept[rows])
+                z = torch.nn.functional.normalize(self._encode(self.table[group]).double(), dim=-1).cpu()
+                if out.shape[1] == 0:
+                    out = torch.zeros(kept.shape[0], z.shape[1], dtype=torch.float64)
+                out[torch.from_numpy(rows)] = z
+            return out
+
+        total_sum = None
+        if exact:
+            patterns, weights = self.noise.all_patterns(perturbed, max_subsets)
+            full = np.ones((patterns.shape[0], ids.numel()), dtype=bool)
+            full[:, m.cpu().numpy()] = patterns
+            for s in range(0, full.shape[0], self.batch_size):
+                part = torch.from_numpy(weights[s:s + self.batch_size]) @ encode(full[s:s + self.batch_size])
+                total_sum = part if total_sum is None else total_sum + part
+            copies, alpha, error, mean = full.shape[0], 0.0, 0.0, total_sum
+        else:
+            copies, alpha = check_count(n, "n"), check_alpha(alpha)
+            key = RandomStream(seed, request_id).key(Purpose.ESTIMATION)
+            for s in range(0, copies, self.batch_size):
+                part = encode(self.noise.kept(m, key, s, min(self.batch_size, copies - s))).sum(0)
+                total_sum = part if total_sum is None else total_sum + part
+            mean = total_sum / copies
+            error = _round_up(vector_mean_deviation(1.0, copies, alpha) + 2 * self.noise.noise_tv(ids.numel(), self.dim, perturbed))
+        delta_r = _round_up(float(deletion_delta(self.noise.delete_prob, edits)))
+        l2 = _round_up(2.0 * delta_r) if edits else 0.0
+        norm = float(mean.norm())
+        norm_lower = norm - error
+        clean = self.embed(ids).double().cpu()
+        smoothing_error = float(1 - torch.nn.functional.cosine_similarity(mean, clean, dim=0)) if norm > 0 else 2.0
+        return MeanEmbeddingCertificate(
+            mean=mean, edits=edits, keep=None, perturbed=perturbed, delta_r=delta_r, l2_bound=l2, norm=norm,
+            norm_lower=norm_lower, cosine_bound=0.0 if l2 == 0 else cosine_bound(l2, norm_lower), exact=exact,
+            copies=copies, sampling_error=error, alpha=alpha, smoothing_error=smoothing_error,
+            delete_prob=self.noise.delete_prob,
+        )
+
     def __repr__(self) -> str:
         return f"SmoothedEncoder({type(self.model).__name__}, {self.noise!r}, pooling={self.pooling!r}, metric={self.metric.name!r})"
 
 
 __all__ = ["POOLINGS", "MeanEmbeddingCertificate", "PromptNoise", "SmoothedEncoder", "cls_pooling", "cosine_bound",
            "max_pooling", "mean_pooling"]
+

@@ -128,8 +128,8 @@ def test_what_token_deletion_does_not_support_is_refused():
         lm.exact_decode(list(range(1, 9)) * 2, 1, mask=[True] * 15 + [False], max_subsets=1000)
     with pytest.raises(InvalidParameterError, match="delta"):
         lm.decode([1, 2, 3], 1, 5, mask=[True, True, False], delta=torch.zeros(3, lm.dim))
-    with pytest.raises(InvalidParameterError, match="SmoothedLM only"):
-        SmoothedEncoder(BagLM(), TokenDeletion(0.5))
+    with pytest.raises(InvalidParameterError, match="not built for token deletion"):
+        SmoothedEncoder(BagLM(), TokenDeletion(0.5)).center_certify([1, 2, 3], edits=1, mask=[True, True, False])
 
 
 # --------------------------------------------------------------------------------------------------

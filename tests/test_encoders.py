@@ -459,6 +459,66 @@ def test_the_mean_oracle_catches_a_halved_edit_bound(monkeypatch):
     assert worst_l2 > 0.05
 
 
+def _run_edits(run: list[int], vocab: range) -> list[list[int]]:
+    """Every run one insertion, deletion or substitution away."""
+    out = [run[:i] + [t] + run[i:] for i in range(len(run) + 1) for t in vocab]
+    out += [run[:i] + run[i + 1:] for i in range(len(run))]
+    out += [run[:i] + [t] + run[i + 1:] for i in range(len(run)) for t in vocab if t != run[i]]
+    return out
+
+
+@pytest.mark.parametrize("p", [0.5, 0.8])
+def test_mean_certificate_under_deletion_holds_at_every_single_edit_and_is_attained(p):
+    """Token deletion (§4j): every prompt whose run is one insertion, deletion or substitution away moves the
+    exact mean by at most 2·Δ_1 = 2(1 − p); inserting one HOT token into a PLAIN run moves it by exactly that.
+    Two HOT insertions move it by exactly 2·Δ_2."""
+    from smoothgen.deletion import TokenDeletion, deletion_delta
+
+    enc = SmoothedEncoder(AntipodalEncoder(), TokenDeletion(p), pooling="cls", batch_size=64)
+    head, run, tail = [ANTI_PLAIN], [ANTI_PLAIN] * 6, [ANTI_PLAIN]
+    mask = lambda length: [0 < i < length - 1 for i in range(length)]  # noqa: E731 - the same head and tail at every length
+    cert = enc.mean_certify(head + run + tail, edits=1, mask=mask)
+    assert cert.exact and cert.copies == 2**6 and cert.keep is None and cert.delete_prob == p
+    assert cert.l2_bound == pytest.approx(2 * float(deletion_delta(p, 1)))
+    worst = -math.inf
+    for edited in _run_edits(run, range(3)):
+        other = enc.mean_certify(head + edited + tail, edits=0, mask=mask)
+        worst = max(worst, float((cert.mean - other.mean).norm()) - cert.l2_bound)
+    assert worst <= 1e-12 and worst == pytest.approx(0, abs=1e-9)
+    two = enc.mean_certify(head + run[:3] + [ANTI_HOT, ANTI_HOT] + run[3:] + tail, edits=0, mask=mask)
+    assert float((cert.mean - two.mean).norm()) == pytest.approx(2 * float(deletion_delta(p, 2)))
+
+
+def test_the_deletion_mean_oracle_catches_a_halved_bound(monkeypatch):
+    import smoothgen.encoders as encoders
+    from smoothgen.deletion import TokenDeletion
+
+    honest = encoders.deletion_delta
+    monkeypatch.setattr(encoders, "deletion_delta", lambda p, r: honest(p, r) / 2)
+    enc = SmoothedEncoder(AntipodalEncoder(), TokenDeletion(0.8), pooling="cls", batch_size=64)
+    mask = lambda length: [0 < i < length - 1 for i in range(length)]  # noqa: E731
+    ids = [ANTI_PLAIN] * 8
+    cert = enc.mean_certify(ids, edits=1, mask=mask)
+    other = enc.mean_certify(ids[:4] + [ANTI_HOT] + ids[4:], edits=0, mask=mask)
+    assert float((cert.mean - other.mean).norm()) > cert.l2_bound + 0.1
+
+
+def test_sampled_deletion_mean_lies_within_its_sampling_error(bert):
+    from smoothgen.deletion import TokenDeletion
+
+    ids = [2, 11, 17, 23, 5, 8, 9, 3]
+    mask = [False] + [True] * 6 + [False]
+    enc = SmoothedEncoder(bert, TokenDeletion(0.7), batch_size=500)
+    exact = enc.mean_certify(ids, edits=1, mask=mask)
+    sampled = enc.mean_certify(ids, edits=1, mask=mask, max_subsets=10, n=3000, alpha=0.01, seed=0)
+    assert exact.exact and exact.copies == 64 and not sampled.exact and sampled.copies == 3000
+    assert float((sampled.mean - exact.mean).norm()) <= sampled.sampling_error
+    with pytest.raises(InvalidParameterError, match="mean_certify"):
+        enc.center_certify(ids, edits=1, mask=mask)
+    with pytest.raises(InvalidParameterError, match="contiguous"):
+        enc.mean_certify(ids, edits=1, mask=[True, False] * 4)
+
+
 def test_sampled_mean_lies_within_its_sampling_error_of_the_exact_one(bert):
     ids = [2, 11, 17, 23, 5, 8, 9, 3]
     enc = SmoothedEncoder(bert, TokenAblation(keep=3, mask_token_id=4), batch_size=500)

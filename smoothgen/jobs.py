@@ -194,8 +194,14 @@ def served_generate(lm, tokenizer, name: str, prompt: str, params: dict[str, Any
     from smoothgen.generate_cli import certified_generation
 
     p = params
-    options = ({"keep": p["keep"], "mask_token": p["mask_token"], "edits": p["edits"]} if p["noise"] == "ablate"
-               else {"sigma": p["sigma"], "radius": p["radius"]})
+    if p["noise"] == "ablate":
+        options = {"keep": p["keep"], "mask_token": p["mask_token"], "edits": p["edits"]}
+    elif p["noise"] == "delete":
+        options = {"delete_prob": p["delete_prob"], "mask_token": p["mask_token"], "edits": p["edits"]}
+    else:
+        options = {"sigma": p["sigma"], "radius": p["radius"]}
+    if p.get("sequential"):  # documents from before sequential estimation have no such field
+        options.update(sequential=True, check_every=p["check_every"])
     record, _, _ = certified_generation(lm, tokenizer, name, prompt=prompt, noise=p["noise"],
                                         max_new_tokens=p["max_new_tokens"], n0=p["n0"], n=p["n"], alpha=p["alpha"],
                                         seed=seed, request_id=request_id, perturb=p["perturb"], batch_size=batch_size,

@@ -427,7 +427,7 @@ class CertificationService:
             from smoothgen.generate_cli import _load_lm
             from smoothgen.trust import module_digest
 
-            for noise in ("ablate", "gaussian"):
+            for noise in ("ablate", "delete", "gaussian"):
                 lm, tokenizer, name = _load_lm(config.lm, config.device, noise)
                 self.lms[noise] = (lm, tokenizer, name, module_digest(lm))
 
@@ -757,8 +757,9 @@ class CertificationService:
             raise InvalidParameterError(f"prompt has {size} bytes; this server takes at most {self.config.max_prompt_bytes} "
                                         "(smoothgen serve --max-prompt-bytes)")
         noise = body.get("noise", "ablate")
-        if noise not in ("ablate", "gaussian"):
-            raise InvalidParameterError(f"noise must be 'ablate' (token ablation) or 'gaussian', got {short(noise)}")
+        if noise not in ("ablate", "delete", "gaussian"):
+            raise InvalidParameterError("noise must be 'ablate' (token ablation), 'delete' (token deletion) or 'gaussian', "
+                                        f"got {short(noise)}")
         max_new_tokens = body.integer("max_new_tokens", 16)
         n0, n = body.integer("n0", 100), body.integer("n", 1000)
         alpha = self._alpha(body)
@@ -768,9 +769,20 @@ class CertificationService:
         params: dict[str, Any] = {"noise": noise, "max_new_tokens": max_new_tokens, "n0": n0, "n": n, "alpha": alpha,
                                   "perturb": perturb, "keep": None, "mask_token": None, "edits": None, "sigma": None,
                                   "radius": None}
-        if noise == "ablate":
-            params.update(keep=body.integer("keep"), mask_token=body.integer("mask_token", minimum=0),
-                          edits=body.integer("edits", 1, minimum=0))
+        if noise in ("ablate", "delete"):
+            params.update(mask_token=body.integer("mask_token", minimum=0), edits=body.integer("edits", 1, minimum=0))
+            if noise == "ablate":
+                params["keep"] = body.integer("keep")
+            else:
+                from smoothgen.deletion import check_delete_prob
+                from smoothgen.generate_cli import DEFAULT_DELETE_PROB
+
+                params["delete_prob"] = check_delete_prob(body.number("delete_prob", DEFAULT_DELETE_PROB), "delete_prob")
+            sequential = body.get("sequential", False)
+            if not isinstance(sequential, bool):
+                raise InvalidParameterError(f"sequential must be true or false, got {short(sequential)}")
+            if sequential:  # n is then the most estimation copies; the record's n is the number drawn
+                params.update(sequential=True, check_every=body.integer("check_every", 50))
         else:
             params.update(sigma=check_sigma(body.number("sigma", DEFAULT_TEXT_SIGMA)),
                           radius=check_positive(body.number("radius", 0.0), "radius", allow_zero=True))

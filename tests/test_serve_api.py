@@ -341,6 +341,10 @@ def _cli_generation(tmp_path, args):
 @pytest.mark.parametrize("noise_args,body", [
     ([], {}),
     (["--noise", "gaussian", "--sigma", "0.01", "--radius", "0.001"], {"noise": "gaussian", "sigma": 0.01, "radius": 0.001}),
+    (["--noise", "delete", "--edits", "2"], {"noise": "delete", "edits": 2}),
+    (["--noise", "delete", "--delete-prob", "0.8", "--sequential", "--check-every", "40"],
+     {"noise": "delete", "delete_prob": 0.8, "sequential": True, "check_every": 40}),
+    (["--sequential"], {"sequential": True}),
 ])
 def test_generate_over_http_is_the_cli_record(lm_client, tmp_path, capsys, noise_args, body):
     prompt = "def read_lines(path):\n    with open(path) as f:\n        return f.read"
@@ -365,6 +369,13 @@ def test_bad_generate_requests(lm_client):
              ({"prompt": "x = 1", "perturb": "context"}, 422, "needs a prompt of several lines"),
              ({"prompt": "x = 1", "noise": "gaussian", "sigma": -1}, 422, "sigma must be a finite number > 0"),
              ({"prompt": "x = 1", "noise": "gaussian", "edits": 2}, 400, "has no field 'edits'"),
+             ({"prompt": "x = 1", "noise": "delete", "delete_prob": 1.5}, 422, "delete_prob must be a probability"),
+             ({"prompt": "x = 1", "noise": "delete", "keep": 2}, 400, "has no field 'keep'"),
+             ({"prompt": "x = 1", "noise": "ablate", "delete_prob": 0.5}, 400, "has no field 'delete_prob'"),
+             ({"prompt": "x = 1", "sequential": "yes"}, 422, "sequential must be true or false"),
+             ({"prompt": "x = 1", "sequential": True, "check_every": 0}, 422, "check_every"),
+             ({"prompt": "x = 1", "check_every": 10}, 400, "has no field 'check_every'"),
+             ({"prompt": "x = 1", "noise": "gaussian", "sequential": True}, 400, "has no field 'sequential'"),
              ({"prompt": "x = 1", "max_new_tokens": 0}, 422, "max_new_tokens must be an integer >= 1"),
              ({"prompt": "x" * 5000}, 422, "context"),
              ({"prompt": "x = 1", "n": 2_000_000}, 422, "exceed this server's limit")]

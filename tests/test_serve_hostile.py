@@ -155,7 +155,8 @@ JSON_VALUES = st.recursive(
     max_leaves=12)
 FIELDS = ["x", "n", "n0", "alpha", "sigma", "label", "target_radius", "looks", "sequential", "max_samples", "check_every",
           "seed", "request_id", "reproduce", "timeout_s", "eps_in", "h", "metric", "m", "delta", "alpha1", "alpha2",
-          "n_candidates", "prompt", "noise", "max_new_tokens", "perturb", "keep", "mask_token", "edits", "radius"]
+          "n_candidates", "prompt", "noise", "max_new_tokens", "perturb", "keep", "mask_token", "edits", "radius",
+          "delete_prob"]
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -297,6 +297,24 @@ def test_verify_recomputes_a_generation(keys, tmp_path, capsys):
     assert main(["verify", path, "--input", str(tmp_path / "other.txt")]) == 1
 
 
+def test_verify_recomputes_a_sequential_deletion_generation(keys, tmp_path, capsys):
+    """Token deletion with sequential estimation: the document names both, and a third party recomputes
+    the same record from them (the embedded deletion-trained LM, the copies drawn until the stop)."""
+    svc = CertificationService(ServiceConfig(backend="eager", endpoints=("generate",), keys=keys))
+    try:
+        document = svc.call("generate", {"prompt": "import os\nimport s", "max_new_tokens": 3, "n0": 30, "n": 400,
+                                         "noise": "delete", "sequential": True, "check_every": 40})
+    finally:
+        svc.close()
+    record = document["record"]
+    assert record["noise"] == "deletion" and record["sequential"] and record["n"] <= 400
+    assert document["model"]["name"] == "embedded:code_lm_delete0.9" and document["params"]["delete_prob"] == 0.9
+    path = _save(tmp_path, "gen.json", document)
+    (tmp_path / "prompt.txt").write_text("import os\nimport s")
+    assert main(["verify", path, "--input", str(tmp_path / "prompt.txt"), "--recompute"]) == 0
+    assert "recomputed generate record: identical" in capsys.readouterr().out
+
+
 def test_verify_usage_errors_are_one_line_exit_2(tmp_path, capsys, service):
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "broken.json").write_text("{")

@@ -890,7 +890,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"smoothgen {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print(f"smoothgen {args.command}: interrupted; whole records are kept, rerun with --resume", file=sys.stderr)
+        if hasattr(args, "resume"):  # certify, center: results files of whole records
+            print(f"smoothgen {args.command}: interrupted; whole records are kept, rerun with --resume", file=sys.stderr)
+        else:  # generate, serve, verify: their outputs are written whole at the end, or not at all
+            print(f"smoothgen {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 143 if isinstance(exc, _Terminated) or _sigterm_received.is_set() else 130
     finally:
         for signum, handler in previous.items():

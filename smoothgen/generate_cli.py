@@ -452,8 +452,15 @@ def certified_generation(
     mask, perturb = perturbed_positions(ids, perturb, noise, tokenizer)
     smoothed.mask = mask
     if noise == "ablate":
-        smoothed = SmoothedLM(model, token_ablation(smoothed, ids, tokenizer, keep, mask_token), batch_size=batch_size,
-                              tokenizer=tokenizer, mask=mask)
+        ablation = token_ablation(smoothed, ids, tokenizer, keep, mask_token)
+        perturbed = sum(mask)
+        if edits and ablation.keep >= perturbed:  # Δ_r = 1: every copy sees every edit, nothing can be certified
+            raise InvalidParameterError(
+                f"keep = {ablation.keep} of {perturbed} perturbed position{'s' if perturbed != 1 else ''} (--perturb "
+                f"{perturb}) keeps every one in every copy, so any edit is seen by all of them and nothing can be "
+                f"certified against {edits} edit{'s' if edits != 1 else ''}: perturb more positions (--perturb context "
+                "or all), lower --keep, use --noise delete, or --edits 0")
+        smoothed = SmoothedLM(model, ablation, batch_size=batch_size, tokenizer=tokenizer, mask=mask)
     elif noise == "delete":
         from smoothgen.deletion import TokenDeletion
 
@@ -550,8 +557,8 @@ def _check_exhaustive(smoothed: Any, ids: torch.Tensor) -> None:
     if math.comb(perturbed, keep) > EXHAUSTIVE_MAX_SUBSETS:
         raise InvalidParameterError(
             f"--exhaustive decodes every kept subset at every edited prompt: C({perturbed}, {keep}) = "
-            f"{math.comb(perturbed, keep)} subsets exceed {EXHAUSTIVE_MAX_SUBSETS}; use a shorter prompt, a smaller "
-            "--keep or --perturb last")
+            f"{math.comb(perturbed, keep)} subsets exceed {EXHAUSTIVE_MAX_SUBSETS}; use a shorter prompt or a smaller "
+            "--keep")
 
 
 def _exhaustive_check(smoothed: Any, cert: Any, no_progress: bool = True) -> dict[str, Any]:

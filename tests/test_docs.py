@@ -80,3 +80,25 @@ def test_nothing_points_at_documents_outside_the_repository(stale):
 def test_readme_links_the_documents():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "](docs/theory.md)" in readme and "](docs/design.md)" in readme
+
+
+def _readme_block(heading: str) -> str:
+    """The first ```python block under a README heading."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index(f"\n## {heading}\n"):]
+    return section[section.index("```python\n") + len("```python\n"):section.index("\n```", section.index("```python"))]
+
+
+def test_the_readme_engine_block_runs_as_written():
+    """Issue 25's second hour: the Engine block used its smoother after the `with Scheduler` block had closed
+    it (SchedulerClosedError). Run as written, with the embedded classifier as `model`."""
+    import torch
+
+    from smoothgen import SmoothedClassifier
+    from smoothgen.models import load_classifier, load_digits_split
+
+    x = torch.from_numpy(load_digits_split().x_test[0])
+    namespace = {"model": load_classifier(0.25), "example_input": x, "x": x,
+                 "SmoothedClassifier": SmoothedClassifier}
+    exec(compile(_readme_block("Engine"), "README.md#Engine", "exec"), namespace)  # noqa: S102 - the project's own README
+    assert isinstance(namespace["smoothed"], SmoothedClassifier)

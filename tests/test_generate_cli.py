@@ -32,9 +32,36 @@ def test_text_generation_prints_the_certified_prefix_and_writes_json(tmp_path, c
 
 
 def test_text_generation_perturbing_only_the_last_token(capsys):
-    assert cli_main([*TEXT, "--prompt", "def f(x):", "--perturb", "last", "--json"]) == 0
+    assert cli_main([*TEXT, "--prompt", "def f(x):", "--perturb", "last", "--edits", "0", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["mask"] == [False] * 8 + [True]
+    assert cli_main([*TEXT, "--prompt", "def f(x):", "--perturb", "last", "--noise", "delete", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mask"] == [False] * 8 + [True]
+
+
+def test_settings_that_can_never_certify_an_edit_are_refused_with_the_reason(tmp_path, capsys):
+    """--perturb last under ablation keeps the one perturbed position in every copy (keep 1 of 1): every
+    edit is seen by every copy (Δ_1 = 1), so no certificate against an edit exists. Refused, not run."""
+    out = tmp_path / "g.json"
+    for extra in (["--perturb", "last"], ["--prompt", "import os\nimport s", "--keep", "10"]):
+        argv = [*TEXT, *(["--prompt", "def f(x):"] if extra[0] == "--perturb" else []), *extra, "--out", str(out)]
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "nothing can be certified against 1 edit" in err, err
+        assert not out.exists()
+
+
+def test_an_interrupted_generation_says_nothing_was_written(monkeypatch, capsys):
+    """generate has no --resume: Ctrl-C says what is true (its outputs are written whole at the end)."""
+    import smoothgen.generate_cli as generate_cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate_cli, "_generate_text", interrupted)
+    assert cli_main([*TEXT, "--prompt", "x = 1"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "smoothgen generate: interrupted; nothing was written", err
 
 
 def test_ablation_prints_edits_in_plain_words(tmp_path, capsys):

@@ -892,8 +892,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         if hasattr(args, "resume"):  # certify, center: results files of whole records
             print(f"smoothgen {args.command}: interrupted; whole records are kept, rerun with --resume", file=sys.stderr)
-        else:  # generate, serve, verify: their outputs are written whole at the end, or not at all
-            print(f"smoothgen {args.command}: interrupted; nothing was written", file=sys.stderr)
+        elif args.command == "generate":  # its JSON and PNG are written whole at the end, or not at all
+            print("smoothgen generate: interrupted; nothing was written", file=sys.stderr)
+        else:  # serve (while it starts), verify: no results file to resume
+            print(f"smoothgen {args.command}: interrupted", file=sys.stderr)
         return 143 if isinstance(exc, _Terminated) or _sigterm_received.is_set() else 130
     finally:
         for signum, handler in previous.items():

@@ -16,6 +16,7 @@ import torch
 
 from smoothgen.engine.runtime import OnnxRuntime, Runtime, TorchRuntime
 from smoothgen.errors import InvalidInputError, ModelLoadError, first_line
+from smoothgen.validate import load_numpy
 
 
 def load_model(spec: str, device: str | torch.device = "cpu") -> Runtime:
@@ -84,14 +85,7 @@ def load_data(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"data file {path} not found")
-    try:
-        loaded: Any = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        if path.suffix.lower() in (".npy", ".npz"):
-            raise InvalidInputError(f"cannot read data file {path}: {first_line(exc)}") from exc
-        # NumPy reads any file it cannot parse as pickled data and says so: name the formats instead.
-        raise InvalidInputError(f"cannot read data file {path}: it is not a NumPy .npy or .npz file "
-                                "(save inputs with numpy.save, or numpy.savez(x=..., y=...))") from exc
+    loaded: Any = load_numpy(path, f"data file {path}")  # never unpickles; names the formats
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             if "x" not in loaded.files:

@@ -51,7 +51,7 @@ from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutp
 from smoothgen.service_config import DEFAULT_MAX_ALPHA, ServiceConfig  # noqa: F401  (re-exported)
 from smoothgen.jobs import failure_probability, served_center, served_certify, served_generate, served_predict
 from smoothgen.trust import ServerKeys, Signer, canonical, input_digest, issued_seed, model_digest
-from smoothgen.validate import check_alpha, check_count, check_positive, check_sigma, finite_real
+from smoothgen.validate import check_alpha, check_count, check_positive, check_sigma, finite_real, load_numpy
 
 from smoothgen.serve import API_VERSION  # noqa: E402  (the HTTP layer's names, light to import)
 
@@ -163,9 +163,9 @@ def decode_input(value: Any, shape: tuple[int, ...] | None) -> np.ndarray:
             raise InvalidInputError('x must be nested lists of numbers or {"npy": "<base64 of a .npy file>"}')
         try:
             raw = base64.b64decode(value["npy"], validate=True)
-            array = np.load(io.BytesIO(raw), allow_pickle=False)
-        except (binascii.Error, ValueError, OSError, EOFError) as exc:
-            raise InvalidInputError(f"x.npy is not a base64-encoded .npy array: {first_line(exc)}") from exc
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInputError(f"x.npy is not base64: {first_line(exc)}") from exc
+        array = load_numpy(raw, "x.npy", npz=False)  # never unpickles; names the format
         if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
             raise InvalidInputError(f"x.npy must hold real numbers, got dtype {array.dtype}")
     else:

@@ -146,3 +146,45 @@ def check_device(device, name: str = "device") -> torch.device:
     except Exception as exc:  # noqa: BLE001 - see above: the error types of an absent device vary
         raise InvalidParameterError(f"{name} {device} cannot be used on this machine: {first_line(exc)}") from exc
     return parsed
+
+
+#: The first bytes of a NumPy .npy file and of a zip archive (a .npz file).
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
+
+
+def load_numpy(source, what: str, *, npz: bool = True):
+    """`numpy.load` of a file path or bytes that never unpickles, with errors that name the formats.
+
+    NumPy reads a file it cannot parse as pickled data and then advises loading it unsafely; here a file
+    that does not start with NumPy's .npy header (or a zip archive's, for .npz) is refused as such, and a
+    real .npy of Python objects is refused because loading it could run code.
+
+    Raises:
+        InvalidInputError: "<what> ..." with the reason, in one line.
+    """
+    import io
+    import zipfile
+
+    np = lazy_module("numpy")
+    formats = "a NumPy .npy or .npz file" if npz else "a NumPy .npy file"
+    if isinstance(source, (bytes, bytearray)):
+        head, handle = bytes(source[:6]), io.BytesIO(source)
+    else:
+        try:
+            with open(source, "rb") as f:
+                head = f.read(6)
+        except OSError as exc:
+            raise InvalidInputError(f"{what}: {first_line(exc)}") from exc
+        handle = source
+    if not (head.startswith(NPY_MAGIC) or (npz and head.startswith(ZIP_MAGIC))):
+        raise InvalidInputError(f"{what} is not {formats} (it does not start with NumPy's header; save arrays with "
+                                f"numpy.save{' or numpy.savez' if npz else ''})")
+    try:
+        return np.load(handle, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise InvalidInputError(f"{what} holds Python objects (an object array), which smoothgen never loads "
+                                    "(unpickling can run code): save an array of numbers") from exc
+        raise InvalidInputError(f"{what} cannot be read: {first_line(exc)}") from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InvalidInputError(f"{what} cannot be read: {first_line(exc)}") from exc

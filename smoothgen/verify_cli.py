@@ -95,13 +95,9 @@ def _load_input(path: str, document: dict[str, Any]) -> Any:
             return Path(path).read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidInputError(f"cannot read the prompt file {path}: {first_line(exc)}") from exc
-    import numpy as np
+    from smoothgen.validate import load_numpy
 
-    try:
-        x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise InvalidInputError(f"--input {path} is not a readable .npy file: {first_line(exc)}") from exc
-    return x
+    return load_numpy(path, f"--input {path}", npz=False)  # never unpickles; names the format
 
 
 def _embedded_spec(name: str) -> tuple[None, float | None]:

@@ -403,6 +403,15 @@ def test_help_shows_each_default_once_and_data_errors_name_the_formats(tmp_path,
     other.write_text("hello")
     code, _, err = _run(["certify", "--data", str(other), *FAST], capsys)
     assert code == 2 and "not a NumPy .npy or .npz file" in err and "pickle" not in err
+    # Named .npy but not NumPy's (issue 25): NumPy alone would advise loading it with allow_pickle.
+    fake = tmp_path / "fake.npy"
+    fake.write_text("hello")
+    code, _, err = _run(["certify", "--data", str(fake), *FAST], capsys)
+    assert code == 2 and "not a NumPy .npy or .npz file" in err and "allow_pickle" not in err, err
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    code, _, err = _run(["certify", "--data", str(objects), *FAST], capsys)
+    assert code == 2 and "holds Python objects" in err and "allow_pickle" not in err, err
     code, _, err = _run(["certify", "--sigma", "0.3", *FAST], capsys)
     assert code == 2 and "[0.25, 0.5, 1.0]" in err and "0.0," not in err
 

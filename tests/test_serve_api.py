@@ -2,6 +2,8 @@
 the same app a Ray Serve replica runs, driven by a real HTTP client (httpx, through Starlette's TestClient).
 
 Ray Serve itself (replicas, the proxy, the CLI) is tested in test_serve_ray.py."""
+import base64
+import io
 import json
 import math
 import threading
@@ -116,11 +118,22 @@ def test_an_issued_certificate_is_the_library_certificate_at_the_servers_seed(cl
 
 NAN_NPY = encode_input(np.full((1, 8, 8), np.nan, dtype=np.float32))
 
+
+def _object_npy() -> str:
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+OBJECT_NPY = _object_npy()  # a real .npy of Python objects: refused, never unpickled
+
 BAD = [
     # (body, status, a piece of the one-line message)
     ({"x": [[1.0, 2.0]]}, 422, "shape (1, 2)"),
     ({"x": NAN_NPY}, 422, "NaN or Inf"),
-    ({"x": {"npy": "not base64!"}}, 422, "not a base64-encoded .npy"),
+    ({"x": {"npy": "not base64!"}}, 422, "x.npy is not base64"),
+    ({"x": {"npy": base64.b64encode(b"hello, not numpy").decode()}}, 422, "x.npy is not a NumPy .npy file"),
+    ({"x": {"npy": OBJECT_NPY}}, 422, "x.npy holds Python objects"),
     ({"x": [[1, 2], [3]]}, 422, "this model takes one input of shape (1, 8, 8)"),  # refused before conversion
     ({"x": [[row if r != 3 else row[:5] for r, row in enumerate(X[0][0].tolist())]]}, 422, "regular shape"),
     ({"x": "abc"}, 422, "x"),

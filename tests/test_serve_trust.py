@@ -324,7 +324,7 @@ def test_verify_usage_errors_are_one_line_exit_2(tmp_path, capsys, service):
                           (["verify", str(tmp_path / "broken.json")], "is not JSON"),
                           (["verify", str(tmp_path / "missing.json")], "cannot read"),
                           (["verify", path, "--recompute"], "needs the certified input"),
-                          (["verify", path, "--input", str(tmp_path / "list.json")], "not a readable .npy")):
+                          (["verify", path, "--input", str(tmp_path / "list.json")], "is not a NumPy .npy file")):
         assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err

@@ -73,6 +73,18 @@ class _Explicit(argparse.Action):
         namespace.explicit_options = getattr(namespace, "explicit_options", set()) | {self.option_strings[0]}
 
 
+class _Refused(argparse.Action):
+    """An option a command does not take but users reach for: a one-line error that says what to use
+    instead (argparse alone says only "unrecognized arguments")."""
+
+    def __init__(self, option_strings, dest, reason: str, **kwargs):
+        self.reason = reason
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string}: {self.reason}")
+
+
 _NUM_HELP = {"results/center.jsonl": "number of inputs to process (default: 5; a pretrained --model's own, see --eps-in)"}
 #: What `center` adds to --model's and --data's help: the pretrained models and data sets it knows by name
 #: (smoothgen.pretrained), keyed by the command's default results file.
@@ -218,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "at --h 2; a pretrained --model has its own defaults, sized to finish in minutes on 2 CPU cores: "
                      + _pretrained_defaults_help() + ")")
     cen.add_argument("--h", type=float, help="eps_in / sigma (default: 2; a pretrained --model's own, see --eps-in)")
+    cen.add_argument("--sigma", action=_Refused, reason="center takes no sigma: each --eps-in is certified with sigma = "
+                     "eps_in / --h (the paper's h), so set --eps-in and --h")
     cen.add_argument("--metric", help="output metric: l2, l1, cosine, angular, tv1d, tv2d, jaccard, jaccard-match, levenshtein, "
                      "w1 (default: the pretrained --model's own metric, else tv2d)")
     cen.add_argument("--n", type=int, help="samples to choose the center, and again (fresh) for its check (default: 10000)")

@@ -524,3 +524,16 @@ def test_help_states_the_expected_input_shape_and_cites_the_docs(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "docs/theory.md" in capsys.readouterr().out
+
+
+def test_center_sigma_says_what_to_set_instead(capsys, tmp_path):
+    """Issue 25's second hour: `center --sigma` was argparse's generic "unrecognized arguments"."""
+    out = tmp_path / "c.jsonl"
+    with pytest.raises(SystemExit) as stop:
+        main(["center", "--sigma", "0.3", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "center takes no sigma" in err and "sigma = eps_in / --h" in err and not out.exists()
+    with pytest.raises(SystemExit):
+        main(["center", "--help"])
+    assert "--sigma" not in capsys.readouterr().out  # not offered, only explained when tried

@@ -143,21 +143,25 @@ class TokenDeletion:
             out[:, perturbed] = words >= np.uint64(self.threshold)
         return out
 
-    def groups(self, ids: torch.Tensor, kept: np.ndarray) -> list[torch.Tensor]:
-        """The copies' token ids grouped by length: one [c_g, L_g] int64 tensor per length (ascending).
-        A copy with nothing kept is [empty_token_id]."""
+    def by_length(self, ids: torch.Tensor, kept: np.ndarray) -> list[tuple[np.ndarray, torch.Tensor]]:
+        """The copies of `kept` [c, L] grouped by length, ascending: (their row indices, their token ids
+        [c_g, L_g] int64) per length. A copy with nothing kept is [empty_token_id]."""
         lengths = kept.sum(axis=1)
         out = []
         for length in np.unique(lengths):
-            rows = kept[lengths == length]
+            rows = np.nonzero(lengths == length)[0]
             if length == 0:
                 if self.empty_token_id is None:
                     raise InvalidInputError("a copy lost every token and this TokenDeletion has no empty_token_id")
-                out.append(torch.full((rows.shape[0], 1), self.empty_token_id, dtype=torch.long, device=ids.device))
+                out.append((rows, torch.full((rows.size, 1), self.empty_token_id, dtype=torch.long, device=ids.device)))
                 continue
-            index = torch.from_numpy(np.nonzero(rows)[1].reshape(rows.shape[0], int(length))).to(ids.device)
-            out.append(ids[index])
+            index = torch.from_numpy(np.nonzero(kept[rows])[1].reshape(rows.size, int(length))).to(ids.device)
+            out.append((rows, ids[index]))
         return out
+
+    def groups(self, ids: torch.Tensor, kept: np.ndarray) -> list[torch.Tensor]:
+        """The copies' token ids grouped by length (`by_length` without the row indices)."""
+        return [group for _, group in self.by_length(ids, kept)]
 
     def prompt_groups(self, table, ids, mask, key: NoiseKey, start: int, count: int, delta=None) -> list[torch.Tensor]:
         """The embedded copies start .. start + count − 1, grouped by length: [c_g, L_g, D] each."""

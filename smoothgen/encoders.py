@@ -491,17 +491,13 @@ class SmoothedEncoder(PromptSmoother):
         edits = check_count(edits, "edits", minimum=0)
         max_subsets = check_count(max_subsets, "max_subsets")
         ids = self.prompt_ids(prompt)
-        m = self.prompt_mask(ids, mask)
-        self.noise.check(m, self.vocab_size)
+        m = self.prompt_mask(ids, mask)  # one contiguous run (TokenDeletion.check)
         perturbed = int(m.sum())
         exact = 2**perturbed <= max_subsets
 
         def encode(kept: np.ndarray) -> torch.Tensor:  # [c, H] unit-norm embeddings of the copies, in order
-            lengths = kept.sum(axis=1)
             out = torch.empty(kept.shape[0], 0, dtype=torch.float64)
-            for length in np.unique(lengths):
-                rows = np.nonzero(lengths == length)[0]
-                (group,) = self.noise.groups(ids, kept[rows])
+            for rows, group in self.noise.by_length(ids, kept):
                 z = torch.nn.functional.normalize(self._encode(self.table[group]).double(), dim=-1).cpu()
                 if out.shape[1] == 0:
                     out = torch.zeros(kept.shape[0], z.shape[1], dtype=torch.float64)

@@ -749,10 +749,12 @@ class PromptSmoother:
         never its tokens (`positional_mask`)."""
         mask = self.mask if mask is None else mask
         if mask is None:
-            return torch.ones(ids.numel(), dtype=torch.bool, device=self.device)
-        if callable(mask):
-            mask = positional_mask(mask, ids.numel())
-        return _check_mask_tensor(mask, ids.numel(), self.device)
+            m = torch.ones(ids.numel(), dtype=torch.bool, device=self.device)
+        else:
+            m = _check_mask_tensor(positional_mask(mask, ids.numel()) if callable(mask) else mask, ids.numel(), self.device)
+        if isinstance(self.noise, TokenDeletion):  # one contiguous run, and an empty token where a copy can be empty
+            self.noise.check(m, self.vocab_size)
+        return m
 
 
 # --------------------------------------------------------------------------------------------------
@@ -926,8 +928,6 @@ class SmoothedLM(PromptSmoother):
         m = self.prompt_mask(ids, mask)
         delta = self._check_delta(delta, ids.numel())
         self._check_length(ids.numel(), 0)
-        if isinstance(self.noise, TokenDeletion):
-            self.noise.check(m, self.vocab_size)
         key = RandomStream(seed, request_id).key(Purpose.PREDICT)
         total = None
         for start, count in self._chunks(n, ids.numel()):
@@ -1086,8 +1086,6 @@ class SmoothedLM(PromptSmoother):
         """
         ids, max_new_tokens, m, delta = self._decode_args(prompt, max_new_tokens, mask, delta)
         n = check_count(n, "n")
-        if isinstance(self.noise, TokenDeletion):
-            self.noise.check(m, self.vocab_size)
         key = RandomStream(seed, request_id).key(Purpose.PREDICT)
         return tuple(self._select(ids, m, key, n, max_new_tokens, delta, use_cache)[0])
 
@@ -1146,8 +1144,6 @@ class SmoothedLM(PromptSmoother):
         ids, max_new_tokens, m, delta = self._decode_args(prompt, max_new_tokens, mask, delta)
         n0, n = check_count(n0, "n0"), check_count(n, "n")
         alpha = check_alpha(alpha)
-        if isinstance(self.noise, TokenDeletion):
-            self.noise.check(m, self.vocab_size)
         radius = _check_radius(radius)
         if self.score == "probability" and self.bound == "bernstein" and n < 2:
             raise InvalidParameterError("the empirical Bernstein bound needs n >= 2")
@@ -1295,14 +1291,10 @@ class SmoothedLM(PromptSmoother):
         perturbed = int(m.sum())
         groups: list[tuple[torch.Tensor, torch.Tensor]] = []  # (prompts [S_g, L_g, D], weights [S_g] float64)
         if isinstance(self.noise, TokenDeletion):
-            self.noise.check(m, self.vocab_size)
             patterns, weights = self.noise.all_patterns(perturbed, max_subsets)
             kept = np.ones((patterns.shape[0], ids.numel()), dtype=bool)
             kept[:, m.cpu().numpy()] = patterns
-            lengths = kept.sum(axis=1)
-            for length in np.unique(lengths):
-                rows = lengths == length
-                (group,) = self.noise.groups(ids, kept[rows])
+            for rows, group in self.noise.by_length(ids, kept):
                 groups.append((self.table[group], torch.from_numpy(weights[rows]).to(self.device)))
         else:
             keep = min(self.noise.keep, perturbed)
@@ -1351,8 +1343,6 @@ class SmoothedLM(PromptSmoother):
         """
         ids, max_new_tokens, m, delta = self._decode_args(prompt, max_new_tokens, mask, delta)
         num_samples = check_count(num_samples, "num_samples")
-        if isinstance(self.noise, TokenDeletion):
-            self.noise.check(m, self.vocab_size)
         key = RandomStream(seed, request_id).key(Purpose.PREDICT)
         out: list[tuple[int, ...]] = []
         for start, c in self._chunks(num_samples, ids.numel()):

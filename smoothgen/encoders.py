@@ -315,6 +315,11 @@ class SmoothedEncoder(PromptSmoother):
         ids = self.prompt_ids(prompt)
         return self.runtime.run(self.table[ids][None])[0]
 
+    def _refuse_deletion(self) -> None:
+        if isinstance(self.noise, TokenDeletion):
+            raise InvalidParameterError("center smoothing of an encoder is not built for token deletion; use "
+                                        "mean_certify(edits=r) (edit distance) or TokenAblation")
+
     def noise_for(self, prompt: Any, mask: Any = None) -> tuple[PromptNoise, torch.Tensor]:
         """(the `PromptNoise` of this prompt and mask, the prompt's ids).
 
@@ -322,9 +327,7 @@ class SmoothedEncoder(PromptSmoother):
             InvalidParameterError: token deletion, whose copies have different lengths: center smoothing and
                 `samples` are not built for it (`mean_certify` is).
         """
-        if isinstance(self.noise, TokenDeletion):
-            raise InvalidParameterError("center smoothing of an encoder is not built for token deletion; use "
-                                        "mean_certify(edits=r) (edit distance) or TokenAblation")
+        self._refuse_deletion()
         ids = self.prompt_ids(prompt)
         return PromptNoise(self.noise, self.table, self.prompt_mask(ids, mask)), ids
 
@@ -400,8 +403,7 @@ class SmoothedEncoder(PromptSmoother):
             InvalidParameterError: eps_in with ablation, edits with Gaussian noise, neither, bad counts.
             InvalidInputError: an empty prompt, ids out of range, a string without a tokenizer.
         """
-        if isinstance(self.noise, TokenDeletion):
-            self.noise_for(prompt, mask)  # refused there, with the reason
+        self._refuse_deletion()
         ablation = isinstance(self.noise, TokenAblation)
         if ablation and eps_in is not None:
             raise InvalidParameterError("eps_in is an embedding radius for Gaussian noise; under token ablation give edits=r")
@@ -469,16 +471,23 @@ class SmoothedEncoder(PromptSmoother):
             z = torch.nn.functional.normalize(self.runtime.run(chunk).double(), dim=-1).sum(0)
             total_sum = z if total_sum is None else total_sum + z
         mean = total_sum / copies
-        delta_r = _round_up(float(ablation_delta(perturbed, keep, edits)))
+        return self._mean_certificate(mean, ids, edits, float(ablation_delta(perturbed, keep, edits)), error,
+                                      keep=keep, perturbed=perturbed, exact=exact, copies=copies, alpha=alpha)
+
+    def _mean_certificate(self, mean: torch.Tensor, ids: torch.Tensor, edits: int, delta_r: float, error: float,
+                          **fields: Any) -> MeanEmbeddingCertificate:
+        """The certificate of a mean F (exact, or within `error` of it): ‖F(x) − F(x')‖ ≤ 2·Δ_r for `edits`
+        edits, its cosine form, and how far F lies from the clean embedding (docs/theory.md §4i)."""
+        delta_r = _round_up(delta_r)
         l2 = _round_up(2.0 * delta_r) if edits else 0.0
         norm = float(mean.norm())
         norm_lower = norm - error
-        clean = self.embed(ids).double()
+        clean = self.embed(ids).double().to(mean.device)
         smoothing_error = float(1 - torch.nn.functional.cosine_similarity(mean, clean, dim=0)) if norm > 0 else 2.0
         return MeanEmbeddingCertificate(
-            mean=mean, edits=edits, keep=keep, perturbed=perturbed, delta_r=delta_r, l2_bound=l2, norm=norm,
-            norm_lower=norm_lower, cosine_bound=0.0 if l2 == 0 else cosine_bound(l2, norm_lower), exact=exact,
-            copies=copies, sampling_error=error, alpha=alpha, smoothing_error=smoothing_error,
+            mean=mean, edits=edits, delta_r=delta_r, l2_bound=l2, norm=norm, norm_lower=norm_lower,
+            cosine_bound=0.0 if l2 == 0 else cosine_bound(l2, norm_lower), sampling_error=error,
+            smoothing_error=smoothing_error, **fields,
         )
 
     def _mean_certify_deletion(
@@ -521,18 +530,9 @@ class SmoothedEncoder(PromptSmoother):
                 total_sum = part if total_sum is None else total_sum + part
             mean = total_sum / copies
             error = _round_up(vector_mean_deviation(1.0, copies, alpha) + 2 * self.noise.noise_tv(ids.numel(), self.dim, perturbed))
-        delta_r = _round_up(float(deletion_delta(self.noise.delete_prob, edits)))
-        l2 = _round_up(2.0 * delta_r) if edits else 0.0
-        norm = float(mean.norm())
-        norm_lower = norm - error
-        clean = self.embed(ids).double().cpu()
-        smoothing_error = float(1 - torch.nn.functional.cosine_similarity(mean, clean, dim=0)) if norm > 0 else 2.0
-        return MeanEmbeddingCertificate(
-            mean=mean, edits=edits, keep=None, perturbed=perturbed, delta_r=delta_r, l2_bound=l2, norm=norm,
-            norm_lower=norm_lower, cosine_bound=0.0 if l2 == 0 else cosine_bound(l2, norm_lower), exact=exact,
-            copies=copies, sampling_error=error, alpha=alpha, smoothing_error=smoothing_error,
-            delete_prob=self.noise.delete_prob,
-        )
+        return self._mean_certificate(mean, ids, edits, float(deletion_delta(self.noise.delete_prob, edits)), error,
+                                      keep=None, perturbed=perturbed, exact=exact, copies=copies, alpha=alpha,
+                                      delete_prob=self.noise.delete_prob)
 
     def __repr__(self) -> str:
         return f"SmoothedEncoder({type(self.model).__name__}, {self.noise!r}, pooling={self.pooling!r}, metric={self.metric.name!r})"

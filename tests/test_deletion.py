@@ -200,7 +200,8 @@ def test_a_sabotaged_radius_is_caught(monkeypatch):
 # --------------------------------------------------------------------------------------------------
 
 
-def _single_edits(run: list[int], vocab: range) -> list[list[int]]:
+def single_edits(run: list[int], vocab: range) -> list[list[int]]:
+    """Every run one insertion (at either end too), deletion or substitution away (also used by test_encoders)."""
     out = []
     for i in range(len(run) + 1):  # insertions, at either end too
         out += [run[:i] + [tok] + run[i:] for tok in vocab]
@@ -228,14 +229,14 @@ def test_every_single_edit_keeps_the_prefix_certified_at_one_edit_exhaustively(s
         k1, k2 = cert.prefix_at(1), cert.prefix_at(2)
         certified_one += k1
         certified_two += k2
-        for edited_run in _single_edits(run, range(1, 9)):
+        for edited_run in single_edits(run, range(1, 9)):
             edited = head + edited_run + tail
             out = lm.exact_decode(edited, max(k1, 1), mask=_mask(len(edited), len(head), len(tail)))[0]
             assert out[:k1] == cert.tokens[:k1], (seed, edited_run)
             checked += 1
         for _ in range(40):  # two edits: one single edit on top of another
-            once = rng.choice(_single_edits(run, range(1, 9)))
-            twice = rng.choice(_single_edits(once, range(1, 9)))
+            once = rng.choice(single_edits(run, range(1, 9)))
+            twice = rng.choice(single_edits(once, range(1, 9)))
             edited = head + twice + tail
             out = lm.exact_decode(edited, max(k2, 1), mask=_mask(len(edited), len(head), len(tail)))[0]
             assert out[:k2] == cert.tokens[:k2], (seed, twice)

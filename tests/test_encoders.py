@@ -459,20 +459,13 @@ def test_the_mean_oracle_catches_a_halved_edit_bound(monkeypatch):
     assert worst_l2 > 0.05
 
 
-def _run_edits(run: list[int], vocab: range) -> list[list[int]]:
-    """Every run one insertion, deletion or substitution away."""
-    out = [run[:i] + [t] + run[i:] for i in range(len(run) + 1) for t in vocab]
-    out += [run[:i] + run[i + 1:] for i in range(len(run))]
-    out += [run[:i] + [t] + run[i + 1:] for i in range(len(run)) for t in vocab if t != run[i]]
-    return out
-
-
 @pytest.mark.parametrize("p", [0.5, 0.8])
 def test_mean_certificate_under_deletion_holds_at_every_single_edit_and_is_attained(p):
     """Token deletion (§4j): every prompt whose run is one insertion, deletion or substitution away moves the
     exact mean by at most 2·Δ_1 = 2(1 − p); inserting one HOT token into a PLAIN run moves it by exactly that.
     Two HOT insertions move it by exactly 2·Δ_2."""
     from smoothgen.deletion import TokenDeletion, deletion_delta
+    from test_deletion import single_edits
 
     enc = SmoothedEncoder(AntipodalEncoder(), TokenDeletion(p), pooling="cls", batch_size=64)
     head, run, tail = [ANTI_PLAIN], [ANTI_PLAIN] * 6, [ANTI_PLAIN]
@@ -481,7 +474,7 @@ def test_mean_certificate_under_deletion_holds_at_every_single_edit_and_is_attai
     assert cert.exact and cert.copies == 2**6 and cert.keep is None and cert.delete_prob == p
     assert cert.l2_bound == pytest.approx(2 * float(deletion_delta(p, 1)))
     worst = -math.inf
-    for edited in _run_edits(run, range(3)):
+    for edited in single_edits(run, range(3)):
         other = enc.mean_certify(head + edited + tail, edits=0, mask=mask)
         worst = max(worst, float((cert.mean - other.mean).norm()) - cert.l2_bound)
     assert worst <= 1e-12 and worst == pytest.approx(0, abs=1e-9)

@@ -296,8 +296,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise InvalidParameterError("--sequential and --check-every apply with --noise ablate or delete (vote shares)")
     if args.check_every is not None and not args.sequential:
         raise InvalidParameterError("--check-every applies with --sequential")
-    if args.sequential:
-        args.check_every = 50 if args.check_every is None else check_count(args.check_every, "--check-every")
+    if args.check_every is not None:
+        check_count(args.check_every, "--check-every")
     if args.noise != "delete" and args.delete_prob is not None:
         raise InvalidParameterError("--delete-prob applies with --noise delete")
     if args.noise == "delete":
@@ -470,7 +470,9 @@ def certified_generation(
     if check is not None:
         check(smoothed, ids)
     start = time.perf_counter()
-    extra = {"sequential": True, "check_every": check_every or 50} if sequential else {}
+    extra = {"sequential": True} if sequential else {}
+    if sequential and check_every is not None:  # else SmoothedLM.generate's default
+        extra["check_every"] = check_every
     cert = smoothed.generate(ids, max_new_tokens, n0=n0, n=n, alpha=alpha, seed=seed, request_id=request_id,
                              radius=float(edits) if ablate else radius, progress=progress, **extra)
     seconds = time.perf_counter() - start

@@ -220,8 +220,9 @@ class GenerationCertificate:
         bound: the confidence bound ("best": the larger of empirical Bernstein and Hoeffding, each at
             alpha_step / 2; "bernstein"; "hoeffding"; "clopper-pearson" for votes; "betting" for votes
             estimated sequentially: the lower end of each step's betting confidence sequence).
-        sequential, max_samples: whether the estimation stopped once the prefix at `radius` was decided
-            (then `n` is the number of estimation copies drawn, at most `max_samples`).
+        sequential, max_samples, check_every: whether the estimation stopped once the prefix at `radius` was
+            decided (then `n` is the number of estimation copies drawn, at most `max_samples`, checked every
+            `check_every` copies; None when not sequential).
         stopped: why decoding stopped: "max_new_tokens" or "eos".
         noise_tv: τ, the per-copy total variation between the sampled prompt noise and N(0, σ²I)
             (token ablation: the chance of a tie between the random words that pick the kept subset);
@@ -264,6 +265,7 @@ class GenerationCertificate:
     delete_prob: float | None = None
     sequential: bool = False
     max_samples: int | None = None
+    check_every: int | None = None
 
     @property
     def token_noise(self) -> bool:
@@ -1207,6 +1209,7 @@ class SmoothedLM(PromptSmoother):
             delete_prob=getattr(self.noise, "delete_prob", None),
             sequential=sequential,
             max_samples=max_samples,
+            check_every=check_every if sequential else None,
         )
         return dataclasses.replace(cert, certified_prefix=cert.prefix_at(radius))
 

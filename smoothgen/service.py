@@ -782,7 +782,9 @@ class CertificationService:
             if not isinstance(sequential, bool):
                 raise InvalidParameterError(f"sequential must be true or false, got {short(sequential)}")
             if sequential:  # n is then the most estimation copies; the record's n is the number drawn
-                params.update(sequential=True, check_every=body.integer("check_every", 50))
+                from smoothgen.generative import SEQUENTIAL_CHECK_EVERY
+
+                params.update(sequential=True, check_every=body.integer("check_every", SEQUENTIAL_CHECK_EVERY))
         else:
             params.update(sigma=check_sigma(body.number("sigma", DEFAULT_TEXT_SIGMA)),
                           radius=check_positive(body.number("radius", 0.0), "radius", allow_zero=True))

@@ -164,6 +164,7 @@ def test_sequential_generation_stops_early_with_the_same_certified_tokens(capsys
     assert cli_main([*base, "--sequential", "--check-every", "50"]) == 0
     seq = json.loads(capsys.readouterr().out)
     assert seq["sequential"] and seq["bound"] == "betting" and seq["max_samples"] == 1000 and seq["n"] < 1000
+    assert seq["check_every"] == 50 and fixed["check_every"] is None  # the record carries what reproduces it
     assert seq["tokens"] == fixed["tokens"] and seq["certified_prefix"] == fixed["certified_prefix"] == 6
     assert cli_main([*base[:-1], "--sequential"]) == 0
     assert "(sequential, at most 1000)" in capsys.readouterr().out

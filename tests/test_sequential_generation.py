@@ -108,6 +108,7 @@ def test_a_unanimous_prompt_stops_at_the_first_check_with_the_same_tokens():
     expected = stats.lower_under_gaussian(stats.betting_lower(50, 50, 0.001 / 3), seq.noise_tv)
     assert all(lower == expected for lower in seq.p_lower)
     assert fixed.n == 2000 and not fixed.sequential and fixed.max_samples == 2000
+    assert seq.check_every == 50 and fixed.check_every is None
 
 
 def test_an_undecidable_step_ends_the_prefix_and_stops_the_estimation():

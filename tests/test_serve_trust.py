@@ -297,6 +297,26 @@ def test_verify_recomputes_a_generation(keys, tmp_path, capsys):
     assert main(["verify", path, "--input", str(tmp_path / "other.txt")]) == 1
 
 
+def test_verify_recomputes_a_document_signed_before_its_record_gained_fields(keys, tmp_path, capsys):
+    """A generate record signed by the previous release lacks the fields added since (delete_prob,
+    sequential, max_samples, check_every): every field it does claim is still recomputed and compared."""
+    svc = CertificationService(ServiceConfig(backend="eager", endpoints=("generate",), keys=keys))
+    try:
+        document = svc.call("generate", {"prompt": "import os\nimport s", "max_new_tokens": 3, "n0": 30, "n": 200})
+    finally:
+        svc.close()
+    for name in ("delete_prob", "sequential", "max_samples", "check_every"):
+        del document["record"][name]
+    document = Signer(keys).sign(document)  # as the previous release signed it
+    (tmp_path / "prompt.txt").write_text("import os\nimport s")
+    assert main(["verify", _save(tmp_path, "old.json", document), "--input", str(tmp_path / "prompt.txt"), "--recompute"]) == 0
+    assert "recomputed generate record: identical" in capsys.readouterr().out
+    document["record"]["tokens"] = [0, 0, 0]  # a claimed field that differs still fails
+    document = Signer(keys).sign(document)
+    assert main(["verify", _save(tmp_path, "wrong.json", document), "--input", str(tmp_path / "prompt.txt"), "--recompute"]) == 1
+    assert "differs from the signed one in: tokens" in capsys.readouterr().err
+
+
 def test_verify_recomputes_a_sequential_deletion_generation(keys, tmp_path, capsys):
     """Token deletion with sequential estimation: the document names both, and a third party recomputes
     the same record from them (the embedded deletion-trained LM, the copies drawn until the stop)."""

@@ -443,33 +443,54 @@ def _progress(iterable, args, total: int, desc: str, unit: str = "input"):
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
 
 
-#: A run whose estimated duration exceeds this many seconds says so on stderr once its first item is done.
+#: A run whose estimated duration exceeds this many seconds says so on stderr once its first items are done.
 ESTIMATE_THRESHOLD_S = 120.0
 
 
-def _estimate_message(first_seconds: float, total: int, unit: str) -> str | None:
-    """The line announcing a long run from its first item's duration, or None when the run is short."""
-    estimate = first_seconds * total
-    if total < 2 or estimate <= ESTIMATE_THRESHOLD_S:
+def _estimate_seconds(durations: list[float], total: int) -> float:
+    """The whole run's duration from the items done: the first item as it took (it pays the warm-up: model
+    loading, compilation, runtime selection) plus the running median of the later ones for every other item."""
+    if len(durations) < 2:
+        return durations[0] * total if durations else 0.0
+    return durations[0] + statistics.median(durations[1:]) * (total - 1)
+
+
+def _estimate_message(durations: list[float], total: int, unit: str, revised: bool = False) -> str | None:
+    """The line announcing a long run, or None when the run is short or (almost) done."""
+    if total <= len(durations):
+        return None
+    estimate = _estimate_seconds(durations, total)
+    if estimate <= ESTIMATE_THRESHOLD_S:
         return None
     span = f"~{estimate / 60:.0f} min" if estimate < 90 * 60 else f"~{estimate / 3600:.1f} h"
-    return (f"estimated time: {span} for {total} {unit}s ({first_seconds:.1f} s for the first; whole records are "
-            "kept if you stop it, --resume continues)")
+    per_item = statistics.median(durations[1:]) if len(durations) > 1 else durations[0]
+    return (f"{'revised estimate' if revised else 'estimated time'}: {span} for {total} {unit}s (median {per_item:.1f} s "
+            f"per {unit} after the first, which took {durations[0]:.1f} s; whole records are kept if you stop it, "
+            "--resume continues)")
 
 
-def _with_estimate(items, args, total: int, unit: str):
-    """Yield the items of a progress bar; once the first one is done, print how long all of them will take when
-    that is over ESTIMATE_THRESHOLD_S (on stderr, not with --no-progress)."""
-    start = None
+def _with_estimate(items, args, total: int, unit: str, clock=time.perf_counter):
+    """Yield the items of a progress bar; once two are done, print how long all of them will take when that is
+    over ESTIMATE_THRESHOLD_S (`_estimate_seconds`: the first item's time, then the running median), and print a
+    revised estimate when, at 4, 8, 16, ... items, the running median moves it by more than a factor of 2 (on
+    stderr, not with --no-progress)."""
+    durations: list[float] = []
+    printed: float | None = None
+    last = None
     for k, item in enumerate(items):
-        if k == 1 and not args.no_progress:
-            message = _estimate_message(time.perf_counter() - start, total, unit)
-            if message is not None:
-                from tqdm import tqdm
+        now = clock()
+        if last is not None:
+            durations.append(now - last)
+        last = now
+        if not args.no_progress and k >= 2 and (k == 2 or k & (k - 1) == 0):
+            estimate = _estimate_seconds(durations, total)
+            if printed is None or not printed / 2 <= estimate <= printed * 2:
+                message = _estimate_message(durations, total, unit, revised=printed is not None)
+                if message is not None:
+                    from tqdm import tqdm
 
-                tqdm.write(message, file=sys.stderr)
-        if k == 0:
-            start = time.perf_counter()
+                    tqdm.write(message, file=sys.stderr)
+                    printed = estimate
         yield item
 
 

@@ -458,10 +458,30 @@ def test_a_long_run_announces_its_duration_after_the_first_input(tmp_path, capsy
     import smoothgen.cli as cli
 
     assert cli.ESTIMATE_THRESHOLD_S == 120.0
-    assert cli._estimate_message(0.3, 100, "input") is None  # 30 s in all: nothing said
-    assert cli._estimate_message(2.0, 100, "input").startswith("estimated time: ~3 min for 100 inputs")
-    assert cli._estimate_message(16.0, 450, "input").startswith("estimated time: ~2.0 h for 450 inputs")
-    assert cli._estimate_message(500.0, 1, "input") is None  # one input: it is already done
+    assert cli._estimate_message([0.3, 0.3], 100, "input") is None  # 30 s in all: nothing said
+    assert cli._estimate_message([2.0, 2.0], 100, "input").startswith("estimated time: ~3 min for 100 inputs")
+    assert cli._estimate_message([16.0, 16.0], 450, "input").startswith("estimated time: ~2.0 h for 450 inputs")
+    assert cli._estimate_message([500.0], 1, "input") is None  # one input: it is already done
+    # Issue 25: the first input pays the warm-up; the estimate is the first as it took plus the running
+    # median of the others (before: 67 min estimated from a slow first input, 224 s taken).
+    assert cli._estimate_seconds([40.0, 1.0, 3.0, 2.0], 100) == 40.0 + 2.0 * 99
+    assert cli._estimate_message([40.0, 1.0], 100, "input").startswith("estimated time: ~2 min for 100 inputs")
+
+    class Args:
+        no_progress = False
+
+    def run(durations: list[float]) -> str:
+        times = iter(np.cumsum([0.0, *durations]).tolist())
+        list(cli._with_estimate(range(len(durations) + 1), Args(), len(durations) + 1, "input", clock=lambda: next(times)))
+        return capsys.readouterr().err
+
+    # Slow warm-up, then quick items: one line, from the median; nothing for a run that turns out short.
+    err = run([30.0] + [10.0] * 20)
+    assert err.count("estimated time") == 1 and "median 10.0 s per input after the first, which took 30.0 s" in err
+    assert run([60.0] + [0.01] * 20) == ""  # 60 s in all (the first input alone would have said 21 min)
+    # Items that turn slow: a revised estimate once the running median doubles it.
+    err = run([1.0, 10.0] + [10.0] + [60.0] * 30)
+    assert err.count("estimated time") == 1 and err.count("revised estimate") >= 1, err
     monkeypatch.setattr(cli, "ESTIMATE_THRESHOLD_S", 0.0)  # every run counts as long
     out = tmp_path / "r.jsonl"
     slow = ["--num", "3", "--n0", "50", "--n", "300", "--batch-size", "300", "--out", str(out)]
@@ -469,9 +489,9 @@ def test_a_long_run_announces_its_duration_after_the_first_input(tmp_path, capsy
     assert code == 0 and err.count("estimated time: ~") == 1 and "for 3 inputs" in err, err
     code, _, err = _run(["certify", *slow, "--overwrite", "--no-progress"], capsys)
     assert code == 0 and err == "", err
-    code, _, err = _run(["center", "--num", "1", "--eps-in", "0.1,0.2", "--n", "1300", "--m", "1300",
+    code, _, err = _run(["center", "--num", "1", "--eps-in", "0.1,0.2,0.3", "--n", "1300", "--m", "1300",
                          "--out", str(tmp_path / "c.jsonl")], capsys)
-    assert code == 0 and "for 2 certificates" in err, err
+    assert code == 0 and "for 3 certificates" in err, err
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

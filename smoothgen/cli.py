@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     cert.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate")
     cert.add_argument("--num-classes", type=int, help="classes of the base model (default: read from its output)")
     cert.add_argument("--radii", type=_floats, default=list(DEFAULT_RADII), help="radii of the certified-accuracy summary")
-    cert.add_argument("--tsv", help="also write Cohen et al.'s TSV (idx label predict radius correct time) here")
+    cert.add_argument("--tsv", help="also write Cohen et al.'s TSV (idx label predict radius correct time) here; an input without "
+                      "a label gets - as label and correct")
     seq = cert.add_argument_group(
         "sequential certification at one radius (docs/theory.md section 6)",
         "With --target-radius r, each input answers 'is the smoothed classifier certified at radius r?' and stops "

@@ -196,8 +196,13 @@ def write_atomically(path: str | Path, write: Callable[[str], Any]) -> None:
 
 
 def write_cohen_tsv(records: Iterable[dict[str, Any]], path: str | Path) -> None:
-    """Cohen et al.'s certify TSV (`idx label predict radius correct time`), written atomically."""
+    """Cohen et al.'s certify TSV (`idx label predict radius correct time`), written atomically.
+
+    An input without a label has ``-`` as its label and as its correctness (not ``None`` and ``0``: nothing
+    is known to be wrong)."""
     lines = ["idx\tlabel\tpredict\tradius\tcorrect\ttime\n"]
     for r in sorted(records, key=lambda r: r["idx"]):
-        lines.append(f"{r['idx']}\t{r['label']}\t{r['predict']}\t{r['radius']:.3f}\t{int(bool(r['correct']))}\t{r['time']:.4f}\n")
+        labelled = r.get("label") is not None
+        label, correct = (r["label"], int(bool(r["correct"]))) if labelled else ("-", "-")
+        lines.append(f"{r['idx']}\t{label}\t{r['predict']}\t{r['radius']:.3f}\t{correct}\t{r['time']:.4f}\n")
     write_atomically(path, lambda tmp: Path(tmp).write_text("".join(lines), encoding="utf-8"))

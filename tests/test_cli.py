@@ -44,6 +44,18 @@ def test_certify_writes_records_and_summary(tmp_path, capsys):
     assert lines[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime" and len(lines) == 5
 
 
+def test_unlabelled_inputs_write_dashes_not_none_in_the_tsv(tmp_path, capsys):
+    """Issue 25: an input given without a label (.npy --data) printed `None` as its label and 0 as its
+    correctness in Cohen's TSV; both are unknown, so both are `-`."""
+    data, out, tsv = tmp_path / "x.npy", tmp_path / "r.jsonl", tmp_path / "r.tsv"
+    np.save(data, load_digits_split().x_test[:2])
+    code, _, err = _run(["certify", *FAST, "--data", str(data), "--out", str(out), "--tsv", str(tsv)], capsys)
+    assert code == 0, err
+    rows = [line.split("\t") for line in tsv.read_text().splitlines()[1:]]
+    assert len(rows) == 2 and all(row[1] == "-" and row[4] == "-" for row in rows)
+    assert all(row[2].lstrip("-").isdigit() for row in rows) and "None" not in tsv.read_text()
+
+
 def test_certify_same_seed_same_records(tmp_path, capsys):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     for path in (a, b):

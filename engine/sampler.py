@@ -114,9 +114,12 @@ def model_failure(runtime: Runtime, batch: torch.Tensor, exc: BaseException) -> 
         expected, failed_layer = expected_input(runtime, batch[:1])
     except Exception:  # noqa: BLE001 - explaining a failure must never replace it with another one
         expected, failed_layer = None, None
+    said = _model_said(exc)
     if expected is not None and not expected.fits(shape):
-        return InputShapeError(f"input of shape {shape} does not fit the model: it takes inputs {expected} ({expected.source})")
-    message = f"the model failed on a batch of shape {tuple(batch.shape)}: {failed_layer or _model_said(exc)}"
+        return InputShapeError(f"input of shape {shape} does not fit the model: it takes inputs {expected} ({expected.source}); "
+                               f"the model said: {said}")
+    # The model's own words always come through (a user's model may say exactly what it wants).
+    message = f"the model failed on a batch of shape {tuple(batch.shape)}: {f'{failed_layer}: {said}' if failed_layer else said}"
     if expected is not None:
         message += f"; it takes inputs {expected} ({expected.source})"
     return ModelOutputError(message)

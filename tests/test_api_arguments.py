@@ -151,6 +151,29 @@ def test_a_shape_that_fits_the_first_layer_names_the_layer_that_failed(model):
     assert type(error) is ModelOutputError
     assert "its layer classifier.1 (Linear, in_features=512) failed on a tensor of shape (1, 288)" in str(error)
     assert "(1, H, W)" in str(error)
+    # Issue 25: the model's own exception text is kept in the one line, after the layer.
+    assert "mat1 and mat2 shapes cannot be multiplied" in str(error) and "\n" not in str(error)
+
+
+def test_a_user_model_s_own_words_are_kept_in_the_error():
+    """A model that raises its own error (here: it refuses pixels outside [0, 1]) is quoted, not replaced."""
+    from smoothgen import SmoothedClassifier
+
+    class Strict(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.abs().max() > 50:
+                raise ValueError("expects pixels scaled to [0, 1], got raw 0-255 values\n(see the model card)")
+            return self.fc(x.flatten(1))
+
+    smoothed = SmoothedClassifier(Strict(), 10, 0.25)
+    with pytest.raises(SmoothgenError) as info:
+        smoothed.certify(torch.full((1, 8, 8), 255.0), 10, 20, 0.01, seed=0)
+    assert "expects pixels scaled to [0, 1], got raw 0-255 values" in str(info.value)
+    assert "model card" not in str(info.value)  # one line: the first line of the model's message
 
 
 def test_center_smoother_names_the_shape_too():

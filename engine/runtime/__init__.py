@@ -206,8 +206,9 @@ def _create(module, example, candidates, auto, batch_size, device, compile_mode,
         except Exception as exc:
             log.info("runtime auto: eager outputs cannot be compared (%s); using eager", exc)
             candidates = ["eager"]
-    # Exported models and engines go to a private folder, removed with the runtime (or at exit) and at
-    # once when no backend could be built: runs never leave folders behind in the temporary directory.
+    # Exported models go to a private folder, removed as soon as the backend is built (ONNX Runtime and
+    # TensorRT hold the model in memory from then on), whether or not one could be: a process killed later
+    # (a Ray worker at shutdown) leaves no folder behind in the temporary directory.
     workdir = Path(tempfile.mkdtemp(prefix="smoothgen-runtime-"))
     try:
         for name in candidates:
@@ -224,8 +225,6 @@ def _create(module, example, candidates, auto, batch_size, device, compile_mode,
                     if reason is not None:
                         log.warning("runtime backend %r does not reproduce eager on the probe batch, falling back: %s", name, reason)
                         continue
-                weakref.finalize(runtime, shutil.rmtree, str(workdir), True)
-                workdir = None
                 if auto:
                     log.info("runtime auto: using %r", name)
                 return runtime
@@ -237,8 +236,7 @@ def _create(module, example, candidates, auto, batch_size, device, compile_mode,
                 log.warning("runtime backend %r unavailable, falling back: %s", name, exc)
         raise BackendUnavailableError(f"no runtime backend could run the model (tried {candidates})")
     finally:
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 __all__ = [

@@ -104,6 +104,10 @@ def _common(parser: argparse.ArgumentParser, default_num: int, default_out: str)
     io.add_argument("--data", help=".npy of inputs, or .npz with 'x' (inputs) and optional 'y' (integer labels): an array "
                     "[N, *input_shape] of N inputs in the shape --model takes, float (default: the 450-image digits test "
                     "split, [450, 1, 8, 8] in [0, 1])" + _DATASETS_HELP.get(default_out, ""))
+    io.add_argument("--input-range", default=None, metavar="LO,HI",
+                    help="the values --data's inputs must lie in, refused in one line otherwise (default: 0,1 for the "
+                    "embedded digits models, trained on pixels in [0, 1]; unchecked for a --model of your own unless "
+                    "given)")
     io.add_argument("--start", type=int, default=0, help="index of the first input to process (default: 0)")
     io.add_argument("--num", type=int, default=default_num,
                     help=_NUM_HELP.get(default_out, f"number of inputs to process (default: {default_num})"))
@@ -380,11 +384,25 @@ def _load_model(args: argparse.Namespace, embedded, embedded_name: str, x: np.nd
     from smoothgen.loading import load_model
     from smoothgen.models import DIGITS_SHAPE
 
+    _check_input_range(args, x)
     if args.model is not None:
         return load_model(args.model, device=args.device), _model_name(args.model)
     if x.shape[1:] != DIGITS_SHAPE:
         raise InvalidInputError(f"the embedded digits models take inputs of shape {DIGITS_SHAPE}, got {x.shape[1:]}")
     return TorchRuntime(embedded().to(args.device), device=args.device), embedded_name
+
+
+def _check_input_range(args: argparse.Namespace, x: np.ndarray) -> None:
+    """--input-range, or [0, 1] for the embedded models: data outside is refused before anything runs (pixels
+    in [0, 255] given to a model trained on [0, 1] used to certify 1.000 at a radius in 0-255 units)."""
+    from smoothgen.validate import check_value_range, parse_value_range
+
+    spec = getattr(args, "input_range", None)
+    if spec is not None:
+        check_value_range(x, parse_value_range(spec, "--input-range"), "--data", " (--input-range)")
+    elif args.model is None:
+        check_value_range(x, (0.0, 1.0), "--data", ", the range of the pixels the embedded digits models were trained "
+                          "on: scale the inputs to [0, 1] (a model of your own: --model, and --input-range LO,HI)")
 
 
 def _model_name(spec: str) -> str:

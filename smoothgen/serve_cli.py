@@ -56,8 +56,9 @@ def add_parser(sub: Any) -> None:
                         "package.module:factory (default: the embedded digits CNN trained at --sigma)")
     models.add_argument("--sigma", type=float, default=0.25, help="noise level of requests that give none")
     models.add_argument("--center-model", help="model of /v1/center (default: the embedded digits autoencoder)")
-    models.add_argument("--lm", help="causal LM of /v1/generate: package.module:factory or hf:FOLDER (default: the "
-                        "embedded code LMs, the one trained for each noise)")
+    models.add_argument("--lm", help="causal LM of /v1/generate: package.module:factory, hf:FOLDER or embedded:NAME "
+                        "(e.g. embedded:code_bpe_delete0.9, the word-piece code LM) (default: the embedded byte-level "
+                        "code LMs, the one trained for each noise)")
     models.add_argument("--input-shape", help="one input's shape for a model of your own, e.g. 3,32,32 (the embedded "
                         "models take 1,8,8)")
     models.add_argument("--input-range", help="LO,HI: the values inputs must lie in (default: 0,1 for the embedded "
@@ -110,14 +111,6 @@ def add_parser(sub: Any) -> None:
     net.add_argument("--port", type=int, default=8000, help="HTTP port")
     # The command's process only starts Ray and waits: torch is never imported there (smoothgen.cli.main).
     p.set_defaults(func=cmd_serve, run_imports=())
-
-
-def _pair(text: str, option: str, kind=float) -> tuple:
-    try:
-        values = tuple(kind(v) for v in text.split(","))
-    except ValueError:
-        raise InvalidParameterError(f"{option} must be comma-separated numbers, got {text[:60]!r}") from None
-    return values
 
 
 def read_api_keys(path: str) -> dict[str, str]:
@@ -178,9 +171,9 @@ def config_from_args(args):
             raise InvalidParameterError(f"--input-shape must be comma-separated integers, got {args.input_shape!r}") from exc
     value_range = None
     if args.input_range is not None:
-        value_range = _pair(args.input_range, "--input-range")
-        if len(value_range) != 2:
-            raise InvalidParameterError(f"--input-range must be LO,HI, got {args.input_range!r}")
+        from smoothgen.validate import parse_value_range
+
+        value_range = parse_value_range(args.input_range, "--input-range")
     endpoints = tuple(e.strip() for e in args.endpoints.split(",") if e.strip())
     for option, spec in (("--model", args.model), ("--center-model", args.center_model)):
         if spec is not None:

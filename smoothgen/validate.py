@@ -131,6 +131,34 @@ def check_shape(shape, name: str = "input_shape") -> tuple[int, ...] | None:
     return tuple(int(d) for d in dims)
 
 
+def parse_value_range(text: str, option: str) -> tuple[float, float]:
+    """LO,HI from the command line: two finite numbers, LO < HI (the values a model's inputs must lie in).
+
+    Raises:
+        InvalidParameterError: anything else, in one line naming the option.
+    """
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        raise InvalidParameterError(f"{option} must be LO,HI (two numbers), got {str(text)[:60]!r}") from None
+    if len(values) != 2 or not all(math.isfinite(v) for v in values) or not values[0] < values[1]:
+        raise InvalidParameterError(f"{option} must be LO,HI with finite LO < HI, got {str(text)[:60]!r}")
+    return values  # type: ignore[return-value]
+
+
+def check_value_range(x, value_range: tuple[float, float], what: str, hint: str) -> None:
+    """Refuse inputs with values outside [lo, hi] (a model trained on pixels in [0, 1] given 0-255 values
+    runs, and certifies, nonsense: σ is then no noise at all), in one line with the range found and `hint`.
+
+    Raises:
+        InvalidInputError: some value lies outside.
+    """
+    lo, hi = value_range
+    low, high = float(x.min()), float(x.max())
+    if low < lo or high > hi:
+        raise InvalidInputError(f"{what} holds values in [{low:g}, {high:g}], outside [{lo:g}, {hi:g}]{hint}")
+
+
 def check_device(device, name: str = "device") -> torch.device:
     """A torch device this machine has and can compute on; torch's own errors for a bad one are a
     RuntimeError ("nope", ""), an AssertionError (CUDA on a CPU-only build), or a NotImplementedError

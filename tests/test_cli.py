@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +55,30 @@ def test_unlabelled_inputs_write_dashes_not_none_in_the_tsv(tmp_path, capsys):
     rows = [line.split("\t") for line in tsv.read_text().splitlines()[1:]]
     assert len(rows) == 2 and all(row[1] == "-" and row[4] == "-" for row in rows)
     assert all(row[2].lstrip("-").isdigit() for row in rows) and "None" not in tsv.read_text()
+
+
+def test_inputs_outside_the_trained_range_are_refused_in_one_line(tmp_path, capsys):
+    """Issue 25: pixels in [0, 255] given to the embedded models (trained on [0, 1]) ran silently and printed
+    certified accuracy 1.000 at a radius in 0-255 units; now refused with the range, as is data outside a
+    declared --input-range; a model of your own is unchecked unless it declares one."""
+    raw = tmp_path / "raw.npy"
+    np.save(raw, load_digits_split().x_test[:2] * 255.0)
+    out = tmp_path / "r.jsonl"
+    code, _, err = _run(["certify", *FAST, "--data", str(raw), "--out", str(out)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not out.exists(), err
+    assert "--data holds values in [0, 255], outside [0, 1]" in err and "scale the inputs" in err
+    code, _, err = _run(["center", "--data", str(raw), "--num", "1", "--out", str(out)], capsys)
+    assert code == 2 and "outside [0, 1]" in err
+    model = tmp_path / "cnn.pt"
+    torch.jit.script(load_classifier(0.25)).save(str(model))
+    own = ["certify", *FAST, "--model", str(model), "--num-classes", "10", "--data", str(raw), "--num", "1"]
+    assert _run([*own, "--out", str(tmp_path / "own.jsonl")], capsys)[0] == 0  # declared nothing: unchecked
+    code, _, err = _run([*own, "--input-range", "0,1", "--out", str(tmp_path / "own2.jsonl")], capsys)
+    assert code == 2 and "outside [0, 1] (--input-range)" in err
+    assert _run([*own, "--input-range", "0,255", "--out", str(tmp_path / "own3.jsonl")], capsys)[0] == 0
+    for bad in ("1,0", "0", "a,b", "0,inf"):
+        code, _, err = _run([*own, "--input-range", bad, "--out", str(tmp_path / "own4.jsonl")], capsys)
+        assert code == 2 and "--input-range must be LO,HI" in err, err
 
 
 def test_certify_same_seed_same_records(tmp_path, capsys):
@@ -435,6 +460,27 @@ def test_center_progress_counts_certificates_not_inputs(tmp_path, capsys):
     assert code == 0 and "2/2" in err and "certificate/s" in err and "input/s" not in err, err
 
 
+def _readme_recipe(start: str) -> str:
+    """The inline `code` of README.md that starts with `start` (line breaks inside it joined)."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    begin = text.index("`" + start) + 1
+    return " ".join(text[begin:text.index("`", begin)].split())
+
+
+def test_readme_export_recipes_run_as_written(tmp_path, capsys, monkeypatch):
+    """Issue 25: the README's ONNX and torch.export recipes, executed from the README text itself: one file
+    each (no mine.onnx.data), and both certify."""
+    pytest.importorskip("onnxscript")
+    monkeypatch.chdir(tmp_path)
+    namespace = {"torch": torch, "model": load_classifier(0.25).eval(), "example": torch.zeros(1, 1, 8, 8)}
+    for start, file in (("torch.onnx.export(", "mine.onnx"), ("torch.export.save(", "mine.pt2")):
+        exec(_readme_recipe(start), namespace)  # noqa: S102 - the project's own README
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("mine")) == [file]
+        code, _, err = _run(["certify", "--model", file, "--num", "2", *FAST, "--out", f"out-{file}.jsonl"], capsys)
+        assert code == 0 and "takes batches of exactly" not in err, err
+        (tmp_path / file).unlink()
+
+
 def test_readme_onnx_export_recipe_and_a_fixed_batch_is_noted(tmp_path, capsys):
     """README's recipe with torch.onnx.export's default (dynamo) exporter, which needs the pinned
     onnxscript; a model exported with a fixed batch of 1 still certifies, with a one-line note."""
@@ -444,7 +490,8 @@ def test_readme_onnx_export_recipe_and_a_fixed_batch_is_noted(tmp_path, capsys):
     dynamic, fixed = tmp_path / "mine.onnx", tmp_path / "fixed.onnx"
     batch = torch.export.Dim("batch", min=1, max=100_000)
     torch.onnx.export(model, (example,), str(dynamic), input_names=["input"], output_names=["logits"],
-                      dynamic_shapes={"x": {0: batch}})
+                      dynamic_shapes={"x": {0: batch}}, external_data=False)
+    assert not (tmp_path / "mine.onnx.data").exists()  # the README's recipe writes one file
     torch.onnx.export(model, (example,), str(fixed))
     for path, noted in ((dynamic, False), (fixed, True)):
         out = tmp_path / f"{path.stem}.jsonl"

@@ -78,6 +78,7 @@ bench: $(CORE_STAMP)
 
 train: $(CORE_STAMP)
 	$(PY) -m smoothgen.models.train all
+	$(PY) -m smoothgen.models.train_code_bpe all
 
 # The GPU check (benchmarks/gpu_check.py): on a CUDA machine with no network, after copying the tree
 # there with gpu-wheels/ (made here by `make gpu-wheels`): `make gpu-check` or

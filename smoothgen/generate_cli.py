@@ -138,9 +138,11 @@ def add_parser(sub: Any) -> None:
     text.add_argument("--prompt", default=None, help=f"the prompt (default: {DEFAULT_PROMPT!r})")
     text.add_argument("--model", default=None,
                       help="package.module:factory returning a causal LM that accepts inputs_embeds (smoothgen's "
-                      "CodeLM or a transformers model), or hf:FOLDER (a local transformers model and tokenizer; "
-                      "needs the hf extra; nothing is downloaded) (default: the embedded byte-level LM; with --noise "
-                      f"ablate its fine-tune {ABLATION_LM}, trained under that ablation)")
+                      "CodeLM or a transformers model), hf:FOLDER (a local transformers model and tokenizer; "
+                      "needs the hf extra; nothing is downloaded), or embedded:NAME, an embedded LM: code_lm and its "
+                      "fine-tunes (byte-level), code_bpe and code_bpe_delete0.9 (word-piece tokens, so edits count word "
+                      "pieces) (default: the embedded byte-level LM; with --noise "
+                      f"ablate its fine-tune {ABLATION_LM}, with --noise delete {DELETION_LM})")
     text.add_argument("--selection-samples", type=int, default=100,
                       help="noisy copies n0 that choose each token (disjoint from the --samples that certify it)")
     text.add_argument("--max-new-tokens", type=int, default=None,
@@ -345,12 +347,13 @@ DELETION_LM = "code_lm_delete0.9"
 
 
 def _load_lm(spec: str | None, device: str, noise: str = "gaussian") -> tuple[Any, Any, str]:
-    """(model, tokenizer or None, name) for --model (default: the embedded LM trained for the noise)."""
-    if spec is None:
-        from smoothgen.models import load_lm
+    """(model, tokenizer or None, name) for --model (default: the embedded LM trained for the noise);
+    embedded:NAME is any embedded LM (`smoothgen.models.lm_names`), with its tokenizer when it has one."""
+    if spec is None or spec.startswith("embedded:"):
+        from smoothgen.models import load_lm, load_tokenizer
 
-        name = {"ablate": ABLATION_LM, "delete": DELETION_LM}.get(noise, "code_lm")
-        return load_lm(name).to(device), None, f"embedded:{name}"
+        name = {"ablate": ABLATION_LM, "delete": DELETION_LM}.get(noise, "code_lm") if spec is None else spec[9:]
+        return load_lm(name).to(device), load_tokenizer(name), f"embedded:{name}"
     if spec.startswith("hf:"):
         folder = spec[3:]
         try:

@@ -731,8 +731,11 @@ class PromptSmoother:
         if tokenizer is None:
             from smoothgen.models.lm import CodeLM, encode
 
-            if isinstance(self.model, CodeLM):
+            if isinstance(self.model, CodeLM) and self.model.vocab_size == 256:
                 return encode(text)
+            if isinstance(self.model, CodeLM):
+                raise InvalidInputError("this CodeLM has a sub-word vocabulary: pass its tokenizer "
+                                        "(smoothgen.models.load_tokenizer(name)) or token ids")
             raise InvalidInputError("a string prompt needs a tokenizer (pass tokenizer=...) or token ids")
         if hasattr(tokenizer, "encode"):
             return tokenizer.encode(text)

@@ -123,7 +123,9 @@ def _recompute(document: dict[str, Any], spec: str | None, x: Any, args: argpars
     if not isinstance(params, dict) or not isinstance(model, dict) or not isinstance(seed, int) or not isinstance(request_id, int):
         raise VerificationError("the document lacks its params, model, seed or request_id")
     embedded_sigma = None
-    if spec is None:
+    if spec is None and endpoint == "generate" and str(model.get("name")).startswith("embedded:"):
+        spec = str(model["name"])  # embedded:NAME loads that LM (and its tokenizer)
+    elif spec is None:
         spec, embedded_sigma = _embedded_spec(str(model.get("name")))
     if endpoint == "generate":
         from smoothgen.generate_cli import _load_lm

@@ -155,6 +155,31 @@ def test_deletion_prints_edit_distance_in_plain_words(tmp_path, capsys):
     assert all(r >= 1 for r in record["step_radius"][:k]) and (k == 6 or record["step_radius"][k] < 1)
 
 
+def test_word_piece_lm_certifies_edits_counted_in_word_pieces(tmp_path, capsys):
+    """--model embedded:code_bpe_delete0.9: the BPE code LM with its tokenizer; the record's tokens are word
+    pieces, the mask covers the tokens up to the last line break (a token of its own), and the text printed
+    decodes them."""
+    from smoothgen.models import load_tokenizer
+
+    out = tmp_path / "bpe.json"
+    prompt = "def area(width, height):\n    return width"
+    assert cli_main([*TEXT, "--noise", "delete", "--model", "embedded:code_bpe_delete0.9", "--prompt", prompt,
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads(out.read_text())
+    tok = load_tokenizer("code_bpe_delete0.9")
+    ids = tok.encode(prompt).tolist()
+    assert record["model"] == "embedded:code_bpe_delete0.9" and record["mask_token"] == 0
+    assert record["mask"] == [True] * (ids.index(tok.encode("\n").tolist()[0]) + 1) + [False] * 3  # "    ", " return", " width"
+    assert record["text"] == tok.decode(record["tokens"]) and printed.startswith(prompt)
+    assert "inserted, deleted or substituted token" in printed
+    # A recorded embedded LM is what `verify --recompute` loads again (not the default of the noise).
+    from smoothgen.generate_cli import _load_lm
+
+    model, tokenizer, name = _load_lm("embedded:code_bpe_delete0.9", "cpu", "ablate")
+    assert name == "embedded:code_bpe_delete0.9" and tokenizer is not None and model.vocab_size == tok.vocab_size
+
+
 def test_sequential_generation_stops_early_with_the_same_certified_tokens(capsys):
     """--sequential: the estimation stops once the prefix at --edits is decided; the betting bound is the
     certificate's, and on the default prompt it certifies what the fixed-n run certifies."""

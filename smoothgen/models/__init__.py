@@ -58,6 +58,7 @@ __all__ = [
     "VOCAB_SIZE",
     "WEIGHTS_DIR",
     "DEFAULT_LM_NAME",
+    "load_tokenizer",
     "CodeLM",
     "DigitsAutoencoder",
     "DigitsCNN",
@@ -269,6 +270,45 @@ def load_lm(name: str = DEFAULT_LM_NAME) -> CodeLM:
     if not isinstance(model, CodeLM):
         raise ModelLoadError(f"the LM record {name!r} in {METADATA_FILENAME} names {type(model).__name__}, not CodeLM")
     return model
+
+
+def load_tokenizer(name: str = DEFAULT_LM_NAME) -> Any:
+    """Return the tokenizer of an embedded LM, or None for the byte-level ones (`encode` / `decode`).
+
+    The BPE code LM (``"code_bpe"`` and its fine-tuned versions) has a `smoothgen.models.bpe.CodeTokenizer`,
+    shipped as one JSON file whose SHA-256 ``models.json`` records (checked at load).
+
+    Args:
+        name: One of `lm_names()`.
+
+    Raises:
+        ModelLoadError: no embedded LM has that name, or its tokenizer file is missing or altered.
+    """
+    if not isinstance(name, str):
+        raise InvalidParameterError(f"the LM name must be a string, got {type(name).__name__}")
+    record = _metadata()["models"].get(name)
+    if not isinstance(record, dict) or record.get("kind") != "lm":
+        raise ModelLoadError(f"no language model named {name!r} is recorded in {METADATA_FILENAME}; known: {lm_names()}")
+    file = record.get("tokenizer_file")
+    if file is None:
+        return None
+    return _load_tokenizer_file(str(file), str(record.get("tokenizer_sha256")))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer_file(file: str, sha256: str) -> Any:
+    import hashlib
+
+    from smoothgen.models.bpe import CodeTokenizer
+
+    path = WEIGHTS_DIR / file
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the tokenizer {path}: {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ModelLoadError(f"the tokenizer {path} does not match the SHA-256 {METADATA_FILENAME} records")
+    return CodeTokenizer.from_file(path)
 
 
 TEXT_DDPM_NAME = "text_digits_ddpm"

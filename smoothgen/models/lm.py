@@ -62,13 +62,13 @@ def encode(text: str) -> torch.Tensor:
     return torch.tensor(list(data), dtype=torch.int64)
 
 
-def _check_ids(ids: torch.Tensor, name: str) -> None:
+def _check_ids(ids: torch.Tensor, name: str, vocab_size: int = VOCAB_SIZE) -> None:
     if ids.dtype in (torch.bool,) or ids.dtype.is_floating_point or ids.dtype.is_complex:
         raise InvalidInputError(f"{name} must be an integer tensor, got {ids.dtype}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= VOCAB_SIZE):
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        what = " (byte values)" if vocab_size == VOCAB_SIZE else ""
         raise InvalidInputError(
-            f"{name} must lie in [0, {VOCAB_SIZE}) (byte values), got values in "
-            f"[{int(ids.min())}, {int(ids.max())}]"
+            f"{name} must lie in [0, {vocab_size}){what}, got values in [{int(ids.min())}, {int(ids.max())}]"
         )
 
 
@@ -173,18 +173,21 @@ class _Block(nn.Module):
 
 
 class CodeLM(nn.Module):
-    """Small causal transformer over bytes (pre-LayerNorm, learned positions, LM head tied to the embedding).
+    """Small causal transformer (pre-LayerNorm, learned positions, LM head tied to the embedding).
+
+    Over bytes by default (`encode` / `decode`); with ``vocab_size`` set, over the ids of a tokenizer
+    (the BPE code LM ``code_bpe`` and its `smoothgen.models.bpe.CodeTokenizer`).
 
     Args:
         d_model: Width of the residual stream and of the token embedding.
         n_layers: Number of transformer blocks.
         n_heads: Attention heads per block (must divide d_model).
         context_length: Maximum number of positions (prompt plus generated tokens).
-        vocab_size: Must be 256 (bytes); kept as an argument for the record.
+        vocab_size: Number of token ids (256: bytes).
 
     Shapes:
-        input_ids: [B, L] integer in [0, 256), or inputs_embeds: [B, L, d_model] floating.
-        logits: [B, L, 256].
+        input_ids: [B, L] integer in [0, vocab_size), or inputs_embeds: [B, L, d_model] floating.
+        logits: [B, L, vocab_size].
     """
 
     def __init__(
@@ -192,20 +195,18 @@ class CodeLM(nn.Module):
         vocab_size: int = VOCAB_SIZE,
     ) -> None:
         super().__init__()
-        if vocab_size != VOCAB_SIZE:
-            raise ValueError(f"CodeLM is byte-level: vocab_size must be {VOCAB_SIZE}, got {vocab_size}")
-        if min(d_model, n_layers, n_heads, context_length) < 1 or d_model % n_heads:
+        if min(d_model, n_layers, n_heads, context_length) < 1 or vocab_size < 2 or d_model % n_heads:
             raise ValueError(
                 f"need positive sizes and n_heads dividing d_model, got d_model={d_model}, n_heads={n_heads}, "
-                f"n_layers={n_layers}, context_length={context_length}"
+                f"n_layers={n_layers}, context_length={context_length}, vocab_size={vocab_size}"
             )
-        self.config = CodeLMConfig(VOCAB_SIZE, int(d_model), int(n_layers), int(n_heads), int(context_length))
-        self.vocab_size = VOCAB_SIZE
+        self.config = CodeLMConfig(int(vocab_size), int(d_model), int(n_layers), int(n_heads), int(context_length))
+        self.vocab_size = int(vocab_size)
         self.d_model = int(d_model)
         self.n_layers = int(n_layers)
         self.n_heads = int(n_heads)
         self.context_length = int(context_length)
-        self.token_embedding = nn.Embedding(VOCAB_SIZE, d_model)
+        self.token_embedding = nn.Embedding(self.vocab_size, d_model)
         self.position_embedding = nn.Embedding(context_length, d_model)
         self.blocks = nn.ModuleList(_Block(d_model, n_heads) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
@@ -260,10 +261,10 @@ class CodeLM(nn.Module):
         position_offset: int | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> CodeLMOutput:
-        """Return next-byte logits for every position, and the extended cache when use_cache is set.
+        """Return next-token logits for every position, and the extended cache when use_cache is set.
 
         Args:
-            input_ids: Token ids (bytes); exactly one of input_ids and inputs_embeds.
+            input_ids: Token ids (bytes, or the tokenizer's ids); exactly one of input_ids and inputs_embeds.
             inputs_embeds: Token embeddings (for example noisy rows of `get_input_embeddings()`); the
                 positional embedding is added to them inside, as for input_ids.
             past_key_values: The cache of the preceding tokens, from an earlier call with use_cache=True.
@@ -276,11 +277,11 @@ class CodeLM(nn.Module):
 
         Raises:
             InvalidInputError: Both or neither of input_ids / inputs_embeds, wrong dims or dtypes, ids
-                outside [0, 256), a malformed cache, padding in attention_mask, or more positions than
+                outside [0, vocab_size), a malformed cache, padding in attention_mask, or more positions than
                 context_length (the prompt plus every generated token must fit).
 
         Shapes:
-            input_ids: [B, L]; inputs_embeds: [B, L, d_model]; logits: [B, L, 256];
+            input_ids: [B, L]; inputs_embeds: [B, L, d_model]; logits: [B, L, vocab_size];
             past_key_values: n_layers pairs of [B, n_heads, T, d_model / n_heads].
         """
         if (input_ids is None) == (inputs_embeds is None):
@@ -291,7 +292,7 @@ class CodeLM(nn.Module):
                     f"input_ids must be a [batch, length] integer tensor, got "
                     f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}"
                 )
-            _check_ids(input_ids, "input_ids")
+            _check_ids(input_ids, "input_ids", self.vocab_size)
             batch, length = input_ids.shape
             device = input_ids.device
         else:

@@ -48,7 +48,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from smoothgen.errors import InvalidParameterError
-from smoothgen.models import DEFAULT_LM_NAME, METADATA_FILENAME, WEIGHTS_DIR, load_lm, model_info
+from smoothgen.models import DEFAULT_LM_NAME, METADATA_FILENAME, WEIGHTS_DIR, load_lm, load_tokenizer, model_info
 from smoothgen.models.architectures import DigitsAutoencoder, DigitsCNN
 from smoothgen.models.data import NUM_CLASSES, SPLIT_SEED, TEST_SIZE, load_digits_split
 from smoothgen.models.ddpm import DigitsDDPM
@@ -652,12 +652,19 @@ def heldout_texts(max_files: int | None = None, max_chars: int | None = None, ro
     return texts
 
 
-def _lm_blocks(texts: Sequence[str | bytes], context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut each text into windows of context_length inputs and their next-byte targets (padding: -100)."""
+def _token_ids(texts: Sequence[str | bytes], tokenizer: Any = None) -> list[list[int]]:
+    """The token ids of each text: its UTF-8 bytes, or the tokenizer's ids (bytes decoded as UTF-8 first)."""
+    if tokenizer is None:
+        return [list(text.encode("utf-8") if isinstance(text, str) else bytes(text)) for text in texts]
+    return tokenizer.encode_batch([t if isinstance(t, str) else bytes(t).decode("utf-8", errors="replace")
+                                   for t in texts])
+
+
+def _lm_blocks(texts: Sequence[str | bytes], context_length: int, tokenizer: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut each text into windows of context_length inputs and their next-token targets (padding: -100)."""
     inputs, targets = [], []
-    for text in texts:
-        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-        ids = torch.tensor(list(data), dtype=torch.int64)
+    for data in _token_ids(texts, tokenizer):
+        ids = torch.tensor(data, dtype=torch.int64)
         for start in range(0, len(ids) - 1, context_length):
             block = ids[start : start + context_length + 1]
             x = torch.zeros(context_length, dtype=torch.int64)
@@ -671,31 +678,40 @@ def _lm_blocks(texts: Sequence[str | bytes], context_length: int) -> tuple[torch
     return torch.stack(inputs), torch.stack(targets)
 
 
-def _metrics_from(nll_nats: float, correct: int, count: int) -> dict[str, Any]:
+def _metrics_from(nll_nats: float, correct: int, count: int, num_bytes: int | None = None) -> dict[str, Any]:
+    """Byte-level metrics; with num_bytes (the bytes the count sub-word tokens spell), per-token ones plus
+    bits per byte, the measure comparable across tokenizers."""
     mean = nll_nats / count
-    return {"num_predicted_bytes": count, "accuracy": correct / count, "nll_nats_per_byte": mean,
-            "bits_per_byte": mean / math.log(2), "perplexity": math.exp(mean)}
+    if num_bytes is None:
+        return {"num_predicted_bytes": count, "accuracy": correct / count, "nll_nats_per_byte": mean,
+                "bits_per_byte": mean / math.log(2), "perplexity": math.exp(mean)}
+    return {"num_predicted_tokens": count, "num_predicted_bytes": num_bytes, "bytes_per_token": num_bytes / count,
+            "accuracy": correct / count, "nll_nats_per_token": mean, "bits_per_byte": nll_nats / num_bytes / math.log(2),
+            "perplexity": math.exp(mean)}
 
 
 @torch.no_grad()
-def lm_metrics(model: nn.Module, texts: Sequence[str | bytes], batch_size: int = 32) -> dict[str, Any]:
-    """Return the next-byte accuracy and perplexity of a byte-level causal LM on texts.
+def lm_metrics(model: nn.Module, texts: Sequence[str | bytes], batch_size: int = 32, tokenizer: Any = None) -> dict[str, Any]:
+    """Return the next-token accuracy and perplexity of a causal LM on texts (bytes, or a tokenizer's ids).
 
-    Each text is cut into consecutive windows of the model's context length; every byte except a text's
-    first is predicted once, from the bytes before it in its window (so from 0 to context_length − 1
-    bytes of context). Accuracy counts argmax predictions equal to the next byte.
+    Each text is cut into consecutive windows of the model's context length; every token except a text's
+    first is predicted once, from the tokens before it in its window (so from 0 to context_length − 1
+    tokens of context). Accuracy counts argmax predictions equal to the next token.
 
     Args:
         model: A `CodeLM` (or a model with the same call convention and a ``context_length``).
         texts: Strings (encoded as UTF-8) or bytes.
         batch_size: Windows per forward pass.
+        tokenizer: None for a byte-level model; else the model's tokenizer (`smoothgen.models.bpe.CodeTokenizer`).
 
     Returns:
         ``num_predicted_bytes``, ``accuracy``, ``nll_nats_per_byte``, ``bits_per_byte`` and
-        ``perplexity`` (per byte, exp of the mean negative log-likelihood).
+        ``perplexity`` (per byte, exp of the mean negative log-likelihood). With a tokenizer: per token
+        (``num_predicted_tokens``, ``nll_nats_per_token``, perplexity per token), and ``bits_per_byte`` over
+        the ``num_predicted_bytes`` UTF-8 bytes the predicted tokens spell.
     """
     batch_size = check_count(batch_size, "batch_size")
-    inputs, targets = _lm_blocks(texts, int(model.context_length))
+    inputs, targets = _lm_blocks(texts, int(model.context_length), tokenizer)
     was_training = model.training
     model.eval()
     nll, correct = 0.0, 0
@@ -707,7 +723,11 @@ def lm_metrics(model: nn.Module, texts: Sequence[str | bytes], batch_size: int =
             correct += int(((logits.argmax(-1) == y) & (y >= 0)).sum())
     finally:
         model.train(was_training)
-    return _metrics_from(nll, correct, int((targets >= 0).sum()))
+    num_bytes = None
+    if tokenizer is not None:
+        lengths = torch.tensor([tokenizer.byte_length(i) for i in range(model.vocab_size)], dtype=torch.int64)
+        num_bytes = int(lengths[targets[targets >= 0]].sum())
+    return _metrics_from(nll, correct, int((targets >= 0).sum()), num_bytes)
 
 
 def unigram_metrics(train: Sequence[str | bytes], texts: Sequence[str | bytes]) -> dict[str, Any]:
@@ -778,19 +798,30 @@ def _lm_learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
 
 
 
-def _lm_training_stream(root: Path, context_length: int) -> tuple[list[str], list[str], list[bytes], torch.Tensor]:
-    """(train files, held-out files, training file contents, their concatenation as one uint8 stream)."""
+def _lm_training_stream(
+    root: Path, context_length: int, tokenizer: Any = None,
+) -> tuple[list[str], list[str], list[bytes], torch.Tensor]:
+    """(train files, held-out files, training file contents, their concatenation as one token stream:
+    uint8 bytes, or the tokenizer's ids as int32)."""
     train_files, heldout_files = lm_corpus_files(root)
     train_data = _read_corpus(train_files, root)
-    stream = torch.frombuffer(bytearray(b"".join(train_data)), dtype=torch.uint8)
+    if tokenizer is None:
+        stream = torch.frombuffer(bytearray(b"".join(train_data)), dtype=torch.uint8)
+    else:
+        ids = _token_ids(train_data, tokenizer)
+        stream = torch.tensor([i for file_ids in ids for i in file_ids], dtype=torch.int32)
     if len(stream) <= context_length + 1:
-        raise InvalidParameterError(f"the training corpus ({len(stream)} bytes) is shorter than one window")
+        raise InvalidParameterError(f"the training corpus ({len(stream)} tokens) is shorter than one window")
     return train_files, heldout_files, train_data, stream
 
 
 def _lm_corpus_record(
-    train_files: Sequence[str], heldout_files: Sequence[str], stream: torch.Tensor, heldout_data: Sequence[bytes]
+    train_files: Sequence[str], heldout_files: Sequence[str], stream: torch.Tensor, heldout_data: Sequence[bytes],
+    train_data: Sequence[bytes] | None = None,
 ) -> dict[str, Any]:
+    sizes = {"train_bytes": int(len(stream))}
+    if stream.dtype != torch.uint8:  # a tokenized stream
+        sizes = {"train_bytes": sum(len(d) for d in train_data or ()), "train_tokens": int(len(stream))}
     return {
         "description": (
             "*.py files of the CPython standard library of the training interpreter, sorted by path, "
@@ -800,7 +831,7 @@ def _lm_corpus_record(
         "python_version": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "train_files": len(train_files),
-        "train_bytes": int(len(stream)),
+        **sizes,
         "heldout_files": len(heldout_files),
         "heldout_bytes": sum(len(d) for d in heldout_data),
         "heldout_file_list": list(heldout_files),
@@ -818,6 +849,16 @@ def _check_lm_training(steps, seed, batch_size, warmup_steps, learning_rate, wei
     return (check_count(steps, "steps"), check_count(seed, "seed", minimum=0), check_count(batch_size, "batch_size"),
             check_count(warmup_steps, "warmup_steps", minimum=0), check_positive(learning_rate, "learning_rate"),
             check_positive(weight_decay, "weight_decay", allow_zero=True))
+
+
+@torch.no_grad()
+def _round_weights(model: nn.Module, stored_dtype: torch.dtype) -> dict[str, Any]:
+    """Round the weights to the precision they are stored in, so that the recorded metrics are those of the
+    shipped model (loading converts them back to float32 exactly); returns the record's entry."""
+    if stored_dtype != torch.float32:
+        for parameter in model.parameters():
+            parameter.copy_(parameter.to(stored_dtype).float())
+    return {"stored_dtype": str(stored_dtype).removeprefix("torch.")}
 
 
 def _lm_run_record(model: nn.Module, seed: int, steps: int, batch_size: int, context: int, learning_rate: float,
@@ -838,13 +879,13 @@ def _lm_run_record(model: nn.Module, seed: int, steps: int, batch_size: int, con
     }
 
 
-def _lm_clean_metrics(model: nn.Module, heldout_data: Sequence[bytes], root: Path) -> dict[str, Any]:
-    """Clean next-byte metrics on every held-out file and on the fixed slice of `lm_heldout_slice`."""
+def _lm_clean_metrics(model: nn.Module, heldout_data: Sequence[bytes], root: Path, tokenizer: Any = None) -> dict[str, Any]:
+    """Clean next-token metrics on every held-out file and on the fixed slice of `lm_heldout_slice`."""
     slice_texts = lm_heldout_slice(root)
     return {
-        "heldout": lm_metrics(model, heldout_data),
+        "heldout": lm_metrics(model, heldout_data, tokenizer=tokenizer),
         "heldout_slice": {"chars_per_file": LM_SLICE_CHARS, "sha256": _texts_sha256(slice_texts),
-                          **lm_metrics(model, slice_texts)},
+                          **lm_metrics(model, slice_texts, tokenizer=tokenizer)},
     }
 
 
@@ -903,6 +944,8 @@ def train_lm(
     root: Path | None = None,
     evaluate: bool = True,
     progress: bool = False,
+    tokenizer: Any = None,
+    stored_dtype: torch.dtype = torch.float32,
     **model_kwargs: Any,
 ) -> tuple[CodeLM, dict[str, Any]]:
     """Train the embedded byte-level code LM (`CodeLM`) on the Python standard library's source.
@@ -923,6 +966,12 @@ def train_lm(
         evaluate: Whether to compute the held-out metrics (all held-out files, and the fixed slice of
             `lm_heldout_slice`) and the unigram baseline; a tiny test run can skip them.
         progress: Whether to show a tqdm progress bar on stderr.
+        tokenizer: None for the byte-level model; else a sub-word tokenizer
+            (`smoothgen.models.bpe.CodeTokenizer`): the stream, windows and metrics are its ids, the
+            vocabulary its size, and the record describes it (the BPE code LM,
+            `smoothgen.models.train_code_bpe`).
+        stored_dtype: The precision the weights are saved in; the trained weights are rounded to it before
+            evaluation (float16 halves the file of a larger model).
         **model_kwargs: Overrides of `LM_KWARGS` (d_model, n_layers, n_heads, context_length).
 
     Returns:
@@ -936,53 +985,58 @@ def train_lm(
     if unknown:
         raise InvalidParameterError(f"unknown CodeLM arguments {sorted(unknown)}; known: {sorted(LM_KWARGS)}")
     kwargs = {**LM_KWARGS, **model_kwargs}
+    if tokenizer is not None:
+        kwargs["vocab_size"] = int(tokenizer.vocab_size)
     root = stdlib_root() if root is None else Path(root)
-    train_files, heldout_files, train_data, stream = _lm_training_stream(root, int(kwargs["context_length"]))
+    train_files, heldout_files, train_data, stream = _lm_training_stream(root, int(kwargs["context_length"]), tokenizer)
     start_time, start_cpu = time.perf_counter(), time.process_time()
     with _deterministic(seed) as generator:
         model = CodeLM(**kwargs)
 
         def window_loss(windows: torch.Tensor) -> torch.Tensor:
             logits = model(input_ids=windows[:, :-1]).logits
-            return F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), windows[:, 1:].reshape(-1))
+            return F.cross_entropy(logits.reshape(-1, model.vocab_size), windows[:, 1:].reshape(-1))
 
         smoothed_loss = _lm_optimize(model, stream, window_loss, steps, batch_size, learning_rate, warmup_steps,
-                                     weight_decay, generator, "code lm", progress)
+                                     weight_decay, generator, "code lm" if tokenizer is None else "code bpe lm", progress)
     train_seconds, train_cpu_seconds = time.perf_counter() - start_time, time.process_time() - start_cpu
+    stored = _round_weights(model, stored_dtype) if stored_dtype != torch.float32 else {}
     heldout_data = _read_corpus(heldout_files, root)
     metrics: dict[str, Any] = {
         "kind": "lm",
         "architecture": CodeLM.__name__,
         "kwargs": kwargs,
-        "tokenizer": LM_TOKENIZER,
-        "corpus": _lm_corpus_record(train_files, heldout_files, stream, heldout_data),
+        "tokenizer": LM_TOKENIZER if tokenizer is None else tokenizer.description,
+        "corpus": _lm_corpus_record(train_files, heldout_files, stream, heldout_data, train_data),
         **_lm_run_record(model, seed, steps, batch_size, int(kwargs["context_length"]), learning_rate, warmup_steps,
                          weight_decay, smoothed_loss, train_seconds, train_cpu_seconds),
+        **stored,
     }
     if evaluate:
-        clean = _lm_clean_metrics(model, heldout_data, root)
-        metrics.update({
-            "heldout": clean["heldout"],
-            "heldout_unigram_baseline": unigram_metrics(train_data, heldout_data),
-            "heldout_slice": clean["heldout_slice"],
-            "embedding": _embedding_geometry(model),
-        })
+        clean = _lm_clean_metrics(model, heldout_data, root, tokenizer)
+        metrics["heldout"] = clean["heldout"]
+        if tokenizer is None:  # byte-level: the unigram baseline and the rows of the text bytes
+            metrics["heldout_unigram_baseline"] = unigram_metrics(train_data, heldout_data)
+        metrics["heldout_slice"] = clean["heldout_slice"]
+        if tokenizer is None:
+            metrics["embedding"] = _embedding_geometry(model)
     return model, metrics
 
 
-def finetuned_lm_name(noise: str, level: float) -> str:
+def finetuned_lm_name(noise: str, level: float, base: str = LM_NAME) -> str:
     """Return the key in `models.json` of the code LM fine-tuned for a smoothing distribution.
 
     Args:
         noise: ``"ablate"`` (token ablation, level = keep fraction), ``"gauss"`` (Gaussian embedding
             noise, level = σ) or ``"delete"`` (token deletion, level = deletion probability).
         level: The keep fraction, σ or deletion probability.
+        base: The name of the model fine-tuned (``"code_lm"`` or the BPE code LM ``"code_bpe"``).
 
     Returns:
-        For example ``"code_lm_ablate0.25"``, ``"code_lm_gauss0.5"`` or ``"code_lm_delete0.9"`` (also the
-        weights file's stem).
+        For example ``"code_lm_ablate0.25"``, ``"code_lm_gauss0.5"``, ``"code_lm_delete0.9"`` or
+        ``"code_bpe_delete0.9"`` (also the weights file's stem).
     """
-    return f"{LM_NAME}_{_check_noise(noise, level)[0]}{float(level)}"
+    return f"{base}_{_check_noise(noise, level)[0]}{float(level)}"
 
 
 def _check_noise(noise: str, level: float) -> tuple[str, float]:
@@ -1069,6 +1123,8 @@ def finetune_lm(
     root: Path | None = None,
     evaluate: bool = True,
     progress: bool = False,
+    tokenizer: Any = None,
+    stored_dtype: torch.dtype = torch.float32,
 ) -> tuple[CodeLM, dict[str, Any]]:
     """Fine-tune the code LM for a smoothing distribution of `smoothgen.generative.SmoothedLM`.
 
@@ -1110,6 +1166,9 @@ def finetune_lm(
         evaluate: Whether to compute the held-out metrics: clean (all held-out files and the fixed slice)
             and smoothed (`lm_smoothed_metrics` on the slice, also for the base model at the same noise).
         progress: Whether to show a tqdm progress bar on stderr.
+        tokenizer: The base model's tokenizer when it is not byte-level (default: the embedded base's own,
+            `smoothgen.models.load_tokenizer`, e.g. the BPE code LM's); windows, prompts and P count its tokens.
+        stored_dtype: The precision the weights are saved in (as `train_lm`).
 
     Returns:
         The fine-tuned model in eval mode, and its metadata record: base model, noise kind and level, mask
@@ -1119,15 +1178,17 @@ def finetune_lm(
     steps, seed, batch_size, warmup_steps, learning_rate, weight_decay = _check_lm_training(
         steps, seed, batch_size, warmup_steps, learning_rate, weight_decay)
     mask_token_id = check_count(mask_token_id, "mask_token_id", minimum=0)
-    if mask_token_id >= VOCAB_SIZE:
-        raise InvalidParameterError(f"mask_token_id must be a byte value in [0, {VOCAB_SIZE}), got {mask_token_id}")
     if isinstance(base, str):
         model = load_lm(base)
         base_name, base_sha256 = base, model_info()["models"][base].get("sha256")
+        if tokenizer is None:
+            tokenizer = load_tokenizer(base)
     elif isinstance(base, CodeLM):
         base_name, base_sha256, model = None, None, copy.deepcopy(base)
     else:
         raise InvalidParameterError(f"base must be an embedded LM name or a CodeLM, got {type(base).__name__}")
+    if mask_token_id >= model.vocab_size:
+        raise InvalidParameterError(f"mask_token_id must be a token id in [0, {model.vocab_size}), got {mask_token_id}")
     context = int(model.context_length)
     min_prompt, max_prompt = (check_count(n, "prompt length") for n in prompt_lengths)
     if not min_prompt <= max_prompt <= context:
@@ -1137,8 +1198,10 @@ def finetune_lm(
     base_model = copy.deepcopy(model).eval() if evaluate else None
     kwargs = {"d_model": model.d_model, "n_layers": model.n_layers, "n_heads": model.n_heads,
               "context_length": context}
+    if tokenizer is not None:
+        kwargs["vocab_size"] = model.vocab_size
     root = stdlib_root() if root is None else Path(root)
-    train_files, heldout_files, _, stream = _lm_training_stream(root, context)
+    train_files, heldout_files, train_data, stream = _lm_training_stream(root, context, tokenizer)
     if noise == "gauss":
         model.get_input_embeddings().weight.requires_grad_(False)  # also the tied output head
     positions = torch.arange(context)
@@ -1152,23 +1215,24 @@ def finetune_lm(
                 logits = model(inputs_embeds=model.get_input_embeddings().weight[deleted[:, :-1]]).logits
                 real = positions[None] < (kept + windows.shape[1] - 1 - lengths)[:, None]
                 targets = deleted[:, 1:].masked_fill((positions[None] < kept[:, None] - 1) | ~real, -100)
-                return F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), targets.reshape(-1), ignore_index=-100)
+                return F.cross_entropy(logits.reshape(-1, model.vocab_size), targets.reshape(-1), ignore_index=-100)
             embeds = _perturb_prompts(model, windows[:, :-1], lengths, noise, level, mask_token_id, generator)
             logits = model(inputs_embeds=embeds).logits
             # The prediction at position i is of byte i + 1: score those from the last prompt byte on.
             targets = windows[:, 1:].masked_fill(positions[None] < lengths[:, None] - 1, -100)
-            return F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), targets.reshape(-1), ignore_index=-100)
+            return F.cross_entropy(logits.reshape(-1, model.vocab_size), targets.reshape(-1), ignore_index=-100)
 
         smoothed_loss = _lm_optimize(model, stream, window_loss, steps, batch_size, learning_rate, warmup_steps,
-                                     weight_decay, generator, f"code lm {noise} {level}", progress)
+                                     weight_decay, generator, f"{base_name or 'code lm'} {noise} {level}", progress)
     train_seconds, train_cpu_seconds = time.perf_counter() - start_time, time.process_time() - start_cpu
+    stored = _round_weights(model, stored_dtype) if stored_dtype != torch.float32 else {}
     model.get_input_embeddings().weight.requires_grad_(True)
     heldout_data = _read_corpus(heldout_files, root)
     metrics: dict[str, Any] = {
         "kind": "lm",
         "architecture": CodeLM.__name__,
         "kwargs": kwargs,
-        "tokenizer": LM_TOKENIZER,
+        "tokenizer": LM_TOKENIZER if tokenizer is None else tokenizer.description,
         "base_model": base_name,
         "base_sha256": base_sha256,
         "noise": noise,
@@ -1181,15 +1245,16 @@ def finetune_lm(
         "mask_token_id": mask_token_id if noise in ("ablate", "delete") else None,
         "frozen": ["token_embedding (tied output head)"] if noise == "gauss" else [],
         "prompt_lengths": [min_prompt, max_prompt],
-        "loss": "next-byte cross-entropy of the predictions at positions >= P - 1 (clean continuation)",
-        "corpus": _lm_corpus_record(train_files, heldout_files, stream, heldout_data),
+        "loss": f"next-{'byte' if tokenizer is None else 'token'} cross-entropy of the predictions at positions >= P - 1 (clean continuation)",
+        "corpus": _lm_corpus_record(train_files, heldout_files, stream, heldout_data, train_data),
         **_lm_run_record(model, seed, steps, batch_size, context, learning_rate, warmup_steps, weight_decay,
                          smoothed_loss, train_seconds, train_cpu_seconds),
+        **stored,
     }
     if evaluate:
         assert base_model is not None
         start_eval = time.perf_counter()
-        metrics.update(_lm_clean_metrics(model, heldout_data, root))
+        metrics.update(_lm_clean_metrics(model, heldout_data, root, tokenizer))
         slice_texts = lm_heldout_slice(root)
         settings = {"prompt_length": FINETUNE_EVAL_PROMPT_LENGTH, "stride": FINETUNE_EVAL_STRIDE}
         smoothed = {"noise": noise, "noise_level": level, "copies": FINETUNE_EVAL_COPIES, "seed": EVAL_NOISE_SEED,
@@ -1198,9 +1263,9 @@ def finetune_lm(
             smoothed["keep"] = ablation_keep(level, FINETUNE_EVAL_PROMPT_LENGTH)
         for key, evaluated in (("model", model), ("base", base_model)):
             smoothed[key] = lm_smoothed_metrics(evaluated, slice_texts, noise, level, copies=FINETUNE_EVAL_COPIES,
-                                                mask_token_id=mask_token_id, **settings)
-            smoothed[f"{key}_unsmoothed"] = lm_smoothed_metrics(evaluated, slice_texts, None, **settings)
-        smoothed["num_prompts"] = smoothed["model"]["num_predicted_bytes"]
+                                                mask_token_id=mask_token_id, tokenizer=tokenizer, **settings)
+            smoothed[f"{key}_unsmoothed"] = lm_smoothed_metrics(evaluated, slice_texts, None, tokenizer=tokenizer, **settings)
+        smoothed["num_prompts"] = smoothed["model"].get("num_predicted_tokens", smoothed["model"]["num_predicted_bytes"])
         metrics["smoothed_heldout_slice"] = smoothed
         metrics["eval_seconds"] = round(time.perf_counter() - start_eval, 1)
     return model, metrics
@@ -1219,6 +1284,7 @@ def lm_smoothed_metrics(
     mask_token_id: int = ABLATION_MASK_TOKEN,
     seed: int = EVAL_NOISE_SEED,
     batch_prompts: int = 8,
+    tokenizer: Any = None,
 ) -> dict[str, Any]:
     """Return the next-byte metrics of the smoothed predictor on fixed-length prompts of texts.
 
@@ -1241,6 +1307,7 @@ def lm_smoothed_metrics(
         mask_token_id: The ablation MASK token.
         seed: Seed of the perturbations.
         batch_prompts: Prompts per forward pass.
+        tokenizer: None for a byte-level model; else its tokenizer (prompts and targets are then its tokens).
 
     Returns:
         ``num_predicted_bytes`` (the number of prompts), ``accuracy`` (argmax of the mean distribution),
@@ -1261,8 +1328,7 @@ def lm_smoothed_metrics(
     else:
         noise, level = _check_noise(noise, level)
     prompts, targets = [], []
-    for text in texts:
-        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    for data in _token_ids(texts, tokenizer):
         for start in range(0, len(data) - prompt_length, stride):
             prompts.append(list(data[start : start + prompt_length]))
             targets.append(data[start + prompt_length])
@@ -1295,7 +1361,8 @@ def lm_smoothed_metrics(
             top.append(log_mean.max(-1).values.exp())
     finally:
         model.train(was_training)
-    metrics = _metrics_from(nll, correct, len(prompts))
+    num_bytes = None if tokenizer is None else sum(tokenizer.byte_length(int(t)) for t in target_all.tolist())
+    metrics = _metrics_from(nll, correct, len(prompts), num_bytes)
     top_probability = torch.cat(top)
     metrics["mean_top_probability"] = float(top_probability.mean())
     if noise is not None:

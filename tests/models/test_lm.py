@@ -96,7 +96,12 @@ def test_shapes_config_and_cache_layout() -> None:
     with pytest.raises(ValueError):
         CodeLM(d_model=30, n_heads=4)
     with pytest.raises(ValueError):
-        CodeLM(vocab_size=100)
+        CodeLM(vocab_size=1)
+    # A sub-word vocabulary (the BPE code LM): ids up to vocab_size - 1, refused from vocab_size on.
+    sub_word = CodeLM(**TINY, vocab_size=300).eval()
+    assert sub_word(input_ids=torch.tensor([[299, 0, 5]])).logits.shape == (1, 3, 300)
+    with pytest.raises(InvalidInputError, match=r"\[0, 300\)"):
+        sub_word(input_ids=torch.tensor([[300]]))
 
 
 def test_causal_masking() -> None:

@@ -48,7 +48,8 @@ def test_names_and_the_mask_token() -> None:
     assert finetuned_lm_name("ablate", 0.25) == "code_lm_ablate0.25"
     assert finetuned_lm_name("gauss", 0.5) == "code_lm_gauss0.5"
     assert finetuned_lm_name("delete", 0.9) == "code_lm_delete0.9"
-    assert lm_names() == sorted([LM_NAME, *(finetuned_lm_name(n, v) for n, v in SHIPPED)])
+    bpe = ["code_bpe", finetuned_lm_name("delete", 0.9, "code_bpe")]  # the word-piece LMs (train_code_bpe)
+    assert lm_names() == sorted([LM_NAME, *(finetuned_lm_name(n, v) for n, v in SHIPPED), *bpe])
     assert DEFAULT_LM_NAME == LM_NAME == "code_lm" and ABLATION_MASK_TOKEN == 0
     assert ablation_keep(0.25, 64) == 16 and ablation_keep(0.25, 8) == 2 and ablation_keep(0.01, 8) == 1
 

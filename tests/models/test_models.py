@@ -40,6 +40,7 @@ MAX_CLEAN_MSE = 0.02
 MAX_NOISY_MSE = 0.03
 MAX_WEIGHTS_BYTES = 1_000_000
 MAX_LM_WEIGHTS_BYTES = 6_000_000  # the byte-level code LM: 0.86 M float32 parameters (3.4 MB); the larger models
+MAX_BPE_LM_WEIGHTS_BYTES = 6_500_000  # the BPE code LM: 3.11 M parameters in float16 (6.2 MB)
 
 
 def _classifier_record(sigma: float) -> dict:
@@ -142,13 +143,15 @@ def test_shipped_models_are_listed_and_their_files_match() -> None:
     # text-to-digit diffusers UNet (conditioned on all-MiniLM-L6-v2 embeddings), and the ablation adapter of
     # all-MiniLM-L6-v2.
     num_finetuned_lms = len(DEFAULT_LM_KEEP_FRACTIONS) + len(DEFAULT_LM_GAUSS_SIGMAS) + len(DEFAULT_LM_DELETE_PROBS)
-    assert len(info["models"]) == len(DEFAULT_SIGMAS) + 5 + num_finetuned_lms
+    num_bpe_lms = 2  # code_bpe and code_bpe_delete0.9 (smoothgen.models.train_code_bpe)
+    assert len(info["models"]) == len(DEFAULT_SIGMAS) + 5 + num_finetuned_lms + num_bpe_lms
     assert info["models"]["minilm_ablation"]["kind"] == "encoder_adapter"
     for record in info["models"].values():
         path = WEIGHTS_DIR / record["file"]
         assert path.is_file()
         large = record["kind"] in ("lm", "text_ddpm", "encoder_adapter")  # the adapter: 1.4 MB of float16
-        assert path.stat().st_size < (MAX_LM_WEIGHTS_BYTES if large else MAX_WEIGHTS_BYTES)
+        limit = MAX_BPE_LM_WEIGHTS_BYTES if "tokenizer_file" in record else MAX_LM_WEIGHTS_BYTES if large else MAX_WEIGHTS_BYTES
+        assert path.stat().st_size < limit
         assert hashlib.sha256(path.read_bytes()).hexdigest() == record["sha256"]
     # model_info hands out copies: changing one does not change what the loaders see.
     info["models"].clear()

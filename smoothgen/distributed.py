@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import hashlib
 import logging
 import math
 import os
@@ -98,12 +97,15 @@ def check_options(args: argparse.Namespace) -> None:
 
 @dataclass
 class ShippedFile:
-    """A model file of the driver: its path there, its SHA-256, and its bytes in the object store (in a
-    list, so that Ray hands the task the reference, and a worker fetches the bytes only if it needs them)."""
+    """A model file of the driver: its path there, its digest (`smoothgen.trust.file_digest`: its bytes and
+    those of the external-data files an ONNX model names), and its bytes in the object store (in a list, so
+    that Ray hands the task the references, and a worker fetches the bytes only if it needs them): the file's
+    first, then each of `extras` (paths relative to the file's folder, as the model names them)."""
 
     path: str
     digest: str
     data: list
+    extras: list = field(default_factory=list)
 
 
 @dataclass
@@ -120,26 +122,29 @@ class Job:
     run_fields: tuple[str, ...] = ()  # center: fields the results file adds (left out of the records)
 
 
-def _sha256(path: Path) -> str | None:
+def _digest(path: Path) -> str | None:
+    from smoothgen.trust import file_digest
+
     try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
-    except OSError:
+        return file_digest(path)
+    except SmoothgenError:  # not there, or not readable, on this node
         return None
 
 
 def _ship_files(ray, args: argparse.Namespace) -> dict[str, ShippedFile]:
-    """The model files named by --model / --ddpm, put in the object store for workers on other nodes."""
+    """The model files named by --model / --ddpm, put in the object store for workers on other nodes, with
+    the external-data files an ONNX model names (torch's exporter writes its weights to model.onnx.data)."""
+    from smoothgen.trust import file_digest, onnx_external_files
+
     shipped = {}
     for option in ("model", "ddpm"):
         spec = getattr(args, option, None)
         if spec is None or spec == "embedded" or spec.startswith("diffusers:") or not Path(spec).is_file():
             continue  # embedded, a factory (package.module:factory) or a diffusers folder: not a file to send
-        data = Path(spec).read_bytes()
-        shipped[option] = ShippedFile(spec, hashlib.sha256(data).hexdigest(), [ray.put(data)])
+        path = Path(spec)
+        extras = onnx_external_files(path) if path.suffix.lower() == ".onnx" else []
+        refs = [ray.put(path.read_bytes()), *(ray.put(extra.read_bytes()) for extra in extras)]
+        shipped[option] = ShippedFile(spec, file_digest(path), refs, [extra.relative_to(path.parent).as_posix() for extra in extras])
     return shipped
 
 
@@ -174,13 +179,16 @@ def _build(job: Job) -> Callable:
     scratch = None
     try:
         for option, shipped in job.files.items():
-            if _sha256(Path(shipped.path)) != shipped.digest:  # not this file at this path on this node
+            if _digest(Path(shipped.path)) != shipped.digest:  # not these files at this path on this node
                 import ray
 
                 scratch = scratch or tempfile.mkdtemp(prefix="smoothgen-ray-")
                 local = Path(scratch) / option / Path(shipped.path).name  # the suffix tells the loader the format
                 local.parent.mkdir()
                 local.write_bytes(ray.get(shipped.data[0]))
+                for name, ref in zip(shipped.extras, shipped.data[1:]):  # beside it, where the model names them
+                    (local.parent / name).parent.mkdir(parents=True, exist_ok=True)
+                    (local.parent / name).write_bytes(ray.get(ref))
                 setattr(args, option, str(local))
         if job.kind == "certify":
             return _build_certify(job, args, cli)

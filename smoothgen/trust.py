@@ -124,7 +124,7 @@ def _file_hash(h, path: Path) -> None:
             h.update(chunk)
 
 
-def _onnx_external_files(path: Path) -> list[Path]:
+def onnx_external_files(path: Path) -> list[Path]:
     """The external-data files an ONNX model names (their weights are not in the .onnx file itself)."""
     try:
         import onnx
@@ -146,7 +146,7 @@ def file_digest(path: str | Path) -> str:
     try:
         _file_hash(h, path)
         if path.suffix.lower() == ".onnx":
-            for extra in _onnx_external_files(path):
+            for extra in onnx_external_files(path):
                 h.update(b"\0" + extra.name.encode() + b"\0")
                 _file_hash(h, extra)
     except OSError as exc:

@@ -204,6 +204,26 @@ def test_model_file_is_sent_to_the_workers(cluster, tmp_path, monkeypatch, capsy
     assert records[0]["model"] == str(tmp_path / "shipped_model.pt2")
 
 
+def test_onnx_external_data_is_sent_with_the_model(cluster, tmp_path, monkeypatch, capsys):
+    """Issue 25: an ONNX model whose weights torch's exporter wrote to model.onnx.data beside it: workers
+    that cannot see the files get both (a worker with the .onnx alone could not load it)."""
+    import torch
+
+    from smoothgen.models import load_classifier
+
+    monkeypatch.chdir(tmp_path)
+    torch.onnx.export(load_classifier(0.25), (torch.zeros(1, 1, 8, 8),), "split_model.onnx", input_names=["input"],
+                      dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=100_000)}})
+    assert (tmp_path / "split_model.onnx.data").exists()
+    common = ["certify", "--model", "split_model.onnx", "--num", "3", *CERTIFY]
+    assert main([*common, "--out", "local.jsonl"]) == 0
+    assert main([*common, "--ray", cluster.address, "--out", "ray.jsonl"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    expected = {r["idx"]: without_timing(r) for r in _records(tmp_path / "local.jsonl")}
+    records = _records(tmp_path / "ray.jsonl")
+    assert len(records) == 3 and all(without_timing(r) == expected[r["idx"]] for r in records)
+
+
 def test_worker_error_is_one_line(cluster, tmp_path, monkeypatch, capsys):
     """A SmoothgenError raised on a worker is the same one-line error as a local run's, not a Ray traceback."""
     (tmp_path / "driver_only.py").write_text(textwrap.dedent("""

@@ -5,7 +5,7 @@
     python benchmarks/certified_code.py report                # the Markdown table of benchmarks/RESULTS.md
 
 Windows: real code nobody here wrote for these models, cut the same way for every model. From each held-out
-standard-library file (`smoothgen.models.train.heldout_texts`: files no model or tokenizer trained on), lines
+standard-library file (`smoothgen.models.train_code_lm.heldout_texts`: files no model or tokenizer trained on), lines
 of code (`code_lines`) at evenly spread places; each window is the full lines before one of them (at most
 `--context-bytes` of the model, whole lines) plus the start of that line, cut at a word boundary about a
 third of the way in (`cut_line`); the true continuation is the text after the cut. The threat model is the
@@ -92,7 +92,7 @@ def cut_line(line: str) -> int:
 
 def windows(count: int, context_bytes: int) -> list[dict[str, str]]:
     """`count` windows (prompt, continuation, file) spread evenly over the held-out files' code lines."""
-    from smoothgen.models.train import heldout_texts, lm_corpus_files
+    from smoothgen.models.train_code_lm import heldout_texts, lm_corpus_files
 
     texts = heldout_texts()
     _, files = lm_corpus_files()

@@ -20,7 +20,7 @@ certified number of substituted tokens r_t:
   is inside the certified radius R_t, i.e. the root of the sum of the r largest per-position worst-case
   row moves max_v ‖e_{x_i} − e_v‖ (over all 256 bytes) is below R_t.
 `quality` measures each setting's smoothed next-byte predictor (the first decoding step, 64 copies per
-prompt) on the fixed held-out slice of `smoothgen.models.train.lm_heldout_slice`: accuracy, relative to
+prompt) on the fixed held-out slice of `smoothgen.models.train_code_lm.lm_heldout_slice`: accuracy, relative to
 the clean `code_lm` on the same prompts (retention), and bits/byte for the probability score.
 `exhaustive` decodes exactly (every kept subset) at every prompt with one substituted byte and counts
 changes inside the prefix certified at r = 1.
@@ -187,7 +187,7 @@ def smoothed_accuracy(setting: Setting | None, prompts: torch.Tensor, targets: t
 
 
 def quality_prompts(length: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from smoothgen.models.train import lm_heldout_slice
+    from smoothgen.models.train_code_lm import lm_heldout_slice
 
     prompts, targets = [], []
     for text in lm_heldout_slice():

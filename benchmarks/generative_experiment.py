@@ -13,7 +13,7 @@ Every command appends one JSON line per finished unit to --out (default generati
 and skips the units already there, so an interrupted run resumes where it stopped. A unit's key holds
 the model's fingerprint and every setting that changes its result; `report` uses the newest record of
 each key. Prompts and texts come from the code LM's held-out standard-library files
-(`smoothgen.models.train.lm_heldout_slice`: 1 024 characters from the middle of each held-out file).
+(`smoothgen.models.train_code_lm.lm_heldout_slice`: 1 024 characters from the middle of each held-out file).
 
 geometry    norms of the token embedding rows, nearest-neighbour row distances (the smallest embedding
             move of a one-byte substitution), and the noise norm σ·√D of one row, the scales σ and a
@@ -136,7 +136,7 @@ def load_model(kind: str = "trained", seed: int = 0, **kwargs: Any) -> torch.nn.
 
 
 def heldout_slices() -> list[str]:
-    from smoothgen.models.train import lm_heldout_slice
+    from smoothgen.models.train_code_lm import lm_heldout_slice
 
     return lm_heldout_slice()
 
@@ -177,7 +177,7 @@ def line_prompts(texts: Sequence[str], length: int, count: int) -> list[torch.Te
 def embedding_geometry(model: torch.nn.Module, prompts: Sequence[torch.Tensor] = ()) -> dict[str, Any]:
     """Row norms and nearest-neighbour distances of the token embedding (text bytes and all 256 bytes)."""
     from smoothgen.generative import nearest_neighbor_distances
-    from smoothgen.models.train import LM_TEXT_BYTES
+    from smoothgen.models.train_code_lm import LM_TEXT_BYTES
 
     table = model.get_input_embeddings().weight.detach().double()
     vocab, dim = table.shape

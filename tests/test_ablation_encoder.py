@@ -139,7 +139,7 @@ def test_a_mismatched_or_missing_adapter_is_a_model_load_error(monkeypatch):
 
 
 def test_a_short_training_run_end_to_end(tmp_path):
-    from smoothgen.models.train import save_tensors
+    from smoothgen.models.train_common import save_tensors
 
     tensors, record = ae.train_ablation_encoder(steps=2, batch_size=4, max_sentences=32, max_heldout=6)
     assert all(v.dtype == torch.float16 for v in tensors.values())

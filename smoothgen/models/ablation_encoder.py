@@ -12,7 +12,7 @@ sentence (every token between [CLS] and [SEP] is a perturbed position; a random 
 k = max(1, round(f·P)) with f drawn uniformly from `KEEP_FRACTIONS`, the others replaced by [MASK]; one
 example in `CLEAN_SHARE` is left whole) is pulled, in cosine distance, to the frozen original model's
 embedding of the whole sentence. Training text: sentences of the docstrings of the Python standard
-library's training files (`smoothgen.models.train.lm_corpus_files`; the interpreter ships them, nothing is
+library's training files (`smoothgen.models.train_code_lm.lm_corpus_files`; the interpreter ships them, nothing is
 downloaded). Evaluation text, never trained on: the prose of scikit-learn's dataset descriptions
 (`heldout_sentences`), which nobody here wrote.
 
@@ -95,7 +95,7 @@ def training_sentences(root: Path | None = None, min_words: int = 6, max_words: 
     Deterministic: files in sorted order, docstrings in source order, duplicates removed (first kept).
     The LM's held-out files (`train.is_heldout_file`) are left out here too.
     """
-    from smoothgen.models.train import lm_corpus_files, stdlib_root
+    from smoothgen.models.train_code_lm import lm_corpus_files, stdlib_root
 
     root = stdlib_root() if root is None else Path(root)
     train_files, _ = lm_corpus_files(root)
@@ -306,7 +306,7 @@ def train_ablation_encoder(steps: int = DEFAULT_STEPS, seed: int = 0, *, batch_s
     from tqdm import tqdm
 
     from smoothgen.models.text_digits import encoder_record, load_text_encoder
-    from smoothgen.models.train import _deterministic, _timing_record
+    from smoothgen.models.train_common import _deterministic, _timing_record
 
     start, cpu_start = time.perf_counter(), time.process_time()
     teacher = load_text_encoder()

@@ -33,7 +33,7 @@ VOCAB_SIZE = 256
 """Byte-level vocabulary: token i is the byte value i."""
 
 DEFAULT_LM_KWARGS: dict[str, int] = {"d_model": 128, "n_layers": 4, "n_heads": 4, "context_length": 256}
-"""Size of the shipped model (see `smoothgen.models.train.train_lm` for the training time it allows)."""
+"""Size of the shipped model (see `smoothgen.models.train_code_lm.train_lm` for the training time it allows)."""
 
 PastKeyValues = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 

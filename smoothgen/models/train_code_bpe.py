@@ -5,10 +5,10 @@
     python -m smoothgen.models.train_code_bpe all         # both
 
 The tokenizer (`smoothgen.models.bpe`) is a byte-level BPE of `BPE_VOCAB_SIZE` ids trained on the training
-files of the LM corpus (`smoothgen.models.train.lm_corpus_files`: the standard library's sources, the same
+files of the LM corpus (`smoothgen.models.train_code_lm.lm_corpus_files`: the standard library's sources, the same
 split as the byte-level ``code_lm``, so held-out files are held out from both). The model is a `CodeLM`
 over its ids with more capacity and a longer context in bytes than ``code_lm``: `BPE_LM_KWARGS`. Training
-and fine-tuning are `smoothgen.models.train.train_lm` / `finetune_lm` (the shared loop) given the
+and fine-tuning are `smoothgen.models.train_code_lm.train_lm` / `finetune_lm` (the shared loop) given the
 tokenizer; the records in ``models.json`` carry the tokenizer file and its SHA-256, and the held-out metrics
 per token and in bits per byte (the measure comparable with ``code_lm``).
 """
@@ -24,18 +24,15 @@ import torch
 
 from smoothgen.models import METADATA_FILENAME, WEIGHTS_DIR
 from smoothgen.models.bpe import CodeTokenizer, train_code_tokenizer
-from smoothgen.models.train import (
-    DEFAULT_SEED,
+from smoothgen.models.train_code_lm import (
     _read_corpus,
-    _sha256,
     finetune_lm,
     finetuned_lm_name,
     lm_corpus_files,
-    save_tensors,
     stdlib_root,
     train_lm,
-    update_metadata,
 )
+from smoothgen.models.train_common import DEFAULT_SEED, _sha256, save_tensors, update_metadata
 
 BPE_LM_NAME = "code_bpe"
 """The BPE code LM's key in models.json (and its weights file's stem)."""

@@ -14,7 +14,7 @@ from smoothgen.errors import InvalidInputError, ModelLoadError
 from smoothgen.generative import SmoothedLM, TokenAblation
 from smoothgen.models import WEIGHTS_DIR, CodeLM, load_lm, load_tokenizer, model_info
 from smoothgen.models.bpe import MASK_TOKEN, CodeTokenizer, train_code_tokenizer
-from smoothgen.models.train import finetune_lm, heldout_texts, lm_metrics, train_lm
+from smoothgen.models.train_code_lm import finetune_lm, heldout_texts, lm_metrics, train_lm
 from smoothgen.models.train_code_bpe import BPE_LM_NAME, BPE_VOCAB_SIZE, main
 
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 4, "context_length": 64}
@@ -79,7 +79,7 @@ def test_tokenizer_file_round_trip_and_bad_files(tmp_path) -> None:
 
 
 def test_training_and_finetuning_run_on_sub_word_tokens(tmp_path) -> None:
-    from smoothgen.models.train import stdlib_root
+    from smoothgen.models.train_code_lm import stdlib_root
 
     for name in ("abc.py", "bisect.py", "chunk.py"):  # chunk.py is a held-out file
         (tmp_path / name).write_bytes((stdlib_root() / name).read_bytes())
@@ -136,7 +136,7 @@ def test_shipped_bpe_lms_load_with_their_tokenizer(name: str) -> None:
 
 
 def test_shipped_bpe_lm_reproduces_its_recorded_slice_metrics_and_beats_code_lm() -> None:
-    from smoothgen.models.train import lm_heldout_slice
+    from smoothgen.models.train_code_lm import lm_heldout_slice
 
     record = model_info()["models"][BPE_LM_NAME]
     model, tok = load_lm(BPE_LM_NAME), load_tokenizer(BPE_LM_NAME)

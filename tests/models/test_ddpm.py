@@ -11,15 +11,9 @@ from smoothgen.denoise import DDS, DiffusionPurifier
 from smoothgen.errors import InvalidParameterError
 from smoothgen.models import WEIGHTS_DIR, DigitsDDPM, load_classifier, load_ddpm, load_digits_split, model_info
 from smoothgen.models.ddpm import linear_betas, sample
-from smoothgen.models.train import (
-    DDPM_EVAL_SIGMAS,
-    DDPM_KWARGS,
-    EVAL_NOISE_SEED,
-    ddpm_denoise_mse,
-    ddpm_noise_mse,
-    main,
-    train_ddpm,
-)
+from smoothgen.models.train_common import EVAL_NOISE_SEED
+from smoothgen.models.train_ddpm import DDPM_EVAL_SIGMAS, DDPM_KWARGS, ddpm_denoise_mse, ddpm_noise_mse, train_ddpm
+from smoothgen.models.train import main
 
 # Floors for the shipped model (its recorded values are well above them; see models.json / RESULTS.md).
 MAX_DENOISE_MSE = {0.25: 0.02, 0.5: 0.045}

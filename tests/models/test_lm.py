@@ -12,7 +12,7 @@ import smoothgen.models as models
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelLoadError
 from smoothgen.models import VOCAB_SIZE, WEIGHTS_DIR, CodeLM, decode, encode, load_lm, model_info
 from smoothgen.models.lm import CodeLMOutput, expand_cache
-from smoothgen.models.train import (
+from smoothgen.models.train_code_lm import (
     LM_EXCLUDED_DIRS,
     LM_KWARGS,
     LM_NAME,
@@ -23,10 +23,10 @@ from smoothgen.models.train import (
     lm_corpus_files,
     lm_heldout_slice,
     lm_metrics,
-    main,
     train_lm,
     unigram_metrics,
 )
+from smoothgen.models.train import main
 
 # Floors for the shipped model on the held-out slice (its recorded values are better; see models.json).
 MAX_SLICE_BITS_PER_BYTE = 2.6

@@ -8,7 +8,7 @@ import torch
 
 from smoothgen.errors import InvalidParameterError, ModelLoadError
 from smoothgen.models import DEFAULT_LM_NAME, WEIGHTS_DIR, CodeLM, lm_names, load_lm, model_info
-from smoothgen.models.train import (
+from smoothgen.models.train_code_lm import (
     ABLATION_MASK_TOKEN,
     DEFAULT_LM_DELETE_PROBS,
     DEFAULT_LM_GAUSS_SIGMAS,
@@ -23,8 +23,8 @@ from smoothgen.models.train import (
     finetuned_lm_name,
     lm_heldout_slice,
     lm_smoothed_metrics,
-    main,
 )
+from smoothgen.models.train import main
 
 SHIPPED = ([("ablate", f) for f in DEFAULT_LM_KEEP_FRACTIONS] + [("gauss", s) for s in DEFAULT_LM_GAUSS_SIGMAS]
            + [("delete", p) for p in DEFAULT_LM_DELETE_PROBS])

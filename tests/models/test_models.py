@@ -21,18 +21,16 @@ from smoothgen.models import (
     load_digits_split,
     model_info,
 )
-from smoothgen.models.train import (
-    DEFAULT_LM_DELETE_PROBS,
-    DEFAULT_LM_GAUSS_SIGMAS,
-    DEFAULT_LM_KEEP_FRACTIONS,
+from smoothgen.models.train_common import EVAL_NOISE_SEED
+from smoothgen.models.train_digits import (
     DEFAULT_SIGMAS,
-    EVAL_NOISE_SEED,
     autoencoder_mse,
     classifier_accuracy,
-    main,
     train_autoencoder,
     train_classifier,
 )
+from smoothgen.models.train_code_lm import DEFAULT_LM_DELETE_PROBS, DEFAULT_LM_GAUSS_SIGMAS, DEFAULT_LM_KEEP_FRACTIONS
+from smoothgen.models.train import main
 
 # Minimum clean test accuracy of the shipped classifiers; sigma=1.0 is allowed to be lower.
 MIN_CLEAN_ACCURACY = {0.0: 0.95, 0.25: 0.95, 0.5: 0.90, 1.0: 0.80}

@@ -1,8 +1,11 @@
-"""The default `smoothgen certify` path against a reference CERTIFY, per certified input, same process (issue 15).
+"""The default `smoothgen certify` path, and the library's default, against a reference CERTIFY, per certified
+input, same process (issues 15 and 25).
 
 Default path: what `smoothgen certify` builds with its defaults (smoothgen.cli._apply_backend):
 `create_runtime(model, x[0], "auto", batch_size=1000, device="cpu", sigma=σ)` (ONNX Runtime when it reproduces
 eager on the probe batch), then `SmoothedClassifier(...).certify(x, n0, n, α, seed)`.
+Library default: `SmoothedClassifier(model, 10, σ, batch_size=1000)` given the torch module itself, nothing
+else (with $SMOOTHGEN_BACKEND unset: its default backend, "auto", built at the first input).
 Reference: Cohen, Rosenfeld & Kolter's CERTIFY as in their code (locuslab/smoothing, core.py `Smooth.certify`):
 the eager torch model under `torch.no_grad`, `x.repeat` + `torch.randn_like(batch) * σ` per batch, argmax,
 NumPy counts, a Clopper–Pearson lower bound (scipy.stats.beta; theirs calls statsmodels' proportion_confint,
@@ -96,32 +99,37 @@ def main() -> None:
         cached = time.perf_counter() - start
         assert again is runtime
         smoothed = SmoothedClassifier(runtime, 10, sigma, batch_size=BATCH, input_shape=tuple(xs.shape[1:]))
+        library = SmoothedClassifier(model, 10, sigma, batch_size=BATCH)  # the library's default, nothing else given
         reference = ReferenceSmooth(model, 10, sigma)
-        # one untimed round each (allocator, thread pools)
+        # one untimed round each (allocator, thread pools; the library default builds its runtime here)
         smoothed.certify(xs[0], args.n0, min(args.n, 2 * BATCH), args.alpha, seed=0)
+        library.certify(xs[0], args.n0, min(args.n, 2 * BATCH), args.alpha, seed=0)
         reference.certify(xs[0], args.n0, min(args.n, 2 * BATCH), args.alpha, BATCH)
-        times = {"default": [], "reference": []}
+        times = {"default": [], "library": [], "reference": []}
         agree = 0
         for i in range(args.inputs):
             x = xs[i]
-            order = ("default", "reference") if i % 2 == 0 else ("reference", "default")
+            order = ("default", "library", "reference")[:: 1 if i % 2 == 0 else -1]
             out = {}
             for which in order:
                 t0 = time.perf_counter()
-                if which == "default":
-                    cert = smoothed.certify(x, args.n0, args.n, args.alpha, seed=i)
+                if which in ("default", "library"):
+                    cert = (smoothed if which == "default" else library).certify(x, args.n0, args.n, args.alpha, seed=i)
                     out[which] = (-1 if cert.abstained else cert.prediction)
                 else:
                     out[which] = reference.certify(x, args.n0, args.n, args.alpha, BATCH)[0]
                 times[which].append(time.perf_counter() - t0)
-            agree += out["default"] == out["reference"]
-        d, r = times["default"], times["reference"]
+            agree += out["default"] == out["reference"] == out["library"]
+        d, r, lib = times["default"], times["reference"], times["library"]
         print(f"{name}: auto chose {runtime.backend} ({runtime.input_dtype}); one-time create_runtime "
               f"(export + probe + warm-up) {first:.2f} s, cached call {cached * 1e3:.2f} ms")
         print(f"  per input: default {statistics.median(d):.3f} s median / {min(d):.3f} s fastest; reference "
               f"{statistics.median(r):.3f} s median / {min(r):.3f} s fastest over {args.inputs} inputs")
         print(f"  reference / default: {statistics.median(r) / statistics.median(d):.2f}x (medians), "
-              f"{min(r) / min(d):.2f}x (fastest); same prediction on {agree}/{args.inputs}")
+              f"{min(r) / min(d):.2f}x (fastest); same prediction (all three) on {agree}/{args.inputs}")
+        print(f"  library default SmoothedClassifier(module): runs on {library.runtime.backend}; "
+              f"{statistics.median(lib):.3f} s median / {min(lib):.3f} s fastest; reference / library "
+              f"{statistics.median(r) / statistics.median(lib):.2f}x (medians), {min(r) / min(lib):.2f}x (fastest)")
 
 
 if __name__ == "__main__":

@@ -541,7 +541,9 @@ class SemiElasticClassifier:
     def smoothed_at(self, x: torch.Tensor) -> SmoothedClassifier:
         """The fixed-σ smoothed classifier the prediction at x uses (σ = σ(x))."""
         x = check_input(x, self.input_shape)
-        return SmoothedClassifier(self.base, self.num_classes, _sigma_of(self.sigma_map, x), input_shape=self.input_shape, sampler=self.sampler)
+        # Eager: σ changes with x, and every σ would select (and export) a runtime of its own.
+        return SmoothedClassifier(self.base, self.num_classes, _sigma_of(self.sigma_map, x), input_shape=self.input_shape,
+                                  sampler=self.sampler, backend="eager")
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, seed: int | None = None, request_id: int = 0) -> Prediction:
         """PREDICT at σ(x): g(x), or ABSTAIN."""
@@ -618,7 +620,7 @@ def adaptive_predict(
     """Cohen's PREDICT at σ(x) for any σ map. Uncertified (no radius is claimed)."""
     x = check_input(x)
     sigma = _sigma_of(policy, x)
-    prediction = SmoothedClassifier(base, num_classes, sigma, batch_size).predict(x, n, alpha, seed, request_id)
+    prediction = SmoothedClassifier(base, num_classes, sigma, batch_size, backend="eager").predict(x, n, alpha, seed, request_id)
     return AdaptiveResult(prediction, sigma, _policy_name(policy))
 
 

@@ -7,6 +7,8 @@ the engine's Sampler; this file only holds the algorithm.
 from __future__ import annotations
 
 import math
+import os
+import threading
 from typing import Callable
 
 import numpy as np
@@ -33,6 +35,15 @@ DEFAULT_CHECK_EVERY = 100
 #: Estimation samples between two checks of `certify`'s early abstention.
 _ABSTAIN_CHECK_EVERY = 10_000
 
+#: The environment variable that names the default backend of a smoother given a plain torch module.
+BACKEND_ENV = "SMOOTHGEN_BACKEND"
+
+
+def default_backend() -> str:
+    """The backend a plain torch module runs on when none is given: ``$SMOOTHGEN_BACKEND``, else "auto" (the
+    fastest runtime verified to reproduce eager, `smoothgen.engine.runtime.create_runtime`)."""
+    return os.environ.get(BACKEND_ENV, "auto")
+
 
 class SmoothedClassifier:
     """A base classifier f smoothed with isotropic Gaussian noise.
@@ -46,6 +57,15 @@ class SmoothedClassifier:
         batch_size: noisy copies per model call.
         input_shape: if given, inputs of any other shape are rejected.
         sampler: the Sampler to draw with (default: an in-process Sampler with `batch_size`).
+        backend: what a torch module runs on: "auto" (the default, or ``$SMOOTHGEN_BACKEND``): at the first
+            input, `create_runtime` picks the fastest runtime that reproduces eager on noisy copies of it (on
+            CPU ONNX Runtime, then torch.compile, then eager; 3-4x Cohen et al.'s reference CERTIFY on the
+            digits and CIFAR-size CNNs, benchmarks/RESULTS.md), "eager" (no export: the cheap path of unit
+            tests), "compile", "onnxruntime" or "tensorrt". A Runtime, a plain callable or a module that draws
+            its own noise (one with ``reseed``, such as `smoothgen.denoise.DiffSmooth`) runs as given.
+
+    Raises:
+        InvalidParameterError: a bad number, shape or backend.
     """
 
     ABSTAIN = ABSTAIN
@@ -58,12 +78,55 @@ class SmoothedClassifier:
         batch_size: int = DEFAULT_BATCH_SIZE,
         input_shape: tuple[int, ...] | None = None,
         sampler: Sampler | None = None,
+        backend: str | None = None,
     ):
-        self.runtime = as_runtime(base)
+        from smoothgen.engine.runtime import BACKENDS
+
+        backend = default_backend() if backend is None else backend
+        if backend not in BACKENDS:
+            raise InvalidParameterError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.num_classes = check_count(num_classes, "num_classes", minimum=2)
         self.sigma = check_sigma(sigma)
         self.input_shape = check_shape(input_shape)
         self.sampler = sampler if sampler is not None else Sampler(batch_size)
+        self.backend = backend
+        self._module: torch.nn.Module | None = None
+        self._runtime: Runtime | None = None
+        # A module that draws its own noise (DiffSmooth: `reseed`) cannot be checked against eager: it runs as is.
+        compiled = backend != "eager" and not hasattr(base, "reseed")
+        if isinstance(base, torch.nn.Module) and not isinstance(base, Runtime) and compiled:
+            self._module, self._lock = base, threading.Lock()
+            self._batch_size = getattr(self.sampler, "batch_size", batch_size)
+        else:
+            self._runtime = as_runtime(base)
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime the base model runs on; for a torch module under a compiled backend, the one chosen at
+        the first input (before it: the module run eagerly)."""
+        return self._runtime if self._runtime is not None else as_runtime(self._module)
+
+    def _runtime_for(self, x: torch.Tensor) -> Runtime:
+        """The runtime, built at the first input for a torch module (`create_runtime` with this input as its
+        example and σ for auto's probe). A module that cannot be built (an input it does not take) runs
+        eagerly for this call, so that its failure is explained as usual; the next input tries again."""
+        if self._runtime is not None:
+            return self._runtime
+        from smoothgen.engine.runtime import create_runtime
+        from smoothgen.errors import SmoothgenError
+
+        with self._lock:
+            if self._runtime is None:
+                module = self._module
+                device = next((p.device for p in module.parameters()), torch.device("cpu"))
+                try:
+                    self._runtime = create_runtime(module, x.detach().to(device), self.backend,
+                                                   batch_size=self._batch_size, device=str(device), sigma=self.sigma)
+                except SmoothgenError:
+                    if self.backend != "auto":
+                        raise  # an explicitly requested backend that cannot run here
+                    return as_runtime(module)
+        return self._runtime
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, seed: int | None = None, request_id: int = 0) -> Prediction:
         """PREDICT: g(x), or ABSTAIN when the top class is not significantly ahead of the runner-up.
@@ -202,7 +265,7 @@ class SmoothedClassifier:
         level = alpha / len(looks)
         n_a, drawn, key = 0, 0, stream.key(Purpose.ESTIMATION)
         for look in looks:
-            counts = self.sampler.counts(self.runtime, x, look - drawn, self.sigma, self.num_classes, key,
+            counts = self.sampler.counts(self._runtime_for(x), x, look - drawn, self.sigma, self.num_classes, key,
                                          start=drawn, total=looks[-1])
             n_a, drawn = n_a + int(counts[c_hat]), look
             p_lower = stats.lower_under_gaussian(stats.clopper_pearson_lower(n_a, drawn, level), tau)
@@ -248,7 +311,7 @@ class SmoothedClassifier:
         decision, n_a, drawn, key = "undecided", 0, 0, stream.key(Purpose.ESTIMATION)
         while drawn < max_samples:
             chunk = min(check_every, max_samples - drawn)
-            counts = self.sampler.counts(self.runtime, x, chunk, self.sigma, self.num_classes, key,
+            counts = self.sampler.counts(self._runtime_for(x), x, chunk, self.sigma, self.num_classes, key,
                                          start=drawn, total=max_samples)
             n_a, drawn = n_a + int(counts[c_hat]), drawn + chunk
             if certify_above < 1.0 and stats.betting_proves_above(n_a, drawn, certify_above, alpha):
@@ -306,11 +369,11 @@ class SmoothedClassifier:
         n_a = drawn = 0
         while drawn < n:
             chunk = min(_ABSTAIN_CHECK_EVERY, n - drawn)
-            counts = self.sampler.counts(self.runtime, x, chunk, self.sigma, self.num_classes, key, start=drawn, total=n)
+            counts = self.sampler.counts(self._runtime_for(x), x, chunk, self.sigma, self.num_classes, key, start=drawn, total=n)
             n_a, drawn = n_a + int(counts[c_hat]), drawn + chunk
             if drawn < n and stats.clopper_pearson_lower(n_a + (n - drawn), n, alpha) <= 0.5:
                 break
         return n_a, drawn
 
     def _sample_counts(self, x: torch.Tensor, num: int, purpose: Purpose, stream: RandomStream) -> np.ndarray:
-        return self.sampler.counts(self.runtime, x, num, self.sigma, self.num_classes, stream.key(purpose))
+        return self.sampler.counts(self._runtime_for(x), x, num, self.sigma, self.num_classes, stream.key(purpose))

@@ -1099,7 +1099,8 @@ class SmoothedConditionalDiffusion:
         n = check_count(n, "n")
         alpha = check_alpha(alpha)
         votes = _ContentVotes(self.generator, classifier, num_classes)
-        smoothed = SmoothedClassifier(votes, num_classes, self.sigma, input_shape=self.cond_shape, sampler=self.sampler)
+        smoothed = SmoothedClassifier(votes, num_classes, self.sigma, input_shape=self.cond_shape, sampler=self.sampler,
+                                      backend="eager")  # the votes draw the generator's own noise
         # One generator stream for the request: selection copies take ω_0..ω_{n0−1}, estimation copies the next ones.
         self.generator.reseed(seed, request_id)
         cert = smoothed.certify(e, n0, n, alpha, seed, request_id)

@@ -226,3 +226,66 @@ def test_certify_at_with_many_looks_keeps_alpha():
     runs, alpha = 300, 0.1
     wrong = sum(smoothed.certify_at(x, 0.2501, alpha, n0=20, looks=looks, seed=s).certified for s in range(runs))
     assert binom.sf(wrong - 1, runs, alpha) > 1e-3, f"{wrong}/{runs} wrong certifications"
+
+
+# ---------------------------------------------------------------------------------- the default runtime
+
+
+def test_a_plain_module_runs_on_the_verified_auto_runtime_by_default(monkeypatch):
+    """Issue 25 item 3: `SmoothedClassifier(module)` used to run eagerly (1.1x Cohen et al.'s reference);
+    now the first input builds the auto runtime (ONNX Runtime on this CPU, verified against eager on noisy
+    copies of that input), and the certificate is the eager one's."""
+    pytest.importorskip("onnxruntime")
+    from smoothgen.engine.runtime import TorchRuntime
+    from smoothgen.models import load_classifier, load_digits_split
+
+    monkeypatch.delenv("SMOOTHGEN_BACKEND", raising=False)
+    model, x = load_classifier(0.25), torch.from_numpy(load_digits_split().x_test[0])
+    default = SmoothedClassifier(model, 10, 0.25, batch_size=500)
+    assert default.backend == "auto" and isinstance(default.runtime, TorchRuntime)  # chosen at the first input
+    cert = default.certify(x, 100, 2000, 0.001, seed=0)
+    assert default.runtime.backend != "eager" and default.runtime is default.runtime  # built once
+    eager = SmoothedClassifier(model, 10, 0.25, batch_size=500, backend="eager")
+    assert eager.runtime.backend == "eager"
+    reference = eager.certify(x, 100, 2000, 0.001, seed=0)
+    assert cert.prediction == reference.prediction and cert.radius == pytest.approx(reference.radius, abs=0.02)
+    # The environment names the default; an explicit backend wins; a bad one is refused.
+    monkeypatch.setenv("SMOOTHGEN_BACKEND", "eager")
+    assert SmoothedClassifier(model, 10, 0.25).backend == "eager"
+    assert SmoothedClassifier(model, 10, 0.25, backend="auto").backend == "auto"
+    with pytest.raises(InvalidParameterError, match="backend must be one of"):
+        SmoothedClassifier(model, 10, 0.25, backend="fast")
+
+
+def test_the_auto_default_still_explains_an_input_the_model_does_not_take(monkeypatch):
+    """A wrong-shaped first input cannot build a runtime: it is explained as under eager (the shape the
+    model takes), and a right-shaped input afterwards builds the auto runtime."""
+    from smoothgen.models import load_classifier, load_digits_split
+
+    monkeypatch.delenv("SMOOTHGEN_BACKEND", raising=False)
+    smoothed = SmoothedClassifier(load_classifier(0.25), 10, 0.25, batch_size=200)
+    with pytest.raises(InvalidInputError, match=r"takes inputs of shape"):
+        smoothed.certify(torch.zeros(64), 10, 20, 0.01, seed=0)
+    smoothed.certify(torch.from_numpy(load_digits_split().x_test[0]), 10, 200, 0.01, seed=0)
+    assert smoothed.runtime.backend in ("onnxruntime", "compile", "eager")
+
+
+def test_a_module_that_draws_its_own_noise_runs_as_it_is(monkeypatch):
+    """A randomized base (DiffSmooth draws local noise; it has `reseed`) cannot be checked against eager:
+    the auto default leaves it eager instead of exporting and compiling it to find that out."""
+    monkeypatch.delenv("SMOOTHGEN_BACKEND", raising=False)
+
+    class Noisy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+
+        def reseed(self, seed, request_id=0) -> None:
+            torch.manual_seed(0 if seed is None else seed)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x + torch.randn_like(x))
+
+    smoothed = SmoothedClassifier(Noisy(), 3, 0.5, batch_size=64)
+    smoothed.certify(torch.zeros(4), 10, 50, 0.01, seed=0)
+    assert smoothed.runtime.backend == "eager"

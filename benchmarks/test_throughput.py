@@ -48,7 +48,7 @@ def test_forward_throughput(benchmark, setup):
 def test_certify_throughput(benchmark, setup):
     """A full CERTIFY: N0 selection + N estimation samples, noise made per batch, counts on the device."""
     model, x = setup
-    smoothed = SmoothedClassifier(model, 10, 0.25, batch_size=BATCH)
+    smoothed = SmoothedClassifier(model, 10, 0.25, batch_size=BATCH, backend="eager")  # the eager path these figures measure
     cert = benchmark.pedantic(lambda: smoothed.certify(x, N0, N, 0.001, seed=0), rounds=5, warmup_rounds=1)
     assert not cert.abstained
     record(benchmark, "certify:digits", N0 + N)
@@ -59,7 +59,7 @@ def test_certify_vs_forward_interleaved(benchmark, setup):
     in odd ones), so that the machine's speed swings (±40 % between runs on the 2-core VM) hit both
     alike. Prints certify/forward throughput ratios from the fastest and from the median timings."""
     model, x = setup
-    smoothed = SmoothedClassifier(model, 10, 0.25, batch_size=BATCH)
+    smoothed = SmoothedClassifier(model, 10, 0.25, batch_size=BATCH, backend="eager")  # the eager path these figures measure
     generator = torch.Generator().manual_seed(0)
     batches = [x + 0.25 * torch.randn(BATCH, *x.shape, generator=generator) for _ in range((N0 + N) // BATCH)]
     pairs = 1 if benchmark.disabled else 15

@@ -29,6 +29,7 @@ from typing import Any, Iterable
 import torch
 
 from smoothgen.errors import InvalidInputError, ModelLoadError
+from smoothgen.models.lm import token_id_list
 
 MASK_TOKEN = "<mask>"
 """The special token with id 0 (`CodeTokenizer.mask_token_id`)."""
@@ -125,19 +126,7 @@ class CodeTokenizer:
         Raises:
             InvalidInputError: ids is not a 1-D sequence of integers in [0, vocab_size).
         """
-        if isinstance(ids, (str, bytes)):
-            raise InvalidInputError(f"decode expects token ids, got {type(ids).__name__}")
-        try:
-            tensor = torch.as_tensor(ids) if not isinstance(ids, torch.Tensor) else ids
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise InvalidInputError(f"decode expects a sequence of integer token ids: {exc}") from exc
-        if tensor.numel() == 0:
-            return ""
-        if tensor.ndim != 1 or tensor.dtype.is_floating_point or tensor.dtype in (torch.bool, torch.complex64, torch.complex128):
-            raise InvalidInputError(f"decode expects a 1-D sequence of integer token ids, got {tensor.dtype} {tuple(tensor.shape)}")
-        values = tensor.to(torch.int64).tolist()
-        if min(values) < 0 or max(values) >= self.vocab_size:
-            raise InvalidInputError(f"token ids must lie in [0, {self.vocab_size}), got values in [{min(values)}, {max(values)}]")
+        values = token_id_list(ids, self.vocab_size)
         return self._tokenizer.decode(values, skip_special_tokens=True)
 
     @property

@@ -72,6 +72,26 @@ def _check_ids(ids: torch.Tensor, name: str, vocab_size: int = VOCAB_SIZE) -> No
         )
 
 
+def token_id_list(ids: Any, vocab_size: int = VOCAB_SIZE) -> list[int]:
+    """The ids of a 1-D integer sequence or tensor, checked to lie in [0, vocab_size): what the decoders take.
+
+    Raises:
+        InvalidInputError: ids is a string, not 1-D, not integer, or holds a value outside [0, vocab_size).
+    """
+    if isinstance(ids, (str, bytes)):
+        raise InvalidInputError(f"decode expects token ids, got {type(ids).__name__}")
+    try:
+        tensor = torch.as_tensor(ids) if not isinstance(ids, torch.Tensor) else ids
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InvalidInputError(f"decode expects a sequence of integer token ids: {exc}") from exc
+    if tensor.numel() == 0 and tensor.ndim == 1:
+        return []
+    if tensor.ndim != 1:
+        raise InvalidInputError(f"decode expects a 1-D sequence of token ids, got shape {tuple(tensor.shape)}")
+    _check_ids(tensor, "token ids", vocab_size)
+    return tensor.to(torch.int64).tolist()
+
+
 def decode(ids: Any) -> str:
     """Decode token ids (bytes) to a string; invalid UTF-8 sequences become U+FFFD.
 
@@ -87,18 +107,7 @@ def decode(ids: Any) -> str:
     Shapes:
         ids: [L].
     """
-    if isinstance(ids, (str, bytes)):
-        raise InvalidInputError(f"decode expects token ids, got {type(ids).__name__}")
-    try:
-        tensor = torch.as_tensor(ids) if not isinstance(ids, torch.Tensor) else ids
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise InvalidInputError(f"decode expects a sequence of integer token ids: {exc}") from exc
-    if tensor.numel() == 0 and tensor.ndim == 1:
-        return ""
-    if tensor.ndim != 1:
-        raise InvalidInputError(f"decode expects a 1-D sequence of token ids, got shape {tuple(tensor.shape)}")
-    _check_ids(tensor, "token ids")
-    return bytes(tensor.to(torch.int64).tolist()).decode("utf-8", errors="replace")
+    return bytes(token_id_list(ids)).decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True)

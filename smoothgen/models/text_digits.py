@@ -154,6 +154,11 @@ def load_text_encoder(device: str = "cpu") -> Any:
     sentence_transformers = _require("sentence_transformers")
     path = encoder_path()
     try:
+        # transformers draws a "Loading weights" bar on stderr for every load: not ours to show (the CLI's
+        # --no-progress could not turn it off); loading takes well under a second.
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
         return sentence_transformers.SentenceTransformer(str(path), device=device, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load the text encoder from {path}: {exc}") from exc

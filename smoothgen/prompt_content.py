@@ -12,7 +12,7 @@ and certifies the class of what is generated with Cohen's CERTIFY under ablation
 Purpose.SELECTION and Purpose.ESTIMATION streams pick the kept subsets; consecutive, hence disjoint,
 stretches of the generator's own keyed stream give ω), p_lower = Clopper–Pearson(n_A, n, α) minus the
 subset-tie charge τ, and the class holds against r substituted tokens iff p_lower > 1/2 + Δ_r with
-Δ_r = 1 − C(P − r, k)/C(P, k) (`smoothgen.generative.ablation_delta`, compared in exact rationals by
+Δ_r = 1 − C(P − r, k)/C(P, k) (`smoothgen.generation.noise.ablation_delta`, compared in exact rationals by
 `ablation_radius`).
 
 Why it is sound: h(x̃, ω) = c(G(E(x̃), ω)) is a randomized base classifier of the ablated prompt whose
@@ -56,7 +56,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from smoothgen import generative, stats
+from smoothgen import stats
+from smoothgen.generation import noise as noise_spaces
 from smoothgen.certificates import ABSTAIN
 from smoothgen.conditional import ConditionalGenerator, _content_num_classes, _ContentVotes
 from smoothgen.encoders import _hidden_states, _pooling, _sentence_transformer_parts
@@ -300,7 +301,7 @@ class PromptContentCertificate:
         if self.certified_edits == 0:
             return (f"the generated {self.content} of this prompt itself is {name} ({level}; {ablation}), but no edit "
                     f"is covered: one edited token needs p_lower > 1/2 + Delta_1 = "
-                    f"{0.5 + float(generative.ablation_delta(self.perturbed, self.keep, 1)):.4f}, and p_lower = "
+                    f"{0.5 + float(noise_spaces.ablation_delta(self.perturbed, self.keep, 1)):.4f}, and p_lower = "
                     f"{self.p_lower:.4f}; " + self.advice)
         r = self.certified_edits
         noun = "token" if r == 1 else "tokens"
@@ -611,8 +612,8 @@ class PromptContentSmoother(PromptSmoother):
                 break
         tau = self.noise.noise_tv(resolved.ids.numel(), self.dim, perturbed)
         p_lower = stats.lower_under_gaussian(stats.clopper_pearson_lower(n_a, n, alpha), tau) if drawn == n else 0.0
-        certified_edits = generative.ablation_radius(p_lower, perturbed, keep)
-        delta = generative.ablation_delta(perturbed, keep, edits)
+        certified_edits = noise_spaces.ablation_radius(p_lower, perturbed, keep)
+        delta = noise_spaces.ablation_delta(perturbed, keep, edits)
         return PromptContentCertificate(
             prediction=c_hat if certified_edits >= 0 else ABSTAIN,
             certified_edits=int(certified_edits),

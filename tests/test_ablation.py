@@ -220,9 +220,9 @@ def test_every_single_substitution_keeps_the_certified_prefix_exhaustively(score
 def test_sabotaged_delta_is_caught(monkeypatch, score):
     """Δ_r replaced by the too-small r/L: the copy-position model is then certified at r = 1, and the
     exact decoder at the edited prompt refutes it (what the oracle test above guards against)."""
-    import smoothgen.generative as generative
+    import smoothgen.generation.noise as noise_spaces  # where Δ_r is defined and used
 
-    monkeypatch.setattr(generative, "ablation_delta", lambda length, keep, edits: Fraction(max(edits, 0), length))
+    monkeypatch.setattr(noise_spaces, "ablation_delta", lambda length, keep, edits: Fraction(max(edits, 0), length))
     P, keep, j = 10, 8, 4
     ids = [3, 5, 2, 7, 6, 1, 4, 8, 2, 3]
     lm = SmoothedLM(CopyPositionLM(9, j, default=8, prompt_length=P), TokenAblation(keep, MASK), batch_size=500,
@@ -417,7 +417,7 @@ def test_vote_bound_and_center_check_charge_the_subset_ties(monkeypatch):
     it is inflated to 0.02 per pair, 0.3 per copy: the vote bound must drop by 0.3 (every copy votes 2 at
     x: CP = 0.001^(1/500) = 0.986, margin 0.486 → r = 2; after the charge 0.186 → r = 1, as Δ_1 = 1/6 <
     0.186 < Δ_2 = 1/3), and center smoothing's check must add it to Δ1 (0.055 + 0.3 > Δ = 0.1)."""
-    import smoothgen.generative as generative
+    import smoothgen.generation.noise as noise_spaces
     from smoothgen import stats
 
     x = [3, 4, 5, 6, 3, 4]
@@ -427,7 +427,7 @@ def test_vote_bound_and_center_check_charge_the_subset_ties(monkeypatch):
     assert honest.noise_tv == math.nextafter(15 * 2.0**-64, math.inf)
     assert honest.p_mean == (1.0,) and honest.step_radius == (2.0,)
     assert not lm.center_certify(x, 1, 0, n=1000, m=1000, delta=0.1, seed=0).abstained
-    monkeypatch.setattr(generative, "SUBSET_TIE_PROBABILITY", 0.02)
+    monkeypatch.setattr(noise_spaces, "SUBSET_TIE_PROBABILITY", 0.02)
     cert = lm.generate(x, 1, n0=50, n=500, alpha=0.001, seed=0)
     assert cert.noise_tv == pytest.approx(0.3, abs=1e-15) and cert.noise_tv >= 15 * 0.02
     assert cert.p_lower[0] == stats.lower_under_gaussian(cp, cert.noise_tv) and cert.p_lower[0] < cp - 0.3 + 1e-12

@@ -15,7 +15,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-import smoothgen.generative as generative
+import smoothgen.generation.noise as noise_spaces
 from smoothgen.conditional import ConditionalGenerator, DiffusersGenerator
 from smoothgen.engine import Purpose, RandomStream
 from smoothgen.errors import InvalidInputError, InvalidParameterError, SmoothgenError
@@ -252,8 +252,8 @@ def test_exhaustive_check_of_the_hot_toy_and_the_sabotaged_bound_is_caught(monke
     assert honest.prediction == 0 and honest.certified_edits == 1 and honest.certified
     assert violations(smoother, honest) == []
 
-    original = generative.ablation_delta
-    monkeypatch.setattr(generative, "ablation_delta", lambda length, keep, edits: original(length, keep, edits) / 2)
+    original = noise_spaces.ablation_delta
+    monkeypatch.setattr(noise_spaces, "ablation_delta", lambda length, keep, edits: original(length, keep, edits) / 2)
     sabotaged = smoother.certify(x, edits=1, n0=50, n=300, seed=0)
     assert sabotaged.certified_edits == 4
     bad = violations(smoother, sabotaged)
@@ -270,7 +270,7 @@ def test_dropping_the_binomial_term_is_caught(monkeypatch):
     x = [PLAIN, PLAIN, HOT, PLAIN, PLAIN, PLAIN]
     honest = smoother.certify(x, n0=50, n=2000, seed=0)
     assert honest.certified_edits == 0 and not honest.certified and violations(smoother, honest) == []
-    monkeypatch.setattr(generative, "ablation_delta", lambda length, keep, edits: Fraction(max(edits, 0), length))
+    monkeypatch.setattr(noise_spaces, "ablation_delta", lambda length, keep, edits: Fraction(max(edits, 0), length))
     sabotaged = smoother.certify(x, n0=50, n=2000, seed=0)
     assert sabotaged.certified_edits >= 1 and violations(smoother, sabotaged)
 

@@ -42,7 +42,7 @@ BACKEND_ENV = "SMOOTHGEN_BACKEND"
 def default_backend() -> str:
     """The backend a plain torch module runs on when none is given: ``$SMOOTHGEN_BACKEND``, else "auto" (the
     fastest runtime verified to reproduce eager, `smoothgen.engine.runtime.create_runtime`)."""
-    return os.environ.get(BACKEND_ENV, "auto")
+    return os.environ.get(BACKEND_ENV, "").strip() or "auto"
 
 
 class SmoothedClassifier:
@@ -82,9 +82,10 @@ class SmoothedClassifier:
     ):
         from smoothgen.engine.runtime import BACKENDS
 
+        name = "backend" if backend is not None else f"${BACKEND_ENV}"
         backend = default_backend() if backend is None else backend
         if backend not in BACKENDS:
-            raise InvalidParameterError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            raise InvalidParameterError(f"{name} must be one of {BACKENDS}, got {backend!r}")
         self.num_classes = check_count(num_classes, "num_classes", minimum=2)
         self.sigma = check_sigma(sigma)
         self.input_shape = check_shape(input_shape)

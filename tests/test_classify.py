@@ -255,6 +255,11 @@ def test_a_plain_module_runs_on_the_verified_auto_runtime_by_default(monkeypatch
     assert SmoothedClassifier(model, 10, 0.25, backend="auto").backend == "auto"
     with pytest.raises(InvalidParameterError, match="backend must be one of"):
         SmoothedClassifier(model, 10, 0.25, backend="fast")
+    monkeypatch.setenv("SMOOTHGEN_BACKEND", "fast")
+    with pytest.raises(InvalidParameterError, match=r"\$SMOOTHGEN_BACKEND must be one of"):
+        SmoothedClassifier(model, 10, 0.25)
+    monkeypatch.setenv("SMOOTHGEN_BACKEND", "")  # set but empty: the default
+    assert SmoothedClassifier(model, 10, 0.25).backend == "auto"
 
 
 def test_the_auto_default_still_explains_an_input_the_model_does_not_take(monkeypatch):

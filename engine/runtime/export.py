@@ -28,6 +28,9 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: str | Path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            # The tracer's own warnings (a Python bool read from a tensor, ...) are about traces that may not
+            # generalize: auto checks the exported model against eager on a probe batch instead.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 module, (example,), str(path), input_names=["input"], output_names=["output"], opset_version=opset,
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False,

@@ -32,6 +32,7 @@ import json
 import math
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -192,7 +193,9 @@ def apply_adapter(encoder: Any, tensors: dict[str, torch.Tensor], lora_kwargs: d
     config = _lora_config(lora_kwargs)  # a ModelLoadError, not an ImportError, without peft
     import peft
 
-    model = peft.get_peft_model(encoder[0].auto_model, config)
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question; not the user's concern
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = peft.get_peft_model(encoder[0].auto_model, config)
     result = peft.set_peft_model_state_dict(model, {k: v.float() for k, v in tensors.items()})
     missing = [k for k in getattr(result, "unexpected_keys", [])]
     if missing:

@@ -9,7 +9,7 @@ standard-library file (`smoothgen.models.train_code_lm.heldout_texts`: files no 
 of code (`code_lines`) at evenly spread places; each window is the full lines before one of them (at most
 `--context-bytes` of the model, whole lines) plus the start of that line, cut at a word boundary about a
 third of the way in (`cut_line`); the true continuation is the text after the cut. The threat model is the
-CLI's default: every line before the last may be edited (`smoothgen.generate_cli.perturbed_positions`,
+CLI's default: every line before the last may be edited (`smoothgen.text_generation.perturbed_positions`,
 "context"), the line being completed is fixed.
 
 For each window and setting (`SETTINGS`: a model, its noise), `SmoothedLM.generate` decodes T =
@@ -119,7 +119,7 @@ def windows(count: int, context_bytes: int) -> list[dict[str, str]]:
 
 def certify(setting: Setting, window: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     from smoothgen.deletion import TokenDeletion
-    from smoothgen.generate_cli import _decode_text, perturbed_positions
+    from smoothgen.text_generation import decode_text, perturbed_positions
     from smoothgen.generative import SmoothedLM, TokenAblation
     from smoothgen.models import load_lm, load_tokenizer
 
@@ -144,7 +144,7 @@ def certify(setting: Setting, window: dict[str, str], args: argparse.Namespace) 
                        radius=1, sequential=True, check_every=args.check_every)
     seconds = time.perf_counter() - start
     plain = min(_plain_greedy_seconds(model, ids, args.max_new_tokens) for _ in range(3))
-    pieces = [_decode_text([t], tokenizer) for t in cert.tokens]
+    pieces = [decode_text([t], tokenizer) for t in cert.tokens]
     return {"prompt_tokens": int(ids.numel()), "prompt_used": prompt, "perturbed": int(sum(mask)), "tokens": list(cert.tokens),
             "pieces": pieces, "edits": [int(r) for r in cert.step_radius], "p_lower": list(cert.p_lower),
             "certified_prefix": cert.prefix_at(1), "estimation_copies": cert.n,
@@ -164,7 +164,7 @@ def plain_greedy(model: Any, ids: torch.Tensor, steps: int) -> list[int]:
 
 def cmd_clean(args: argparse.Namespace) -> None:
     """Each setting's model decoding greedily with no noise, on the prompts its certificates used."""
-    from smoothgen.generate_cli import _decode_text
+    from smoothgen.text_generation import decode_text
     from smoothgen.models import load_lm, load_tokenizer
 
     records = read_records(args.out)
@@ -177,7 +177,7 @@ def cmd_clean(args: argparse.Namespace) -> None:
             prompt = r.get("prompt_used", r["prompt"])
             ids = torch.as_tensor(tokenizer.encode(prompt) if tokenizer is not None else list(prompt.encode()))
             tokens = plain_greedy(model, ids, r["max_new_tokens"])
-            pieces = [_decode_text([t], tokenizer) for t in tokens]
+            pieces = [decode_text([t], tokenizer) for t in tokens]
             append_record(args.out, {"type": "clean", "setting": setting.name, "window": r["window"], "pieces": pieces,
                                      "continuation": r["continuation"], "certified_prefix": len(pieces)})
             done.add((setting.name, r["window"]))

@@ -191,7 +191,7 @@ def served_center(runtime, shape, x: Any, params: dict[str, Any], *, seed: int, 
 def served_generate(lm, tokenizer, name: str, prompt: str, params: dict[str, Any], *, seed: int, request_id: int,
                     batch_size: int, progress=None) -> dict[str, Any]:
     """/v1/generate: SmoothedLM's certified prefix, the record `smoothgen generate --json` prints."""
-    from smoothgen.generate_cli import certified_generation
+    from smoothgen.text_generation import certified_generation
 
     p = params
     if p["noise"] == "ablate":

@@ -424,11 +424,11 @@ class CertificationService:
             runtime, name = _center_runtime(_runtime_args(config, config.center_model), x)
             self.models["center"] = self._model(runtime, name, x, center_digest(config.center_model), config.center_model)
         if "generate" in config.endpoints:
-            from smoothgen.generate_cli import _load_lm
+            from smoothgen.text_generation import load_lm_spec
             from smoothgen.trust import module_digest
 
             for noise in ("ablate", "delete", "gaussian"):
-                lm, tokenizer, name = _load_lm(config.lm, config.device, noise)
+                lm, tokenizer, name = load_lm_spec(config.lm, config.device, noise)
                 self.lms[noise] = (lm, tokenizer, name, module_digest(lm))
 
     def _model(self, runtime, name: str, x: np.ndarray, digest: str, spec: str | None, **extra) -> _Model:
@@ -744,7 +744,7 @@ class CertificationService:
         requests to it run one at a time per replica, in their own queue (max_generate_queue). The prompt's
         size is checked before it is tokenized and before the LM is waited for; the deadline is checked
         while waiting, after every token chosen and every chunk of estimation copies."""
-        from smoothgen.generate_cli import DEFAULT_TEXT_SIGMA
+        from smoothgen.text_generation import DEFAULT_TEXT_SIGMA
 
         if not self.lms:
             raise EndpointDisabledError(f"/{API_VERSION}/generate is not served here (smoothgen serve --endpoints)")
@@ -775,7 +775,7 @@ class CertificationService:
                 params["keep"] = body.integer("keep")
             else:
                 from smoothgen.deletion import check_delete_prob
-                from smoothgen.generate_cli import DEFAULT_DELETE_PROB
+                from smoothgen.text_generation import DEFAULT_DELETE_PROB
 
                 params["delete_prob"] = check_delete_prob(body.number("delete_prob", DEFAULT_DELETE_PROB), "delete_prob")
             sequential = body.get("sequential", False)

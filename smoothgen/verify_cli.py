@@ -128,10 +128,10 @@ def _recompute(document: dict[str, Any], spec: str | None, x: Any, args: argpars
     elif spec is None:
         spec, embedded_sigma = _embedded_spec(str(model.get("name")))
     if endpoint == "generate":
-        from smoothgen.generate_cli import _load_lm
+        from smoothgen.text_generation import load_lm_spec
         from smoothgen.trust import module_digest
 
-        lm, tokenizer, name = _load_lm(spec, args.device, params.get("noise", "ablate"))
+        lm, tokenizer, name = load_lm_spec(spec, args.device, params.get("noise", "ablate"))
         _check_digest(module_digest(lm), model)
         prompt = (document.get("record") or {}).get("prompt")
         if not isinstance(prompt, str):

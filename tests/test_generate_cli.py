@@ -174,9 +174,9 @@ def test_word_piece_lm_certifies_edits_counted_in_word_pieces(tmp_path, capsys):
     assert record["text"] == tok.decode(record["tokens"]) and printed.startswith(prompt)
     assert "inserted, deleted or substituted token" in printed
     # A recorded embedded LM is what `verify --recompute` loads again (not the default of the noise).
-    from smoothgen.generate_cli import _load_lm
+    from smoothgen.text_generation import load_lm_spec
 
-    model, tokenizer, name = _load_lm("embedded:code_bpe_delete0.9", "cpu", "ablate")
+    model, tokenizer, name = load_lm_spec("embedded:code_bpe_delete0.9", "cpu", "ablate")
     assert name == "embedded:code_bpe_delete0.9" and tokenizer is not None and model.vocab_size == tok.vocab_size
 
 

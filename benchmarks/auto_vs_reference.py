@@ -1,7 +1,7 @@
 """The default `smoothgen certify` path, and the library's default, against a reference CERTIFY, per certified
 input, same process (issues 15 and 25).
 
-Default path: what `smoothgen certify` builds with its defaults (smoothgen.cli._apply_backend):
+Default path: what `smoothgen certify` builds with its defaults (smoothgen.base_models.apply_backend):
 `create_runtime(model, x[0], "auto", batch_size=1000, device="cpu", sigma=σ)` (ONNX Runtime when it reproduces
 eager on the probe batch), then `SmoothedClassifier(...).certify(x, n0, n, α, seed)`.
 Library default: `SmoothedClassifier(model, 10, σ, batch_size=1000)` given the torch module itself, nothing

@@ -19,8 +19,23 @@ from typing import Any, Sequence
 from smoothgen import __version__
 from smoothgen._lazy import lazy_module
 from smoothgen._entry import stop_during_startup
+from smoothgen.base_models import (
+    DEFAULT_SEQUENTIAL,
+    center_runtime,
+    center_unit,
+    certify_unit,
+    check_model_spec,
+    check_pretrained_options,
+    classifier_runtime,
+    default_classifier_sigma,
+    dtype_name,
+    pretrained_registry,
+    pretrained_spec,
+    probe,
+    progress_bar,
+)
 from smoothgen.certificates import ABSTAIN
-from smoothgen.jobs import center_record, certify_record, certify_run
+from smoothgen.jobs import certify_run
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, ResultsFileError, SmoothgenError
 from smoothgen.results import ResultsFile, write_cohen_tsv
 
@@ -31,9 +46,6 @@ torch = lazy_module("torch")
 RUN_IMPORTS = ("numpy", "torch", "tqdm")
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
-#: The sequential test of `certify --target-radius` when neither --sequential nor --looks is given: betting,
-#: which needed 1.6x fewer samples than the 4 looks for the same certificates (benchmarks/RESULTS.md).
-DEFAULT_SEQUENTIAL = "betting"
 #: center's radii: at h = 2 on the digits autoencoder, eps_in <= 0.1 keeps eps_out (tv2d) below the distance between
 #: two different digits' reconstructions; from 0.2 on the certified ball reaches another input's output (20 of 25
 #: certificates at 0.1..0.5 were vacuous at that scale, 0 of 10 at 0.05, 0.1; benchmarks/RESULTS.md).
@@ -275,44 +287,22 @@ def _check_common(args: argparse.Namespace) -> None:
     check_options(args)  # --ray: Ray installed, the cluster reachable (before anything is loaded)
     for option in ("model", "ddpm"):
         spec = getattr(args, option, None)
-        if option == "model" and getattr(args, "command", None) == "center" and spec in _pretrained().MODELS:
+        if option == "model" and getattr(args, "command", None) == "center" and spec in pretrained_registry().MODELS:
             continue
         if spec is not None and spec != "embedded" and not spec.startswith("diffusers:"):
-            _check_model_spec(spec, f"--{option}")
+            check_model_spec(spec, f"--{option}")
 
 
 def _pretrained_defaults_help() -> str:
     """The pretrained models' own `center` defaults, as --eps-in's help states them (from smoothgen.pretrained,
     which imports nothing heavy)."""
     parts = []
-    for name, spec in _pretrained().MODELS.items():
+    for name, spec in pretrained_registry().MODELS.items():
         d = spec.defaults
         unit = ("face" if spec.kind == "boxes" else "line") + ("s" if d["num"] != 1 else "")
         parts.append(f"{name}: {d['num']} {unit} at eps_in {','.join(f'{e:g}' for e in d['eps_in'])}, h {d['h']:g}, "
                      f"n {d['n']}, m {d['m']}, delta {d['delta']:g}")
     return "; ".join(parts)
-
-
-def _pretrained():
-    from smoothgen import pretrained
-
-    return pretrained
-
-
-def _pretrained_spec(args: argparse.Namespace):
-    """The pretrained model --model names (smoothgen.pretrained.PretrainedModel), or None for a file, factory
-    or the embedded model."""
-    return _pretrained().MODELS.get(args.model) if getattr(args, "model", None) is not None else None
-
-
-def _check_model_spec(spec: str, option: str) -> None:
-    """A model option is an existing file or package.module:factory (an empty module name was a ValueError)."""
-    if spec and Path(spec).is_file():
-        return
-    module, colon, factory = spec.partition(":")
-    if colon and all(part.isidentifier() for part in module.split(".")) and factory.isidentifier():
-        return
-    raise InvalidParameterError(f"{option} {spec!r} is neither an existing file nor package.module:factory")
 
 
 class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -350,8 +340,8 @@ def _load_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | Non
 
         split = load_digits_split()
         x, y, name = split.x_test, split.y_test, "digits-test"
-    elif getattr(args, "command", None) == "center" and args.data in _pretrained().DATASETS:
-        x, _ = _pretrained().load_dataset(args.data)
+    elif getattr(args, "command", None) == "center" and args.data in pretrained_registry().DATASETS:
+        x, _ = pretrained_registry().load_dataset(args.data)
         y, name = None, args.data
     else:
         from smoothgen.loading import load_data
@@ -376,90 +366,6 @@ def _check_labels(y: np.ndarray | None, num_classes: int) -> None:
         i = int(np.flatnonzero(bad)[0])
         raise InvalidInputError(f"label {int(y[i])} of input {i} (of the selected inputs) is not a class of the model: "
                                 f"labels must lie in [0, {num_classes}); {int(bad.sum())} labels are outside")
-
-
-def _load_model(args: argparse.Namespace, embedded, embedded_name: str, x: np.ndarray):
-    """The user's model (--model), or the embedded one after checking the data fits it. Returns (runtime, name)."""
-    from smoothgen.engine.runtime import TorchRuntime
-    from smoothgen.loading import load_model
-    from smoothgen.models import DIGITS_SHAPE
-
-    _check_input_range(args, x)
-    if args.model is not None:
-        return load_model(args.model, device=args.device), _model_name(args.model)
-    if x.shape[1:] != DIGITS_SHAPE:
-        raise InvalidInputError(f"the embedded digits models take inputs of shape {DIGITS_SHAPE}, got {x.shape[1:]}")
-    return TorchRuntime(embedded().to(args.device), device=args.device), embedded_name
-
-
-def _check_input_range(args: argparse.Namespace, x: np.ndarray) -> None:
-    """--input-range, or [0, 1] for the embedded models: data outside is refused before anything runs (pixels
-    in [0, 255] given to a model trained on [0, 1] used to certify 1.000 at a radius in 0-255 units)."""
-    from smoothgen.validate import check_value_range, parse_value_range
-
-    spec = getattr(args, "input_range", None)
-    if spec is not None:
-        check_value_range(x, parse_value_range(spec, "--input-range"), "--data", " (--input-range)")
-    elif args.model is None:
-        check_value_range(x, (0.0, 1.0), "--data", ", the range of the pixels the embedded digits models were trained "
-                          "on: scale the inputs to [0, 1] (a model of your own: --model, and --input-range LO,HI)")
-
-
-def _model_name(spec: str) -> str:
-    """How a model option is recorded: a file by its absolute path (as --data is), so that a run resumed from
-    another directory, or with the path written another way, has the same parameters; package.module:factory
-    as typed."""
-    path = Path(spec)
-    return str(path.resolve()) if path.is_file() else spec
-
-
-def _apply_backend(args: argparse.Namespace, runtime, x: np.ndarray):
-    """The runtime for --backend: torch models are re-wrapped (compiled, exported); ONNX files stay on ONNX Runtime.
-
-    The model first runs once as loaded, so that data it cannot take fails with what it takes
-    (`_probe`), not as "no runtime backend could run the model" from the backend's warm-up."""
-    from smoothgen.engine.runtime import OnnxRuntime, TorchRuntime, create_runtime
-
-    _probe(runtime, x[0])
-
-    if isinstance(runtime, OnnxRuntime):
-        if args.backend not in ("auto", "onnxruntime"):
-            raise InvalidParameterError(f"--backend {args.backend} needs a torch model; {args.model} is an ONNX file")
-        if runtime.max_batch is not None and runtime.max_batch < args.batch_size:
-            print(f"note: {args.model} takes batches of exactly {runtime.max_batch} input(s) (its batch axis is fixed): "
-                  f"every --batch-size {args.batch_size} batch becomes {-(-args.batch_size // runtime.max_batch)} model "
-                  "calls, which is much slower; export it with a dynamic batch axis (README: bring your own model)",
-                  file=sys.stderr)
-        return runtime
-    if not isinstance(runtime, TorchRuntime) or not isinstance(runtime.model, torch.nn.Module):
-        raise InvalidParameterError("--backend needs a torch module")
-    # auto checks each candidate against eager on noisy copies drawn like the certifier's: noise at --sigma
-    # (certify), at the largest eps_in / h (center); engine.runtime.create_runtime.
-    sigma = getattr(args, "sigma", None)
-    if sigma is None and getattr(args, "eps_in", None) and getattr(args, "h", None):
-        sigma = max(args.eps_in) / args.h
-    return create_runtime(runtime.model, torch.from_numpy(x[0]), args.backend, batch_size=args.batch_size, device=args.device,
-                          sigma=sigma)
-
-
-def _dtype_name(runtime) -> str | None:
-    """The dtype a runtime computes in, as records name it ("float32"; None when unknown)."""
-    dtype = getattr(runtime, "input_dtype", None)
-    return None if dtype is None else str(dtype).removeprefix("torch.")
-
-
-def _probe(runtime, x0: np.ndarray) -> Any:
-    """Run the model once on a clean input so that a wrong model fails before any record is written (with
-    the shape it takes, when that is what is wrong and it can be learned: engine.sampler.model_failure)."""
-    from smoothgen.engine.sampler import run_model
-
-    return run_model(runtime, torch.from_numpy(x0[None]).to(runtime.device))
-
-
-def _progress(iterable, args, total: int, desc: str, unit: str = "input"):
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
 
 
 #: A run whose estimated duration exceeds this many seconds says so on stderr once its first items are done.
@@ -534,66 +440,10 @@ def _check_denoiser_options(args: argparse.Namespace) -> None:
             raise InvalidParameterError(f"--denoiser diffsmooth runs on --backend eager only, got --backend {args.backend}")
         args.backend = "eager"
     if args.classifier_sigma is None:
-        args.classifier_sigma = _default_classifier_sigma(args)
+        args.classifier_sigma = default_classifier_sigma(args)
     check_positive(args.classifier_sigma, "--classifier-sigma", allow_zero=True)
     if args.model is not None and "--classifier-sigma" in given:
         raise InvalidParameterError("--classifier-sigma picks an embedded classifier; it cannot be combined with --model")
-
-
-def _default_classifier_sigma(args: argparse.Namespace) -> float:
-    """The embedded classifier behind a purifier: DiffSmooth classifies copies noisy at sigma', so the
-    classifier trained at sigma' (when one is embedded) beats the clean one there (benchmarks/RESULTS.md,
-    DDS/DiffSmooth ablation); DDS classifies the purified image itself, so the clean one."""
-    if args.denoiser == "diffsmooth":
-        from smoothgen.models import available_classifier_sigmas
-
-        if float(args.local_sigma) in available_classifier_sigmas():
-            return float(args.local_sigma)
-    return 0.0
-
-
-def _load_noise_model(args: argparse.Namespace, x: np.ndarray) -> tuple[torch.nn.Module, str]:
-    """The DDPM's noise-prediction network (--ddpm, or the embedded digits DDPM) on --device."""
-    if args.ddpm == "embedded":
-        from smoothgen.models import DIGITS_SHAPE, load_ddpm
-
-        if x.shape[1:] != DIGITS_SHAPE:
-            raise InvalidInputError(f"the embedded digits DDPM takes inputs of shape {DIGITS_SHAPE}, got {x.shape[1:]}")
-        return load_ddpm().to(args.device), "embedded:digits_ddpm"
-    if args.ddpm.startswith("diffusers:"):
-        from smoothgen.denoise import load_diffusers_noise_model
-
-        return load_diffusers_noise_model(args.ddpm.partition(":")[2], device=args.device), args.ddpm
-    from smoothgen.loading import load_model
-
-    runtime = load_model(args.ddpm, device=args.device)
-    module = getattr(runtime, "model", None)
-    if module is None or getattr(module, "betas", None) is None:
-        raise InvalidParameterError(f"--ddpm {args.ddpm} must be a torch module with a `betas` attribute (its noise schedule)")
-    return module, _model_name(args.ddpm)
-
-
-def _load_denoised(args: argparse.Namespace, x: np.ndarray):
-    """The randomized base classifier DDS(purifier, classifier) or DiffSmooth(...). Returns (runtime, name)."""
-    from smoothgen.denoise import DDS, DiffSmooth, DiffusionPurifier
-    from smoothgen.engine.runtime import TorchRuntime
-    from smoothgen.models import load_classifier
-
-    noise_model, ddpm_name = _load_noise_model(args, x)
-    purifier = DiffusionPurifier(noise_model, args.sigma)
-    classifier, classifier_name = _load_model(
-        args, lambda: load_classifier(args.classifier_sigma), f"embedded:digits_cnn_sigma{float(args.classifier_sigma)}", x
-    )
-    if isinstance(classifier, TorchRuntime) and isinstance(classifier.model, torch.nn.Module):
-        classifier = classifier.model  # a submodule of DDS/DiffSmooth: moved, compiled and exported with it
-    if args.denoiser == "dds":
-        base = DDS(purifier, classifier)
-        name = f"dds({ddpm_name}, t*={purifier.t_star}) -> {classifier_name}"
-    else:
-        base = DiffSmooth(purifier, classifier, args.local_samples, args.local_sigma, seed=args.seed)
-        name = (f"diffsmooth({ddpm_name}, t*={purifier.t_star}, m={args.local_samples}, "
-                f"local_sigma={args.local_sigma}) -> {classifier_name}")
-    return TorchRuntime(base, device=args.device), name
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
@@ -633,8 +483,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
         check_count(args.max_samples, "--max-samples")
         check_count(args.check_every, "--check-every")
     x, y, data_name = _load_inputs(args)
-    runtime, model_name = _classifier_runtime(args, x)
-    logits = _probe(runtime, x[0])
+    runtime, model_name = classifier_runtime(args, x)
+    logits = probe(runtime, x[0])
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != 1:
         raise ModelOutputError(f"a classifier must return logits [batch, classes]; got {getattr(logits, 'shape', type(logits).__name__)} for a batch of 1")
     num_classes = args.num_classes or int(logits.shape[1])
@@ -646,7 +496,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     smoothed = SmoothedClassifier(runtime, num_classes, args.sigma, batch_size=args.batch_size, input_shape=x.shape[1:])
 
     run = certify_run(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed, model=model_name,
-                      data=data_name, backend=runtime.backend, dtype=_dtype_name(runtime), target_radius=args.target_radius,
+                      data=data_name, backend=runtime.backend, dtype=dtype_name(runtime), target_radius=args.target_radius,
                       sequential=args.sequential, looks=args.looks, max_samples=args.max_samples, check_every=args.check_every)
     if args.denoiser is not None:
         run["denoiser"] = args.denoiser
@@ -666,8 +516,8 @@ def _certify_inputs(args, smoothed, results, x, y, reseed) -> int:
         run_on_ray(args, results, "certify", [(args.start + i, x[i], None if y is None else int(y[i])) for i in todo],
                    x[:1], smoothed.runtime.backend, num_classes=smoothed.num_classes)
     else:
-        compute = _certify_unit(args, smoothed, reseed)
-        for i in _with_estimate(_progress(todo, args, len(todo), "certify"), args, len(todo), "input"):
+        compute = certify_unit(args, smoothed, reseed)
+        for i in _with_estimate(progress_bar(todo, args, len(todo), "certify"), args, len(todo), "input"):
             results.append(compute(args.start + i, x[i], None if y is None else int(y[i])))
     records = sorted(results.records, key=lambda r: r["idx"])
     _print_certify_summary(records, args.radii if args.target_radius is None else [args.target_radius])
@@ -679,32 +529,6 @@ def _certify_inputs(args, smoothed, results, x, y, reseed) -> int:
             raise ResultsFileError(f"cannot write --tsv {args.tsv}: {exc.strerror or exc} (the records are in {args.out})") from exc
     print(f"wrote {len(records)} records to {args.out}" + (f" and {args.tsv}" if args.tsv else ""))
     return 0
-
-
-def _classifier_runtime(args: argparse.Namespace, x: np.ndarray):
-    """certify's base classifier (--model or the embedded CNN at --sigma, behind --denoiser) on --backend:
-    (runtime, name). The --ray workers and `smoothgen serve` build theirs here too, so every front end
-    certifies the same runtime."""
-    from smoothgen.models import load_classifier
-
-    if getattr(args, "denoiser", None) is None:
-        runtime, name = _load_model(args, lambda: load_classifier(args.sigma), f"embedded:digits_cnn_sigma{args.sigma}", x)
-    else:
-        runtime, name = _load_denoised(args, x)
-    return _apply_backend(args, runtime, x), name
-
-
-def _certify_unit(args: argparse.Namespace, smoothed, reseed):
-    """The record of one input under the command line's options: compute(idx, x, label) (local loop and --ray workers)."""
-    sequential = {}
-    if args.target_radius is not None and getattr(args, "sequential", None) == "betting":
-        sequential = {"sequential": "betting", "max_samples": args.max_samples, "check_every": args.check_every}
-
-    def compute(idx: int, xi: np.ndarray, label: int | None) -> dict[str, Any]:
-        return certify_record(smoothed, xi, idx, label, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
-                              target_radius=args.target_radius, looks=args.looks, reseed=reseed, **sequential)
-
-    return compute
 
 
 def _print_certify_summary(records: list[dict[str, Any]], radii: Sequence[float]) -> None:
@@ -731,9 +555,9 @@ def cmd_center(args: argparse.Namespace) -> int:
     from smoothgen.metrics import get_metric
     from smoothgen.validate import check_alpha, check_count, check_positive
 
-    pretrained = _pretrained_spec(args)
+    pretrained = pretrained_spec(args)
     if pretrained is not None:
-        _check_pretrained_options(args)
+        check_pretrained_options(args)
     # Options left out take the pretrained model's defaults (sized for minutes on 2 CPU cores), else center's own.
     own = dict(num=5, eps_in=list(DEFAULT_EPS_IN), h=2.0, n=10_000, m=20_000, delta=0.05)
     for option, value in {**own, **(pretrained.defaults if pretrained is not None else {})}.items():
@@ -769,71 +593,14 @@ def cmd_center(args: argparse.Namespace) -> int:
     if not (0 < args.delta < 0.5):
         raise InvalidParameterError(f"--delta must lie strictly between 0 and 1/2, got {args.delta}")
     x, _, data_name = _load_inputs(args)
-    runtime, model_name = _center_runtime(args, x)
-    clean = _probe(runtime, x[0])
+    runtime, model_name = center_runtime(args, x)
+    clean = probe(runtime, x[0])
     metric.distances(clean, clean)  # a metric that cannot handle these outputs fails here, before any record
 
-    run = {"backend": runtime.backend, "dtype": _dtype_name(runtime), "metric": metric.name, "h": args.h, "n": args.n, "m": args.m, "delta": args.delta, "alpha1": args.alpha1,
+    run = {"backend": runtime.backend, "dtype": dtype_name(runtime), "metric": metric.name, "h": args.h, "n": args.n, "m": args.m, "delta": args.delta, "alpha1": args.alpha1,
            "alpha2": args.alpha2, "n_candidates": n_candidates, "seed": args.seed, "model": model_name, "data": data_name}
     with ResultsFile(args.out, run, key=("idx", "eps_in"), resume=args.resume, overwrite=args.overwrite) as results:
         return _center_inputs(args, results, x, runtime, metric, run)
-
-
-def _center_runtime(args: argparse.Namespace, x: np.ndarray):
-    """center's base model (--model, a pretrained model by name, or the embedded autoencoder) on --backend:
-    (runtime, name); also built by the --ray workers and `smoothgen serve`."""
-    from smoothgen.models import load_autoencoder
-
-    if _pretrained_spec(args) is not None:
-        return _pretrained_runtime(args, x), args.model
-    runtime, name = _load_model(args, load_autoencoder, "embedded:digits_autoencoder", x)
-    return _apply_backend(args, runtime, x), name
-
-
-def _check_pretrained_options(args: argparse.Namespace) -> None:
-    """A pretrained model runs as it ships: no other --backend, and on the CPU except MTCNN (a torch model)."""
-    if args.backend not in ("auto", "eager"):
-        raise InvalidParameterError(f"--model {args.model} runs as it ships (--backend auto or eager), got --backend {args.backend}")
-    if str(args.device) != "cpu" and args.model != "mtcnn":
-        raise InvalidParameterError(f"--model {args.model} runs on the CPU (--device cpu), got --device {args.device}")
-
-
-def _pretrained_runtime(args: argparse.Namespace, x: np.ndarray):
-    """A pretrained model by name (smoothgen.pretrained) as a runtime: it runs as it ships (MTCNN and the cascade
-    in eager torch / OpenCV, the OCR model in ONNX Runtime inside), so --backend can only be auto or eager."""
-    from smoothgen.engine.runtime import Runtime, TorchRuntime
-
-    _check_pretrained_options(args)
-    model, _ = _pretrained().load_pretrained(args.model)
-    if isinstance(model, Runtime):  # the OCR recogniser is an ONNX Runtime session of its own
-        runtime = model
-    else:
-        runtime = TorchRuntime(model.to(args.device) if isinstance(model, torch.nn.Module) else model, device=args.device)
-    _probe(runtime, x[0])
-    return runtime
-
-
-def _center_unit(args: argparse.Namespace, runtime, metric, input_shape: tuple[int, ...], run_fields: tuple[str, ...]):
-    """The record of one (input, eps_in) pair under the command line's options: compute(idx, x, eps_in), with
-    one CenterSmoother per eps_in (local loop and --ray workers)."""
-    from smoothgen.center import CenterSmoother
-
-    smoothers: dict[float, CenterSmoother] = {}
-    pretrained = _pretrained_spec(args)
-
-    def compute(idx: int, xi: np.ndarray, eps: float) -> dict[str, Any]:
-        if eps not in smoothers:
-            smoothers[eps] = CenterSmoother(runtime, eps / args.h, metric, batch_size=args.batch_size,
-                                            n_candidates=args.n_candidates or None, input_shape=input_shape)
-        record, cert = center_record(smoothers[eps], xi, idx, eps, n=args.n, m=args.m, delta=args.delta, alpha1=args.alpha1,
-                                     alpha2=args.alpha2, seed=args.seed, run_fields=run_fields, return_certificate=True)
-        if pretrained is not None:  # the certificate in the output's own words (IoU kept, characters changed)
-            clean = runtime.run(torch.from_numpy(xi[None]).to(runtime.device))
-            decode = getattr(runtime, "decode", None) or getattr(getattr(runtime, "model", None), "decode", None)
-            record.update(_pretrained().readable(pretrained.kind, cert, clean[0], decode))
-        return record
-
-    return compute
 
 
 def _center_inputs(args, results, x, runtime, metric, run) -> int:
@@ -845,12 +612,12 @@ def _center_inputs(args, results, x, runtime, metric, run) -> int:
         run_on_ray(args, results, "center", [(args.start + i, x[i], eps) for i, eps in todo], x[:1], runtime.backend,
                    run_fields=tuple(run))
     else:
-        compute = _center_unit(args, runtime, metric, x.shape[1:], tuple(run))
-        bar = _progress(todo, args, len(todo), "center", unit=" certificate")
+        compute = center_unit(args, runtime, metric, x.shape[1:], tuple(run))
+        bar = progress_bar(todo, args, len(todo), "center", unit=" certificate")
         for i, eps in _with_estimate(bar, args, len(todo), "certificate"):  # (input, eps_in) pairs
             results.append(compute(args.start + i, x[i], eps))
     _print_center_summary(results.records, args.eps_in)
-    pretrained = _pretrained_spec(args)
+    pretrained = pretrained_spec(args)
     if pretrained is not None:  # the certificates in the output's own words, and the picture of them
         from smoothgen import center_report
 

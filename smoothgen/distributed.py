@@ -168,7 +168,7 @@ def _worker(job: Job) -> tuple[Callable, bool]:
 def _build(job: Job) -> Callable:
     import torch
 
-    from smoothgen import cli
+    from smoothgen import base_models
     from smoothgen.validate import check_device
 
     torch.set_num_threads(job.threads)
@@ -191,30 +191,30 @@ def _build(job: Job) -> Callable:
                     (local.parent / name).write_bytes(ray.get(ref))
                 setattr(args, option, str(local))
         if job.kind == "certify":
-            return _build_certify(job, args, cli)
-        return _build_center(job, args, cli)
+            return _build_certify(job, args, base_models)
+        return _build_center(job, args, base_models)
     finally:
         if scratch is not None:  # every loader reads the whole file when it loads it
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _build_certify(job: Job, args: argparse.Namespace, cli) -> Callable:
-    """The runtime and per-input records of `cli.cmd_certify`, from its own helpers."""
+def _build_certify(job: Job, args: argparse.Namespace, base_models) -> Callable:
+    """The runtime and per-input records of `smoothgen certify`, from the helpers it uses (`base_models`)."""
     from smoothgen.classify import SmoothedClassifier
 
     x = job.example
-    runtime, _ = cli._classifier_runtime(args, x)
+    runtime, _ = base_models.classifier_runtime(args, x)
     smoothed = SmoothedClassifier(runtime, job.num_classes, args.sigma, batch_size=args.batch_size, input_shape=x.shape[1:])
-    return cli._certify_unit(args, smoothed, getattr(getattr(runtime, "model", None), "reseed", None))
+    return base_models.certify_unit(args, smoothed, getattr(getattr(runtime, "model", None), "reseed", None))
 
 
-def _build_center(job: Job, args: argparse.Namespace, cli) -> Callable:
-    """The runtime and per-pair records of `cli.cmd_center`, from its own helpers."""
+def _build_center(job: Job, args: argparse.Namespace, base_models) -> Callable:
+    """The runtime and per-pair records of `smoothgen center`, from the helpers it uses (`base_models`)."""
     from smoothgen.metrics import get_metric
 
     x = job.example
-    runtime, _ = cli._center_runtime(args, x)
-    return cli._center_unit(args, runtime, get_metric(args.metric), x.shape[1:], job.run_fields)
+    runtime, _ = base_models.center_runtime(args, x)
+    return base_models.center_unit(args, runtime, get_metric(args.metric), x.shape[1:], job.run_fields)
 
 
 def worker_name() -> str:
@@ -365,7 +365,7 @@ def run_on_ray(
         SmoothgenError: the first one a worker raised (the same one-line error as a local run), or a
             DistributedError when the cluster cannot run the job.
     """
-    from smoothgen.cli import _progress
+    from smoothgen.base_models import progress_bar
 
     cpus, gpus = float(args.ray_cpus_per_worker), float(args.ray_gpus_per_worker)
     stats = {"records": 0, "workers": 0, "builds": 0}
@@ -391,7 +391,7 @@ def run_on_ray(
         again: list[tuple] = []  # units whose task was lost in a way Ray does not retry (see _result)
         lost: dict[tuple, int] = {}  # (idx, label or eps_in) -> times resubmitted
         checked = time.monotonic()
-        bar = _progress(None, args, len(units), kind, unit="input" if kind == "certify" else " certificate")
+        bar = progress_bar(None, args, len(units), kind, unit="input" if kind == "certify" else " certificate")
         held = _HeldSignals()
         try:
             with held:

@@ -159,7 +159,7 @@ def is_loopback(host: str) -> bool:
 
 def config_from_args(args):
     """The ServiceConfig of the command line, with the server's keys loaded (or created) from the state folder."""
-    from smoothgen.cli import _check_model_spec
+    from smoothgen.base_models import check_model_spec
     from smoothgen.service_config import ServiceConfig
     from smoothgen.trust import AUDIT_FILE, ServerKeys
 
@@ -177,7 +177,7 @@ def config_from_args(args):
     endpoints = tuple(e.strip() for e in args.endpoints.split(",") if e.strip())
     for option, spec in (("--model", args.model), ("--center-model", args.center_model)):
         if spec is not None:
-            _check_model_spec(spec, option)
+            check_model_spec(spec, option)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise InvalidParameterError("--tls-cert and --tls-key go together")
     for option, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):

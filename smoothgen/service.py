@@ -37,7 +37,6 @@ import traceback
 import uuid
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -50,7 +49,7 @@ from smoothgen.engine.scheduler import (QueueFullError, RequestCancelledError, S
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, SmoothgenError, first_line, short
 from smoothgen.service_config import DEFAULT_MAX_ALPHA, ServiceConfig  # noqa: F401  (re-exported)
 from smoothgen.jobs import failure_probability, served_center, served_certify, served_generate, served_predict
-from smoothgen.trust import ServerKeys, Signer, canonical, input_digest, issued_seed, model_digest
+from smoothgen.trust import ServerKeys, Signer, canonical, input_digest, issued_seed
 from smoothgen.validate import check_alpha, check_count, check_positive, check_sigma, finite_real, load_numpy
 
 from smoothgen.serve import API_VERSION  # noqa: E402  (the HTTP layer's names, light to import)
@@ -331,30 +330,6 @@ def _example(config: ServiceConfig, spec: str | None) -> np.ndarray:
     return np.zeros((1, *shape), dtype=np.float32)
 
 
-def _served_digest(spec: str | None, embedded: Callable[[], Any]) -> str:
-    """The digest documents give a served model (`smoothgen.trust.model_digest`): its file's, or the state
-    dict of the factory's module or of the embedded model."""
-    from smoothgen.loading import _from_factory
-
-    if spec is None:
-        return model_digest(None, embedded())
-    return model_digest(spec, None if Path(spec).is_file() else _from_factory(spec))
-
-
-def classifier_digest(spec: str | None, sigma: float) -> str:
-    """The digest of the classifier of certify/predict (the embedded one is the CNN trained at sigma)."""
-    from smoothgen.models import load_classifier
-
-    return _served_digest(spec, lambda: load_classifier(sigma))
-
-
-def center_digest(spec: str | None) -> str:
-    """The digest of the model of /v1/center."""
-    from smoothgen.models import load_autoencoder
-
-    return _served_digest(spec, load_autoencoder)
-
-
 def _shut_down(schedulers: list[Scheduler], *pools: concurrent.futures.ThreadPoolExecutor) -> None:
     for scheduler in schedulers:
         scheduler.close(cancel_pending=True)
@@ -408,20 +383,20 @@ class CertificationService:
         self.ready = True
 
     def _load_models(self) -> None:
-        from smoothgen.cli import _center_runtime, _classifier_runtime, _probe
+        from smoothgen.base_models import center_digest, center_runtime, classifier_digest, classifier_runtime, probe
 
         config = self.config
         if "certify" in config.endpoints or "predict" in config.endpoints:
             x = _example(config, config.model)
-            runtime, name = _classifier_runtime(_runtime_args(config, config.model, config.sigma), x)
-            logits = _probe(runtime, x[0])
+            runtime, name = classifier_runtime(_runtime_args(config, config.model, config.sigma), x)
+            logits = probe(runtime, x[0])
             if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
                 raise ModelOutputError(f"{name} is not a classifier: it must return logits [batch, classes]")
             self.models["classifier"] = self._model(runtime, name, x, classifier_digest(config.model, config.sigma),
                                                     config.model, num_classes=int(logits.shape[1]))
         if "center" in config.endpoints:
             x = _example(config, config.center_model)
-            runtime, name = _center_runtime(_runtime_args(config, config.center_model), x)
+            runtime, name = center_runtime(_runtime_args(config, config.center_model), x)
             self.models["center"] = self._model(runtime, name, x, center_digest(config.center_model), config.center_model)
         if "generate" in config.endpoints:
             from smoothgen.text_generation import load_lm_spec
@@ -435,11 +410,11 @@ class CertificationService:
         scheduler = Scheduler(runtime, batch_size=self.config.batch_size, max_pending=self.config.max_queue * 4,
                               on_batch=self.metrics.batch_hook(name, self.config.batch_size))
         self._schedulers.append(scheduler)
-        from smoothgen.cli import _dtype_name
+        from smoothgen.base_models import dtype_name
 
         # The embedded models were trained on pixels in [0, 1]: values outside are not images they know.
         value_range = self.config.input_range if self.config.input_range is not None else ((0.0, 1.0) if spec is None else None)
-        return _Model(scheduler, name, runtime.backend, _dtype_name(runtime), tuple(x.shape[1:]), digest, value_range, **extra)
+        return _Model(scheduler, name, runtime.backend, dtype_name(runtime), tuple(x.shape[1:]), digest, value_range, **extra)
 
     def close(self) -> None:
         """Cancel what is in flight and stop the schedulers' threads."""
@@ -638,7 +613,7 @@ class CertificationService:
     def certify(self, raw: Any, ticket: Ticket | None = None, client: str = ANONYMOUS) -> dict[str, Any]:
         """CERTIFY (n0, n) or, with target_radius, the sequential CERTIFY-AT of `smoothgen certify`."""
         from smoothgen.classify import DEFAULT_CHECK_EVERY, DEFAULT_LOOKS
-        from smoothgen.cli import DEFAULT_SEQUENTIAL
+        from smoothgen.base_models import DEFAULT_SEQUENTIAL
 
         model, body, x, sigma, alpha = self._classifier_request(raw, "certify")
         n0 = body.integer("n0", 100)

@@ -115,8 +115,7 @@ def _recompute(document: dict[str, Any], spec: str | None, x: Any, args: argpars
     import numpy as np
 
     from smoothgen import jobs
-    from smoothgen.cli import _center_runtime, _classifier_runtime, _probe
-    from smoothgen.service import center_digest, classifier_digest
+    from smoothgen.base_models import center_digest, center_runtime, classifier_digest, classifier_runtime, probe
 
     endpoint, params, model = document.get("endpoint"), document.get("params"), document.get("model")
     seed, request_id = document.get("seed"), document.get("request_id")
@@ -145,15 +144,15 @@ def _recompute(document: dict[str, Any], spec: str | None, x: Any, args: argpars
                                       batch_size=args.batch_size, sigma=embedded_sigma if spec is None else params.get("sigma"))
     if endpoint in ("certify", "predict"):
         _check_digest(classifier_digest(spec, embedded_sigma if spec is None else 0.0), model)
-        runtime, _ = _classifier_runtime(runtime_args, x[None])
-        num_classes = int(_probe(runtime, x).shape[1])
+        runtime, _ = classifier_runtime(runtime_args, x[None])
+        num_classes = int(probe(runtime, x).shape[1])
         compute = jobs.served_certify if endpoint == "certify" else jobs.served_predict
         return compute(runtime, num_classes, x.shape, x, params, seed=seed, request_id=request_id, model=model,
                        batch_size=args.batch_size)
     if endpoint == "center":
         _check_digest(center_digest(spec), model)
         runtime_args.sigma, runtime_args.eps_in, runtime_args.h = None, [params["eps_in"]], params["h"]
-        runtime, _ = _center_runtime(runtime_args, x[None])
+        runtime, _ = center_runtime(runtime_args, x[None])
         record, center = jobs.served_center(runtime, x.shape, x, params, seed=seed, request_id=request_id, model=model,
                                             batch_size=args.batch_size)
         if center != document.get("center"):

@@ -183,14 +183,10 @@ def cmd_clean(args: argparse.Namespace) -> None:
             done.add((setting.name, r["window"]))
 
 
-@torch.no_grad()
 def _plain_greedy_seconds(model: Any, ids: torch.Tensor, steps: int) -> float:
     """Plain greedy decoding of the same number of tokens by the model itself, batch 1, with its KV cache."""
     start = time.perf_counter()
-    out = model(input_ids=ids[None], use_cache=True)
-    for _ in range(steps):
-        token = out.logits[0, -1].argmax().view(1, 1)
-        out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+    plain_greedy(model, ids, steps)
     return time.perf_counter() - start
 
 

@@ -407,7 +407,7 @@ def _with_estimate(items, args, total: int, unit: str, clock=time.perf_counter):
         if last is not None:
             durations.append(now - last)
         last = now
-        if not args.no_progress and k >= 2 and (k == 2 or k & (k - 1) == 0):
+        if not args.no_progress and k >= 2 and k & (k - 1) == 0:  # 2, 4, 8, ... items done
             estimate = _estimate_seconds(durations, total)
             if printed is None or not printed / 2 <= estimate <= printed * 2:
                 message = _estimate_message(durations, total, unit, revised=printed is not None)

@@ -308,7 +308,7 @@ def _load_tokenizer_file(file: str, sha256: str) -> Any:
         raise ModelLoadError(f"cannot read the tokenizer {path}: {exc}") from exc
     if hashlib.sha256(data).hexdigest() != sha256:
         raise ModelLoadError(f"the tokenizer {path} does not match the SHA-256 {METADATA_FILENAME} records")
-    return CodeTokenizer.from_file(path)
+    return CodeTokenizer.from_json(data.decode("utf-8"), str(path))  # the bytes just checked, not a second read
 
 
 TEXT_DDPM_NAME = "text_digits_ddpm"

@@ -29,7 +29,7 @@ from typing import Any, Iterable
 import torch
 
 from smoothgen.errors import InvalidInputError, ModelLoadError
-from smoothgen.models.lm import token_id_list
+from smoothgen.models.lm import token_id_list, utf8_bytes
 
 MASK_TOKEN = "<mask>"
 """The special token with id 0 (`CodeTokenizer.mask_token_id`)."""
@@ -82,11 +82,24 @@ class CodeTokenizer:
         Raises:
             ModelLoadError: the file is missing or not a tokenizer.
         """
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"cannot load the code tokenizer from {path}: {exc}") from exc
+        return cls.from_json(text, str(path))
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "its JSON") -> CodeTokenizer:
+        """Load a tokenizer from the JSON `to_str` gives (the text of a file saved by `save`).
+
+        Raises:
+            ModelLoadError: the text is not a tokenizer.
+        """
         tk = _tokenizers()
         try:
-            return cls(tk.Tokenizer.from_file(str(path)))
-        except Exception as exc:  # tokenizers raises its own Exception subclass for bad files
-            raise ModelLoadError(f"cannot load the code tokenizer from {path}: {exc}") from exc
+            return cls(tk.Tokenizer.from_str(text))
+        except Exception as exc:  # tokenizers raises its own Exception subclass for bad input
+            raise ModelLoadError(f"cannot load the code tokenizer from {source}: {exc}") from exc
 
     def save(self, path: str | Path) -> None:
         """Write the tokenizer as one JSON file (what `from_file` reads)."""
@@ -111,12 +124,7 @@ class CodeTokenizer:
         """Encode many strings at once (the tokenizers package runs them in parallel)."""
         texts = list(texts)
         for text in texts:
-            if not isinstance(text, str):
-                raise InvalidInputError(f"encode expects a str, got {type(text).__name__}")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise InvalidInputError(f"text cannot be encoded as UTF-8: {exc}") from exc
+            utf8_bytes(text)  # a str that UTF-8 can encode, or InvalidInputError
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
         return [list(e.ids) for e in encodings]
 

@@ -38,6 +38,20 @@ DEFAULT_LM_KWARGS: dict[str, int] = {"d_model": 128, "n_layers": 4, "n_heads": 4
 PastKeyValues = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
 
+def utf8_bytes(text: str) -> bytes:
+    """The UTF-8 bytes of a prompt text (what both code tokenizers accept).
+
+    Raises:
+        InvalidInputError: text is not a str, or holds lone surrogates that UTF-8 cannot encode.
+    """
+    if not isinstance(text, str):
+        raise InvalidInputError(f"encode expects a str, got {type(text).__name__}")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(f"text cannot be encoded as UTF-8: {exc}") from exc
+
+
 def encode(text: str) -> torch.Tensor:
     """Encode a string as its UTF-8 bytes.
 
@@ -53,13 +67,7 @@ def encode(text: str) -> torch.Tensor:
     Shapes:
         returns [len(text.encode("utf-8"))].
     """
-    if not isinstance(text, str):
-        raise InvalidInputError(f"encode expects a str, got {type(text).__name__}")
-    try:
-        data = text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInputError(f"text cannot be encoded as UTF-8: {exc}") from exc
-    return torch.tensor(list(data), dtype=torch.int64)
+    return torch.tensor(list(utf8_bytes(text)), dtype=torch.int64)
 
 
 def _check_ids(ids: torch.Tensor, name: str, vocab_size: int = VOCAB_SIZE) -> None:

@@ -32,7 +32,7 @@ from smoothgen.models.train_code_lm import (
     stdlib_root,
     train_lm,
 )
-from smoothgen.models.train_common import DEFAULT_SEED, _sha256, save_tensors, update_metadata
+from smoothgen.models.train_common import DEFAULT_SEED, _sha256, save_model, update_metadata
 
 BPE_LM_NAME = "code_bpe"
 """The BPE code LM's key in models.json (and its weights file's stem)."""
@@ -66,9 +66,7 @@ def _save(model: torch.nn.Module, out_dir: Path, name: str, record: dict[str, An
     """Save a BPE LM's float16 weights with its record, which names the tokenizer file and its SHA-256."""
     record = {**record, "tokenizer_file": BPE_TOKENIZER_FILENAME,
               "tokenizer_sha256": _sha256(out_dir / BPE_TOKENIZER_FILENAME)}
-    tensors = {k: v.to(BPE_STORED_DTYPE) for k, v in model.state_dict().items()}
-    return save_tensors(tensors, out_dir, f"{name}.safetensors", record,
-                        {"architecture": record["architecture"], "kwargs": record["kwargs"]})
+    return save_model(model, out_dir, f"{name}.safetensors", record, dtype=BPE_STORED_DTYPE)
 
 
 def _build_parser() -> argparse.ArgumentParser:

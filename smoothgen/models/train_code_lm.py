@@ -391,10 +391,12 @@ def _check_lm_training(steps, seed, batch_size, warmup_steps, learning_rate, wei
 @torch.no_grad()
 def _round_weights(model: nn.Module, stored_dtype: torch.dtype) -> dict[str, Any]:
     """Round the weights to the precision they are stored in, so that the recorded metrics are those of the
-    shipped model (loading converts them back to float32 exactly); returns the record's entry."""
-    if stored_dtype != torch.float32:
-        for parameter in model.parameters():
-            parameter.copy_(parameter.to(stored_dtype).float())
+    shipped model (loading converts them back to float32 exactly); returns the record's entry (none for
+    float32, which needs no rounding)."""
+    if stored_dtype == torch.float32:
+        return {}
+    for parameter in model.parameters():
+        parameter.copy_(parameter.to(stored_dtype).float())
     return {"stored_dtype": str(stored_dtype).removeprefix("torch.")}
 
 
@@ -537,7 +539,7 @@ def train_lm(
         smoothed_loss = _lm_optimize(model, stream, window_loss, steps, batch_size, learning_rate, warmup_steps,
                                      weight_decay, generator, "code lm" if tokenizer is None else "code bpe lm", progress)
     train_seconds, train_cpu_seconds = time.perf_counter() - start_time, time.process_time() - start_cpu
-    stored = _round_weights(model, stored_dtype) if stored_dtype != torch.float32 else {}
+    stored = _round_weights(model, stored_dtype)
     heldout_data = _read_corpus(heldout_files, root)
     metrics: dict[str, Any] = {
         "kind": "lm",
@@ -726,6 +728,9 @@ def finetune_lm(
         raise InvalidParameterError(f"base must be an embedded LM name or a CodeLM, got {type(base).__name__}")
     if mask_token_id >= model.vocab_size:
         raise InvalidParameterError(f"mask_token_id must be a token id in [0, {model.vocab_size}), got {mask_token_id}")
+    if (tokenizer is None) != (model.vocab_size == VOCAB_SIZE):  # else the stream's ids mean other tokens
+        raise InvalidParameterError(f"a base of vocabulary {model.vocab_size} needs "
+                                    f"{'its tokenizer' if tokenizer is None else 'no tokenizer (it is byte-level)'}")
     context = int(model.context_length)
     min_prompt, max_prompt = (check_count(n, "prompt length") for n in prompt_lengths)
     if not min_prompt <= max_prompt <= context:
@@ -762,7 +767,7 @@ def finetune_lm(
         smoothed_loss = _lm_optimize(model, stream, window_loss, steps, batch_size, learning_rate, warmup_steps,
                                      weight_decay, generator, f"{base_name or 'code lm'} {noise} {level}", progress)
     train_seconds, train_cpu_seconds = time.perf_counter() - start_time, time.process_time() - start_cpu
-    stored = _round_weights(model, stored_dtype) if stored_dtype != torch.float32 else {}
+    stored = _round_weights(model, stored_dtype)
     model.get_input_embeddings().weight.requires_grad_(True)
     heldout_data = _read_corpus(heldout_files, root)
     metrics: dict[str, Any] = {

@@ -93,7 +93,8 @@ def save_tensors(tensors: dict[str, torch.Tensor], out_dir: Path, filename: str,
     return {**record, "file": filename, "sha256": _sha256(path)}
 
 
-def save_model(model: nn.Module, out_dir: Path, filename: str, record: dict[str, Any]) -> dict[str, Any]:
+def save_model(model: nn.Module, out_dir: Path, filename: str, record: dict[str, Any],
+               dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Save a model's weights as safetensors and return its metadata record completed with file and hash.
 
     Args:
@@ -101,11 +102,13 @@ def save_model(model: nn.Module, out_dir: Path, filename: str, record: dict[str,
         out_dir: Destination folder (created if missing).
         filename: Weights file name inside out_dir.
         record: Metadata record from `train_classifier` / `train_autoencoder`.
+        dtype: The precision the tensors are stored in (default: as they are).
 
     Returns:
         A copy of record with ``file`` and ``sha256`` added.
     """
-    return save_tensors(model.state_dict(), out_dir, filename, record,
+    tensors = {k: v if dtype is None else v.to(dtype) for k, v in model.state_dict().items()}
+    return save_tensors(tensors, out_dir, filename, record,
                         {"architecture": record["architecture"], "kwargs": record["kwargs"]})
 
 

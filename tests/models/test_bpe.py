@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smoothgen.errors import InvalidInputError, ModelLoadError
+from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelLoadError
 from smoothgen.generative import SmoothedLM, TokenAblation
 from smoothgen.models import WEIGHTS_DIR, CodeLM, load_lm, load_tokenizer, model_info
 from smoothgen.models.bpe import MASK_TOKEN, CodeTokenizer, train_code_tokenizer
@@ -95,6 +95,9 @@ def test_training_and_finetuning_run_on_sub_word_tokens(tmp_path) -> None:
     tuned, tuned_record = finetune_lm("delete", 0.9, 2, 0, base=model, batch_size=2, evaluate=False, tokenizer=tok,
                                       prompt_lengths=(4, 40), root=tmp_path)
     assert tuned.vocab_size == 400 and tuned_record["loss"].startswith("next-token")
+    # Without its tokenizer the stream would be bytes, ids that mean other tokens to this model: refused.
+    with pytest.raises(InvalidParameterError, match="needs its tokenizer"):
+        finetune_lm("delete", 0.9, 1, 0, base=model, batch_size=2, evaluate=False, root=tmp_path)
     metrics = lm_metrics(model, ["def f(x):\n    return x\n" * 3], tokenizer=tok)
     assert metrics["num_predicted_bytes"] == len(("def f(x):\n    return x\n" * 3).encode()) - tok.byte_length(
         tok.encode("def").tolist()[0])

@@ -23,14 +23,17 @@ nominal product distribution, at most P·2⁻⁶⁴ per copy, is charged like th
 Copies have different lengths. The base model is the LM on the kept tokens exactly (no padding, which
 would make it depend on the prompt's length rather than on the copy); copies are grouped by length and
 each group runs as one batch. A copy with no token left (possible only when the whole prompt is
-perturbed) is fed `empty_token_id` alone, a fixed function of the (empty) copy.
+perturbed) is fed `empty_token_id` alone, a fixed function of the (empty) copy. Where one tensor per
+batch is needed (center smoothing's batches, `smoothgen.center.CenterSmoother`), a batch of copies is an
+ids tensor [c, L] with `DELETED` at the deleted positions (`marked`), which `run_grouped` closes up and
+runs group by group, putting the outputs back in the copies' order.
 """
 from __future__ import annotations
 
 import math
 from fractions import Fraction
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -45,6 +48,9 @@ DELETION_UNIT = "inserted, deleted or substituted tokens"
 #: One Philox word per perturbed position decides its deletion; the deletion probability is rounded up to
 #: a multiple of 2⁻⁶⁴, so each position deviates from p by less than this (charged per copy, times P).
 THRESHOLD_ERROR = 2.0**-64
+
+#: What a deleted position holds in a `TokenDeletion.marked` batch of copies (never a token id).
+DELETED = -1
 
 
 def check_delete_prob(delete_prob: Any, name: str = "delete_prob") -> float:
@@ -145,7 +151,9 @@ class TokenDeletion:
 
     def by_length(self, ids: torch.Tensor, kept: np.ndarray) -> list[tuple[np.ndarray, torch.Tensor]]:
         """The copies of `kept` [c, L] grouped by length, ascending: (their row indices, their token ids
-        [c_g, L_g] int64) per length. A copy with nothing kept is [empty_token_id]."""
+        [c_g, L_g] int64) per length. A copy with nothing kept is [empty_token_id]. `ids` is the prompt [L]
+        (the same for every copy) or one row per copy [c, L]."""
+        rows_ids = ids[None].expand(kept.shape[0], -1) if ids.ndim == 1 else ids
         lengths = kept.sum(axis=1)
         out = []
         for length in np.unique(lengths):
@@ -155,13 +163,40 @@ class TokenDeletion:
                     raise InvalidInputError("a copy lost every token and this TokenDeletion has no empty_token_id")
                 out.append((rows, torch.full((rows.size, 1), self.empty_token_id, dtype=torch.long, device=ids.device)))
                 continue
-            index = torch.from_numpy(np.nonzero(kept[rows])[1].reshape(rows.size, int(length))).to(ids.device)
-            out.append((rows, ids[index]))
+            selected = torch.from_numpy(kept[rows]).to(ids.device)
+            out.append((rows, rows_ids[torch.from_numpy(rows).to(ids.device)][selected].reshape(rows.size, int(length))))
         return out
 
     def groups(self, ids: torch.Tensor, kept: np.ndarray) -> list[torch.Tensor]:
         """The copies' token ids grouped by length (`by_length` without the row indices)."""
         return [group for _, group in self.by_length(ids, kept)]
+
+    def marked(self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, start: int, count: int) -> torch.Tensor:
+        """Copies start .. start + count − 1 as one ids tensor [count, L]: the prompt's ids, `DELETED` where
+        a copy deleted the position (`run_grouped` turns it into the copies themselves)."""
+        kept = torch.from_numpy(self.kept(mask, key, start, count)).to(ids.device)
+        return torch.where(kept, ids[None].expand(count, -1), torch.full_like(ids, DELETED)[None])
+
+    def run_grouped(self, marked: torch.Tensor, fn: Callable[[torch.Tensor], Any]) -> Any:
+        """fn on the copies of a `marked` batch [c, L], closed up and grouped by length (fn takes token ids
+        [c_g, L_g]), with the outputs in the copies' order: a tensor [c, ...] when fn returns tensors, else
+        a list of c outputs (fn's per-copy outputs, e.g. token sequences)."""
+        if not isinstance(marked, torch.Tensor) or marked.ndim != 2:
+            raise InvalidInputError(f"a batch of deletion copies is an ids tensor [copies, length], got {type(marked).__name__}")
+        kept = (marked != DELETED).cpu().numpy()
+        parts = [(rows, fn(group)) for rows, group in self.by_length(marked, kept)]
+        count = marked.shape[0]
+        if parts and all(isinstance(out, torch.Tensor) for _, out in parts):
+            first = parts[0][1]
+            result = first.new_empty((count, *first.shape[1:]))
+            for rows, out in parts:
+                result[torch.from_numpy(rows).to(result.device)] = out
+            return result
+        placed: list[Any] = [None] * count
+        for rows, out in parts:
+            for row, value in zip(rows.tolist(), out):
+                placed[row] = value
+        return placed
 
     def prompt_groups(self, table, ids, mask, key: NoiseKey, start: int, count: int, delta=None) -> list[torch.Tensor]:
         """The embedded copies start .. start + count − 1, grouped by length: [c_g, L_g, D] each."""

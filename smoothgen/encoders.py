@@ -2,7 +2,7 @@
 
 `SmoothedEncoder` wraps any Hugging Face encoder that takes ``inputs_embeds`` (``AutoModel`` BERT, MiniLM,
 RoBERTa, ...; or a sentence-transformers model) with a pooling of its last hidden state, and smooths
-the pooled sentence embedding in one of the two token noise spaces of `smoothgen.generative`:
+the pooled sentence embedding in one of the token noise spaces of `smoothgen.generative`:
 
 - `EmbeddingGaussian` (a float σ): Gaussian noise on the prompt's token-embedding rows at the perturbed
   positions. The certificate holds for every perturbation of those rows with ‖Δ‖_F ≤ eps_in (a token
@@ -10,6 +10,10 @@ the pooled sentence embedding in one of the two token noise spaces of `smoothgen
 - `TokenAblation(keep, mask_token_id)`: each copy keeps k random perturbed positions and replaces the
   others by the mask token. The certificate holds for every prompt that differs from the given one in
   at most r perturbed positions (``edits=r`` substitutions, any tokens).
+- `TokenDeletion(p)` (`smoothgen.deletion`): each copy deletes every perturbed token with probability p
+  and closes up (copies grouped by length). The certificate holds for every prompt whose perturbed run is
+  within ``edits=r`` inserted, deleted or substituted tokens (docs/theory.md §4j: Δ_r = 1 − p^r bounds the
+  total variation between the copies' distributions, which is the one fact the argument below uses).
 
 The smoothed embedding is the min-median center ẑ of the pooled embeddings of noisy copies; the
 certificate says d_cos(ẑ(x), ẑ(x')) ≤ eps_out for every x' in the threat model, with probability
@@ -315,25 +319,19 @@ class SmoothedEncoder(PromptSmoother):
         ids = self.prompt_ids(prompt)
         return self.runtime.run(self.table[ids][None])[0]
 
-    def _refuse_deletion(self) -> None:
-        if isinstance(self.noise, TokenDeletion):
-            raise InvalidParameterError("center smoothing of an encoder is not built for token deletion; use "
-                                        "mean_certify(edits=r) (edit distance) or TokenAblation")
-
     def noise_for(self, prompt: Any, mask: Any = None) -> tuple[PromptNoise, torch.Tensor]:
-        """(the `PromptNoise` of this prompt and mask, the prompt's ids).
-
-        Raises:
-            InvalidParameterError: token deletion, whose copies have different lengths: center smoothing and
-                `samples` are not built for it (`mean_certify` is).
-        """
-        self._refuse_deletion()
+        """(the `PromptNoise` of this prompt and mask, the prompt's ids)."""
         ids = self.prompt_ids(prompt)
         return PromptNoise(self.noise, self.table, self.prompt_mask(ids, mask)), ids
 
+    def _base(self, noise: PromptNoise):
+        """The base model on `noise`'s copies: this encoder's runtime, or under token deletion (copies of
+        different lengths) the encoder on each length group (`PromptNoise.base`)."""
+        return TorchRuntime(noise.base(self._encode), device=str(self.device)) if noise.deletion else self.runtime
+
     def smoother(self, noise: PromptNoise) -> CenterSmoother:
         """The `CenterSmoother` that runs the algorithm: this encoder as its base model, `noise` as its noise."""
-        return CenterSmoother(self.runtime, metric=self.metric, batch_size=self.batch_size,
+        return CenterSmoother(self._base(noise), metric=self.metric, batch_size=self.batch_size,
                               n_candidates=self.n_candidates, noise=noise)
 
     @torch.no_grad()
@@ -346,7 +344,8 @@ class SmoothedEncoder(PromptSmoother):
         noise, ids = self.noise_for(prompt, mask)
         n = check_count(n, "n")
         key = RandomStream(seed, request_id).key(Purpose(purpose))
-        out = [self.runtime.run(noise.copies(ids, key, s, min(self.batch_size, n - s))) for s in range(0, n, self.batch_size)]
+        base = self._base(noise)
+        out = [base.run(noise.copies(ids, key, s, min(self.batch_size, n - s))) for s in range(0, n, self.batch_size)]
         return torch.cat(out)
 
     # ---------------------------------------------------------------------------------- center smoothing
@@ -389,31 +388,32 @@ class SmoothedEncoder(PromptSmoother):
         Args:
             prompt: a string (with a tokenizer) or token ids [L].
             eps_in: Gaussian noise only: the Frobenius radius on the perturbed embedding rows.
-            edits: token ablation only: r, the number of perturbed positions x' may substitute (any
-                tokens). The certificate's ``eps_in`` is then float(r) and its ``sigma`` None.
+            edits: token ablation or deletion only: r, the number of perturbed positions x' may substitute
+                (ablation, any tokens), or of tokens inserted, deleted or substituted in the perturbed run
+                (deletion, §4j). The certificate's ``eps_in`` is then float(r) and its ``sigma`` None.
             n, m, delta, alpha1, alpha2: as in `CenterSmoother.certify`.
             seed, request_id: the request's random streams (Purpose.CENTER, CENTER_CHECK, CENTER_RADIUS).
-            mask: per-call perturbed positions.
+            mask: per-call perturbed positions (one contiguous run under deletion).
 
         Returns:
             `CenterCertificate` with metric "cosine" (γ = 2, β = 4: eps_out = 10·R̂); p = 1/2 + Δ + Δ_r
-            under ablation.
+            under ablation (Δ_r of §4g) or deletion (Δ_r = 1 − p_del^r).
 
         Raises:
-            InvalidParameterError: eps_in with ablation, edits with Gaussian noise, neither, bad counts.
+            InvalidParameterError: eps_in with token noise, edits with Gaussian noise, neither, bad counts.
             InvalidInputError: an empty prompt, ids out of range, a string without a tokenizer.
         """
-        self._refuse_deletion()
-        ablation = isinstance(self.noise, TokenAblation)
+        ablation = isinstance(self.noise, (TokenAblation, TokenDeletion))  # the threat counts edited tokens
         if ablation and eps_in is not None:
-            raise InvalidParameterError("eps_in is an embedding radius for Gaussian noise; under token ablation give edits=r")
+            raise InvalidParameterError(f"eps_in is an embedding radius for Gaussian noise; under token {self.noise.kind} "
+                                        "give edits=r")
         if not ablation and edits is not None:
             raise InvalidParameterError(
-                "edits counts substituted tokens under token ablation; under Gaussian noise give eps_in (an embedding radius)"
+                "edits counts edited tokens under token ablation or deletion; under Gaussian noise give eps_in (an embedding radius)"
             )
         threat = edits if ablation else eps_in
         if threat is None:
-            raise InvalidParameterError("give edits=r (token ablation)" if ablation else "give eps_in (Gaussian noise)")
+            raise InvalidParameterError(f"give edits=r (token {self.noise.kind})" if ablation else "give eps_in (Gaussian noise)")
         noise, ids = self.noise_for(prompt, mask)
         return self.smoother(noise).certify(ids, noise.check_radius(threat), n=n, m=m, delta=delta, alpha1=alpha1,
                                             alpha2=alpha2, seed=seed, request_id=request_id)

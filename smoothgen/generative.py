@@ -781,7 +781,8 @@ class SmoothedLM(PromptSmoother):
             prompt: token ids [L] (or a string, with a tokenizer).
             max_new_tokens: tokens each noisy generation decodes (greedy, base LM).
             eps_in: certified input radius ε1 (Frobenius norm on the perturbed rows); under token ablation,
-                the number r of substituted tokens (p = 1/2 + Δ + Δ_r, `stats.center_ablation_level`).
+                the number r of substituted tokens, under token deletion the number r of inserted, deleted
+                or substituted tokens of the perturbed run (p = 1/2 + Δ + Δ_r, `stats.center_ablation_level`).
             n, m, delta, alpha1, alpha2, n_candidates: as in `CenterSmoother.certify` (delta is the
                 tolerance Δ ∈ (0, 1/2) of center smoothing, not an embedding perturbation).
             seed, request_id: the request's random streams (CenterSmoother's purposes).
@@ -793,15 +794,12 @@ class SmoothedLM(PromptSmoother):
         from smoothgen.center import CenterSmoother
         from smoothgen.engine.runtime.torch_eager import TorchRuntime
 
-        if isinstance(self.noise, TokenDeletion):
-            raise InvalidParameterError("center_certify takes Gaussian noise or token ablation; for token deletion use "
-                                        "generate (certified prefix in edit distance)")
         ids, max_new_tokens, mk, _ = self._decode_args(prompt, max_new_tokens, mask, None)
-        if isinstance(self.noise, TokenAblation):  # copies are whole ablated prompts; eps_in counts edited tokens
+        if isinstance(self.noise, TOKEN_NOISE):  # copies are whole noisy prompts; eps_in counts edited tokens
+            noise = PromptNoise(self.noise, self.table, mk)
             smoother = CenterSmoother(
-                TorchRuntime(lambda embeds: self._greedy(embeds, max_new_tokens), device=str(self.device)),
-                metric="levenshtein", batch_size=self.batch_size, n_candidates=n_candidates,
-                noise=PromptNoise(self.noise, self.table, mk),
+                TorchRuntime(noise.base(lambda embeds: self._greedy(embeds, max_new_tokens)), device=str(self.device)),
+                metric="levenshtein", batch_size=self.batch_size, n_candidates=n_candidates, noise=noise,
             )
             cert = smoother.certify(ids, eps_in, n=n, m=m, delta=delta, alpha1=alpha1, alpha2=alpha2, seed=seed,
                                     request_id=request_id)

@@ -375,7 +375,9 @@ def center_ablation_level(delta: float, delta_r: float) -> float:
     positions), x' differing from x in r positions has |P_x(S) − P_x'(S)| ≤ Δ_r = 1 − C(L − r, k)/C(L, k)
     for EVERY output event S (the ablated inputs coincide unless the kept subset meets an edited
     position; Levine & Feizi 2020), so p = 1/2 + Δ + Δ_r suffices. Δ_r comes from
-    `smoothgen.generative.ablation_delta` (an exact fraction).
+    `smoothgen.generative.ablation_delta` (an exact fraction). Randomized deletion gives the same fact with
+    Δ_r = 1 − p^r for r inserted, deleted or substituted tokens (docs/theory.md §4j, `deletion_delta`), so
+    this level serves it too.
 
     Computed in exact rational arithmetic and rounded up to a double. The result exceeds 1 when
     Δ_r > 1/2 − Δ: no ball holds that mass, so no certificate at r edits exists (the caller abstains

@@ -506,10 +506,14 @@ def test_sampled_deletion_mean_lies_within_its_sampling_error(bert):
     sampled = enc.mean_certify(ids, edits=1, mask=mask, max_subsets=10, n=3000, alpha=0.01, seed=0)
     assert exact.exact and exact.copies == 64 and not sampled.exact and sampled.copies == 3000
     assert float((sampled.mean - exact.mean).norm()) <= sampled.sampling_error
-    with pytest.raises(InvalidParameterError, match="mean_certify"):
-        enc.center_certify(ids, edits=1, mask=mask)
-    with pytest.raises(InvalidParameterError, match="contiguous"):
-        enc.mean_certify(ids, edits=1, mask=[True, False] * 4)
+    # Center smoothing of the same encoder under deletion runs on copies of every length (tests/test_center_deletion.py
+    # checks its certificates exactly): its center is the pooled embedding of one copy.
+    center = enc.center_certify(ids, edits=1, mask=mask, n=200, m=200, delta=0.1, seed=0)
+    assert center.eps_in == 1 and center.p == pytest.approx(0.6 + 0.3) and center.center.shape == exact.mean.shape
+    for bad in (lambda: enc.mean_certify(ids, edits=1, mask=[True, False] * 4),
+                lambda: enc.center_certify(ids, edits=1, mask=[True, False] * 4)):
+        with pytest.raises(InvalidParameterError, match="contiguous"):
+            bad()
 
 
 def test_sampled_mean_lies_within_its_sampling_error_of_the_exact_one(bert):

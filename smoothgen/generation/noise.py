@@ -6,13 +6,13 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from numbers import Integral
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from smoothgen import kernels, stats
-from smoothgen.deletion import TokenDeletion
+from smoothgen.deletion import TokenDeletion, deletion_delta
 from smoothgen.engine import noise_tv
 from smoothgen.engine.noise import NoiseKey
 from smoothgen.errors import InvalidInputError, InvalidParameterError
@@ -174,26 +174,35 @@ TOKEN_NOISE = (TokenAblation, TokenDeletion)
 
 
 class PromptNoise:
-    """A token noise space of `smoothgen.generative` as `smoothgen.center.CenterNoise`: the input is the
-    prompt's token ids [L]; copies are embedding matrices [count, L, D] from the space's ``prompts``
-    (its keyed Philox streams, copy i a pure function of (key, i)).
+    """A noise space of `smoothgen.generative` as `smoothgen.center.CenterNoise`: the input is the prompt's
+    token ids [L]; copies come from the space's keyed Philox streams (copy i a pure function of (key, i)).
 
-    Threat sizes and levels (docs/theory.md §2, §4g):
+    Threat sizes and levels (docs/theory.md §2, §4g, §4j):
     - `EmbeddingGaussian`: eps_in = a Frobenius radius on the perturbed rows; p = Φ(Φ⁻¹(1/2 + Δ) + ε/σ).
+      Copies are embedding matrices [count, L, D].
     - `TokenAblation`: eps_in = r, the number of substituted perturbed positions (an integer);
-      p = 1/2 + Δ + Δ_r with Δ_r = `ablation_delta`(P, k, r), P = perturbed positions.
+      p = 1/2 + Δ + Δ_r with Δ_r = `ablation_delta`(P, k, r), P = perturbed positions. Copies are
+      embedding matrices [count, L, D].
+    - `TokenDeletion`: eps_in = r, inserted, deleted or substituted tokens of the perturbed run (an
+      integer); p = 1/2 + Δ + Δ_r with Δ_r = 1 − p_del^r (`deletion_delta`: a bound on the total variation
+      between the copies' distributions, §4j, which is all the level needs). Copies have different
+      lengths, so a batch is the ids tensor [count, L] with `DELETED` at the deleted positions; the base
+      model runs through `base` (closed up, grouped by length, outputs in the copies' order).
 
     Args:
-        space: an EmbeddingGaussian or a TokenAblation.
+        space: an EmbeddingGaussian, a TokenAblation or a TokenDeletion.
         table: the embedding table [V, D].
-        mask: bool [L] of the perturbed positions (the prompt's length is fixed by it).
+        mask: bool [L] of the perturbed positions (the prompt's length is fixed by it; one contiguous run
+            under deletion).
     """
 
-    def __init__(self, space: EmbeddingGaussian | TokenAblation, table: torch.Tensor, mask: torch.Tensor):
-        if not isinstance(space, (EmbeddingGaussian, TokenAblation)):
-            raise InvalidParameterError(f"space must be an EmbeddingGaussian or a TokenAblation, got {space!r}")
+    def __init__(self, space: EmbeddingGaussian | TokenAblation | TokenDeletion, table: torch.Tensor, mask: torch.Tensor):
+        if not isinstance(space, (EmbeddingGaussian, TokenAblation, TokenDeletion)):
+            raise InvalidParameterError(f"space must be an EmbeddingGaussian, a TokenAblation or a TokenDeletion, got {space!r}")
         if isinstance(space, TokenAblation) and space.mask_token_id >= table.shape[0]:
             raise InvalidParameterError(f"mask_token_id {space.mask_token_id} is outside the vocabulary of {table.shape[0]}")
+        if isinstance(space, TokenDeletion):
+            space.check(mask, table.shape[0])
         self.space, self.table, self.mask = space, table, mask
         self.sigma = getattr(space, "sigma", None)
         self.perturbed = int(mask.sum())
@@ -202,6 +211,10 @@ class PromptNoise:
     def ablation(self) -> bool:
         return isinstance(self.space, TokenAblation)
 
+    @property
+    def deletion(self) -> bool:
+        return isinstance(self.space, TokenDeletion)
+
     def check_input(self, x: Any) -> torch.Tensor:
         ids = _as_ids(x.detach().cpu() if isinstance(x, torch.Tensor) else x, self.table.shape[0])
         if ids.numel() != self.mask.numel():
@@ -209,20 +222,31 @@ class PromptNoise:
         return ids.to(self.table.device)
 
     def check_radius(self, eps_in: Any) -> float:
-        if self.ablation:
+        if self.ablation or self.deletion:
             ok = isinstance(eps_in, Integral) or (isinstance(eps_in, float) and eps_in.is_integer())
             if isinstance(eps_in, bool) or not ok or eps_in < 0:
+                unit = "inserted, deleted or substituted tokens" if self.deletion else "substituted tokens"
                 raise InvalidParameterError(
-                    f"under token ablation the threat is a number of substituted tokens (an integer >= 0), got {eps_in!r}"
+                    f"under token {self.space.kind} the threat is a number of {unit} (an integer >= 0), got {eps_in!r}"
                 )
             return float(eps_in)
         return check_positive(eps_in, "eps_in", allow_zero=True)
 
     def copies(self, x: torch.Tensor, key: NoiseKey, start: int, count: int) -> torch.Tensor:
+        if self.deletion:
+            return self.space.marked(x, self.mask, key, start, count)
         return self.space.prompts(self.table, x, self.mask, key, start, count)
 
     def clean(self, x: torch.Tensor) -> torch.Tensor:
-        return self.table[x][None]
+        return x[None] if self.deletion else self.table[x][None]
+
+    def base(self, embedded: Callable[[torch.Tensor], Any]) -> Callable[[torch.Tensor], Any]:
+        """The base model on a batch of `copies`, given the model on embedded prompts [c, L', D] (a tensor
+        of outputs [c, ...] or a list of c outputs): itself, or under deletion the model run on each length
+        group's embedded copies, outputs in the copies' order."""
+        if not self.deletion:
+            return embedded
+        return lambda marked: self.space.run_grouped(marked, lambda ids: embedded(self.table[ids]))
 
     def noise_tv(self, x: torch.Tensor) -> float:
         return self.space.noise_tv(x.numel(), self.table.shape[1], self.perturbed)
@@ -230,6 +254,8 @@ class PromptNoise:
     def level(self, x: torch.Tensor, eps_in: float, delta: float) -> float:
         if self.ablation:
             return stats.center_ablation_level(delta, ablation_delta(self.perturbed, self.space.keep, int(eps_in)))
+        if self.deletion:
+            return stats.center_ablation_level(delta, deletion_delta(self.space.delete_prob, int(eps_in)))
         return stats.center_certify_level(eps_in, self.sigma, delta)
 
     def __repr__(self) -> str:

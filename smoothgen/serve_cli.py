@@ -96,6 +96,11 @@ def add_parser(sub: Any) -> None:
                         "more get 429 + Retry-After")
     limits.add_argument("--max-generate-queue", type=int, default=4, help="generate requests in flight per replica "
                         "(their own queue: they never take the others' slots)")
+    limits.add_argument("--generate-concurrency", type=int, default=4, help="generate requests decoding at once per "
+                        "replica (the others wait in --max-generate-queue)")
+    limits.add_argument("--generate-batching", choices=("auto", "on", "off"), default="auto",
+                        help="run the LM calls of concurrent generate requests with prompts of the same token count as one "
+                        "batch (records unchanged); auto: on a CUDA device only (on CPU it gained nothing)")
     limits.add_argument("--max-samples", type=int, default=1_000_000, help="most noisy copies one request may ask for (422 beyond)")
     limits.add_argument("--max-body", type=int, default=4 * 1024 * 1024, help="largest request body in bytes (413 beyond, "
                         "before the body is read)")
@@ -190,9 +195,10 @@ def config_from_args(args):
     config = ServiceConfig(model=args.model, sigma=args.sigma, center_model=args.center_model, lm=args.lm,
                            input_shape=shape, input_range=value_range, backend=args.backend, device=args.device,
                            batch_size=args.batch_size, max_queue=args.max_queue,
-                           max_generate_queue=args.max_generate_queue, max_samples=args.max_samples,
-                           max_prompt_bytes=args.max_prompt_bytes, max_body=args.max_body, timeout_s=args.timeout,
-                           max_timeout_s=args.max_timeout, retry_after_s=args.retry_after, endpoints=endpoints,
+                           max_generate_queue=args.max_generate_queue, generate_concurrency=args.generate_concurrency,
+                           generate_batching=args.generate_batching,
+                           max_samples=args.max_samples, max_prompt_bytes=args.max_prompt_bytes, max_body=args.max_body,
+                           timeout_s=args.timeout, max_timeout_s=args.max_timeout, retry_after_s=args.retry_after, endpoints=endpoints,
                            max_alpha=args.max_alpha, alpha_budget=args.alpha_budget,
                            allow_reproduction=not args.no_reproduction, api_keys=api_keys).check()
     state = Path(args.state_dir) if args.state_dir is not None else default_state_dir()

@@ -280,6 +280,15 @@ class ServiceMetrics:
         self.batches = Counter("smoothgen_batches", "device batches run", ["model"], registry=self.registry)
         self.batch_fill = Histogram("smoothgen_batch_fill", "samples per device batch / batch size", ["model"],
                                     buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 1.0), registry=self.registry)
+        self.lm_calls = Gauge("smoothgen_lm_calls", "LM forward calls made by generate requests", ["lm"],
+                              registry=self.registry)
+        self.lm_batches = Gauge("smoothgen_lm_batches", "LM runs that served them (calls of the same shape from "
+                                "concurrent generate requests run as one)", ["lm"], registry=self.registry)
+
+    def watch_lm(self, name: str, shared: Any) -> None:
+        """Export a SharedLM's counts of calls and of the model runs that served them."""
+        self.lm_calls.labels(name).set_function(lambda: shared.calls)
+        self.lm_batches.labels(name).set_function(lambda: shared.batches)
 
     def batch_hook(self, model: str, batch_size: int) -> Callable[[int], None]:
         samples, batches, fill = self.samples.labels(model), self.batches.labels(model), self.batch_fill.labels(model)
@@ -330,11 +339,13 @@ def _example(config: ServiceConfig, spec: str | None) -> np.ndarray:
     return np.zeros((1, *shape), dtype=np.float32)
 
 
-def _shut_down(schedulers: list[Scheduler], *pools: concurrent.futures.ThreadPoolExecutor) -> None:
+def _shut_down(schedulers: list[Scheduler], *pools: concurrent.futures.ThreadPoolExecutor, shared: list[Any] = ()) -> None:
     for scheduler in schedulers:
         scheduler.close(cancel_pending=True)
     for pool in pools:
         pool.shutdown(wait=False, cancel_futures=True)
+    for lm in shared:  # its thread ends once the calls already queued have run
+        lm.close(wait=False)
 
 
 def _now() -> str:
@@ -356,7 +367,6 @@ class CertificationService:
         self.metrics = ServiceMetrics()
         self.models: dict[str, _Model] = {}
         self.lms: dict[str, tuple[Any, Any, str, str]] = {}
-        self._lm_lock = threading.Lock()
         self._lock = threading.Lock()
         self._in_flight = {"other": 0, "generate": 0}
         self._ids = itertools.count()
@@ -366,14 +376,17 @@ class CertificationService:
         self.audit = AuditLog(config.audit_db or ":memory:")
         workers = config.max_queue + config.max_generate_queue
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="smoothgen-request")
-        # Generation runs on this one thread (one request at a time, as the LM allows): the memory its tensors
-        # free stays in one allocator arena and is reused by the next generation. Run on whichever request
-        # thread came, each thread's arena kept its own copy: +200 MB after a flood of 16 requests.
-        self._lm_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="smoothgen-lm")
+        # Generation runs on these threads (generate_concurrency requests at a time), never on the request
+        # threads: the memory its tensors free stays in a few allocator arenas and is reused by the next
+        # generation. Run on whichever request thread came, each thread's arena kept its own copy: +200 MB
+        # after a flood of 16 requests. The LM itself runs on its SharedLM's one thread, which merges the
+        # concurrent generations' calls of the same shape into one batch.
+        self._lm_pool = concurrent.futures.ThreadPoolExecutor(config.generate_concurrency, thread_name_prefix="smoothgen-lm")
         # Closed by close(), when the service is collected, at interpreter exit (a scheduler thread still running
         # a batch then would end the process in C++'s terminate()), or when loading a model fails below.
         self._schedulers: list[Scheduler] = []
-        self._finalizer = weakref.finalize(self, _shut_down, self._schedulers, self._pool, self._lm_pool)
+        self._shared: list[Any] = []
+        self._finalizer = weakref.finalize(self, _shut_down, self._schedulers, self._pool, self._lm_pool, shared=self._shared)
         try:
             self._load_models()
         except BaseException:
@@ -402,9 +415,14 @@ class CertificationService:
             from smoothgen.text_generation import load_lm_spec
             from smoothgen.trust import module_digest
 
+            from smoothgen.generation.batching import SharedLM
+
             for noise in ("ablate", "delete", "gaussian"):
                 lm, tokenizer, name = load_lm_spec(config.lm, config.device, noise)
-                self.lms[noise] = (lm, tokenizer, name, module_digest(lm))
+                shared = SharedLM(lm, max_rows=LM_BATCH_SIZE * config.generate_concurrency, merge=config.merge_generate)
+                self._shared.append(shared)
+                self.metrics.watch_lm(f"{noise}:{name}", shared)
+                self.lms[noise] = (shared, tokenizer, name, module_digest(lm))
 
     def _model(self, runtime, name: str, x: np.ndarray, digest: str, spec: str | None, **extra) -> _Model:
         scheduler = Scheduler(runtime, batch_size=self.config.batch_size, max_pending=self.config.max_queue * 4,
@@ -415,6 +433,9 @@ class CertificationService:
         # The embedded models were trained on pixels in [0, 1]: values outside are not images they know.
         value_range = self.config.input_range if self.config.input_range is not None else ((0.0, 1.0) if spec is None else None)
         return _Model(scheduler, name, runtime.backend, dtype_name(runtime), tuple(x.shape[1:]), digest, value_range, **extra)
+
+    def _lm_names(self) -> list[tuple[str, Any]]:
+        return [(f"lm_{noise}", lm) for noise, (lm, _, _, _) in self.lms.items()]
 
     def close(self) -> None:
         """Cancel what is in flight and stop the schedulers' threads."""
@@ -431,6 +452,8 @@ class CertificationService:
             models[f"lm_{noise}"] = {"name": name, "sha256": digest}
         return {"api": API_VERSION, "endpoints": list(config.endpoints), "models": models, "sigma": config.sigma,
                 "max_queue": config.max_queue, "max_generate_queue": config.max_generate_queue,
+                "generate_concurrency": config.generate_concurrency,
+                "generate_batching": {name: shared.merging for name, shared in self._lm_names()},
                 "max_samples": config.max_samples, "max_prompt_bytes": config.max_prompt_bytes, "max_body": config.max_body,
                 "timeout_s": config.timeout_s, "max_timeout_s": config.max_timeout_s, "max_alpha": config.max_alpha,
                 "alpha_budget": config.alpha_budget, "allow_reproduction": config.allow_reproduction,
@@ -715,8 +738,10 @@ class CertificationService:
     def generate(self, raw: Any, ticket: Ticket | None = None, client: str = ANONYMOUS) -> dict[str, Any]:
         """SmoothedLM's certified prefix, as the record `smoothgen generate --json` prints.
 
-        Generation does not go through a Scheduler (each request decodes its own copies, batch by batch);
-        requests to it run one at a time per replica, in their own queue (max_generate_queue). The prompt's
+        Generation does not go through a Scheduler (each request decodes its own copies, batch by batch):
+        generate_concurrency requests decode at once per replica, in their own queue (max_generate_queue),
+        and with generate_batching their LM calls of the same shape run as one batch (`SharedLM`; a record
+        is bit-identical alone or batched). The prompt's
         size is checked before it is tokenized and before the LM is waited for; the deadline is checked
         while waiting, after every token chosen and every chunk of estimation copies."""
         from smoothgen.text_generation import DEFAULT_TEXT_SIGMA
@@ -775,20 +800,19 @@ class CertificationService:
                                                 "its remaining samples were cancelled")
 
             def run():
-                with self._lm_lock:
-                    try:
-                        progress("", 0, 0)  # the deadline may have passed while it waited for the LM
-                        return served_generate(lm, tokenizer, name, prompt, params, seed=seed, request_id=request_id,
-                                               batch_size=LM_BATCH_SIZE, progress=progress)
-                    except BaseException as exc:  # its frames hold the generation's tensors: free them first
-                        traceback.clear_frames(exc.__traceback__)
-                        raise
-                    finally:
-                        # What its tensors (KV caches, logits of hundreds of copies) freed goes back to the
-                        # system: a generation stopped at another point each time fragments the heap anew
-                        # (+100 to +200 MB per flood of generate requests, measured). About a millisecond,
-                        # against seconds of generation.
-                        release_freed_memory()
+                try:
+                    progress("", 0, 0)  # the deadline may have passed while it waited for the LM
+                    return served_generate(lm, tokenizer, name, prompt, params, seed=seed, request_id=request_id,
+                                           batch_size=LM_BATCH_SIZE, progress=progress)
+                except BaseException as exc:  # its frames hold the generation's tensors: free them first
+                    traceback.clear_frames(exc.__traceback__)
+                    raise
+                finally:
+                    # What its tensors (KV caches, logits of hundreds of copies) freed goes back to the
+                    # system: a generation stopped at another point each time fragments the heap anew
+                    # (+100 to +200 MB per flood of generate requests, measured). About a millisecond,
+                    # against seconds of generation.
+                    release_freed_memory()
 
             future = self._lm_pool.submit(run)
             with ticket._lock:  # a client that goes away cancels it while it waits (running: `progress` stops it)

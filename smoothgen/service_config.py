@@ -34,6 +34,10 @@ class ServiceConfig:
         max_queue: most certify/predict/center requests in flight in one replica; more get 429.
         max_generate_queue: most generate requests in flight (waiting for the LM or decoding), counted
             apart, so that generate requests never take the slots of the others.
+        generate_concurrency: most generate requests decoding at once (the others wait in the queue).
+        generate_batching: "on" runs their LM calls of the same shape as one batch
+            (`smoothgen.generation.batching.SharedLM`), "off" one call at a time, "auto" (the default) on a
+            CUDA device only: on this project's 2-core CPU merging gained nothing (benchmarks/RESULTS.md).
         max_samples: most noisy copies one request may ask for (n0 + n, n + n + m, ...): 422 beyond.
         max_prompt_bytes: the longest prompt (UTF-8 bytes) of /v1/generate, checked before tokenizing.
         max_body: the largest request body in bytes (the HTTP layer answers 413 beyond, before reading it).
@@ -61,6 +65,8 @@ class ServiceConfig:
     batch_size: int = 1000
     max_queue: int = 64
     max_generate_queue: int = 4
+    generate_concurrency: int = 4
+    generate_batching: str = "auto"
     max_samples: int = 1_000_000
     max_prompt_bytes: int = 65_536
     max_body: int = 4 * 1024 * 1024
@@ -75,11 +81,19 @@ class ServiceConfig:
     audit_db: str | None = None
     api_keys: dict[str, str] | None = field(default=None, repr=False)
 
+    @property
+    def merge_generate(self) -> bool:
+        """Whether concurrent generations' LM calls are merged (`generate_batching`; auto: on CUDA)."""
+        return self.generate_batching == "on" or (self.generate_batching == "auto" and self.device.startswith("cuda"))
+
     def check(self) -> "ServiceConfig":
         check_sigma(self.sigma)
         check_count(self.batch_size, "--batch-size")
         check_count(self.max_queue, "--max-queue")
         check_count(self.max_generate_queue, "--max-generate-queue")
+        check_count(self.generate_concurrency, "--generate-concurrency")
+        if self.generate_batching not in ("auto", "on", "off"):
+            raise InvalidParameterError(f"--generate-batching must be auto, on or off, got {self.generate_batching!r}")
         check_count(self.max_samples, "--max-samples")
         check_count(self.max_prompt_bytes, "--max-prompt-bytes")
         check_count(self.max_body, "--max-body")

@@ -198,7 +198,7 @@ def default_mask_token(smoothed: Any, tokenizer: Any, mask_token: int | None) ->
         return mask_token
     from smoothgen.models.lm import CodeLM
 
-    if tokenizer is None and isinstance(smoothed.model, CodeLM):
+    if tokenizer is None and isinstance(smoothed.base_model, CodeLM):
         return 0  # byte-level LMs: NUL, never in source text (the ablation-trained LM's mask byte)
     mask_token = getattr(tokenizer, "mask_token_id", None)
     mask_token = getattr(tokenizer, "unk_token_id", None) if mask_token is None else mask_token

@@ -108,13 +108,17 @@ def test_a_model_that_overflows_at_the_clients_input_is_422_not_500():
 
 
 def test_a_long_prompt_is_refused_before_tokenizing_and_without_waiting_for_the_lm(service, client):
-    """The size check runs before the LM lock: with the LM held by another request, a 1 MB prompt is still
-    refused at once (were it checked inside the lock, it would wait and end in 504)."""
-    assert service._lm_lock.acquire(timeout=30)
+    """The size check runs before a generation thread is waited for: with every one of them held by other
+    work, a 100 kB prompt is still refused at once (were it checked on those threads, it would wait and end
+    in 504)."""
+    gate = threading.Event()
+    busy = [service._lm_pool.submit(gate.wait, 30) for _ in range(service.config.generate_concurrency)]
     try:
         response = client.post("/v1/generate", json={"prompt": "x" * 1_000_00, "timeout_s": 1})
     finally:
-        service._lm_lock.release()
+        gate.set()
+        for future in busy:
+            future.result()
     assert _is_json_error(response, 422) and "at most 4096" in response.json()["error"]
 
 

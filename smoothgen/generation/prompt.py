@@ -9,6 +9,7 @@ import torch
 
 from smoothgen.deletion import TokenDeletion
 from smoothgen.errors import InvalidInputError, InvalidParameterError
+from smoothgen.generation.batching import SharedLM
 from smoothgen.generation.interface import _check_mask_tensor, model_context_length, positional_mask
 from smoothgen.generation.noise import EmbeddingGaussian, NoiseSpace, TokenAblation
 from smoothgen.generation.substitutions import _as_ids
@@ -50,6 +51,8 @@ class PromptSmoother:
         if isinstance(model, torch.nn.Module):
             model.eval()
         self.model = model
+        #: The model itself (the one a `SharedLM` stands in for): what the prompt's encoding depends on.
+        self.base_model = model.model if isinstance(model, SharedLM) else model
         table = model.get_input_embeddings().weight
         if not isinstance(table, torch.Tensor) or table.ndim != 2:
             raise InvalidInputError("get_input_embeddings().weight must be a [V, D] tensor")
@@ -82,9 +85,9 @@ class PromptSmoother:
         if tokenizer is None:
             from smoothgen.models.lm import CodeLM, encode
 
-            if isinstance(self.model, CodeLM) and self.model.vocab_size == 256:
+            if isinstance(self.base_model, CodeLM) and self.base_model.vocab_size == 256:
                 return encode(text)
-            if isinstance(self.model, CodeLM):
+            if isinstance(self.base_model, CodeLM):
                 raise InvalidInputError("this CodeLM has a sub-word vocabulary: pass its tokenizer "
                                         "(smoothgen.models.load_tokenizer(name)) or token ids")
             raise InvalidInputError("a string prompt needs a tokenizer (pass tokenizer=...) or token ids")

@@ -179,7 +179,11 @@ class _Block(nn.Module):
         if past_length == 0:
             attn = F.scaled_dot_product_attention(q, k, v, is_causal=length > 1)
         elif length == 1:
-            attn = F.scaled_dot_product_attention(q, k, v)  # one new query sees the whole cache
+            # One new query sees the whole cache. Written out rather than through scaled_dot_product_attention,
+            # whose CPU kernel splits this case by batch size: a row's result must not depend on which other
+            # rows share its batch (concurrent generations merged by SharedLM, docs/design.md).
+            scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+            attn = torch.matmul(torch.softmax(scores, dim=-1), v)
         else:
             # is_causal aligns the mask top-left; with a cache, query i sits at position past_length + i.
             mask = torch.ones(length, past_length + length, dtype=torch.bool, device=x.device).tril(past_length)

@@ -12,7 +12,8 @@ On a CUDA machine with no network (README: "GPU check"), in a few minutes on one
 5. imagenet    CERTIFY of one 3×224×224 input on a ResNet-50-shaped model (random weights) at n = 100 000
                (target ≤ 5 s; Cohen et al. published ≈ 150 s per image);
 6. dds         DDS per input: a CIFAR-size UNet purifier (random weights) + CNN, CERTIFY at n = 10 000;
-7. lm          SmoothedLM certified decoding on the embedded code LM (16 tokens, token ablation and Gaussian).
+7. lm          SmoothedLM certified decoding on the embedded code LM (16 tokens, token ablation and Gaussian),
+               and four concurrent generations through SharedLM, merged against one at a time.
 
 It writes OUT/gpu_check.md (device, date, versions, command, every figure against its target) and
 OUT/gpu_check.json. A step that fails is reported and the others still run; the exit status is 0 only
@@ -277,6 +278,44 @@ def step_lm(args, result: dict) -> None:
         rows.append({"noise": noise, "tokens": len(cert.tokens), "n": n, "certified_tokens": cert.certified_prefix,
                      "seconds": seconds})
     result["rows"] = rows
+    result["batching"] = _lm_batching(args, load_lm("code_lm_ablate0.1").to(device), n, tokens)
+
+
+def _lm_batching(args, model, n: int, tokens: int) -> dict:
+    """The service's --generate-batching on this device: whether the embedded LM passes SharedLM's probe
+    (rows the same alone and merged), and four concurrent generations of one token count, merged against
+    one at a time (wall time, and whether the records are identical)."""
+    import threading
+
+    from smoothgen.generation.batching import SharedLM, probe
+    from smoothgen.generative import SmoothedLM, TokenAblation
+
+    prompts = [f"def {name}(path):\n    with open(path) as f:\n        return f.read"
+               for name in ("read_text", "load_data", "parse_all", "read_conf")]
+
+    def certify(m, prompt, seed):
+        ids = SmoothedLM(m, 0.01, device=args.device).prompt_ids(prompt)
+        smoothed = SmoothedLM(m, TokenAblation(max(1, round(0.1 * len(ids))), 0), device=args.device, batch_size=250)
+        return smoothed.generate(ids, tokens, n0=20 if args.quick else 100, n=n, alpha=0.001, seed=seed)
+
+    t0 = time.perf_counter()
+    alone = [certify(model, p, i) for i, p in enumerate(prompts)]
+    _sync(args.device)
+    alone_s = time.perf_counter() - t0
+    together: list = [None] * len(prompts)
+    with SharedLM(model) as shared:
+        threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, certify(shared, prompts[i], i)))
+                   for i in range(len(prompts))]
+        t0 = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        _sync(args.device)
+        merged_s = time.perf_counter() - t0
+        return {"probe": probe(model), "merging": shared.merging, "calls": shared.calls, "runs": shared.batches,
+                "one_at_a_time_s": alone_s, "merged_s": merged_s, "speedup": alone_s / merged_s,
+                "identical": together == alone}
 
 
 RUNNERS = {"setup": step_setup, "cuda-tests": step_cuda_tests, "kernels": step_kernels,
@@ -308,7 +347,7 @@ def markdown(report: dict) -> str:
             lines += ["", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
             for row in rows:
                 lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
-        for key in ("target", "met", "summary", "failures", "core", "build_s", "report"):
+        for key in ("target", "met", "summary", "failures", "core", "build_s", "report", "batching"):
             if key in step:
                 value = step[key]
                 lines.append(f"- {key}: " + ("; ".join(value) if isinstance(value, list) else str(value)))

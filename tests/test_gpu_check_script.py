@@ -55,6 +55,8 @@ def test_a_toy_cpu_run_writes_both_reports(tmp_path):
     assert {r["dtype"] for r in steps["certify-forward"]["rows"]} == {"float32", "bfloat16"}
     assert all(r["ratio"] > 0 for r in steps["certify-forward"]["rows"])
     assert all(r["tokens"] == 4 for r in steps["lm"]["rows"])
+    batching = steps["lm"]["batching"]
+    assert batching["probe"] and batching["merging"] and batching["identical"] and batching["calls"] >= batching["runs"]
     markdown = (tmp_path / "gpu_check.md").read_text()
     assert "## GPU check" in markdown and "certify ÷ forward ≥ 0.95" in markdown and "torch" in markdown
 

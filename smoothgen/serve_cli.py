@@ -52,10 +52,16 @@ def add_parser(sub: Any) -> None:
         formatter_class=DefaultsFormatter,
     )
     models = p.add_argument_group("models")
-    models.add_argument("--model", help="classifier of /v1/certify and /v1/predict: TorchScript, .pt2, ONNX or "
-                        "package.module:factory (default: the embedded digits CNN trained at --sigma)")
-    models.add_argument("--sigma", type=float, default=0.25, help="noise level of requests that give none")
-    models.add_argument("--center-model", help="model of /v1/center (default: the embedded digits autoencoder)")
+    models.add_argument("--model", action="append", metavar="[NAME=]SPEC",
+                        help="classifier of /v1/certify and /v1/predict: TorchScript, .pt2, ONNX, package.module:factory, "
+                        "embedded (the digits CNN trained at --sigma) or embedded:SIGMA (the one trained at SIGMA). "
+                        "Repeat as NAME=SPEC to serve several: requests pick one with \"model\": NAME, the first is "
+                        "the default (default: embedded)")
+    models.add_argument("--sigma", type=float, default=0.25, help="noise level of requests that give none (and of the "
+                        "embedded classifier)")
+    models.add_argument("--center-model", action="append", metavar="[NAME=]SPEC",
+                        help="model of /v1/center, as --model (repeat as NAME=SPEC for several) (default: embedded, the "
+                        "digits autoencoder)")
     models.add_argument("--lm", help="causal LM of /v1/generate: package.module:factory, hf:FOLDER or embedded:NAME "
                         "(e.g. embedded:code_bpe_delete0.9, the word-piece code LM) (default: the embedded byte-level "
                         "code LMs, the one trained for each noise)")
@@ -164,7 +170,6 @@ def is_loopback(host: str) -> bool:
 
 def config_from_args(args):
     """The ServiceConfig of the command line, with the server's keys loaded (or created) from the state folder."""
-    from smoothgen.base_models import check_model_spec
     from smoothgen.service_config import ServiceConfig
     from smoothgen.trust import AUDIT_FILE, ServerKeys
 
@@ -180,9 +185,10 @@ def config_from_args(args):
 
         value_range = parse_value_range(args.input_range, "--input-range")
     endpoints = tuple(e.strip() for e in args.endpoints.split(",") if e.strip())
-    for option, spec in (("--model", args.model), ("--center-model", args.center_model)):
-        if spec is not None:
-            check_model_spec(spec, option)
+    from smoothgen.registry import named_models
+
+    classifiers = named_models(args.model, "--model", embedded_sigma=True)
+    center_models = named_models(args.center_model, "--center-model")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise InvalidParameterError("--tls-cert and --tls-key go together")
     for option, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
@@ -192,7 +198,7 @@ def config_from_args(args):
     if not is_loopback(args.host) and api_keys is None and not args.insecure_no_auth:
         raise InvalidParameterError(f"--host {args.host} is reachable from other machines: give --api-keys FILE (or "
                                     "--insecure-no-auth to serve anyone who reaches the port)")
-    config = ServiceConfig(model=args.model, sigma=args.sigma, center_model=args.center_model, lm=args.lm,
+    config = ServiceConfig(classifiers=classifiers, sigma=args.sigma, center_models=center_models, lm=args.lm,
                            input_shape=shape, input_range=value_range, backend=args.backend, device=args.device,
                            batch_size=args.batch_size, max_queue=args.max_queue,
                            max_generate_queue=args.max_generate_queue, generate_concurrency=args.generate_concurrency,

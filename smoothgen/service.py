@@ -27,6 +27,7 @@ import argparse
 import base64
 import binascii
 import concurrent.futures
+import dataclasses
 import datetime
 import io
 import itertools
@@ -48,6 +49,7 @@ from smoothgen.engine.scheduler import (QueueFullError, RequestCancelledError, S
                                         SchedulerClosedError)
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, SmoothgenError, first_line, short
 from smoothgen.service_config import DEFAULT_MAX_ALPHA, ServiceConfig  # noqa: F401  (re-exported)
+from smoothgen.registry import DEFAULT_NAME
 from smoothgen.jobs import failure_probability, served_center, served_certify, served_generate, served_predict
 from smoothgen.trust import ServerKeys, Signer, canonical, input_digest, issued_seed
 from smoothgen.validate import check_alpha, check_count, check_positive, check_sigma, finite_real, load_numpy
@@ -317,10 +319,13 @@ class _Model:
     digest: str
     input_range: tuple[float, float] | None
     num_classes: int | None = None
+    served_as: str = DEFAULT_NAME
+    sigma: float | None = None
 
     def describe(self) -> dict[str, Any]:
-        """How documents name the model: its name, digest, backend and dtype."""
-        return {"name": self.name, "sha256": self.digest, "backend": self.backend, "dtype": self.dtype}
+        """How documents name the model: its name, digest, backend and dtype, and the name requests use."""
+        return {"name": self.name, "sha256": self.digest, "backend": self.backend, "dtype": self.dtype,
+                "served_as": self.served_as}
 
 
 def _runtime_args(config: ServiceConfig, model: str | None, sigma: float | None = None) -> argparse.Namespace:
@@ -396,21 +401,19 @@ class CertificationService:
         self.ready = True
 
     def _load_models(self) -> None:
-        from smoothgen.base_models import center_digest, center_runtime, classifier_digest, classifier_runtime, probe
+        from smoothgen.registry import ModelRegistry
 
         config = self.config
+        registry = ModelRegistry()  # one runtime (and scheduler) per distinct spec, whatever names it has
         if "certify" in config.endpoints or "predict" in config.endpoints:
-            x = _example(config, config.model)
-            runtime, name = classifier_runtime(_runtime_args(config, config.model, config.sigma), x)
-            logits = probe(runtime, x[0])
-            if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-                raise ModelOutputError(f"{name} is not a classifier: it must return logits [batch, classes]")
-            self.models["classifier"] = self._model(runtime, name, x, classifier_digest(config.model, config.sigma),
-                                                    config.model, num_classes=int(logits.shape[1]))
+            for named in config.classifier_models:
+                sigma = config.sigma if named.sigma is None else named.sigma
+                model = registry.get(("classifier", named.spec, sigma), lambda: self._load_classifier(named.spec, sigma))
+                self.models[f"classifier:{named.name}"] = dataclasses.replace(model, served_as=named.name)
         if "center" in config.endpoints:
-            x = _example(config, config.center_model)
-            runtime, name = center_runtime(_runtime_args(config, config.center_model), x)
-            self.models["center"] = self._model(runtime, name, x, center_digest(config.center_model), config.center_model)
+            for named in config.center_model_list:
+                model = registry.get(("center", named.spec), lambda: self._load_center(named.spec))
+                self.models[f"center:{named.name}"] = dataclasses.replace(model, served_as=named.name)
         if "generate" in config.endpoints:
             from smoothgen.text_generation import load_lm_spec
             from smoothgen.trust import module_digest
@@ -423,6 +426,24 @@ class CertificationService:
                 self._shared.append(shared)
                 self.metrics.watch_lm(f"{noise}:{name}", shared)
                 self.lms[noise] = (shared, tokenizer, name, module_digest(lm))
+
+    def _load_classifier(self, spec: str | None, sigma: float) -> _Model:
+        from smoothgen.base_models import classifier_digest, classifier_runtime, probe
+
+        x = _example(self.config, spec)
+        runtime, name = classifier_runtime(_runtime_args(self.config, spec, sigma), x)
+        logits = probe(runtime, x[0])
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise ModelOutputError(f"{name} is not a classifier: it must return logits [batch, classes]")
+        return self._model(runtime, name, x, classifier_digest(spec, sigma), spec, num_classes=int(logits.shape[1]),
+                           sigma=sigma)
+
+    def _load_center(self, spec: str | None) -> _Model:
+        from smoothgen.base_models import center_digest, center_runtime
+
+        x = _example(self.config, spec)
+        runtime, name = center_runtime(_runtime_args(self.config, spec), x)
+        return self._model(runtime, name, x, center_digest(spec), spec)
 
     def _model(self, runtime, name: str, x: np.ndarray, digest: str, spec: str | None, **extra) -> _Model:
         scheduler = Scheduler(runtime, batch_size=self.config.batch_size, max_pending=self.config.max_queue * 4,
@@ -446,8 +467,15 @@ class CertificationService:
     def describe(self) -> dict[str, Any]:
         """What GET /v1 shows: endpoints, models (with digests), limits and the issuing policy."""
         config = self.config
-        models = {k: {**m.describe(), "input_shape": list(m.shape), "input_range": m.input_range}
-                  for k, m in self.models.items()}
+        models = {}
+        for key, m in self.models.items():
+            entry = {**m.describe(), "input_shape": list(m.shape), "input_range": m.input_range}
+            if m.sigma is not None:
+                entry["sigma"] = m.sigma
+            kind = key.split(":")[0]
+            if kind not in models:
+                models[kind] = entry  # the default of requests that name no model (the first given)
+            models[key] = entry
         for noise, (_, _, name, digest) in self.lms.items():
             models[f"lm_{noise}"] = {"name": name, "sha256": digest}
         return {"api": API_VERSION, "endpoints": list(config.endpoints), "models": models, "sigma": config.sigma,
@@ -505,11 +533,22 @@ class CertificationService:
             self.release(endpoint)
 
     # ---------------------------------------------------------------- helpers
-    def _get(self, key: str, endpoint: str) -> _Model:
-        model = self.models.get(key)
-        if model is None:
-            raise EndpointDisabledError(f"/{API_VERSION}/{endpoint} is not served here (smoothgen serve --endpoints)")
-        return model
+    def _named(self, kind: str, endpoint: str, body: "_Body") -> _Model:
+        """The model a request names ("model": one of the names the server was started with), or the default."""
+        name = body.get("model")
+        if name is None:
+            return self._get(kind, endpoint)
+        if not isinstance(name, str) or f"{kind}:{name}" not in self.models:
+            served = ", ".join(k.split(":", 1)[1] for k in self.models if k.startswith(kind + ":"))
+            raise InvalidParameterError(f"model {short(name)} is not served here; /{API_VERSION}/{endpoint} serves: {served}")
+        return self.models[f"{kind}:{name}"]
+
+    def _get(self, kind: str, endpoint: str) -> _Model:
+        """The default model of `kind` (the first one the server was given)."""
+        for key, model in self.models.items():
+            if key.startswith(kind + ":"):
+                return model
+        raise EndpointDisabledError(f"/{API_VERSION}/{endpoint} is not served here (smoothgen serve --endpoints)")
 
     def _stream(self, body: _Body) -> tuple[int, int] | None:
         """The client's (seed, request_id) in reproduction mode; None for an issued certificate, whose
@@ -564,10 +603,11 @@ class CertificationService:
 
     def _classifier_request(self, raw: Any, endpoint: str) -> tuple[_Model, _Body, np.ndarray, float, float]:
         """What certify and predict share: the classifier, the body, its input, σ and α."""
-        model = self._get("classifier", endpoint)
+        self._get("classifier", endpoint)  # a disabled endpoint says so before the body is read
         body = _Body(raw, endpoint)
+        model = self._named("classifier", endpoint, body)
         x = self._input(body, model)
-        sigma = check_sigma(body.number("sigma", self.config.sigma))
+        sigma = check_sigma(body.number("sigma", model.sigma))
         check_noise_scale(x, sigma)
         return model, body, x, sigma, self._alpha(body)
 
@@ -703,8 +743,9 @@ class CertificationService:
         smoothed output under "center"."""
         from smoothgen.metrics import get_metric
 
-        model = self._get("center", "center")
+        self._get("center", "center")
         body = _Body(raw, "center")
+        model = self._named("center", "center", body)
         x = self._input(body, model)
         eps_in = check_positive(body.number("eps_in", 0.2), "eps_in")
         h = check_positive(body.number("h", 2.0), "h")

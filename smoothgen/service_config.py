@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from numbers import Integral
 
 from smoothgen.errors import InvalidParameterError
+from smoothgen.registry import DEFAULT_NAME, NamedModel, check_unique
 from smoothgen.serve import ENDPOINTS
 from smoothgen.trust import ServerKeys
 from smoothgen.validate import check_alpha, check_count, check_positive, check_sigma, finite_real
@@ -25,6 +26,9 @@ class ServiceConfig:
             CNN trained at `sigma`).
         sigma: the default noise level of certify/predict requests (and the embedded classifier's).
         center_model: model for center smoothing (None: the embedded digits autoencoder).
+        classifiers, center_models: several named models instead of `model` / `center_model`
+            (`smoothgen.registry.NamedModel`s, the first the default; `smoothgen serve --model NAME=SPEC`,
+            repeated): requests pick one by name ("model") from these only.
         lm: causal LM for generate, as `smoothgen generate --model` takes it (None: the embedded code LM
             trained for each noise).
         input_shape: one input's shape for a user's model (None: the embedded models' [1, 8, 8]).
@@ -58,6 +62,8 @@ class ServiceConfig:
     sigma: float = 0.25
     center_model: str | None = None
     lm: str | None = None
+    classifiers: tuple[NamedModel, ...] | None = None
+    center_models: tuple[NamedModel, ...] | None = None
     input_shape: tuple[int, ...] | None = None
     input_range: tuple[float, float] | None = None
     backend: str = "auto"
@@ -86,7 +92,26 @@ class ServiceConfig:
         """Whether concurrent generations' LM calls are merged (`generate_batching`; auto: on CUDA)."""
         return self.generate_batching == "on" or (self.generate_batching == "auto" and self.device.startswith("cuda"))
 
+    @property
+    def classifier_models(self) -> tuple[NamedModel, ...]:
+        """The served classifiers by name (one named "default" when `classifiers` is not given)."""
+        return self.classifiers or (NamedModel(DEFAULT_NAME, self.model),)
+
+    @property
+    def center_model_list(self) -> tuple[NamedModel, ...]:
+        """The served center-smoothing models by name (one named "default" when `center_models` is not given)."""
+        return self.center_models or (NamedModel(DEFAULT_NAME, self.center_model),)
+
     def check(self) -> "ServiceConfig":
+        for option, single, several in (("--model", self.model, self.classifiers),
+                                        ("--center-model", self.center_model, self.center_models)):
+            if several is not None:
+                if single is not None:
+                    raise InvalidParameterError(f"give {option} either once as SPEC or as NAME=SPEC, repeated; not both")
+                if not several:
+                    raise InvalidParameterError(f"{option}: no model named")
+                check_unique(several, option)
+
         check_sigma(self.sigma)
         check_count(self.batch_size, "--batch-size")
         check_count(self.max_queue, "--max-queue")

@@ -22,22 +22,11 @@ from smoothgen.generative import (
     substitution_radius,
     substitutions_covered,
 )
-from smoothgen.models.lm import CodeLM
+from tiny_models import tiny_code_lm
 
 # --------------------------------------------------------------------------------------------------
 # Test subjects
 # --------------------------------------------------------------------------------------------------
-
-
-def tiny_code_lm(seed: int = 0, scale: float = 20.0, context_length: int = 48) -> CodeLM:
-    """A randomly initialised CodeLM; weights scaled up so that its next-token distributions are peaked
-    (GPT-2's N(0, 0.02) init gives nearly uniform ones, which certify nothing)."""
-    torch.manual_seed(seed)
-    model = CodeLM(d_model=32, n_layers=2, n_heads=2, context_length=context_length)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(scale)
-    return model.eval()
 
 
 @dataclass

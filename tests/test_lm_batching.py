@@ -9,7 +9,7 @@ import torch
 from smoothgen.errors import InvalidParameterError
 from smoothgen.generation.batching import SharedLM, probe
 from smoothgen.generative import SmoothedLM, TokenAblation
-from test_generative import tiny_code_lm
+from tiny_models import tiny_code_lm
 
 
 class GatedLM(torch.nn.Module):

@@ -223,7 +223,7 @@ def test_a_full_replica_answers_429_with_retry_after(service, client):
 
 
 def test_a_deadline_gives_504_and_cancels_the_remaining_samples(service, client):
-    scheduler = service.models["classifier"].scheduler
+    scheduler = service.models["classifier:default"].scheduler
     before = scheduler.samples_run
     t0 = time.perf_counter()
     response = client.post("/v1/certify", json={"x": X[0].tolist(), "n": 190_000, "timeout_s": 0.3})
@@ -236,7 +236,7 @@ def test_a_deadline_gives_504_and_cancels_the_remaining_samples(service, client)
 
 
 def test_a_cancelled_ticket_stops_its_request(service):
-    scheduler = service.models["classifier"].scheduler
+    scheduler = service.models["classifier:default"].scheduler
     before = scheduler.samples_run
     service.admit()
     try:
@@ -254,7 +254,7 @@ def test_a_cancelled_ticket_stops_its_request(service):
 
 
 def test_concurrent_requests_share_batches_and_match_in_process(service, client):
-    scheduler = service.models["classifier"].scheduler
+    scheduler = service.models["classifier:default"].scheduler
     batches_before = scheduler.batches_run
     results = {}
 
@@ -290,8 +290,8 @@ def test_health_readiness_description_and_metrics(service, client):
         line = next(line for line in text.splitlines() if line.startswith(prefix))
         return float(line.rsplit(" ", 1)[1])
 
-    assert value('smoothgen_samples_total{model="embedded:digits_cnn_sigma0.25"}') == service.models["classifier"].scheduler.samples_run
-    assert value('smoothgen_batch_fill_count{model="embedded:digits_cnn_sigma0.25"}') == service.models["classifier"].scheduler.batches_run
+    assert value('smoothgen_samples_total{model="embedded:digits_cnn_sigma0.25"}') == service.models["classifier:default"].scheduler.samples_run
+    assert value('smoothgen_batch_fill_count{model="embedded:digits_cnn_sigma0.25"}') == service.models["classifier:default"].scheduler.batches_run
 
 
 def test_readyz_is_503_once_closed():
@@ -310,7 +310,7 @@ def test_the_default_backend_is_the_clis_verified_choice():
     named with its dtype in every record."""
     svc = CertificationService(ServiceConfig(endpoints=("certify",)))
     try:
-        model = svc.models["classifier"]
+        model = svc.models["classifier:default"]
         assert (model.backend, model.dtype) == ("onnxruntime", "float32")
         record = svc.call("certify", {"x": X[0].tolist(), "n": 200})["record"]
         assert record["backend"] == "onnxruntime" and record["dtype"] == "float32" and record["samples"] == 200

@@ -27,3 +27,16 @@ def tiny_unet(cross_attention_dim: int = 12, **kwargs) -> torch.nn.Module:
         cross_attention_dim=cross_attention_dim, attention_head_dim=4, norm_num_groups=4,
     )
     return diffusers.UNet2DConditionModel(**{**config, **kwargs}).eval()
+
+
+def tiny_code_lm(seed: int = 0, scale: float = 20.0, context_length: int = 48) -> torch.nn.Module:
+    """A randomly initialised CodeLM; weights scaled up so that its next-token distributions are peaked
+    (GPT-2's N(0, 0.02) init gives nearly uniform ones, which certify nothing)."""
+    from smoothgen.models.lm import CodeLM
+
+    torch.manual_seed(seed)
+    model = CodeLM(d_model=32, n_layers=2, n_heads=2, context_length=context_length)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+    return model.eval()

@@ -6,25 +6,15 @@ once with 130 or 143 — no KeyboardInterrupt traceback out of whichever import 
 that an import's `except BaseException` could turn into another error. `smoothgen.cli.main` hands both
 signals over to its own handling just before the command runs (a run stops between whole records).
 
-This module imports only `os`, `signal` and `sys`. Python runs the `smoothgen` package's `__init__`
-before it, so that `__init__` must stay light as well (its exports are imported on first use).
+This module imports only `signal` and `smoothgen._signals` (which imports `os` and `signal`). Python
+runs the `smoothgen` package's `__init__` before it, so that `__init__` must stay light as well (its exports
+are imported on first use).
 """
 from __future__ import annotations
 
-import os
 import signal
-import sys
 
-#: 128 + the signal's number, as a shell reports a process stopped by it.
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-def stop_during_startup(signum, frame) -> None:
-    """The handler of SIGINT and SIGTERM until the command starts: one line on stderr, exit at once."""
-    try:
-        os.write(2, b"smoothgen: interrupted\n")  # no Python-level buffering: safe whatever was running
-    finally:
-        os._exit(EXIT_CODES.get(signum, 128 + signum))
+from smoothgen._signals import EXIT_CODES, stop_during_startup  # noqa: F401  (EXIT_CODES: also named here)
 
 
 def main(argv=None) -> int:

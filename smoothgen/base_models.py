@@ -3,8 +3,9 @@ embedded or a pretrained model), checked against the data, put on the chosen run
 record builders on top (`certify_unit`, `center_unit`). `smoothgen certify` / `center`, the HTTP service,
 the Ray workers and `smoothgen verify --recompute` call these; none of them imports another for it.
 
-`args` is any object with the run's settings as attributes (model, backend, device, batch_size, sigma,
-...): the CLI passes its parsed arguments, the service and the workers objects of their own.
+`args` is a typed specification (`smoothgen.job_specs`): a `RuntimeSpec` (the model and its runtime: the
+service's served models, `verify --recompute`), or the run's `CertifyJob` / `CenterJob` (the CLI builds it
+from its options; the Ray driver ships it to its workers).
 """
 from __future__ import annotations
 
@@ -14,14 +15,11 @@ from typing import Any, Callable
 
 from smoothgen._lazy import lazy_module
 from smoothgen.errors import InvalidInputError, InvalidParameterError
+from smoothgen.job_specs import DEFAULT_SEQUENTIAL, CenterJob, CertifyJob, RuntimeSpec  # noqa: F401  (DEFAULT_SEQUENTIAL: named here too)
 from smoothgen.jobs import center_record, certify_record
 
 np = lazy_module("numpy")
 torch = lazy_module("torch")
-
-#: The sequential test of `certify --target-radius` when neither --sequential nor --looks is given: betting,
-#: which needed 1.6x fewer samples than the 4 looks for the same certificates (benchmarks/RESULTS.md).
-DEFAULT_SEQUENTIAL = "betting"
 
 
 def pretrained_registry():
@@ -30,7 +28,7 @@ def pretrained_registry():
     return pretrained
 
 
-def pretrained_spec(args: Any):
+def pretrained_spec(args: RuntimeSpec):
     """The pretrained model --model names (smoothgen.pretrained.PretrainedModel), or None for a file, factory
     or the embedded model."""
     return pretrained_registry().MODELS.get(args.model) if getattr(args, "model", None) is not None else None
@@ -46,7 +44,7 @@ def check_model_spec(spec: str, option: str) -> None:
     raise InvalidParameterError(f"{option} {spec!r} is neither an existing file nor package.module:factory")
 
 
-def load_base_model(args: Any, embedded, embedded_name: str, x: np.ndarray):
+def load_base_model(args: RuntimeSpec, embedded, embedded_name: str, x: np.ndarray):
     """The user's model (--model), or the embedded one after checking the data fits it. Returns (runtime, name)."""
     from smoothgen.engine.runtime import TorchRuntime
     from smoothgen.loading import load_model
@@ -60,14 +58,15 @@ def load_base_model(args: Any, embedded, embedded_name: str, x: np.ndarray):
     return TorchRuntime(embedded().to(args.device), device=args.device), embedded_name
 
 
-def check_input_range(args: Any, x: np.ndarray) -> None:
+def check_input_range(args: RuntimeSpec, x: np.ndarray) -> None:
     """--input-range, or [0, 1] for the embedded models: data outside is refused before anything runs (pixels
     in [0, 255] given to a model trained on [0, 1] used to certify 1.000 at a radius in 0-255 units)."""
     from smoothgen.validate import check_value_range, parse_value_range
 
     spec = getattr(args, "input_range", None)
     if spec is not None:
-        check_value_range(x, parse_value_range(spec, "--input-range"), "--data", " (--input-range)")
+        value_range = parse_value_range(spec, "--input-range") if isinstance(spec, str) else tuple(spec)
+        check_value_range(x, value_range, "--data", " (--input-range)")
     elif args.model is None:
         check_value_range(x, (0.0, 1.0), "--data", ", the range of the pixels the embedded digits models were trained "
                           "on: scale the inputs to [0, 1] (a model of your own: --model, and --input-range LO,HI)")
@@ -81,7 +80,7 @@ def model_record_name(spec: str) -> str:
     return str(path.resolve()) if path.is_file() else spec
 
 
-def apply_backend(args: Any, runtime, x: np.ndarray):
+def apply_backend(args: RuntimeSpec, runtime, x: np.ndarray):
     """The runtime for --backend: torch models are re-wrapped (compiled, exported); ONNX files stay on ONNX Runtime.
 
     The model first runs once as loaded, so that data it cannot take fails with what it takes
@@ -124,13 +123,13 @@ def probe(runtime, x0: np.ndarray) -> Any:
     return run_model(runtime, torch.from_numpy(x0[None]).to(runtime.device))
 
 
-def progress_bar(iterable, args, total: int, desc: str, unit: str = "input"):
+def progress_bar(iterable, disable: bool, total: int, desc: str, unit: str = "input"):
     from tqdm import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable, dynamic_ncols=True)
 
 
-def default_classifier_sigma(args: Any) -> float:
+def default_classifier_sigma(args: CertifyJob) -> float:
     """The embedded classifier behind a purifier: DiffSmooth classifies copies noisy at sigma', so the
     classifier trained at sigma' (when one is embedded) beats the clean one there (benchmarks/RESULTS.md,
     DDS/DiffSmooth ablation); DDS classifies the purified image itself, so the clean one."""
@@ -142,7 +141,7 @@ def default_classifier_sigma(args: Any) -> float:
     return 0.0
 
 
-def load_noise_model(args: Any, x: np.ndarray) -> tuple[torch.nn.Module, str]:
+def load_noise_model(args: CertifyJob, x: np.ndarray) -> tuple[torch.nn.Module, str]:
     """The DDPM's noise-prediction network (--ddpm, or the embedded digits DDPM) on --device."""
     if args.ddpm == "embedded":
         from smoothgen.models import DIGITS_SHAPE, load_ddpm
@@ -163,7 +162,7 @@ def load_noise_model(args: Any, x: np.ndarray) -> tuple[torch.nn.Module, str]:
     return module, model_record_name(args.ddpm)
 
 
-def load_denoised(args: Any, x: np.ndarray):
+def load_denoised(args: CertifyJob, x: np.ndarray):
     """The randomized base classifier DDS(purifier, classifier) or DiffSmooth(...). Returns (runtime, name)."""
     from smoothgen.denoise import DDS, DiffSmooth, DiffusionPurifier
     from smoothgen.engine.runtime import TorchRuntime
@@ -186,7 +185,7 @@ def load_denoised(args: Any, x: np.ndarray):
     return TorchRuntime(base, device=args.device), name
 
 
-def classifier_runtime(args: Any, x: np.ndarray):
+def classifier_runtime(args: RuntimeSpec, x: np.ndarray):
     """certify's base classifier (--model or the embedded CNN at --sigma, behind --denoiser) on --backend:
     (runtime, name). The --ray workers and `smoothgen serve` build theirs here too, so every front end
     certifies the same runtime."""
@@ -199,7 +198,7 @@ def classifier_runtime(args: Any, x: np.ndarray):
     return apply_backend(args, runtime, x), name
 
 
-def certify_unit(args: Any, smoothed, reseed):
+def certify_unit(args: CertifyJob, smoothed, reseed):
     """The record of one input under the command line's options: compute(idx, x, label) (local loop and --ray workers)."""
     sequential = {}
     if args.target_radius is not None and getattr(args, "sequential", None) == "betting":
@@ -212,7 +211,7 @@ def certify_unit(args: Any, smoothed, reseed):
     return compute
 
 
-def center_runtime(args: Any, x: np.ndarray):
+def center_runtime(args: RuntimeSpec, x: np.ndarray):
     """center's base model (--model, a pretrained model by name, or the embedded autoencoder) on --backend:
     (runtime, name); also built by the --ray workers and `smoothgen serve`."""
     from smoothgen.models import load_autoencoder
@@ -223,7 +222,7 @@ def center_runtime(args: Any, x: np.ndarray):
     return apply_backend(args, runtime, x), name
 
 
-def check_pretrained_options(args: Any) -> None:
+def check_pretrained_options(args: CenterJob) -> None:
     """A pretrained model runs as it ships: no other --backend, and on the CPU except MTCNN (a torch model)."""
     if args.backend not in ("auto", "eager"):
         raise InvalidParameterError(f"--model {args.model} runs as it ships (--backend auto or eager), got --backend {args.backend}")
@@ -231,7 +230,7 @@ def check_pretrained_options(args: Any) -> None:
         raise InvalidParameterError(f"--model {args.model} runs on the CPU (--device cpu), got --device {args.device}")
 
 
-def pretrained_runtime(args: Any, x: np.ndarray):
+def pretrained_runtime(args: CenterJob, x: np.ndarray):
     """A pretrained model by name (smoothgen.pretrained) as a runtime: it runs as it ships (MTCNN and the cascade
     in eager torch / OpenCV, the OCR model in ONNX Runtime inside), so --backend can only be auto or eager."""
     from smoothgen.engine.runtime import Runtime, TorchRuntime
@@ -246,7 +245,7 @@ def pretrained_runtime(args: Any, x: np.ndarray):
     return runtime
 
 
-def center_unit(args: Any, runtime, metric, input_shape: tuple[int, ...], run_fields: tuple[str, ...]):
+def center_unit(args: CenterJob, runtime, metric, input_shape: tuple[int, ...], run_fields: tuple[str, ...]):
     """The record of one (input, eps_in) pair under the command line's options: compute(idx, x, eps_in), with
     one CenterSmoother per eps_in (local loop and --ray workers)."""
     from smoothgen.center import CenterSmoother

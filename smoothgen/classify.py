@@ -20,17 +20,16 @@ from smoothgen.engine import DEFAULT_BATCH_SIZE, Purpose, RandomStream, Runtime,
 from smoothgen.errors import InvalidParameterError
 from smoothgen.validate import check_alpha, check_count, check_input, check_positive, check_shape, check_sigma
 
-#: Looks of the sequential test (docs/theory.md §6): a geometric schedule up to 10⁵ samples.
-DEFAULT_LOOKS = (100, 1_000, 10_000, 100_000)
+# Looks of the sequential test (docs/theory.md §6): a geometric schedule up to 10⁵ samples; and the estimation
+# samples between two checks of the betting test (measured on the digits CNN, 2-core CPU: a model call on 100
+# copies costs the same per copy as one on 1 000, and finer checks save samples on the many inputs that decide
+# within the first few hundred; raise it on accelerators that want larger batches). Defined with the jobs'
+# other defaults, so that the CLI, the service and this class take the same ones.
+from smoothgen.job_specs import DEFAULT_CHECK_EVERY, DEFAULT_LOOKS  # noqa: E402
 
 #: Tests of `certify_at`: "looks" (Clopper–Pearson at a few fixed looks, Bonferroni) and "betting" (an
 #: anytime-valid betting confidence sequence checked after every `check_every` samples).
 SEQUENTIAL_METHODS = ("looks", "betting")
-
-#: Estimation samples between two checks of the betting test. Measured on the digits CNN (2-core CPU): a
-#: model call on 100 copies costs the same per copy as one on 1 000, and finer checks save samples on the
-#: many inputs that decide within the first few hundred; raise it on accelerators that want larger batches.
-DEFAULT_CHECK_EVERY = 100
 
 #: Estimation samples between two checks of `certify`'s early abstention.
 _ABSTAIN_CHECK_EVERY = 10_000

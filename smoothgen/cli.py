@@ -18,9 +18,9 @@ from typing import Any, Sequence
 
 from smoothgen import __version__
 from smoothgen._lazy import lazy_module
-from smoothgen._entry import stop_during_startup
+from smoothgen._signals import stop_during_startup
+from smoothgen.cli_help import DefaultsFormatter
 from smoothgen.base_models import (
-    DEFAULT_SEQUENTIAL,
     center_runtime,
     center_unit,
     certify_unit,
@@ -35,6 +35,15 @@ from smoothgen.base_models import (
     progress_bar,
 )
 from smoothgen.certificates import ABSTAIN
+from smoothgen.job_specs import (
+    DEFAULT_EPS_IN,
+    DEFAULT_LOCAL_SAMPLES,
+    DEFAULT_LOCAL_SIGMA,
+    DEFAULT_SEQUENTIAL,
+    CenterJob,
+    CertifyJob,
+    RayOptions,
+)
 from smoothgen.jobs import certify_run
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, ResultsFileError, SmoothgenError
 from smoothgen.results import ResultsFile, write_cohen_tsv
@@ -46,12 +55,9 @@ torch = lazy_module("torch")
 RUN_IMPORTS = ("numpy", "torch", "tqdm")
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
-#: center's radii: at h = 2 on the digits autoencoder, eps_in <= 0.1 keeps eps_out (tv2d) below the distance between
-#: two different digits' reconstructions; from 0.2 on the certified ball reaches another input's output (20 of 25
-#: certificates at 0.1..0.5 were vacuous at that scale, 0 of 10 at 0.05, 0.1; benchmarks/RESULTS.md).
-DEFAULT_EPS_IN = (0.05, 0.1)
-DEFAULT_LOCAL_SAMPLES = 5
-DEFAULT_LOCAL_SIGMA = 0.25
+# The runs' defaults (center's radii: from 0.2 on the certified ball of the digits autoencoder reaches another
+# input's output; 20 of 25 certificates at 0.1..0.5 were vacuous at that scale, 0 of 10 at 0.05, 0.1;
+# benchmarks/RESULTS.md) are the typed jobs' (smoothgen.job_specs): the options below show them.
 
 
 def _floats(text: str) -> list[float]:
@@ -180,10 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(under a minute on 2 CPU cores). The certificate: docs/theory.md section 1.",
         formatter_class=DefaultsFormatter,
     )
-    cert.add_argument("--sigma", type=float, default=0.25, help="noise standard deviation")
-    cert.add_argument("--n0", type=int, default=100, help="selection samples (choose the class)")
-    cert.add_argument("--n", type=int, default=10_000, help="estimation samples (bound its probability)")
-    cert.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate")
+    cert.add_argument("--sigma", type=float, default=CertifyJob.sigma, help="noise standard deviation")
+    cert.add_argument("--n0", type=int, default=CertifyJob.n0, help="selection samples (choose the class)")
+    cert.add_argument("--n", type=int, default=CertifyJob.n, help="estimation samples (bound its probability)")
+    cert.add_argument("--alpha", type=float, default=CertifyJob.alpha, help="failure probability of each certificate")
     cert.add_argument("--num-classes", type=int, help="classes of the base model (default: read from its output)")
     cert.add_argument("--radii", type=_floats, default=list(DEFAULT_RADII), help="radii of the certified-accuracy summary")
     cert.add_argument("--tsv", help="also write Cohen et al.'s TSV (idx label predict radius correct time) here; an input without "
@@ -201,11 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "after every --check-every samples up to --max-samples, valid whenever it stops (Ville's "
                      f"inequality); 'looks' tests at --looks with Clopper-Pearson at alpha/K (default: {DEFAULT_SEQUENTIAL}, "
                      "or looks when --looks is given)")
-    seq.add_argument("--looks", action=_Explicit, type=_ints, default=[100, 1_000, 10_000, 100_000],
-                     help="cumulative sample counts at which the test looks (default: 100,1000,10000,100000)")
-    seq.add_argument("--max-samples", action=_Explicit, type=int, default=100_000,
+    seq.add_argument("--looks", action=_Explicit, type=_ints, default=list(CertifyJob.looks),
+                     help="cumulative sample counts at which the test looks (default: "
+                     f"{','.join(str(k) for k in CertifyJob.looks)})")
+    seq.add_argument("--max-samples", action=_Explicit, type=int, default=CertifyJob.max_samples,
                      help="most estimation samples of --sequential betting")
-    seq.add_argument("--check-every", action=_Explicit, type=int, default=100,
+    seq.add_argument("--check-every", action=_Explicit, type=int, default=CertifyJob.check_every,
                      help="estimation samples between two checks of --sequential betting")
     den = cert.add_argument_group(
         "diffusion purification (DDS, DiffSmooth; docs/theory.md section 3)",
@@ -217,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--denoiser", choices=["none", "dds", "diffsmooth"], default="none",
                      help="none: plain smoothing of the classifier; dds: purify, then classify (Carlini et al. 2023); diffsmooth: purify, then average the "
                      "classifier's softmax over --local-samples noisy copies at --local-sigma (Zhang et al. 2023)")
-    den.add_argument("--ddpm", action=_Explicit, default="embedded",
+    den.add_argument("--ddpm", action=_Explicit, default=CertifyJob.ddpm,
                      help="noise-prediction model eps(x_t, t) with a `betas` attribute: package.module:factory or a "
                      "TorchScript file; or diffusers:FOLDER (a diffusers DDPM pipeline folder; needs the optional "
                      "diffusers package; untested); embedded = the digits DDPM, used unconditionally")
@@ -243,21 +250,23 @@ def build_parser() -> argparse.ArgumentParser:
         "(under a minute on 2 CPU cores). The certificate: docs/theory.md section 2.",
         formatter_class=DefaultsFormatter,
     )
-    cen.add_argument("--eps-in", type=_floats, help="input radii to certify (comma-separated) (default: 0.05,0.1 "
-                     "at --h 2; a pretrained --model has its own defaults, sized to finish in minutes on 2 CPU cores: "
+    cen.add_argument("--eps-in", type=_floats, help="input radii to certify (comma-separated) (default: "
+                     f"{','.join(f'{e:g}' for e in DEFAULT_EPS_IN)} at --h {CenterJob.h:g}; a pretrained --model has its "
+                     "own defaults, sized to finish in minutes on 2 CPU cores: "
                      + _pretrained_defaults_help() + ")")
-    cen.add_argument("--h", type=float, help="eps_in / sigma (default: 2; a pretrained --model's own, see --eps-in)")
+    cen.add_argument("--h", type=float, help=f"eps_in / sigma (default: {CenterJob.h:g}; a pretrained --model's own, see --eps-in)")
     cen.add_argument("--sigma", action=_Refused, reason="center takes no sigma: each --eps-in is certified with sigma = "
                      "eps_in / --h (the paper's h), so set --eps-in and --h")
     cen.add_argument("--metric", help="output metric: l2, l1, cosine, angular, tv1d, tv2d, jaccard, jaccard-match, levenshtein, "
-                     "w1 (default: the pretrained --model's own metric, else tv2d)")
-    cen.add_argument("--n", type=int, help="samples to choose the center, and again (fresh) for its check (default: 10000)")
-    cen.add_argument("--m", type=int, help="fresh samples for the certified radius (the paper uses 10^6) (default: 20000)")
-    cen.add_argument("--delta", type=float, help="tolerance Delta in (0, 1/2) (default: 0.05; a pretrained --model's own, "
-                     "see --eps-in)")
-    cen.add_argument("--alpha1", type=float, default=0.005, help="failure probability of the smoothing step")
-    cen.add_argument("--alpha2", type=float, default=0.005, help="failure probability of the radius step")
-    cen.add_argument("--n-candidates", type=int, default=30,
+                     f"w1 (default: the pretrained --model's own metric, else {CenterJob.metric})")
+    cen.add_argument("--n", type=int, help="samples to choose the center, and again (fresh) for its check "
+                     f"(default: {CenterJob.n})")
+    cen.add_argument("--m", type=int, help=f"fresh samples for the certified radius (the paper uses 10^6) (default: {CenterJob.m})")
+    cen.add_argument("--delta", type=float, help=f"tolerance Delta in (0, 1/2) (default: {CenterJob.delta:g}; a pretrained "
+                     "--model's own, see --eps-in)")
+    cen.add_argument("--alpha1", type=float, default=CenterJob.alpha1, help="failure probability of the smoothing step")
+    cen.add_argument("--alpha2", type=float, default=CenterJob.alpha2, help="failure probability of the radius step")
+    cen.add_argument("--n-candidates", type=int, default=CenterJob.n_candidates,
                      help="choose the center among this many of the n samples (the paper's high-dimensional variant, "
                      "O(n_c*n) distances); 0 = among all n samples (O(n^2))")
     cen.add_argument("--png", help="with a pretrained detector or recogniser: draw each input with its clean and "
@@ -284,13 +293,24 @@ def _check_common(args: argparse.Namespace) -> None:
     check_device(args.device, "--device")
     from smoothgen.distributed import check_options
 
-    check_options(args)  # --ray: Ray installed, the cluster reachable (before anything is loaded)
+    if getattr(args, "ray", None) is None:
+        for option in ("--ray-workers", "--ray-cpus-per-worker", "--ray-gpus-per-worker"):
+            if option in getattr(args, "explicit_options", set()):
+                raise InvalidParameterError(f"{option} applies only with --ray")
+    check_options(_ray_options(args))  # --ray: Ray installed, the cluster reachable (before anything is loaded)
     for option in ("model", "ddpm"):
         spec = getattr(args, option, None)
         if option == "model" and getattr(args, "command", None) == "center" and spec in pretrained_registry().MODELS:
             continue
         if spec is not None and spec != "embedded" and not spec.startswith("diffusers:"):
             check_model_spec(spec, f"--{option}")
+
+
+def _ray_options(args: argparse.Namespace) -> RayOptions | None:
+    """--ray and its worker options as the driver takes them (None: a local run)."""
+    if getattr(args, "ray", None) is None:
+        return None
+    return RayOptions(args.ray, args.ray_workers, args.ray_cpus_per_worker, args.ray_gpus_per_worker)
 
 
 def _pretrained_defaults_help() -> str:
@@ -303,17 +323,6 @@ def _pretrained_defaults_help() -> str:
         parts.append(f"{name}: {d['num']} {unit} at eps_in {','.join(f'{e:g}' for e in d['eps_in'])}, h {d['h']:g}, "
                      f"n {d['n']}, m {d['m']}, delta {d['delta']:g}")
     return "; ".join(parts)
-
-
-class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show each default once: not for None (those options say in their help what they default to), flags,
-    or a help text that already names its default."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.default is None or isinstance(action.default, bool) or "default" in text:
-            return text
-        return super()._get_help_string(action)
 
 
 def _check_output_file(path: str, option: str, results: str, replace: bool = False) -> None:
@@ -482,8 +491,9 @@ def cmd_certify(args: argparse.Namespace) -> int:
             raise InvalidParameterError(f"--looks must be increasing positive integers, got {args.looks}")
         check_count(args.max_samples, "--max-samples")
         check_count(args.check_every, "--check-every")
+    job = CertifyJob.from_options(args)  # checked above: what the runtime, the records and --ray's workers take
     x, y, data_name = _load_inputs(args)
-    runtime, model_name = classifier_runtime(args, x)
+    runtime, model_name = classifier_runtime(job, x)
     logits = probe(runtime, x[0])
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != 1:
         raise ModelOutputError(f"a classifier must return logits [batch, classes]; got {getattr(logits, 'shape', type(logits).__name__)} for a batch of 1")
@@ -493,31 +503,32 @@ def cmd_certify(args: argparse.Namespace) -> int:
     if not bool(torch.isfinite(logits).all()):
         raise ModelOutputError("model returned NaN or Inf logits on a clean input")
     _check_labels(y, num_classes)
-    smoothed = SmoothedClassifier(runtime, num_classes, args.sigma, batch_size=args.batch_size, input_shape=x.shape[1:])
+    smoothed = SmoothedClassifier(runtime, num_classes, job.sigma, batch_size=job.batch_size, input_shape=x.shape[1:])
 
-    run = certify_run(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed, model=model_name,
-                      data=data_name, backend=runtime.backend, dtype=dtype_name(runtime), target_radius=args.target_radius,
-                      sequential=args.sequential, looks=args.looks, max_samples=args.max_samples, check_every=args.check_every)
+    run = certify_run(sigma=job.sigma, n0=job.n0, n=job.n, alpha=job.alpha, seed=job.seed, model=model_name,
+                      data=data_name, backend=runtime.backend, dtype=dtype_name(runtime), target_radius=job.target_radius,
+                      sequential=job.sequential, looks=job.looks, max_samples=job.max_samples, check_every=job.check_every)
     if args.denoiser is not None:
         run["denoiser"] = args.denoiser
         if args.denoiser == "diffsmooth":
             run.update(local_samples=args.local_samples, local_sigma=args.local_sigma)
     reseed = getattr(getattr(runtime, "model", None), "reseed", None)  # DiffSmooth's local-noise stream
     with ResultsFile(args.out, run, key=("idx",), resume=args.resume, overwrite=args.overwrite) as results:
-        return _certify_inputs(args, smoothed, results, x, y, reseed)
+        return _certify_inputs(args, job, smoothed, results, x, y, reseed)
 
 
-def _certify_inputs(args, smoothed, results, x, y, reseed) -> int:
+def _certify_inputs(args, job: CertifyJob, smoothed, results, x, y, reseed) -> int:
     done = results.done()
     todo = [i for i in range(len(x)) if (args.start + i,) not in done]
     if args.ray is not None:  # the same records, computed by Ray workers (smoothgen.distributed)
         from smoothgen.distributed import run_on_ray
 
-        run_on_ray(args, results, "certify", [(args.start + i, x[i], None if y is None else int(y[i])) for i in todo],
-                   x[:1], smoothed.runtime.backend, num_classes=smoothed.num_classes)
+        run_on_ray(job, _ray_options(args), results, "certify",
+                   [(args.start + i, x[i], None if y is None else int(y[i])) for i in todo], x[:1], smoothed.runtime.backend,
+                   num_classes=smoothed.num_classes, progress=not args.no_progress)
     else:
-        compute = certify_unit(args, smoothed, reseed)
-        for i in _with_estimate(progress_bar(todo, args, len(todo), "certify"), args, len(todo), "input"):
+        compute = certify_unit(job, smoothed, reseed)
+        for i in _with_estimate(progress_bar(todo, args.no_progress, len(todo), "certify"), args, len(todo), "input"):
             results.append(compute(args.start + i, x[i], None if y is None else int(y[i])))
     records = sorted(results.records, key=lambda r: r["idx"])
     _print_certify_summary(records, args.radii if args.target_radius is None else [args.target_radius])
@@ -559,7 +570,7 @@ def cmd_center(args: argparse.Namespace) -> int:
     if pretrained is not None:
         check_pretrained_options(args)
     # Options left out take the pretrained model's defaults (sized for minutes on 2 CPU cores), else center's own.
-    own = dict(num=5, eps_in=list(DEFAULT_EPS_IN), h=2.0, n=10_000, m=20_000, delta=0.05)
+    own = dict(num=5, eps_in=list(CenterJob.eps_in), h=CenterJob.h, n=CenterJob.n, m=CenterJob.m, delta=CenterJob.delta)
     for option, value in {**own, **(pretrained.defaults if pretrained is not None else {})}.items():
         if getattr(args, option) is None:
             setattr(args, option, value)
@@ -567,7 +578,7 @@ def cmd_center(args: argparse.Namespace) -> int:
     if pretrained is not None and args.data is None:
         args.data = pretrained.data
     if args.metric is None:
-        args.metric = pretrained.metric if pretrained is not None else "tv2d"
+        args.metric = pretrained.metric if pretrained is not None else CenterJob.metric
     if args.png is not None:
         if pretrained is None:
             raise InvalidParameterError("--png draws boxes or strings: it needs a pretrained --model (mtcnn, opencv-haar, rapidocr)")
@@ -592,28 +603,29 @@ def cmd_center(args: argparse.Namespace) -> int:
                                     f"1 - alpha1 - alpha2 - ...), got {args.alpha1} + {args.alpha2}")
     if not (0 < args.delta < 0.5):
         raise InvalidParameterError(f"--delta must lie strictly between 0 and 1/2, got {args.delta}")
+    job = CenterJob.from_options(args)  # checked above: what the runtime, the records and --ray's workers take
     x, _, data_name = _load_inputs(args)
-    runtime, model_name = center_runtime(args, x)
+    runtime, model_name = center_runtime(job, x)
     clean = probe(runtime, x[0])
     metric.distances(clean, clean)  # a metric that cannot handle these outputs fails here, before any record
 
     run = {"backend": runtime.backend, "dtype": dtype_name(runtime), "metric": metric.name, "h": args.h, "n": args.n, "m": args.m, "delta": args.delta, "alpha1": args.alpha1,
            "alpha2": args.alpha2, "n_candidates": n_candidates, "seed": args.seed, "model": model_name, "data": data_name}
     with ResultsFile(args.out, run, key=("idx", "eps_in"), resume=args.resume, overwrite=args.overwrite) as results:
-        return _center_inputs(args, results, x, runtime, metric, run)
+        return _center_inputs(args, job, results, x, runtime, metric, run)
 
 
-def _center_inputs(args, results, x, runtime, metric, run) -> int:
+def _center_inputs(args, job: CenterJob, results, x, runtime, metric, run) -> int:
     done = results.done()
     todo = [(i, eps) for i in range(len(x)) for eps in args.eps_in if (args.start + i, eps) not in done]
     if args.ray is not None:  # the same records, computed by Ray workers (smoothgen.distributed)
         from smoothgen.distributed import run_on_ray
 
-        run_on_ray(args, results, "center", [(args.start + i, x[i], eps) for i, eps in todo], x[:1], runtime.backend,
-                   run_fields=tuple(run))
+        run_on_ray(job, _ray_options(args), results, "center", [(args.start + i, x[i], eps) for i, eps in todo], x[:1],
+                   runtime.backend, run_fields=tuple(run), progress=not args.no_progress)
     else:
-        compute = center_unit(args, runtime, metric, x.shape[1:], tuple(run))
-        bar = progress_bar(todo, args, len(todo), "center", unit=" certificate")
+        compute = center_unit(job, runtime, metric, x.shape[1:], tuple(run))
+        bar = progress_bar(todo, args.no_progress, len(todo), "center", unit=" certificate")
         for i, eps in _with_estimate(bar, args, len(todo), "certificate"):  # (input, eps_in) pairs
             results.append(compute(args.start + i, x[i], eps))
     _print_center_summary(results.records, args.eps_in)

@@ -17,7 +17,8 @@ the driver resubmits it, `MAX_RESUBMITS`), and the driver writes the first recor
 nothing is lost or written twice. A driver that dies
 leaves whole records behind; `--resume` continues from them (Ray ends the dead driver's tasks).
 
-Workers rebuild the runtime from the parsed arguments with the CLI's own loaders, once per worker
+Workers rebuild the runtime from the run's typed job (`smoothgen.job_specs.CertifyJob` / `CenterJob`, built
+by the CLI from its options) with the application layer's loaders (`smoothgen.base_models`), once per worker
 process and run (a Ray worker process runs one task after another; worker processes are not shared
 between runs).
 A model or DDPM file given as a path travels through the object store: a worker whose node has the same
@@ -26,9 +27,9 @@ to a private temporary file, loads it and removes it.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -45,7 +46,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from smoothgen.errors import InvalidParameterError, SmoothgenError, first_line
+from smoothgen.errors import SmoothgenError, first_line
+from smoothgen.job_specs import CenterJob, CertifyJob, RayOptions
 from smoothgen.ray_util import check_reachable, init_ray
 
 #: What to install for `--ray` (the extra that also serves `smoothgen serve`).
@@ -72,23 +74,15 @@ def import_ray():
     return ray
 
 
-def check_options(args: argparse.Namespace) -> None:
+def check_options(ray: RayOptions | None) -> None:
     """The --ray options, checked before anything is loaded: Ray importable, worker resources possible,
     and a cluster address that answers (so that a wrong one is one line at once, not a hang)."""
-    if getattr(args, "ray", None) is None:
-        for option in ("ray_workers", "ray_cpus_per_worker", "ray_gpus_per_worker"):
-            if f"--{option.replace('_', '-')}" in getattr(args, "explicit_options", set()):
-                raise InvalidParameterError(f"--{option.replace('_', '-')} applies only with --ray")
+    if ray is None:
         return
     import_ray()
-    if not (math.isfinite(args.ray_cpus_per_worker) and args.ray_cpus_per_worker > 0):
-        raise InvalidParameterError(f"--ray-cpus-per-worker must be > 0, got {args.ray_cpus_per_worker}")
-    if not (math.isfinite(args.ray_gpus_per_worker) and args.ray_gpus_per_worker >= 0):
-        raise InvalidParameterError(f"--ray-gpus-per-worker must be >= 0, got {args.ray_gpus_per_worker}")
-    if args.ray_workers is not None and args.ray_workers < 1:
-        raise InvalidParameterError(f"--ray-workers must be >= 1, got {args.ray_workers}")
-    if args.ray != LOCAL:
-        check_reachable(args.ray)
+    ray.check()
+    if ray.address != LOCAL:
+        check_reachable(ray.address)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -114,7 +108,7 @@ class Job:
 
     token: str
     kind: str  # "certify" or "center"
-    args: argparse.Namespace  # parsed and checked by the driver; --backend = the backend it resolved
+    spec: CertifyJob | CenterJob  # checked by the driver; its backend = the one the driver resolved
     example: np.ndarray  # the first input, batched [1, ...]: what the loaders check the data against
     threads: int
     files: dict[str, ShippedFile] = field(default_factory=dict)
@@ -131,20 +125,20 @@ def _digest(path: Path) -> str | None:
         return None
 
 
-def _ship_files(ray, args: argparse.Namespace) -> dict[str, ShippedFile]:
+def _ship_files(ray, spec: CertifyJob | CenterJob) -> dict[str, ShippedFile]:
     """The model files named by --model / --ddpm, put in the object store for workers on other nodes, with
     the external-data files an ONNX model names (torch's exporter writes its weights to model.onnx.data)."""
     from smoothgen.trust import file_digest, onnx_external_files
 
     shipped = {}
     for option in ("model", "ddpm"):
-        spec = getattr(args, option, None)
-        if spec is None or spec == "embedded" or spec.startswith("diffusers:") or not Path(spec).is_file():
+        name = getattr(spec, option, None)
+        if name is None or name == "embedded" or name.startswith("diffusers:") or not Path(name).is_file():
             continue  # embedded, a factory (package.module:factory) or a diffusers folder: not a file to send
-        path = Path(spec)
+        path = Path(name)
         extras = onnx_external_files(path) if path.suffix.lower() == ".onnx" else []
         refs = [ray.put(path.read_bytes()), *(ray.put(extra.read_bytes()) for extra in extras)]
-        shipped[option] = ShippedFile(spec, file_digest(path), refs, [extra.relative_to(path.parent).as_posix() for extra in extras])
+        shipped[option] = ShippedFile(name, file_digest(path), refs, [extra.relative_to(path.parent).as_posix() for extra in extras])
     return shipped
 
 
@@ -174,8 +168,8 @@ def _build(job: Job) -> Callable:
     torch.set_num_threads(job.threads)
     job = copy.copy(job)
     job.example = np.array(job.example)  # writable (see _unit)
-    args = copy.copy(job.args)
-    check_device(args.device, "--device")  # a worker without the device: one line, not a torch error
+    spec = job.spec
+    check_device(spec.device, "--device")  # a worker without the device: one line, not a torch error
     scratch = None
     try:
         for option, shipped in job.files.items():
@@ -189,32 +183,32 @@ def _build(job: Job) -> Callable:
                 for name, ref in zip(shipped.extras, shipped.data[1:]):  # beside it, where the model names them
                     (local.parent / name).parent.mkdir(parents=True, exist_ok=True)
                     (local.parent / name).write_bytes(ray.get(ref))
-                setattr(args, option, str(local))
+                spec = dataclasses.replace(spec, **{option: str(local)})
         if job.kind == "certify":
-            return _build_certify(job, args, base_models)
-        return _build_center(job, args, base_models)
+            return _build_certify(job, spec, base_models)
+        return _build_center(job, spec, base_models)
     finally:
         if scratch is not None:  # every loader reads the whole file when it loads it
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _build_certify(job: Job, args: argparse.Namespace, base_models) -> Callable:
+def _build_certify(job: Job, spec: CertifyJob, base_models) -> Callable:
     """The runtime and per-input records of `smoothgen certify`, from the helpers it uses (`base_models`)."""
     from smoothgen.classify import SmoothedClassifier
 
     x = job.example
-    runtime, _ = base_models.classifier_runtime(args, x)
-    smoothed = SmoothedClassifier(runtime, job.num_classes, args.sigma, batch_size=args.batch_size, input_shape=x.shape[1:])
-    return base_models.certify_unit(args, smoothed, getattr(getattr(runtime, "model", None), "reseed", None))
+    runtime, _ = base_models.classifier_runtime(spec, x)
+    smoothed = SmoothedClassifier(runtime, job.num_classes, spec.sigma, batch_size=spec.batch_size, input_shape=x.shape[1:])
+    return base_models.certify_unit(spec, smoothed, getattr(getattr(runtime, "model", None), "reseed", None))
 
 
-def _build_center(job: Job, args: argparse.Namespace, base_models) -> Callable:
+def _build_center(job: Job, spec: CenterJob, base_models) -> Callable:
     """The runtime and per-pair records of `smoothgen center`, from the helpers it uses (`base_models`)."""
     from smoothgen.metrics import get_metric
 
     x = job.example
-    runtime, _ = base_models.center_runtime(args, x)
-    return base_models.center_unit(args, runtime, get_metric(args.metric), x.shape[1:], job.run_fields)
+    runtime, _ = base_models.center_runtime(spec, x)
+    return base_models.center_unit(spec, runtime, get_metric(spec.metric), x.shape[1:], job.run_fields)
 
 
 def worker_name() -> str:
@@ -337,7 +331,8 @@ def _worker_slots(ray, cpus: float, gpus: float) -> int:
 
 
 def run_on_ray(
-    args: argparse.Namespace,
+    spec: CertifyJob | CenterJob,
+    options: RayOptions,
     results,
     kind: str,
     units: Sequence[tuple[int, np.ndarray, Any]],
@@ -345,11 +340,13 @@ def run_on_ray(
     backend: str,
     num_classes: int | None = None,
     run_fields: Iterable[str] = (),
+    progress: bool = True,
 ) -> dict[str, int]:
     """Compute `units` on Ray and append their records to `results` as they arrive.
 
     Args:
-        args: the checked arguments of the run (the workers rebuild the runtime from them).
+        spec: the run's checked job (the workers rebuild the runtime from it).
+        options: where it runs (the cluster, the workers' count and resources).
         results: the open ResultsFile; units whose key it already holds are never written again.
         kind: "certify" or "center".
         units: (idx, input, label or eps_in) per unit of work still to do.
@@ -357,6 +354,7 @@ def run_on_ray(
         backend: the runtime backend the driver resolved; the workers use exactly this one.
         num_classes: certify: the model's class count, as the driver read it.
         run_fields: center: the run's fields (the results file adds them to each record).
+        progress: whether to show a progress bar on stderr.
 
     Returns:
         {"records": records written, "workers": distinct workers, "builds": runtimes built on workers}.
@@ -367,20 +365,20 @@ def run_on_ray(
     """
     from smoothgen.base_models import progress_bar
 
-    cpus, gpus = float(args.ray_cpus_per_worker), float(args.ray_gpus_per_worker)
+    cpus, gpus = float(options.cpus_per_worker), float(options.gpus_per_worker)
     stats = {"records": 0, "workers": 0, "builds": 0}
     if not units:
         return stats
     key = lambda record: tuple(record[name] for name in results.key)  # noqa: E731
     local_cpus = None
-    if args.ray == LOCAL and args.ray_workers is not None:
-        local_cpus = max(1, math.ceil(args.ray_workers * cpus))
-    with connected(args.ray, num_cpus=local_cpus) as ray:
+    if options.address == LOCAL and options.workers is not None:
+        local_cpus = max(1, math.ceil(options.workers * cpus))
+    with connected(options.address, num_cpus=local_cpus) as ray:
         slots = _worker_slots(ray, cpus, gpus)
-        worker_args = copy.copy(args)
-        worker_args.backend = backend  # "auto" may resolve otherwise on another machine: the records name this one
-        job = Job(token=uuid.uuid4().hex, kind=kind, args=worker_args, example=np.ascontiguousarray(example),
-                  threads=max(1, int(cpus)), files=_ship_files(ray, args), num_classes=num_classes,
+        # "auto" may resolve otherwise on another machine: the records name the driver's backend.
+        job = Job(token=uuid.uuid4().hex, kind=kind, spec=dataclasses.replace(spec, backend=backend),
+                  example=np.ascontiguousarray(example), threads=max(1, int(cpus)), files=_ship_files(ray, spec),
+                  num_classes=num_classes,
                   run_fields=tuple(run_fields))
         job_ref = ray.put(job)
         task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_calls=0, max_retries=MAX_RETRIES, retry_exceptions=False)(_unit)
@@ -391,17 +389,17 @@ def run_on_ray(
         again: list[tuple] = []  # units whose task was lost in a way Ray does not retry (see _result)
         lost: dict[tuple, int] = {}  # (idx, label or eps_in) -> times resubmitted
         checked = time.monotonic()
-        bar = progress_bar(None, args, len(units), kind, unit="input" if kind == "certify" else " certificate")
+        bar = progress_bar(None, not progress, len(units), kind, unit="input" if kind == "certify" else " certificate")
         held = _HeldSignals()
         try:
             with held:
                 while True:
                     held.check()  # Ctrl-C or SIGTERM: stop here, between Ray calls and whole records
-                    if args.ray_workers is None and time.monotonic() - checked > 15.0:  # nodes come and go
+                    if options.workers is None and time.monotonic() - checked > 15.0:  # nodes come and go
                         with contextlib.suppress(DistributedError):
                             slots = _worker_slots(ray, cpus, gpus)
                         checked = time.monotonic()
-                    window = args.ray_workers or 2 * slots  # two per worker: the next one is there when one ends
+                    window = options.workers or 2 * slots  # two per worker: the next one is there when one ends
                     while len(pending) < window:
                         unit = again.pop() if again else next(queue, None)
                         if unit is None:

@@ -25,6 +25,7 @@ from typing import Any
 from smoothgen._lazy import lazy_module
 from smoothgen.errors import InvalidParameterError, ResultsFileError
 from smoothgen.results import write_atomically
+from smoothgen.job_specs import GenerateJob
 from smoothgen.text_generation import (
     ABLATION_LM,
     DEFAULT_DELETE_PROB,
@@ -96,7 +97,7 @@ class _Progress:
 
 
 def add_parser(sub: Any) -> None:
-    from smoothgen.cli import DefaultsFormatter  # called by smoothgen.cli while it builds its parser
+    from smoothgen.cli_help import DefaultsFormatter  # called by smoothgen.cli while it builds its parser
 
     gen = sub.add_parser(
         "generate",
@@ -119,13 +120,13 @@ def add_parser(sub: Any) -> None:
                      help=f"noise sigma in embedding space; gives Gaussian noise for text (default: {DEFAULT_TEXT_SIGMA} "
                      f"for text with --noise gaussian, {DEFAULT_DIFFUSION_SIGMA} for --diffusion, "
                      f"{DEFAULT_TEXT_DIFFUSION_SIGMA} for --text)")
-    gen.add_argument("--samples", type=int, default=1000,
+    gen.add_argument("--samples", type=int, default=GenerateJob.n,
                      help="noisy copies N: estimation copies for text, samples averaged for --diffusion")
     gen.add_argument("--radius", type=float, default=None,
                      help="l2 radius in embedding space at which the certificate is reported (default: 0 for text, "
                      f"where the prefix at 0 is what the smoothed decoder certifiably outputs; {DEFAULT_DIFFUSION_RADIUS} "
                      "for --diffusion)")
-    gen.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certificate")
+    gen.add_argument("--alpha", type=float, default=GenerateJob.alpha, help="failure probability of the certificate")
     gen.add_argument("--seed", type=int, default=0, help="seed of the random streams")
     gen.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     gen.add_argument("--json", action="store_true", help="print the certificate as one JSON object instead of text")
@@ -141,7 +142,7 @@ def add_parser(sub: Any) -> None:
                       "fine-tunes (byte-level), code_bpe and code_bpe_delete0.9 (word-piece tokens, so edits count word "
                       "pieces) (default: the embedded byte-level LM; with --noise "
                       f"ablate its fine-tune {ABLATION_LM}, with --noise delete {DELETION_LM})")
-    text.add_argument("--selection-samples", type=int, default=100,
+    text.add_argument("--selection-samples", type=int, default=GenerateJob.n0,
                       help="noisy copies n0 that choose each token (disjoint from the --samples that certify it)")
     text.add_argument("--max-new-tokens", type=int, default=None,
                       help=f"tokens to generate (alpha is split across them) (default: {DEFAULT_MAX_NEW_TOKENS})")
@@ -149,7 +150,7 @@ def add_parser(sub: Any) -> None:
                       help="which prompt positions carry noise (and may be edited or attacked; the others are held "
                       "fixed): all; context: every line before the last one (the line being completed is fixed); last: "
                       "only the last token (default: context with --noise ablate and a prompt of several lines, else all)")
-    gen.add_argument("--batch-size", type=int, default=250,
+    gen.add_argument("--batch-size", type=int, default=GenerateJob.batch_size,
                      help="noisy copies per model call (for text, each chunk keeps its KV cache)")
     text.add_argument("--noise", default=None, choices=["ablate", "delete", "gaussian"],
                       help="gaussian: noise of --sigma on the prompt's token embeddings (radii in embedding distance); "
@@ -348,12 +349,13 @@ def _generate_text(args: argparse.Namespace) -> dict[str, Any]:
     prompt = DEFAULT_PROMPT if args.prompt is None else args.prompt
     progress = _Progress(args.no_progress)
     try:
+        job = GenerateJob(prompt=prompt, noise=args.noise, sigma=args.sigma, keep=args.keep, mask_token=args.mask_token,
+                          perturb=args.perturb, max_new_tokens=args.max_new_tokens, n0=args.selection_samples,
+                          n=args.samples, alpha=args.alpha, seed=args.seed, edits=args.edits,
+                          delete_prob=args.delete_prob, sequential=args.sequential, check_every=args.check_every,
+                          radius=args.radius, batch_size=args.batch_size)
         record, cert, smoothed = certified_generation(
-            model, tokenizer, name, prompt=prompt, noise=args.noise, sigma=args.sigma, keep=args.keep,
-            mask_token=args.mask_token, perturb=args.perturb, max_new_tokens=args.max_new_tokens,
-            n0=args.selection_samples, n=args.samples, alpha=args.alpha, seed=args.seed, edits=args.edits,
-            delete_prob=args.delete_prob, sequential=args.sequential, check_every=args.check_every,
-            radius=args.radius, batch_size=args.batch_size, progress=progress,
+            model, tokenizer, name, **job.kwargs(), progress=progress,
             check=_check_exhaustive if args.noise == "ablate" and args.exhaustive else None)
     finally:
         progress.close()

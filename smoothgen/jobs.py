@@ -191,6 +191,7 @@ def served_center(runtime, shape, x: Any, params: dict[str, Any], *, seed: int, 
 def served_generate(lm, tokenizer, name: str, prompt: str, params: dict[str, Any], *, seed: int, request_id: int,
                     batch_size: int, progress=None) -> dict[str, Any]:
     """/v1/generate: SmoothedLM's certified prefix, the record `smoothgen generate --json` prints."""
+    from smoothgen.job_specs import GenerateJob
     from smoothgen.text_generation import certified_generation
 
     p = params
@@ -202,10 +203,10 @@ def served_generate(lm, tokenizer, name: str, prompt: str, params: dict[str, Any
         options = {"sigma": p["sigma"], "radius": p["radius"]}
     if p.get("sequential"):  # documents from before sequential estimation have no such field
         options.update(sequential=True, check_every=p["check_every"])
-    record, _, _ = certified_generation(lm, tokenizer, name, prompt=prompt, noise=p["noise"],
-                                        max_new_tokens=p["max_new_tokens"], n0=p["n0"], n=p["n"], alpha=p["alpha"],
-                                        seed=seed, request_id=request_id, perturb=p["perturb"], batch_size=batch_size,
-                                        progress=progress, **options)
+    job = GenerateJob(prompt=prompt, noise=p["noise"], max_new_tokens=p["max_new_tokens"], n0=p["n0"], n=p["n"],
+                      alpha=p["alpha"], seed=seed, request_id=request_id, perturb=p["perturb"], batch_size=batch_size,
+                      **options)
+    record, _, _ = certified_generation(lm, tokenizer, name, **job.kwargs(), progress=progress)
     return record
 
 

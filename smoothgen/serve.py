@@ -28,12 +28,11 @@ import logging
 import os
 from typing import Any
 
-from smoothgen.errors import InvalidInputError, InvalidParameterError, MetricError, SmoothgenError, first_line
+from smoothgen.errors import InvalidInputError, InvalidParameterError, MetricError, ModelLoadError, SmoothgenError, first_line
 
 log = logging.getLogger("smoothgen.serve")
 
-API_VERSION = "v1"
-ENDPOINTS = ("certify", "predict", "center", "generate")
+from smoothgen.api import API_VERSION, ENDPOINTS  # noqa: E402, F401  (the API's names, also importable from here)
 
 SERVE_EXTRA = "pip install 'smoothgen[serve]'"
 
@@ -324,6 +323,37 @@ def proxy_environment(max_body: int) -> None:
 
     os.environ.setdefault(CALLBACK_ENV, CALLBACK)
     os.environ[MAX_BODY_ENV] = str(int(max_body))
+
+
+def _build_and_close(config) -> None:
+    """Build the service once and close it (run in a spawned child process by `precheck`)."""
+    import torch
+
+    from smoothgen.service import CertificationService
+    from smoothgen.validate import check_device
+
+    torch.set_num_threads(1)
+    check_device(config.device, "--device")
+    CertificationService(config).close()
+
+
+def precheck(config) -> None:
+    """Load every model the configuration names, in a child process that exits afterwards: a bad model is
+    one line now, and none of its memory stays in this process. The child writes no audit row."""
+    import concurrent.futures
+    import dataclasses
+    import multiprocessing
+
+    probe = dataclasses.replace(config, audit_db=None)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            pool.submit(_build_and_close, probe).result()
+        except SmoothgenError:
+            raise
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            raise ModelLoadError(f"the process that checks the models died: {first_line(exc)}") from exc
+        except Exception as exc:
+            raise ModelLoadError(f"cannot build the service: {first_line(exc)}") from exc
 
 
 def start(config, *, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,

@@ -16,8 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from smoothgen.errors import InvalidParameterError, ModelLoadError, SmoothgenError, first_line
-from smoothgen.serve import API_VERSION, ENDPOINTS
+from smoothgen.errors import InvalidParameterError, first_line
+from smoothgen.api import API_VERSION, ENDPOINTS
 
 #: Environment variable naming the state folder (keys, audit log) when --state-dir is not given.
 STATE_DIR_ENV = "SMOOTHGEN_STATE_DIR"
@@ -36,7 +36,7 @@ def default_state_dir() -> Path:
 
 
 def add_parser(sub: Any) -> None:
-    from smoothgen.cli import DefaultsFormatter
+    from smoothgen.cli_help import DefaultsFormatter
 
     p = sub.add_parser(
         "serve",
@@ -213,41 +213,10 @@ def config_from_args(args):
     return config
 
 
-def _build_and_close(config) -> None:
-    """Build the service once and close it (run in a spawned child process by `precheck`)."""
-    import torch
-
-    from smoothgen.service import CertificationService
-    from smoothgen.validate import check_device
-
-    torch.set_num_threads(1)
-    check_device(config.device, "--device")
-    CertificationService(config).close()
-
-
-def precheck(config) -> None:
-    """Load every model the configuration names, in a child process that exits afterwards: a bad model is
-    one line now, and none of its memory stays in this process. The child writes no audit row."""
-    import concurrent.futures
-    import dataclasses
-    import multiprocessing
-
-    probe = dataclasses.replace(config, audit_db=None)
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        try:
-            pool.submit(_build_and_close, probe).result()
-        except SmoothgenError:
-            raise
-        except concurrent.futures.process.BrokenProcessPool as exc:
-            raise ModelLoadError(f"the process that checks the models died: {first_line(exc)}") from exc
-        except Exception as exc:
-            raise ModelLoadError(f"cannot build the service: {first_line(exc)}") from exc
-
-
 def cmd_serve(args) -> int:
     import signal
 
-    from smoothgen.serve import _import_ray, start, stop
+    from smoothgen.serve import _import_ray, precheck, start, stop
     from smoothgen.validate import check_count, check_positive
 
     check_count(args.replicas, "--replicas")

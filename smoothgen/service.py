@@ -23,7 +23,6 @@ The records are built by `smoothgen.jobs` (the same code as `smoothgen certify` 
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import concurrent.futures
@@ -49,15 +48,22 @@ from smoothgen.engine.scheduler import (QueueFullError, RequestCancelledError, S
                                         SchedulerClosedError)
 from smoothgen.errors import InvalidInputError, InvalidParameterError, ModelOutputError, SmoothgenError, first_line, short
 from smoothgen.service_config import DEFAULT_MAX_ALPHA, ServiceConfig  # noqa: F401  (re-exported)
+from smoothgen.job_specs import CenterJob, CertifyJob, GenerateJob, PredictJob, RuntimeSpec
 from smoothgen.registry import DEFAULT_NAME
 from smoothgen.jobs import failure_probability, served_center, served_certify, served_generate, served_predict
 from smoothgen.trust import ServerKeys, Signer, canonical, input_digest, issued_seed
 from smoothgen.validate import check_alpha, check_count, check_positive, check_sigma, finite_real, load_numpy
 
-from smoothgen.serve import API_VERSION  # noqa: E402  (the HTTP layer's names, light to import)
+from smoothgen.api import API_VERSION
 
 #: Noisy prompt copies per LM call in /v1/generate (`smoothgen generate --batch-size`'s default).
-LM_BATCH_SIZE = 250
+LM_BATCH_SIZE = GenerateJob.batch_size
+# The requests' defaults are the typed jobs' (`smoothgen.job_specs`, the CLI's too) except where a served
+# request differs: one eps_in per /v1/center request; m = 10⁵ (at an issued certificate's alpha2 ≈ 4.5·10⁻⁷
+# the DKW term sqrt(ln(1/α2)/(2m)) is 0.019 at m = 2·10⁴, which at h = 2 (p = 0.983) pushes q past 1,
+# abstaining; 0.0085 at 10⁵); and alpha, the server's --max-alpha.
+CENTER_EPS_IN = 0.2
+CENTER_M = 100_000
 #: The largest seed a request may name (seeds are stored as JSON integers and used as 64-bit keys).
 MAX_SEED = 2**63 - 1
 #: Center smoothing's default alpha1 and alpha2 are this share of max_alpha each, so that with the
@@ -328,11 +334,10 @@ class _Model:
                 "served_as": self.served_as}
 
 
-def _runtime_args(config: ServiceConfig, model: str | None, sigma: float | None = None) -> argparse.Namespace:
-    """The CLI's options for its runtime helpers: the service builds runtimes exactly as `smoothgen certify`
-    does (backend auto: the fastest runtime that reproduced eager on noisy copies at `sigma`)."""
-    return argparse.Namespace(model=model, device=config.device, backend=config.backend, batch_size=config.batch_size,
-                              sigma=sigma)
+def _runtime_spec(config: ServiceConfig, model: str | None, sigma: float | None = None) -> RuntimeSpec:
+    """A served model's runtime, built exactly as `smoothgen certify` builds its own (backend auto: the fastest
+    runtime that reproduced eager on noisy copies at `sigma`)."""
+    return RuntimeSpec(model=model, device=config.device, backend=config.backend, batch_size=config.batch_size, sigma=sigma)
 
 
 def _example(config: ServiceConfig, spec: str | None) -> np.ndarray:
@@ -431,7 +436,7 @@ class CertificationService:
         from smoothgen.base_models import classifier_digest, classifier_runtime, probe
 
         x = _example(self.config, spec)
-        runtime, name = classifier_runtime(_runtime_args(self.config, spec, sigma), x)
+        runtime, name = classifier_runtime(_runtime_spec(self.config, spec, sigma), x)
         logits = probe(runtime, x[0])
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
             raise ModelOutputError(f"{name} is not a classifier: it must return logits [batch, classes]")
@@ -442,7 +447,7 @@ class CertificationService:
         from smoothgen.base_models import center_digest, center_runtime
 
         x = _example(self.config, spec)
-        runtime, name = center_runtime(_runtime_args(self.config, spec), x)
+        runtime, name = center_runtime(_runtime_spec(self.config, spec), x)
         return self._model(runtime, name, x, center_digest(spec), spec)
 
     def _model(self, runtime, name: str, x: np.ndarray, digest: str, spec: str | None, **extra) -> _Model:
@@ -675,11 +680,10 @@ class CertificationService:
     # ---------------------------------------------------------------- endpoints
     def certify(self, raw: Any, ticket: Ticket | None = None, client: str = ANONYMOUS) -> dict[str, Any]:
         """CERTIFY (n0, n) or, with target_radius, the sequential CERTIFY-AT of `smoothgen certify`."""
-        from smoothgen.classify import DEFAULT_CHECK_EVERY, DEFAULT_LOOKS
-        from smoothgen.base_models import DEFAULT_SEQUENTIAL
+        job = CertifyJob  # the defaults of `smoothgen certify` (alpha aside: the issuing policy's)
 
         model, body, x, sigma, alpha = self._classifier_request(raw, "certify")
-        n0 = body.integer("n0", 100)
+        n0 = body.integer("n0", job.n0)
         target_radius = body.number("target_radius")
         sequential, looks, max_samples, check_every = None, None, None, None
         label = body.integer("label", minimum=0)
@@ -687,7 +691,7 @@ class CertificationService:
             sequential_only = sorted({"looks", "sequential", "max_samples", "check_every"} & set(body.body))
             if sequential_only:
                 raise InvalidParameterError(f"{sequential_only[0]} applies only with target_radius (the sequential test)")
-            n = body.integer("n", 10_000)
+            n = body.integer("n", job.n)
             self._check_samples(n0 + n, "n0 + n")
         else:
             check_positive(target_radius, "target_radius")
@@ -695,13 +699,13 @@ class CertificationService:
                 raise InvalidParameterError("n is not used with target_radius (the sequential test decides how many samples)")
             n = None
             # As `smoothgen certify --target-radius`: the betting confidence sequence unless looks are given.
-            sequential = body.get("sequential", "looks" if "looks" in body.body else DEFAULT_SEQUENTIAL)
+            sequential = body.get("sequential", "looks" if "looks" in body.body else job.sequential)
             if sequential not in ("looks", "betting"):
                 raise InvalidParameterError(f"sequential must be 'betting' or 'looks', got {short(sequential)}")
             if sequential == "looks":
                 if {"max_samples", "check_every"} & set(body.body):
                     raise InvalidParameterError("max_samples and check_every apply only with sequential 'betting'")
-                looks = body.get("looks", list(DEFAULT_LOOKS))
+                looks = body.get("looks", list(job.looks))
                 if not isinstance(looks, list) or not looks:
                     raise InvalidParameterError(f"looks must be a list of increasing sample counts, got {short(looks)}")
                 if len(looks) > 64:
@@ -713,8 +717,8 @@ class CertificationService:
             else:
                 if "looks" in body.body:
                     raise InvalidParameterError("looks applies only with sequential 'looks' (betting checks every check_every samples)")
-                max_samples = body.integer("max_samples", DEFAULT_LOOKS[-1])
-                check_every = body.integer("check_every", DEFAULT_CHECK_EVERY)
+                max_samples = body.integer("max_samples", job.max_samples)
+                check_every = body.integer("check_every", job.check_every)
                 self._check_samples(n0 + max_samples, "n0 + max_samples")
         if label is not None and label >= model.num_classes:
             raise InvalidParameterError(f"label {short(label)} is not a class of the model: labels lie in [0, {model.num_classes})")
@@ -725,7 +729,7 @@ class CertificationService:
     def predict(self, raw: Any, ticket: Ticket | None = None, client: str = ANONYMOUS) -> dict[str, Any]:
         """PREDICT: the smoothed classifier's class, or ABSTAIN (−1), wrong with probability at most alpha."""
         model, body, x, sigma, alpha = self._classifier_request(raw, "predict")
-        n = body.integer("n", 1000)
+        n = body.integer("n", PredictJob.n)
         self._check_samples(n, "n")
         params = {"sigma": sigma, "n": n, "alpha": alpha}
         return self._serve_classifier("predict", served_predict, model, body, ticket, client, x, params)
@@ -747,24 +751,22 @@ class CertificationService:
         body = _Body(raw, "center")
         model = self._named("center", "center", body)
         x = self._input(body, model)
-        eps_in = check_positive(body.number("eps_in", 0.2), "eps_in")
-        h = check_positive(body.number("h", 2.0), "h")
+        eps_in = check_positive(body.number("eps_in", CENTER_EPS_IN), "eps_in")
+        h = check_positive(body.number("h", CenterJob.h), "h")
         check_noise_scale(x, eps_in / h, "eps_in / h")
-        metric = body.get("metric", "tv2d")
+        metric = body.get("metric", CenterJob.metric)
         if not isinstance(metric, str):
             raise InvalidParameterError(f"metric must be a metric's name, got {short(metric)}")
         metric = get_metric(metric).name
-        # m = 10⁵ by default: at an issued certificate's alpha2 (≈ 4.5·10⁻⁷) the DKW term sqrt(ln(1/α2)/(2m)) is
-        # 0.019 at m = 2·10⁴, which at h = 2 (p = 0.983) pushes q past 1 (abstain); 0.0085 at 10⁵.
-        n, m = body.integer("n", 10_000), body.integer("m", 100_000)
-        delta = body.number("delta", 0.05)
+        n, m = body.integer("n", CenterJob.n), body.integer("m", CENTER_M)
+        delta = body.number("delta", CenterJob.delta)
         if not 0 < delta < 0.5:
             raise InvalidParameterError(f"delta must lie strictly between 0 and 1/2, got {delta}")
         share = CENTER_ALPHA_SHARE * self.config.max_alpha
         alpha1, alpha2 = self._alpha(body, "alpha1", share), self._alpha(body, "alpha2", share)
         if alpha1 + alpha2 >= 1:
             raise InvalidParameterError(f"alpha1 + alpha2 must be < 1, got {alpha1} + {alpha2}")
-        n_candidates = body.integer("n_candidates", 30, minimum=0) or None
+        n_candidates = body.integer("n_candidates", CenterJob.n_candidates, minimum=0) or None
         self._check_samples(2 * n + m, "2n + m")
         params = {"eps_in": eps_in, "h": h, "metric": metric, "n": n, "m": m, "delta": delta, "alpha1": alpha1,
                   "alpha2": alpha2, "n_candidates": n_candidates}
@@ -801,8 +803,8 @@ class CertificationService:
         if noise not in ("ablate", "delete", "gaussian"):
             raise InvalidParameterError("noise must be 'ablate' (token ablation), 'delete' (token deletion) or 'gaussian', "
                                         f"got {short(noise)}")
-        max_new_tokens = body.integer("max_new_tokens", 16)
-        n0, n = body.integer("n0", 100), body.integer("n", 1000)
+        max_new_tokens = body.integer("max_new_tokens", GenerateJob.max_new_tokens)
+        n0, n = body.integer("n0", GenerateJob.n0), body.integer("n", GenerateJob.n)
         alpha = self._alpha(body)
         perturb = body.get("perturb")
         if perturb is not None and perturb not in ("all", "context", "last"):

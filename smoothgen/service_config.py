@@ -8,7 +8,7 @@ from numbers import Integral
 
 from smoothgen.errors import InvalidParameterError
 from smoothgen.registry import DEFAULT_NAME, NamedModel, check_unique
-from smoothgen.serve import ENDPOINTS
+from smoothgen.api import ENDPOINTS
 from smoothgen.trust import ServerKeys
 from smoothgen.validate import check_alpha, check_count, check_positive, check_sigma, finite_real
 

@@ -33,7 +33,7 @@ class VerificationError(SmoothgenError, ValueError):
 
 
 def add_parser(sub: Any) -> None:
-    from smoothgen.cli import DefaultsFormatter
+    from smoothgen.cli_help import DefaultsFormatter
 
     p = sub.add_parser(
         "verify",
@@ -140,8 +140,10 @@ def _recompute(document: dict[str, Any], spec: str | None, x: Any, args: argpars
     if x is None:
         raise InvalidParameterError("recomputing needs the certified input: --input x.npy")
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-    runtime_args = argparse.Namespace(model=spec, device=args.device, backend=model.get("backend") or "eager",
-                                      batch_size=args.batch_size, sigma=embedded_sigma if spec is None else params.get("sigma"))
+    from smoothgen.job_specs import RuntimeSpec
+
+    runtime_args = RuntimeSpec(model=spec, device=args.device, backend=model.get("backend") or "eager",
+                               batch_size=args.batch_size, sigma=embedded_sigma if spec is None else params.get("sigma"))
     if endpoint in ("certify", "predict"):
         _check_digest(classifier_digest(spec, embedded_sigma if spec is None else 0.0), model)
         runtime, _ = classifier_runtime(runtime_args, x[None])
@@ -151,8 +153,11 @@ def _recompute(document: dict[str, Any], spec: str | None, x: Any, args: argpars
                        batch_size=args.batch_size)
     if endpoint == "center":
         _check_digest(center_digest(spec), model)
-        runtime_args.sigma, runtime_args.eps_in, runtime_args.h = None, [params["eps_in"]], params["h"]
-        runtime, _ = center_runtime(runtime_args, x[None])
+        from smoothgen.job_specs import CenterJob
+
+        center_job = CenterJob(model=spec, device=args.device, backend=runtime_args.backend, batch_size=args.batch_size,
+                               eps_in=(params["eps_in"],), h=params["h"])
+        runtime, _ = center_runtime(center_job, x[None])
         record, center = jobs.served_center(runtime, x.shape, x, params, seed=seed, request_id=request_id, model=model,
                                             batch_size=args.batch_size)
         if center != document.get("center"):

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from smoothgen.errors import InvalidParameterError
-from smoothgen.text_generation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT
 
 #: The sequential test's sample counts of `looks` (Cohen-style group sequential test, docs/theory.md §6).
 DEFAULT_LOOKS = (100, 1_000, 10_000, 100_000)
@@ -32,6 +31,11 @@ DEFAULT_EPS_IN = (0.05, 0.1)
 #: DiffSmooth's local smoothing: copies per purified input and their noise level.
 DEFAULT_LOCAL_SAMPLES = 5
 DEFAULT_LOCAL_SIGMA = 0.25
+#: Tokens a certified generation decodes (α is split across them).
+DEFAULT_MAX_NEW_TOKENS = 16
+#: A three-line prompt: under the default --perturb (context), its first two lines may be edited and the
+#: line being completed is held fixed.
+DEFAULT_PROMPT = "def read_lines(path):\n    with open(path) as f:\n        return f.read"
 
 
 @dataclass(frozen=True)

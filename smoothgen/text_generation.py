@@ -10,6 +10,7 @@ from typing import Any
 
 from smoothgen._lazy import lazy_module
 from smoothgen.errors import InvalidParameterError, ModelLoadError, first_line
+from smoothgen.job_specs import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT  # noqa: F401  (named here too)
 
 torch = lazy_module("torch")
 
@@ -17,10 +18,6 @@ torch = lazy_module("torch")
 #: ≥ 95 % of the base model's next-byte accuracy (97 % at 0.01, 90 % at 0.02; benchmarks/RESULTS.md,
 #: SmoothGen for language models). Its certified radii cover no byte substitution (rows lie ≈ 0.83 apart).
 DEFAULT_TEXT_SIGMA = 0.01
-DEFAULT_MAX_NEW_TOKENS = 16
-#: A three-line prompt: under the default --perturb (context), its first two lines may be edited and the
-#: line being completed is held fixed.
-DEFAULT_PROMPT = "def read_lines(path):\n    with open(path) as f:\n        return f.read"
 #: The keep fraction of --noise ablate when --keep is not given (the embedded ablation LMs are trained at
 #: 0.1 and 0.25 of the prompt; 0.1 certifies more edits, benchmarks/RESULTS.md).
 DEFAULT_KEEP_FRACTION = 0.1

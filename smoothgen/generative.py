@@ -118,6 +118,21 @@ from smoothgen.generation.substitutions import (  # noqa: F401 - the public name
 
 #: Estimation copies between two checks of a sequential estimation (`SmoothedLM.generate(sequential=True)`).
 SEQUENTIAL_CHECK_EVERY = 50
+#: When a sequential estimation looks first (`SmoothedLM.generate`'s first_check).
+FIRST_CHECKS = ("earliest", "check_every")
+
+
+def sequential_looks(check_every: int, max_samples: int, certify_above: float, alpha_step: float,
+                     first_check: str = "earliest") -> list[int]:
+    """The copy counts at which a sequential estimation looks: every check_every copies up to max_samples
+    (and at max_samples), and with "earliest" one look before them at the fewest copies that could prove a
+    step above `certify_above` at alpha_step (all of them agreeing), when that is fewer than check_every."""
+    looks = [*range(check_every, max_samples, check_every), max_samples]
+    if first_check == "earliest" and certify_above < 1.0:
+        earliest = stats.betting_first_decision(certify_above, alpha_step, min(check_every, max_samples))
+        if earliest is not None and earliest < looks[0]:
+            looks.insert(0, earliest)
+    return looks
 
 
 #: Noisy copies per model call (and per KV cache). On the 2-core CPU with the embedded CodeLM, 100 copies
@@ -483,6 +498,7 @@ class SmoothedLM(PromptSmoother):
         progress: Progress | None = None,
         sequential: bool = False,
         check_every: int = SEQUENTIAL_CHECK_EVERY,
+        first_check: str = "earliest",
     ) -> GenerationCertificate:
         """Certified smoothed greedy decoding (docs/theory.md §4c; the algorithm is in the module docstring).
 
@@ -508,6 +524,10 @@ class SmoothedLM(PromptSmoother):
                 valid: Ville's inequality holds at any stopping time). L_t is then that sequence's lower end,
                 so the certificate is as sound as with a fixed n; `n` in it is the number of copies drawn.
             check_every: copies between two checks of the sequential estimation.
+            first_check: "earliest" adds a first look at the fewest copies that could certify the prefix at
+                `radius` (all of them agreeing; `stats.betting_first_decision`) when that is fewer than
+                check_every, before the looks every check_every copies; "check_every" makes only those
+                (`sequential_looks`). Both are as sound: the confidence sequence holds at every look.
 
         Returns:
             A `GenerationCertificate`.
@@ -528,6 +548,8 @@ class SmoothedLM(PromptSmoother):
                 raise InvalidParameterError("sequential estimation bounds vote shares (score='vote'); this SmoothedLM "
                                             f"averages {self.score}s")
             check_every = check_count(check_every, "check_every")
+            if first_check not in FIRST_CHECKS:
+                raise InvalidParameterError(f"first_check must be one of {FIRST_CHECKS}, got {first_check!r}")
         stream = RandomStream(seed, request_id)
         selection_key, estimation_key = stream.key(Purpose.SELECTION), stream.key(Purpose.ESTIMATION)
         tokens, p_selection = self._select(ids, m, selection_key, n0, max_new_tokens, delta, use_cache, progress)
@@ -537,7 +559,7 @@ class SmoothedLM(PromptSmoother):
         max_samples = n
         if sequential:
             sums, squares, n = self._estimate_sequentially(ids, m, estimation_key, n, tokens, delta, use_cache, progress,
-                                                           check_every, alpha_step, tau, radius, perturbed)
+                                                           check_every, alpha_step, tau, radius, perturbed, first_check)
         else:
             sums, squares = self._estimate(ids, m, estimation_key, n, tokens, delta, use_cache, progress)
         means, variances, lowers, radii = [], [], [], []
@@ -584,17 +606,19 @@ class SmoothedLM(PromptSmoother):
             sequential=sequential,
             max_samples=max_samples,
             check_every=check_every if sequential else None,
+            first_check=first_check if sequential else None,
         )
         return dataclasses.replace(cert, certified_prefix=cert.prefix_at(radius))
 
     def _estimate_sequentially(
         self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, max_samples: int, tokens: list[int],
         delta: torch.Tensor | None, use_cache: bool, progress: Progress | None, check_every: int, alpha_step: float,
-        tau: float, radius: float, perturbed: int,
+        tau: float, radius: float, perturbed: int, first_check: str = "earliest",
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Estimation copies `check_every` at a time until the prefix at `radius` is decided (see `generate`):
         (vote sums, sums of squares, copies drawn). The stopping rule only decides when to stop; the bounds
-        are computed afterwards from the counts (`stats.betting_lower`), valid at any stopping time."""
+        are computed afterwards from the counts (`stats.betting_lower`), valid at any stopping time. The looks
+        are `sequential_looks` (with first_check "earliest", one more as soon as the copies could certify)."""
         level = self.noise.certify_threshold(radius, perturbed)
         certify_above = stats.upper_under_gaussian(level, tau)  # L − τ > level needs a share above level + τ
         below = stats.lower_under_gaussian(level, tau)
@@ -603,8 +627,8 @@ class SmoothedLM(PromptSmoother):
         sums = torch.zeros(steps, dtype=torch.float64)
         squares = torch.zeros(steps, dtype=torch.float64)
         drawn = 0
-        while drawn < max_samples:
-            count = min(check_every, max_samples - drawn)
+        for look in sequential_looks(check_every, max_samples, certify_above, alpha_step, first_check):
+            count = look - drawn
             s, q = self._estimate(ids, mask, key, count, tokens, delta, use_cache, progress, first=drawn, total=max_samples)
             sums, squares, drawn = sums + s, squares + q, drawn + count
             votes = [int(round(float(v))) for v in sums]

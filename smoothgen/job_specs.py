@@ -147,6 +147,7 @@ class GenerateJob:
     radius: float | None = None
     sequential: bool = False
     check_every: int | None = None
+    first_check: str | None = None
     batch_size: int = 250
 
     def kwargs(self) -> dict[str, Any]:

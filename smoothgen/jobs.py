@@ -202,7 +202,8 @@ def served_generate(lm, tokenizer, name: str, prompt: str, params: dict[str, Any
     else:
         options = {"sigma": p["sigma"], "radius": p["radius"]}
     if p.get("sequential"):  # documents from before sequential estimation have no such field
-        options.update(sequential=True, check_every=p["check_every"])
+        # Documents from before the earliest first look have no first_check: theirs came after check_every.
+        options.update(sequential=True, check_every=p["check_every"], first_check=p.get("first_check", "check_every"))
     job = GenerateJob(prompt=prompt, noise=p["noise"], max_new_tokens=p["max_new_tokens"], n0=p["n0"], n=p["n"],
                       alpha=p["alpha"], seed=seed, request_id=request_id, perturb=p["perturb"], batch_size=batch_size,
                       **options)

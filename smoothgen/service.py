@@ -827,7 +827,8 @@ class CertificationService:
             if sequential:  # n is then the most estimation copies; the record's n is the number drawn
                 from smoothgen.generative import SEQUENTIAL_CHECK_EVERY
 
-                params.update(sequential=True, check_every=body.integer("check_every", SEQUENTIAL_CHECK_EVERY))
+                params.update(sequential=True, check_every=body.integer("check_every", SEQUENTIAL_CHECK_EVERY),
+                              first_check="earliest")
         else:
             params.update(sigma=check_sigma(body.number("sigma", DEFAULT_TEXT_SIGMA)),
                           radius=check_positive(body.number("radius", 0.0), "radius", allow_zero=True))

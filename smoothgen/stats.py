@@ -735,6 +735,27 @@ def betting_proves_above(k: int, n: int, m: float, alpha: float) -> bool:
     return bool(_betting_excess(int(k), int(n), m, math.log(1.0 / alpha)) >= 0.0)
 
 
+def betting_first_decision(m: float, alpha: float, most: int) -> int | None:
+    """The fewest outcomes that can prove p > m: the smallest n ≤ `most` at which n ones out of n make
+    `betting_proves_above` true (None when not even `most` do). Before it no check can certify, so a
+    sequential test may look first there; any schedule of looks is as sound (Ville's inequality holds at
+    every stopping time), this one only wastes no copies. Found by bisection on the all-ones wealth, which
+    grows with n (each one multiplies it by 1 + λ(1 − m) ≥ 1), and checked at the result."""
+    m = _betting_args(0, 1, m)
+    _check_alpha(alpha)
+    most = int(most)
+    if most < 1 or not betting_proves_above(most, most, m, alpha):
+        return None
+    lo, hi = 1, most
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if betting_proves_above(mid, mid, m, alpha):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def betting_lower(k: int, n: int, alpha: float) -> float:
     """Lower end of the betting confidence sequence for p at (k, n): a value L with K_n(L) ≥ 1/alpha.
 
@@ -831,7 +852,7 @@ for _name in (
     "clopper_pearson_upper", "binomial_test_pvalue", "hoeffding_radius", "hoeffding_lower", "hoeffding_upper",
     "dkw_quantile_level", "order_statistic_index", "order_statistic", "normal_cdf", "normal_ppf", "cohen_radius",
     "max_certifiable_radius", "center_smoothing_check", "center_candidate_miss", "center_certify_level",
-    "center_eps_out", "center_ablation_level", "empirical_bernstein_radius", "empirical_bernstein_lower", "bounded_mean_lower",
+    "center_eps_out", "center_ablation_level", "betting_first_decision", "empirical_bernstein_radius", "empirical_bernstein_lower", "bounded_mean_lower",
     "generation_step_radius", "tv_bound", "wasserstein_bound", "event_probability_bound", "mean_smoothing_bound",
     "vector_mean_deviation", "betting_log_wealth", "betting_proves_above", "betting_lower", "betting_upper",
 ):

@@ -142,3 +142,39 @@ def test_every_readme_python_block_runs_as_written(monkeypatch):
     x = torch.from_numpy(load_digits_split().x_test[0])
     namespace = {"model": load_classifier(0.25), "example_input": x, "x": x, "SmoothedClassifier": SmoothedClassifier}
     exec(compile(engine, "README.md#Engine", "exec"), namespace)  # noqa: S102
+
+
+def _readme_commands() -> list[list[str]]:
+    """Every `smoothgen ...` command line of the README's bash blocks, split as a shell would (comments
+    dropped, continuation lines joined, a trailing `&` removed)."""
+    import shlex
+
+    commands = []
+    for body in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S):
+        for line in body.replace("\\\n", " ").splitlines():
+            words = shlex.split(line.replace("$'", "'"), comments=True)
+            if words and words[-1] == "&":
+                words = words[:-1]
+            if words and words[0] == "smoothgen":
+                commands.append(words[1:])
+    return commands
+
+
+def test_every_readme_command_is_one_the_cli_takes():
+    """Issue 25: the README's `smoothgen` commands are the command line's: every one parses with the current
+    parser (an option renamed or removed fails here). What each computes is run by the CLI tests and the
+    benchmarks at test sizes (the README's own sizes take minutes to hours, or a cluster or a GPU)."""
+    from smoothgen.cli import build_parser
+
+    commands = _readme_commands()
+    assert len(commands) >= 25 and {c[0] for c in commands} >= {"certify", "center", "generate", "serve", "verify"}
+    parser = build_parser()
+    for argv in commands:
+        if "--help" in argv:
+            continue
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"README command does not parse: smoothgen {' '.join(argv)}")
+    with pytest.raises(SystemExit):  # the check can fail
+        parser.parse_args(["certify", "--no-such-option"])

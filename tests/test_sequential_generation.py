@@ -17,7 +17,7 @@ from scipy.stats import binom, binomtest
 from smoothgen import stats
 from smoothgen.deletion import TokenDeletion
 from smoothgen.errors import InvalidParameterError
-from smoothgen.generative import SmoothedLM, TokenAblation
+from smoothgen.generative import SmoothedLM, TokenAblation, sequential_looks
 from test_ablation import BagLM, SeeTokenLM
 
 WATCH, THEN, OTHERWISE = 3, 1, 2
@@ -35,15 +35,14 @@ def _first_k(n: int, above) -> int:
     return lo
 
 
-def _ever_above(p: float, level: float, alpha: float, check_every: int, max_samples: int, lower) -> float:
-    """P(at some check n = check_every, 2·check_every, ..., max_samples the lower bound lower(k, n, alpha)
-    exceeds level), votes Bernoulli(p): a dynamic program over the vote count. Any stopping rule certifies
-    falsely at most this often."""
+def _ever_above(p: float, level: float, alpha: float, looks: list[int], lower) -> float:
+    """P(at some look n in `looks` the lower bound lower(k, n, alpha) exceeds level), votes Bernoulli(p): a
+    dynamic program over the vote count. Any stopping rule on those looks certifies falsely at most this often."""
     alive = np.ones(1)
-    step = binom.pmf(np.arange(check_every + 1), check_every, p)
     crossed, n = 0.0, 0
-    while n < max_samples:
-        alive, n = np.convolve(alive, step), n + check_every
+    for look in looks:
+        count = look - n
+        alive, n = np.convolve(alive, binom.pmf(np.arange(count + 1), count, p)), look
         k = _first_k(n, lambda k: lower(k, n, alpha) > level)
         crossed += alive[k:].sum()
         alive[k:] = 0.0
@@ -56,10 +55,18 @@ def _ever_above(p: float, level: float, alpha: float, check_every: int, max_samp
     (0.6, 0.001 / 16, 50, 1000), # the CLI's defaults: α/T at T = 16, checks every 50
 ])
 def test_a_step_at_its_level_is_certified_with_probability_at_most_alpha_exactly(level, alpha, check_every, max_samples):
-    exact = _ever_above(level, level, alpha, check_every, max_samples, stats.betting_lower)
+    regular = sequential_looks(check_every, max_samples, level, alpha, "check_every")
+    assert regular == [*range(check_every, max_samples + 1, check_every)]
+    exact = _ever_above(level, level, alpha, regular, stats.betting_lower)
     assert exact <= alpha
+    # The looks generate makes by default: one more, first, at the fewest copies that could certify.
+    looks = sequential_looks(check_every, max_samples, level, alpha)
+    first = stats.betting_first_decision(level, alpha, max_samples)
+    assert not stats.betting_proves_above(first - 1, first - 1, level, alpha)
+    assert looks == ([first, *regular] if first < check_every else regular)
+    assert _ever_above(level, level, alpha, looks, stats.betting_lower) <= alpha
     # The naive rule — a fixed-n Clopper–Pearson bound recomputed at every check — is not anytime valid.
-    naive = _ever_above(level, level, alpha, check_every, max_samples, stats.clopper_pearson_lower)
+    naive = _ever_above(level, level, alpha, regular, stats.clopper_pearson_lower)
     if alpha >= 0.05:
         assert naive > 1.5 * alpha
 
@@ -85,7 +92,9 @@ def _boundary_runs(runs: int = 150, alpha: float = 0.2) -> tuple[int, list[int]]
 def test_the_pipeline_at_the_boundary_certifies_falsely_at_most_alpha():
     wrong, drawn = _boundary_runs()
     assert binomtest(wrong, 150, 0.2, alternative="greater").pvalue > 1e-3, wrong
-    assert max(drawn) <= 400 and min(drawn) >= 10
+    # Every stop is a look: the first at the fewest copies that could certify (4 at α = 0.2), then every 10.
+    looks = sequential_looks(10, 400, 0.5, 0.2)
+    assert looks[:3] == [4, 10, 20] and set(drawn) <= set(looks)
 
 
 def test_a_sabotaged_sequence_fails_the_boundary_oracle(monkeypatch):
@@ -99,16 +108,27 @@ def test_a_sabotaged_sequence_fails_the_boundary_oracle(monkeypatch):
 
 
 def test_a_unanimous_prompt_stops_at_the_first_check_with_the_same_tokens():
+    """Every copy agrees: the estimation stops at its first look — after check_every copies, or by default
+    at the fewest that can certify two edits (p^2 = 0.81: a share above 0.69 at α/3), fewer than 50."""
     lm = SmoothedLM(SeeTokenLM(6, watch=WATCH, then=THEN, otherwise=OTHERWISE), TokenDeletion(0.9), batch_size=500)
     ids, mask = [4, 1, 2, 2, 1, 5], [False, True, True, True, True, False]
     fixed = lm.generate(ids, 3, n0=50, n=2000, alpha=0.001, seed=0, mask=mask, radius=2)
+    late = lm.generate(ids, 3, n0=50, n=2000, alpha=0.001, seed=0, mask=mask, radius=2, sequential=True, check_every=50,
+                       first_check="check_every")
     seq = lm.generate(ids, 3, n0=50, n=2000, alpha=0.001, seed=0, mask=mask, radius=2, sequential=True, check_every=50)
-    assert seq.tokens == fixed.tokens and seq.certified_prefix == fixed.certified_prefix == 3
-    assert seq.sequential and seq.bound == "betting" and seq.max_samples == 2000 and seq.n == 50
-    expected = stats.lower_under_gaussian(stats.betting_lower(50, 50, 0.001 / 3), seq.noise_tv)
-    assert all(lower == expected for lower in seq.p_lower)
+    level = stats.upper_under_gaussian(lm.noise.certify_threshold(2, 4), seq.noise_tv)
+    earliest = stats.betting_first_decision(level, 0.001 / 3, 50)
+    assert 20 < earliest < 50
+    for cert, n in ((late, 50), (seq, earliest)):
+        assert cert.tokens == fixed.tokens and cert.certified_prefix == fixed.certified_prefix == 3
+        assert cert.sequential and cert.bound == "betting" and cert.max_samples == 2000 and cert.n == n
+        expected = stats.lower_under_gaussian(stats.betting_lower(n, n, 0.001 / 3), cert.noise_tv)
+        assert all(lower == expected for lower in cert.p_lower)
+    assert (seq.first_check, late.first_check, fixed.first_check) == ("earliest", "check_every", None)
     assert fixed.n == 2000 and not fixed.sequential and fixed.max_samples == 2000
     assert seq.check_every == 50 and fixed.check_every is None
+    with pytest.raises(InvalidParameterError, match="first_check"):
+        lm.generate(ids, 1, n0=5, n=10, mask=mask, sequential=True, first_check="soon")
 
 
 def test_an_undecidable_step_ends_the_prefix_and_stops_the_estimation():
@@ -152,3 +172,21 @@ def test_the_level_each_noise_space_certifies_at():
     assert TokenDeletion(0.9).certify_threshold(2, 10) == 0.5 + float(deletion_delta(0.9, 2))
     assert EmbeddingGaussian(0.5).certify_threshold(0.5, 10) == pytest.approx(stats.normal_cdf(1.0))
     assert math.isclose(EmbeddingGaussian(0.5).certify_threshold(0.0, 10), 0.5)
+
+
+def test_documents_from_before_the_earliest_look_recompute_with_their_schedule():
+    """A served sequential generation signed before first_check existed looked first after check_every
+    copies: its params have no first_check, and `smoothgen verify --recompute` must rebuild that schedule."""
+    from smoothgen import jobs
+    from smoothgen.text_generation import load_lm_spec
+
+    lm, tokenizer, name = load_lm_spec(None, "cpu", "delete")
+    params = {"noise": "delete", "max_new_tokens": 2, "n0": 20, "n": 400, "alpha": 0.001, "perturb": None, "keep": None,
+              "mask_token": None, "edits": 1, "sigma": None, "radius": None, "delete_prob": 0.9, "sequential": True,
+              "check_every": 40}
+    prompt = "import os\nimport s"
+    old = jobs.served_generate(lm, tokenizer, name, prompt, params, seed=3, request_id=0, batch_size=250)
+    new = jobs.served_generate(lm, tokenizer, name, prompt, {**params, "first_check": "earliest"}, seed=3, request_id=0,
+                               batch_size=250)
+    assert old["first_check"] == "check_every" and old["n"] % 40 == 0
+    assert new["first_check"] == "earliest" and new["n"] <= old["n"]

@@ -45,6 +45,10 @@ class GenerationCertificate:
         sequential, max_samples, check_every: whether the estimation stopped once the prefix at `radius` was
             decided (then `n` is the number of estimation copies drawn, at most `max_samples`, checked every
             `check_every` copies; None when not sequential).
+        first_check: the sequential estimation's looks: "earliest" (one more, first, at the fewest copies
+            that could certify the radius, `stats.betting_first_decision`, when fewer than check_every) or
+            "check_every" (every check_every copies only, as before that choice existed); None when not
+            sequential.
         stopped: why decoding stopped: "max_new_tokens" or "eos".
         noise_tv: τ, the per-copy total variation between the sampled prompt noise and N(0, σ²I)
             (token ablation: the chance of a tie between the random words that pick the kept subset);
@@ -88,6 +92,7 @@ class GenerationCertificate:
     sequential: bool = False
     max_samples: int | None = None
     check_every: int | None = None
+    first_check: str | None = None
 
     @property
     def token_noise(self) -> bool:

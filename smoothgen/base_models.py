@@ -61,12 +61,10 @@ def load_base_model(args: RuntimeSpec, embedded, embedded_name: str, x: np.ndarr
 def check_input_range(args: RuntimeSpec, x: np.ndarray) -> None:
     """--input-range, or [0, 1] for the embedded models: data outside is refused before anything runs (pixels
     in [0, 255] given to a model trained on [0, 1] used to certify 1.000 at a radius in 0-255 units)."""
-    from smoothgen.validate import check_value_range, parse_value_range
+    from smoothgen.validate import check_value_range
 
-    spec = getattr(args, "input_range", None)
-    if spec is not None:
-        value_range = parse_value_range(spec, "--input-range") if isinstance(spec, str) else tuple(spec)
-        check_value_range(x, value_range, "--data", " (--input-range)")
+    if args.input_range is not None:  # parsed and checked when the spec was built (RuntimeSpec.from_options)
+        check_value_range(x, args.input_range, "--data", " (--input-range)")
     elif args.model is None:
         check_value_range(x, (0.0, 1.0), "--data", ", the range of the pixels the embedded digits models were trained "
                           "on: scale the inputs to [0, 1] (a model of your own: --model, and --input-range LO,HI)")

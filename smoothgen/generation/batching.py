@@ -118,9 +118,9 @@ def probe(model: Any, sizes: tuple[int, ...] = PROBE_SIZES, length: int = 12) ->
 class _Call:
     __slots__ = ("embeds", "past", "use_cache", "key", "done", "result", "error")
 
-    def __init__(self, embeds: torch.Tensor, past: Any, use_cache: bool):
+    def __init__(self, embeds: torch.Tensor, past: Any, use_cache: bool, keyed: bool):
         self.embeds, self.past, self.use_cache = embeds, past, use_cache
-        self.key = self._key()
+        self.key = self._key() if keyed else None  # unkeyed (merging off): it runs alone, nothing to compare
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -189,7 +189,7 @@ class SharedLM:
 
     def __call__(self, inputs_embeds: torch.Tensor, past_key_values: Any = None, use_cache: bool = True) -> tuple:
         """One forward call, as the model's: (logits [B, T, V], the extended cache)."""
-        call = _Call(inputs_embeds, past_key_values, bool(use_cache))
+        call = _Call(inputs_embeds, past_key_values, bool(use_cache), keyed=self.merging and self._mergeable)
         with self._cv:
             if self._closed:
                 raise InvalidParameterError("this SharedLM is closed")

@@ -234,15 +234,15 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    for setting in SETTINGS:
-        rs = [r for r in records if r["setting"] == setting.name and r.get("type") != "clean"]
+    for setting, n0 in ((s, n0) for s in SETTINGS for n0 in sorted({r["n0"] for r in records if "n0" in r}, reverse=True)):
+        rs = [r for r in records if r["setting"] == setting.name and r.get("type") != "clean" and r["n0"] == n0]
         if not rs:
             continue
         s = [scores(r) for r in rs]
         # The model's own greedy decoding on the same prompts, every token counted (no certificate).
         clean = [scores(r) for r in records if r["setting"] == setting.name and r.get("type") == "clean"]
         rows.append({
-            "setting": setting.name, "windows": len(rs),
+            "setting": setting.name, "n0": n0, "windows": len(rs),
             "good4_tokens": sum(x["good_tokens"] >= 4 for x in s) / len(rs),
             "good4_bytes": sum(x["good_bytes"] >= 4 for x in s) / len(rs),
             "first_certified": sum(x["certified"] >= 1 for x in s) / len(rs),
@@ -262,13 +262,13 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def cmd_report(args: argparse.Namespace) -> None:
     rows = summarize(read_records(args.out))
-    print("| setting | windows | first ≥ 4 tokens certified (r = 1) and correct | first ≥ 4 bytes | first token "
+    print("| setting | n0 | windows | first ≥ 4 tokens certified (r = 1) and correct | first ≥ 4 bytes | first token "
           "certified | … and correct | mean certified-and-correct prefix (tokens / bytes) | whitespace-only | "
           "median s / window | ÷ plain greedy (median) | copies per step (n0 + n drawn) | first token correct: "
           "smoothed / clean greedy | clean greedy: first 4 tokens correct |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['setting'].replace('|', ', ')} | {r['windows']} | {r['good4_tokens']:.0%} | {r['good4_bytes']:.0%} | "
+        print(f"| {r['setting'].replace('|', ', ')} | {r['n0'] or '0 (the model chooses)'} | {r['windows']} | {r['good4_tokens']:.0%} | {r['good4_bytes']:.0%} | "
               f"{r['first_certified']:.0%} | {r['first_correct']:.0%} | {r['mean_good_tokens']:.2f} / "
               f"{r['mean_good_bytes']:.1f} | {r['whitespace_only']:.0%} | {r['median_seconds']:.1f} | "
               f"{r['median_cost_ratio']:.0f}× | {r['mean_copies_per_step']:.0f} | {r['smoothed_first_correct']:.0%} / "

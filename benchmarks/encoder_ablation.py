@@ -54,6 +54,16 @@ PARAPHRASES = {
 #: exactly: d_ang ≤ ε implies d_cos ≤ 1 − cos(π·ε).
 SETTINGS = (("ablation", 0.2, 1, "angular"), ("ablation", 0.2, 1, "cosine"), ("ablation", 0.3, 1, "angular"),
             ("ablation", 0.1, 2, "angular"), ("ablation", 0.15, 2, "angular"), ("original", 0.2, 1, "angular"))
+#: (model, deletion probability p, edits, metric) under token deletion (docs/theory.md §4j): the certificate
+#: then covers any r inserted, deleted or substituted word pieces; chosen as `--setting delete:MODEL:P:R:METRIC`.
+DELETION_SETTINGS = (("original", 0.9, 1, "angular"), ("ablation", 0.9, 1, "angular"), ("original", 0.8, 1, "angular"))
+
+
+def _settings(chosen: list[str] | None) -> list[tuple[str, str, float, int, str]]:
+    """(noise, model, keep fraction or deletion probability, edits, metric) of the settings to run."""
+    every = [("ablate", *s) for s in SETTINGS] + [("delete", *s) for s in DELETION_SETTINGS]
+    ids = {s: ":".join(map(str, s[1:])) if s[0] == "ablate" else ":".join(map(str, s)) for s in every}
+    return [s for s in every if (chosen is None and s[0] == "ablate") or (chosen is not None and ids[s] in chosen)]
 
 
 def as_cosine(eps_out: float, metric: str) -> float:
@@ -64,6 +74,7 @@ def as_cosine(eps_out: float, metric: str) -> float:
 
 
 def certify(args: argparse.Namespace) -> None:
+    from smoothgen.deletion import TokenDeletion
     from smoothgen.encoders import SmoothedEncoder
     from smoothgen.generative import TokenAblation
     from smoothgen.models.ablation_encoder import heldout_sentences, inner_positions, keep_count, load_ablation_encoder
@@ -79,23 +90,23 @@ def certify(args: argparse.Namespace) -> None:
     para = {i: p for i, p in PARAPHRASES.items() if i < len(sentences)}
     para_emb = torch.nn.functional.normalize(torch.tensor(models["original"].encode(list(para.values()))), dim=-1)
     para_dist = {i: float(1 - clean[i] @ e) for i, e in zip(para, para_emb)}
-    settings = [s for s in SETTINGS if args.setting is None or ":".join(map(str, s)) in args.setting]
     out = open(args.out, "a", encoding="utf-8") if args.out else sys.stdout
-    for name, fraction, edits, metric in settings:
+    for noise, name, fraction, edits, metric in _settings(args.setting):
         st = models[name]
         for i, sentence in enumerate(sentences):
             ids = torch.tensor(tokenizer(sentence)["input_ids"])
             perturbed = ids.numel() - 2
-            keep = keep_count(fraction, perturbed)
-            encoder = SmoothedEncoder(st, TokenAblation(keep, tokenizer.mask_token_id), mask=inner_positions,
-                                      batch_size=args.batch_size, metric=metric)
+            keep = keep_count(fraction, perturbed) if noise == "ablate" else None
+            space = TokenAblation(keep, tokenizer.mask_token_id) if noise == "ablate" else TokenDeletion(fraction)
+            encoder = SmoothedEncoder(st, space, mask=inner_positions, batch_size=args.batch_size, metric=metric)
             start = time.perf_counter()
             cert = encoder.center_certify(ids, edits=edits, n=args.n, m=args.m, seed=args.seed)
             seconds = time.perf_counter() - start
             z = torch.nn.functional.normalize(cert.center.detach().float().cpu(), dim=-1)
             sims = clean @ z
             record = {
-                "model": name, "keep_fraction": fraction, "edits": edits, "metric": metric, "idx": i, "sentence": sentence,
+                "model": name, "noise": noise, "keep_fraction": fraction if noise == "ablate" else None,
+                "delete_prob": fraction if noise == "delete" else None, "edits": edits, "metric": metric, "idx": i, "sentence": sentence,
                 "perturbed": perturbed, "keep": keep, "n": args.n, "m": args.m, "abstained": cert.abstained,
                 "reason": cert.reason, "eps_out": cert.eps_out,
                 "eps_out_cosine": None if cert.abstained else as_cosine(cert.eps_out, metric), "r_hat": cert.r_hat, "p": cert.p, "q": cert.q,
@@ -107,7 +118,7 @@ def certify(args: argparse.Namespace) -> None:
                 "paraphrase_distance": para_dist.get(i), "seconds": seconds,
             }
             print(json.dumps(record), file=out, flush=True)
-            print(f"{name} f={fraction} r={edits} {metric} #{i}: eps_out {cert.eps_out:.3f} abstained {cert.abstained} "
+            print(f"{name} {noise} {fraction} r={edits} {metric} #{i}: eps_out {cert.eps_out:.3f} abstained {cert.abstained} "
                   f"to clean {record['distance_to_clean']:.3f} ({seconds:.1f} s)", file=sys.stderr, flush=True)
 
 
@@ -192,12 +203,16 @@ def summary(paths: list[str]) -> None:
     apart = statistics.median(r["median_other"] for r in records if r["model"] == first["model"])
     print(f"{len({r['idx'] for r in records})} held-out sentences, n = {first['n']}, m = {first['m']}; median cosine "
           f"distance between different sentences {apart:.3f}")
-    print("| model | keep f | edits r | metric | certified | median ε_out (cosine) | median d(ẑ, clean) | retrieval | "
+    print("| model | noise | edits r | metric | certified | median ε_out (cosine) | median d(ẑ, clean) | retrieval | "
           "ε_out < nearest other | ε_out < paraphrase | median s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    keys = {(r["model"], r["keep_fraction"], r["edits"], r["metric"]) for r in records}
-    for key in sorted(keys, key=lambda k: (k[0] != "ablation", k[2], k[1], k[3])):
-        group = [r for r in records if (r["model"], r["keep_fraction"], r["edits"], r["metric"]) == key]
+    def key_of(r: dict) -> tuple:
+        noise = r.get("noise", "ablate")
+        return r["model"], noise, r["keep_fraction"] if noise == "ablate" else r["delete_prob"], r["edits"], r["metric"]
+
+    keys = {key_of(r) for r in records}
+    for key in sorted(keys, key=lambda k: (k[1], k[0] != "ablation", k[3], k[2], k[4])):
+        group = [r for r in records if key_of(r) == key]
         ok = [r for r in group if not r["abstained"]]
         # Abstentions count as vacuous (ε_out = 2, the cosine diameter) in the median over all sentences.
         med = statistics.median(2.0 if r["abstained"] else r["eps_out_cosine"] for r in group)
@@ -206,7 +221,8 @@ def summary(paths: list[str]) -> None:
         below = sum(r["eps_out_cosine"] < r["nearest_other"] for r in ok)
         with_para = [r for r in group if r["paraphrase_distance"] is not None]
         below_para = sum((not r["abstained"]) and r["eps_out_cosine"] < r["paraphrase_distance"] for r in with_para)
-        print(f"| {key[0]} | {key[1]:g} | {key[2]} | {key[3]} | {len(ok)}/{len(group)} ({len(ok) / len(group):.0%}) | {med:.3f} | "
+        noise = f"keep f = {key[2]:g}" if key[1] == "ablate" else f"deletion p = {key[2]:g}"
+        print(f"| {key[0]} | {noise} | {key[3]} | {key[4]} | {len(ok)}/{len(group)} ({len(ok) / len(group):.0%}) | {med:.3f} | "
               f"{to_clean:.3f} | {retrieved:.0%} | {below}/{len(group)} | {below_para}/{len(with_para)} | "
               f"{statistics.median(r['seconds'] for r in group):.1f} |")
     paras = sorted({r["idx"]: r["paraphrase_distance"] for r in records if r["paraphrase_distance"] is not None}.values())
@@ -222,8 +238,9 @@ def main(argv=None) -> int:
     c.add_argument("--m", type=int, default=4000, help="copies for the radius")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--limit", type=int, default=None, help="only the first N held-out sentences")
-    c.add_argument("--setting", action="append", default=None, metavar="MODEL:F:R:METRIC",
-                   help="only these settings, e.g. ablation:0.2:1:angular (default: all of SETTINGS)")
+    c.add_argument("--setting", action="append", default=None, metavar="[delete:]MODEL:F:R:METRIC",
+                   help="only these settings, e.g. ablation:0.2:1:angular (keep a fifth of the word pieces) or "
+                        "delete:original:0.9:1:angular (delete each with probability 0.9) (default: all of SETTINGS)")
     c.add_argument("--batch-size", type=int, default=500)
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--out", default=None, help="append the records to this file (default: stdout)")

@@ -10,7 +10,9 @@ LM trained for its noise: ablation keep 0.1 or deletion p = 0.9, votes), in ONE 
   stopped once the prefix at r = 1 is decided; betting confidence sequences at α/T);
 * sequential, small n0: the same with `--small-n0` selection copies (fewer copies choose each token: as
   sound, cheaper, and a wrong choice only shortens the certified prefix); and the same again with the first
-  look after check_every copies (`first_check="check_every"`) instead of at the fewest that could certify.
+  look after check_every copies (`first_check="check_every"`) instead of at the fewest that could certify;
+* sequential, n0 = 0: the model's own greedy decoding of the clean prompt chooses the tokens (the plain
+  generation itself), and the estimation copies certify its prefix.
 
 Each timing is the best of `--repeats` runs. The record keeps the certified prefixes at r = 1, the copies
 drawn and the time ratios to plain generation; `report` prints the RESULTS.md table.
@@ -71,6 +73,8 @@ def run(args: argparse.Namespace) -> None:
             late_s, late_cert = _best(lambda: lm.generate(prompt, args.tokens, **small, sequential=True,
                                                           check_every=args.check_every, first_check="check_every"),
                                       args.repeats)
+            clean_s, clean_cert = _best(lambda: lm.generate(prompt, args.tokens, **{**common, "n0": 0}, sequential=True,
+                                                            check_every=args.check_every), args.repeats)
             record = {
                 "setting": name, "model": model_name, "prompt_index": index, "tokens": args.tokens, "n0": args.n0,
                 "n": args.n, "check_every": args.check_every, "alpha": args.alpha, "machine": machine(),
@@ -81,6 +85,8 @@ def run(args: argparse.Namespace) -> None:
                 "small_copies": small_cert.n, "first_check": small_cert.first_check,
                 "small_late_seconds": late_s, "small_late_prefix_r1": late_cert.prefix_at(1), "small_late_copies": late_cert.n,
                 "plain_matches_smoothed": list(plain[: len(seq.tokens)]) == list(seq.tokens),
+                "clean_seconds": clean_s, "clean_prefix_r1": clean_cert.prefix_at(1), "clean_copies": clean_cert.n,
+                "clean_is_plain": list(clean_cert.tokens) == list(plain),
             }
             append_record(Path(args.out), record)
             print(f"{name} #{index}: plain {plain_s * 1e3:.1f} ms, fixed {fixed_s / plain_s:.0f}x, sequential "
@@ -124,6 +130,23 @@ def report(paths: list[str]) -> None:
                   f"{ratio('small_late_seconds'):.1f}, {statistics.median(r['small_late_copies'] for r in g):g}, "
                   f"{statistics.fmean(r['small_late_prefix_r1'] for r in g):.2f} | "
                   f"{sum(r['small_prefix_r1'] == r['fixed_prefix_r1'] for r in g)}/{len(g)} |")
+    clean = [r for r in records if "clean_seconds" in r]
+    if clean:
+        print("\n| setting | who chooses the tokens | time ÷ plain (median) | estimation copies (median) | mean prefix r = 1 "
+              "| prompts with the fixed-n prefix | prompts whose prefix is shorter than with n0 = small n0 |")
+        print("|---|---|---|---|---|---|---|")
+        for name in SETTINGS:
+            g = [r for r in clean if r["setting"] == name]
+            if not g:
+                continue
+            assert all(r["clean_is_plain"] for r in g)
+            ratio = lambda key: statistics.median(r[key] / r["plain_seconds"] for r in g)  # noqa: E731
+            for label, key in ((f"{g[0]['small_n0']} noisy copies", "small"), ("the model itself (n0 = 0)", "clean")):
+                print(f"| {name} | {label} | {ratio(key + '_seconds'):.1f} | "
+                      f"{statistics.median(r[key + '_copies'] for r in g):g} | "
+                      f"{statistics.fmean(r[key + '_prefix_r1'] for r in g):.2f} | "
+                      f"{sum(r[key + '_prefix_r1'] == r['fixed_prefix_r1'] for r in g)}/{len(g)} | "
+                      f"{sum(r[key + '_prefix_r1'] < r['small_prefix_r1'] for r in g)}/{len(g)} |")
     print(f"\n{records[0]['machine']}; T = {records[0]['tokens']}, n0 = {records[0]['n0']}, n = {records[0]['n']}, "
           f"check every {records[0]['check_every']}, alpha = {records[0]['alpha']}")
 

@@ -143,7 +143,10 @@ def add_parser(sub: Any) -> None:
                       "pieces) (default: the embedded byte-level LM; with --noise "
                       f"ablate its fine-tune {ABLATION_LM}, with --noise delete {DELETION_LM})")
     text.add_argument("--selection-samples", type=int, default=GenerateJob.n0,
-                      help="noisy copies n0 that choose each token (disjoint from the --samples that certify it)")
+                      help="noisy copies n0 that choose each token (disjoint from the --samples that certify it); for "
+                           "a text LM, 0 lets the model's own greedy decoding of the clean prompt choose (the cost of "
+                           "plain generation: it certifies the model's own output, up to the first token the noisy "
+                           "copies do not back)")
     text.add_argument("--max-new-tokens", type=int, default=None,
                       help=f"tokens to generate (alpha is split across them) (default: {DEFAULT_MAX_NEW_TOKENS})")
     text.add_argument("--perturb", default=None, choices=["all", "context", "last"],
@@ -342,7 +345,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def _generate_text(args: argparse.Namespace) -> dict[str, Any]:
     from smoothgen.validate import check_count
 
-    check_count(args.selection_samples, "--selection-samples")
+    check_count(args.selection_samples, "--selection-samples", minimum=0)
     check_count(args.max_new_tokens, "--max-new-tokens")
     check_count(args.batch_size, "--batch-size")
     model, tokenizer, name = load_lm_spec(args.model, args.device, args.noise)
@@ -433,7 +436,7 @@ def _print_ablated(record: dict[str, Any], cert: Any, tokenizer: Any) -> None:
         noise = (f"token ablation: keep {cert.keep} of {record['perturbed_positions']} prompt positions (mask token "
                  f"{record['mask_token']})")
     drawn = f"n={cert.n} (sequential, at most {cert.max_samples})" if cert.sequential else f"n={cert.n}"
-    print(f"model {record['model']}, {noise}, n0={cert.n0}, {drawn}, alpha={cert.alpha}, "
+    print(f"model {record['model']}, {noise}, {_selection(cert)}, {drawn}, alpha={cert.alpha}, "
           f"{len(cert.tokens)} tokens in {record['seconds']:.1f} s")
     edits = record["edits"]
     kind = "inserted, deleted or substituted" if cert.noise == "deletion" else "edited"
@@ -456,6 +459,11 @@ def _print_ablated(record: dict[str, Any], cert: Any, tokenizer: Any) -> None:
               f"{ex['changed']} changed the {ex['certified_steps']} tokens certified at one edit")
 
 
+def _selection(cert: Any) -> str:
+    """Who chose the tokens, in words."""
+    return f"n0={cert.n0}" if cert.n0 else "n0=0 (the model's own greedy decoding chose the tokens)"
+
+
 def _where(record: dict[str, Any], cert: Any) -> str:
     """Where the certified edits may fall, in words (the perturbed positions of --perturb)."""
     length, perturbed = len(cert.prompt), record["perturbed_positions"]
@@ -471,7 +479,7 @@ def _where(record: dict[str, Any], cert: Any) -> str:
 
 def _print_text(record: dict[str, Any], cert: Any, tokenizer: Any) -> None:
     k = _print_marked(record, cert, tokenizer)
-    print(f"model {record['model']}, sigma={cert.sigma}, n0={cert.n0}, n={cert.n}, alpha={cert.alpha}, "
+    print(f"model {record['model']}, sigma={cert.sigma}, {_selection(cert)}, n={cert.n}, alpha={cert.alpha}, "
           f"{len(cert.tokens)} tokens in {record['seconds']:.1f} s")
     whole = record["whole_generation_radius"]
     print(f"certified prefix at radius {cert.radius:g}: {k} of {len(cert.tokens)} tokens (between "

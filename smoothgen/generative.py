@@ -28,7 +28,8 @@ score, since it uses only that each copy's score of each token lies in [0, 1].
 CERTIFY(prompt, T, n0, n, α):
 1. Selection: n0 noisy copies of the prompt, each with its own KV cache. Prefill once; at step t the
    decoder picks a_t = argmax of the mean softmax of the n0 copies and feeds the clean embedding of a_t
-   to every copy (the prompt is never recomputed).
+   to every copy (the prompt is never recomputed). With n0 = 0 the clean prompt is the one row: the base
+   model's own greedy decoding picks a_t (plain generation; a guess that depends on x alone).
 2. Estimation: n FRESH noisy copies (an independent random stream), run on the decoded sequence
    y = (a_0, ..., a_{T−1}) (teacher forcing: prefill + y, in one pass when it fits the logits budget,
    else in windows through the KV cache). Per step t the per-copy scores s_i,t = softmax_i,t(a_t) ∈ [0, 1].
@@ -38,7 +39,7 @@ CERTIFY(prompt, T, n0, n, α):
 4. The prefix certified at radius R: the largest k with R_t > R for every t < k.
 
 Why the prefix certificate is sound. Let E be the event that all T lower bounds hold: L_t ≤ p̄_t,a_t(x; y_<t)
-for t < T. The decoded y depends only on the selection noise; given y, the estimation noise is
+for t < T. The decoded y depends only on the selection noise (n0 = 0: on nothing random); given y, the estimation noise is
 independent of it, so each bound fails with probability ≤ α/T conditionally on y, and E has
 probability ≥ 1 − α (union bound; this needs T fixed in advance: it is max_new_tokens, whether or not
 decoding stops early at EOS). On E, fix x' = x + Δ with ‖Δ‖_F < min_{t<k} R_t (Δ on the perturbed rows).
@@ -334,22 +335,23 @@ class SmoothedLM(PromptSmoother):
         self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, count: int, steps: int,
         delta: torch.Tensor | None, use_cache: bool, progress: Progress | None = None,
     ) -> tuple[list[int], list[float]]:
-        """Smoothed greedy decoding from `count` copies: (tokens, mean probability of each chosen token).
+        """Smoothed greedy decoding from `count` copies: (tokens, mean score of each chosen token).
 
         Each chunk of copies is one or more batches of equal length (`noisy_groups`), each with its own
-        KV cache."""
-        chunks = self._chunks(count, ids.numel())
+        KV cache. count = 0: the base model's own greedy decoding of the clean prompt (one row, no noise;
+        `delta` added to its perturbed rows) chooses, and each score is that row's."""
+        batches = self._selection_batches(ids, mask, key, count, delta)
+        count = max(count, 1)
         tokens: list[int] = []
         top: list[float] = []
         if use_cache:
             caches: list[Any] = []
             total = None
-            for start, c in chunks:  # prefill once per batch
-                for noisy in self.noisy_groups(ids, mask, key, start, c, delta):
-                    logits, past = self._forward(noisy)
-                    caches.append((noisy.shape[0], past))
-                    part = self._step_scores(logits[:, -1])
-                    total = part if total is None else total + part
+            for noisy in batches:  # prefill once per batch
+                logits, past = self._forward(noisy)
+                caches.append((noisy.shape[0], past))
+                part = self._step_scores(logits[:, -1])
+                total = part if total is None else total + part
             for t in range(steps):
                 a = int(torch.argmax(total))
                 tokens.append(a)
@@ -366,11 +368,10 @@ class SmoothedLM(PromptSmoother):
                     part = self._step_scores(logits[:, -1])
                     total = part if total is None else total + part
             return tokens, top
-        prompts = [noisy for start, c in chunks for noisy in self.noisy_groups(ids, mask, key, start, c, delta)]
         for t in range(steps):  # recompute every copy's whole sequence at every step
             total = None
             suffix = self.table[torch.tensor(tokens, dtype=torch.long, device=self.device)]
-            for noisy in prompts:
+            for noisy in batches:
                 seq = torch.cat([noisy, suffix[None].expand(noisy.shape[0], -1, -1)], dim=1)
                 logits, _ = self._forward(seq)
                 part = self._step_scores(logits[:, -1])
@@ -383,6 +384,21 @@ class SmoothedLM(PromptSmoother):
             if a == self.eos_token_id:
                 break
         return tokens, top
+
+    def _selection_batches(
+        self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, count: int, delta: torch.Tensor | None
+    ) -> list[torch.Tensor]:
+        """The prompts that choose the tokens: `count` noisy copies in batches of equal length, or, for
+        count = 0, the clean prompt itself ([1, L, D]; `delta` on its perturbed rows). The clean prompt is
+        a function of the input alone, so a guess made from it is as independent of the estimation copies
+        as one made from selection copies (docs/theory.md §4c)."""
+        if count == 0:
+            clean = self.table[ids.to(self.table.device)]
+            if delta is not None:
+                clean = clean + delta * mask[:, None].to(delta.dtype)
+            return [clean[None]]
+        return [noisy for start, c in self._chunks(count, ids.numel())
+                for noisy in self.noisy_groups(ids, mask, key, start, c, delta)]
 
     def _estimate(
         self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, count: int, tokens: list[int],
@@ -505,7 +521,10 @@ class SmoothedLM(PromptSmoother):
         Args:
             prompt: token ids [L] (or a string, with a tokenizer).
             max_new_tokens: T, tokens to generate (fixed in advance: α is split across T steps).
-            n0: selection copies (choose the tokens).
+            n0: selection copies (choose the tokens). 0: the base model's greedy decoding of the clean prompt
+                chooses them (no noise: the plain generation's cost); a step certifies only where that token
+                is also the smoothed decoder's, proved by the estimation copies as always, and the tokens
+                after the certified prefix are the base model's, not the smoothed decoder's.
             n: estimation copies (fresh noise; bound p̄ of the chosen tokens).
             alpha: total error probability of the certificate.
             seed, request_id: the request's random stream (None: fresh entropy, not reproducible).
@@ -534,11 +553,11 @@ class SmoothedLM(PromptSmoother):
 
         Raises:
             InvalidInputError: empty prompt, ids out of range, prompt + max_new_tokens over the context length.
-            InvalidParameterError: n0, n, max_new_tokens < 1, alpha outside (0, 1), negative radius.
+            InvalidParameterError: n0 < 0, n or max_new_tokens < 1, alpha outside (0, 1), negative radius.
             ModelOutputError: NaN/Inf logits or malformed model outputs.
         """
         ids, max_new_tokens, m, delta = self._decode_args(prompt, max_new_tokens, mask, delta)
-        n0, n = check_count(n0, "n0"), check_count(n, "n")
+        n0, n = check_count(n0, "n0", minimum=0), check_count(n, "n")
         alpha = check_alpha(alpha)
         radius = _check_radius(radius)
         if self.score == "probability" and self.bound == "bernstein" and n < 2:

@@ -804,7 +804,7 @@ class CertificationService:
             raise InvalidParameterError("noise must be 'ablate' (token ablation), 'delete' (token deletion) or 'gaussian', "
                                         f"got {short(noise)}")
         max_new_tokens = body.integer("max_new_tokens", GenerateJob.max_new_tokens)
-        n0, n = body.integer("n0", GenerateJob.n0), body.integer("n", GenerateJob.n)
+        n0, n = body.integer("n0", GenerateJob.n0, minimum=0), body.integer("n", GenerateJob.n)
         alpha = self._alpha(body)
         perturb = body.get("perturb")
         if perturb is not None and perturb not in ("all", "context", "last"):

@@ -195,7 +195,24 @@ def test_sequential_generation_stops_early_with_the_same_certified_tokens(capsys
     assert "(sequential, at most 1000)" in capsys.readouterr().out
 
 
+def test_selection_samples_zero_certifies_the_models_own_greedy_output(capsys):
+    """--selection-samples 0: the model's own greedy decoding of the clean prompt chooses the tokens (what
+    plain generation prints), and the estimation copies certify its prefix."""
+    from smoothgen.generative import SmoothedLM, TokenAblation
+    from smoothgen.models import load_lm
+
+    prompt = "import os\nimport s"
+    assert cli_main([*TEXT, "--prompt", prompt, "--selection-samples", "0", "--sequential"]) == 0
+    assert "n0=0 (the model's own greedy decoding chose the tokens)" in capsys.readouterr().out
+    assert cli_main([*TEXT, "--prompt", prompt, "--selection-samples", "0", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    model = load_lm(record["model"].removeprefix("embedded:"))
+    lm = SmoothedLM(model, TokenAblation(1, 0))
+    assert record["n0"] == 0 and tuple(record["tokens"]) == lm._greedy(lm.table[lm.prompt_ids(prompt)][None], 6)[0]
+
+
 @pytest.mark.parametrize(("argv", "message"), [
+    (["--selection-samples", "-1"], "--selection-samples must be an integer >= 0"),
     (["--sequential", "--sigma", "0.1"], "--sequential and --check-every apply with --noise ablate or delete"),
     (["--check-every", "10"], "--check-every applies with --sequential"),
     (["--sequential", "--check-every", "0"], "--check-every"),

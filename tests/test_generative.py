@@ -566,7 +566,7 @@ def test_bad_inputs_raise_specific_errors():
     for sigma in (0.0, -1.0, math.nan, math.inf):
         with pytest.raises(InvalidParameterError):
             SmoothedLM(model, sigma)
-    for kwargs in ({"n": 0}, {"n0": 0}, {"alpha": 0.0}, {"alpha": 1.0}, {"alpha": math.nan}, {"radius": -1.0}):
+    for kwargs in ({"n": 0}, {"n0": -1}, {"alpha": 0.0}, {"alpha": 1.0}, {"alpha": math.nan}, {"radius": -1.0}):
         with pytest.raises(InvalidParameterError):
             lm.generate(PROMPT, 2, **{"n0": 2, "n": 2, **kwargs})
     with pytest.raises(InvalidParameterError):

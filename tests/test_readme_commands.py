@@ -58,6 +58,9 @@ def _smaller(argv: list[str]) -> list[str]:
     extra = list(SMALLER.get(argv[0], []))
     if argv[0] == "generate":
         extra += GENERATE_IMAGES if ("--diffusion" in argv or "--text" in argv) else GENERATE_TEXT
+        if "--selection-samples" in argv and "--selection-samples" in extra:  # its own count (0) is small already
+            i = extra.index("--selection-samples")
+            del extra[i:i + 2]
     if "--target-radius" in argv:
         extra += ["--max-samples", "400"]  # (an option of the sequential test only)
     if "--ray" in argv:

@@ -358,6 +358,7 @@ def _cli_generation(tmp_path, args):
     (["--noise", "delete", "--delete-prob", "0.8", "--sequential", "--check-every", "40"],
      {"noise": "delete", "delete_prob": 0.8, "sequential": True, "check_every": 40}),
     (["--sequential"], {"sequential": True}),
+    (["--sequential", "--selection-samples", "0"], {"sequential": True, "n0": 0}),
 ])
 def test_generate_over_http_is_the_cli_record(lm_client, tmp_path, capsys, noise_args, body):
     prompt = "def read_lines(path):\n    with open(path) as f:\n        return f.read"
@@ -390,6 +391,7 @@ def test_bad_generate_requests(lm_client):
              ({"prompt": "x = 1", "check_every": 10}, 400, "has no field 'check_every'"),
              ({"prompt": "x = 1", "noise": "gaussian", "sequential": True}, 400, "has no field 'sequential'"),
              ({"prompt": "x = 1", "max_new_tokens": 0}, 422, "max_new_tokens must be an integer >= 1"),
+             ({"prompt": "x = 1", "n0": -1}, 422, "n0 must be an integer >= 0"),
              ({"prompt": "x" * 5000}, 422, "context"),
              ({"prompt": "x = 1", "n": 2_000_000}, 422, "exceed this server's limit")]
     for body, status, message in cases:

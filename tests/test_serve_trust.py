@@ -282,10 +282,11 @@ def test_verify_accepts_issued_documents_and_recomputes_them_bit_for_bit(service
     assert "changed after signing" in capsys.readouterr().err
 
 
-def test_verify_recomputes_a_generation(keys, tmp_path, capsys):
+@pytest.mark.parametrize("n0", [30, 0])  # 0: the model's own greedy decoding chose the tokens
+def test_verify_recomputes_a_generation(keys, tmp_path, capsys, n0):
     svc = CertificationService(ServiceConfig(backend="eager", endpoints=("generate",), keys=keys))
     try:
-        document = svc.call("generate", {"prompt": "import os\nimport s", "max_new_tokens": 3, "n0": 30, "n": 200})
+        document = svc.call("generate", {"prompt": "import os\nimport s", "max_new_tokens": 3, "n0": n0, "n": 200})
     finally:
         svc.close()
     assert document["issued"] is True and document["input"]["dtype"] == "utf-8"

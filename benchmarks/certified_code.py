@@ -3,6 +3,8 @@
     python benchmarks/certified_code.py run --windows 40      # certificates, appended to certified_code.jsonl
     python benchmarks/certified_code.py clean                 # each model's own greedy decoding, same prompts
     python benchmarks/certified_code.py report                # the Markdown table of benchmarks/RESULTS.md
+    python benchmarks/certified_code.py run --source numeric --out benchmarks/certified_code_numeric.jsonl
+                                                              # the same on numpy's and scipy's code (then clean, report)
 
 Windows: real code nobody here wrote for these models, cut the same way for every model. From each held-out
 standard-library file (`smoothgen.models.train_code_lm.heldout_texts`: files no model or tokenizer trained on), lines
@@ -90,12 +92,40 @@ def cut_line(line: str) -> int:
     return indent + min(bounds, key=lambda b: (abs(b - target), b))
 
 
-def windows(count: int, context_bytes: int) -> list[dict[str, str]]:
-    """`count` windows (prompt, continuation, file) spread evenly over the held-out files' code lines."""
-    from smoothgen.models.train_code_lm import heldout_texts, lm_corpus_files
+#: `--source numeric`: function bodies of numpy and scipy (the versions this project pins), real code nobody
+#: here wrote and no model or tokenizer trained on (the models learnt from the standard library only).
+NUMERIC_FILES = (
+    "numpy/lib/_function_base_impl.py", "numpy/_core/fromnumeric.py", "numpy/linalg/_linalg.py",
+    "numpy/lib/_npyio_impl.py", "numpy/_core/numeric.py", "numpy/lib/_nanfunctions_impl.py",
+    "numpy/_core/arrayprint.py", "numpy/lib/recfunctions.py", "numpy/_core/einsumfunc.py",
+    "numpy/lib/_shape_base_impl.py", "scipy/stats/_stats_py.py", "scipy/stats/_morestats.py",
+    "scipy/signal/_signaltools.py", "scipy/signal/_filter_design.py", "scipy/optimize/_optimize.py",
+    "scipy/interpolate/_bsplines.py", "scipy/linalg/_basic.py", "scipy/stats/_resampling.py",
+    "scipy/optimize/_differentialevolution.py", "scipy/stats/_qmc.py",
+)
 
-    texts = heldout_texts()
-    _, files = lm_corpus_files()
+
+def source_files(source: str) -> tuple[list[str], list[str]]:
+    """(names, texts) of the held-out files windows are cut from: "stdlib" (the standard-library files no
+    model trained on) or "numeric" (`NUMERIC_FILES`)."""
+    if source == "stdlib":
+        from smoothgen.models.train_code_lm import heldout_texts, lm_corpus_files
+
+        return lm_corpus_files()[1], heldout_texts()
+    import importlib.util
+
+    names, texts = [], []
+    for name in NUMERIC_FILES:
+        package, rest = name.split("/", 1)
+        root = Path(importlib.util.find_spec(package).origin).parent
+        names.append(name)
+        texts.append((root / rest).read_text(encoding="utf-8"))
+    return names, texts
+
+
+def windows(count: int, context_bytes: int, source: str = "stdlib") -> list[dict[str, str]]:
+    """`count` windows (prompt, continuation, file) spread evenly over the held-out files' code lines."""
+    files, texts = source_files(source)
     per_file = -(-count // len(texts))
     out: list[dict[str, str]] = []
     for j in range(per_file):
@@ -213,12 +243,12 @@ def _first_correct(record: dict[str, Any]) -> bool:
 
 def cmd_run(args: argparse.Namespace) -> None:
     common = {"n0": args.n0, "n": args.n, "alpha": args.alpha, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
-              "check_every": args.check_every}
+              "check_every": args.check_every, "source": args.source}
     done = {(r["setting"], r["window"]) for r in read_records(args.out)
-            if r.get("type") != "clean" and all(r.get(k) == v for k, v in common.items())}
+            if r.get("type") != "clean" and all(r.get(k, "stdlib" if k == "source" else None) == v for k, v in common.items())}
     chosen = [s for s in SETTINGS if args.settings is None or s.model in args.settings]
     for setting in chosen:
-        for index, window in enumerate(windows(args.windows, setting.context_bytes)):
+        for index, window in enumerate(windows(args.windows, setting.context_bytes, args.source)):
             if (setting.name, index) in done:
                 continue
             result = certify(setting, window, args)
@@ -283,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["run", "clean", "report"])
     parser.add_argument("--windows", type=int, default=40)
+    parser.add_argument("--source", choices=["stdlib", "numeric"], default="stdlib",
+                        help="the held-out files windows are cut from: the standard library's held-out files, or "
+                             "numpy's and scipy's function bodies (NUMERIC_FILES)")
     parser.add_argument("--settings", nargs="+", default=None, metavar="MODEL", help="only these models")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--n0", type=int, default=100)

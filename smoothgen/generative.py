@@ -393,6 +393,8 @@ class SmoothedLM(PromptSmoother):
         a function of the input alone, so a guess made from it is as independent of the estimation copies
         as one made from selection copies (docs/theory.md §4c)."""
         if count == 0:
+            if delta is not None and isinstance(self.noise, TOKEN_NOISE):  # as every noisy copy would say
+                raise InvalidParameterError(f"delta is an embedding perturbation: it applies to Gaussian noise, not to {self.noise!r}")
             clean = self.table[ids.to(self.table.device)]
             if delta is not None:
                 clean = clean + delta * mask[:, None].to(delta.dtype)

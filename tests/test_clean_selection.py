@@ -49,6 +49,8 @@ def test_an_embedding_perturbation_moves_the_clean_guess_too():
     moved = lm._greedy((lm.table[torch.tensor(ids)] + delta)[None], 3)[0]
     assert moved != _plain(lm, ids, 3)
     assert lm.generate(ids, 3, n0=0, n=20, seed=0, delta=delta).tokens == moved
+    with pytest.raises(InvalidParameterError, match="delta is an embedding perturbation"):
+        SmoothedLM(BagLM(seed=4), TokenAblation(3, 0)).generate(ids, 3, n0=0, n=20, delta=delta)
 
 
 def test_a_clean_token_the_smoothed_decoder_does_not_choose_is_never_certified():

@@ -30,13 +30,15 @@ class GenerationCertificate:
 
     Attributes:
         prompt: the prompt's token ids.
-        tokens: the generated tokens (chosen by the selection copies).
+        tokens: the generated tokens (chosen by the n0 selection copies; with n0 = 0 by the base model's own
+            greedy decoding of the clean prompt).
         certified_prefix: the prefix length certified at `radius` (`prefix_at(radius)`).
         radius: the radius that was asked for (0.0 when none was).
         step_radius: R_t per step.
         p_lower: L_t, the lower confidence bound on p̄_t of the chosen token (level alpha_step).
         p_mean, p_variance: the estimation copies' mean and unbiased variance of that token's score.
-        p_selection: the chosen token's mean score (probability or vote share) among the selection copies.
+        p_selection: the chosen token's mean score (probability or vote share) among the selection copies
+            (n0 = 0: its score on the clean prompt).
         mask: which prompt positions carry noise (and may be perturbed).
         alpha_step: alpha / max_new_tokens (Bonferroni over the steps).
         bound: the confidence bound ("best": the larger of empirical Bernstein and Hoeffding, each at

@@ -39,8 +39,8 @@ CERTIFY(prompt, T, n0, n, α):
 4. The prefix certified at radius R: the largest k with R_t > R for every t < k.
 
 Why the prefix certificate is sound. Let E be the event that all T lower bounds hold: L_t ≤ p̄_t,a_t(x; y_<t)
-for t < T. The decoded y depends only on the selection noise (n0 = 0: on nothing random); given y, the estimation noise is
-independent of it, so each bound fails with probability ≤ α/T conditionally on y, and E has
+for t < T. The decoded y depends only on the selection noise (n0 = 0: on nothing random); given y, the
+estimation noise is independent of it, so each bound fails with probability ≤ α/T conditionally on y, and E has
 probability ≥ 1 − α (union bound; this needs T fixed in advance: it is max_new_tokens, whether or not
 decoding stops early at EOS). On E, fix x' = x + Δ with ‖Δ‖_F < min_{t<k} R_t (Δ on the perturbed rows).
 Induction on t < k: assume the smoothed decoder at x' produced y'_<t = y_<t (true for t = 0). Then its
@@ -394,7 +394,8 @@ class SmoothedLM(PromptSmoother):
         as one made from selection copies (docs/theory.md §4c)."""
         if count == 0:
             if delta is not None and isinstance(self.noise, TOKEN_NOISE):  # as every noisy copy would say
-                raise InvalidParameterError(f"delta is an embedding perturbation: it applies to Gaussian noise, not to {self.noise!r}")
+                raise InvalidParameterError("delta is an embedding perturbation: it applies to Gaussian noise, "
+                                            f"not to {self.noise!r}")
             clean = self.table[ids.to(self.table.device)]
             if delta is not None:
                 clean = clean + delta * mask[:, None].to(delta.dtype)

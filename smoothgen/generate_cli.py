@@ -145,8 +145,8 @@ def add_parser(sub: Any) -> None:
     text.add_argument("--selection-samples", type=int, default=GenerateJob.n0,
                       help="noisy copies n0 that choose each token (disjoint from the --samples that certify it); for "
                            "a text LM, 0 lets the model's own greedy decoding of the clean prompt choose (the cost of "
-                           "plain generation: it certifies the model's own output, up to the first token the noisy "
-                           "copies do not back)")
+                           "plain generation: the certified prefix is the part of the model's own output that the "
+                           "smoothed decoder also gives, up to the first token the noisy copies do not back)")
     text.add_argument("--max-new-tokens", type=int, default=None,
                       help=f"tokens to generate (alpha is split across them) (default: {DEFAULT_MAX_NEW_TOKENS})")
     text.add_argument("--perturb", default=None, choices=["all", "context", "last"],

@@ -224,6 +224,9 @@ class SmoothedLM(PromptSmoother):
     def _check_delta(self, delta: torch.Tensor | None, length: int) -> torch.Tensor | None:
         if delta is None:
             return None
+        if isinstance(self.noise, TOKEN_NOISE):  # refused before any work, whoever builds the prompts
+            raise InvalidParameterError("delta is an embedding perturbation: it applies to Gaussian noise, not to "
+                                        f"token {self.noise.kind}")
         if not isinstance(delta, torch.Tensor) or tuple(delta.shape) != (length, self.dim):
             raise InvalidInputError(f"delta must be a tensor [{length}, {self.dim}] (one row per prompt position)")
         if not bool(torch.isfinite(delta).all()):
@@ -393,9 +396,6 @@ class SmoothedLM(PromptSmoother):
         a function of the input alone, so a guess made from it is as independent of the estimation copies
         as one made from selection copies (docs/theory.md §4c)."""
         if count == 0:
-            if delta is not None and isinstance(self.noise, TOKEN_NOISE):  # as every noisy copy would say
-                raise InvalidParameterError("delta is an embedding perturbation: it applies to Gaussian noise, "
-                                            f"not to {self.noise!r}")
             clean = self.table[ids.to(self.table.device)]
             if delta is not None:
                 clean = clean + delta * mask[:, None].to(delta.dtype)

@@ -94,17 +94,21 @@ def run(args: argparse.Namespace) -> None:
                   file=sys.stderr)
 
 
+def _by_setting(records: list[dict], field: str):
+    """(setting, its records that have `field`, median over them of a timing field ÷ plain) per setting."""
+    for name in SETTINGS:
+        g = [r for r in records if r["setting"] == name and field in r]
+        if g:
+            yield name, g, lambda key, g=g: statistics.median(r[key] / r["plain_seconds"] for r in g)
+
+
 def report(paths: list[str]) -> None:
     records = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
     print("| setting | prompts | plain ms (median) | fixed n: time ÷ plain | sequential: time ÷ plain | estimation "
           "copies drawn (median) | copies per step, n0 + n drawn | same certified prefix at r = 1 | mean prefix at r = 1, "
           "fixed / sequential | tokens/s certified (sequential) | sequential, small n0: time ÷ plain, mean prefix |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name in SETTINGS:
-        g = [r for r in records if r["setting"] == name]
-        if not g:
-            continue
-        ratio = lambda key: statistics.median(r[key] / r["plain_seconds"] for r in g)  # noqa: E731
+    for name, g, ratio in _by_setting(records, "sequential_seconds"):
         same = sum(r["fixed_prefix_r1"] == r["sequential_prefix_r1"] for r in g)
         copies = statistics.median(r["sequential_copies"] for r in g)
         tokens_per_s = sum(r["tokens"] for r in g) / sum(r["sequential_seconds"] for r in g)
@@ -114,33 +118,23 @@ def report(paths: list[str]) -> None:
               f"{statistics.fmean(r['fixed_prefix_r1'] for r in g):.2f} / {statistics.fmean(r['sequential_prefix_r1'] for r in g):.2f} "
               f"| {tokens_per_s:.1f} | n0 = {g[0]['small_n0']}: {ratio('small_seconds'):.1f}, "
               f"{statistics.fmean(r['small_prefix_r1'] for r in g):.2f} |")
-    late = [r for r in records if "small_late_seconds" in r]
-    if late:
+    if any("small_late_seconds" in r for r in records):
         print("\n| setting | small n0 | first look at the earliest: time ÷ plain, copies (median), mean prefix r = 1 | "
               "first look after check_every: time ÷ plain, copies (median), mean prefix r = 1 | prompts whose prefix "
               "equals fixed n's (earliest) |")
         print("|---|---|---|---|---|")
-        for name in SETTINGS:
-            g = [r for r in late if r["setting"] == name]
-            if not g:
-                continue
-            ratio = lambda key: statistics.median(r[key] / r["plain_seconds"] for r in g)  # noqa: E731
+        for name, g, ratio in _by_setting(records, "small_late_seconds"):
             print(f"| {name} | {g[0]['small_n0']} | {ratio('small_seconds'):.1f}, "
                   f"{statistics.median(r['small_copies'] for r in g):g}, {statistics.fmean(r['small_prefix_r1'] for r in g):.2f} | "
                   f"{ratio('small_late_seconds'):.1f}, {statistics.median(r['small_late_copies'] for r in g):g}, "
                   f"{statistics.fmean(r['small_late_prefix_r1'] for r in g):.2f} | "
                   f"{sum(r['small_prefix_r1'] == r['fixed_prefix_r1'] for r in g)}/{len(g)} |")
-    clean = [r for r in records if "clean_seconds" in r]
-    if clean:
+    if any("clean_seconds" in r for r in records):
         print("\n| setting | who chooses the tokens | time ÷ plain (median) | estimation copies (median) | mean prefix r = 1 "
               "| prompts with the fixed-n prefix | prompts whose prefix is shorter than with n0 = small n0 |")
         print("|---|---|---|---|---|---|---|")
-        for name in SETTINGS:
-            g = [r for r in clean if r["setting"] == name]
-            if not g:
-                continue
+        for name, g, ratio in _by_setting(records, "clean_seconds"):
             assert all(r["clean_is_plain"] for r in g)
-            ratio = lambda key: statistics.median(r[key] / r["plain_seconds"] for r in g)  # noqa: E731
             for label, key in ((f"{g[0]['small_n0']} noisy copies", "small"), ("the model itself (n0 = 0)", "clean")):
                 print(f"| {name} | {label} | {ratio(key + '_seconds'):.1f} | "
                       f"{statistics.median(r[key + '_copies'] for r in g):g} | "

@@ -14,11 +14,19 @@ LM trained for its noise: ablation keep 0.1 or deletion p = 0.9, votes), in ONE 
 * sequential, n0 = 0: the model's own greedy decoding of the clean prompt chooses the tokens (the plain
   generation itself), and the estimation copies certify its prefix.
 
+`selection` measures token deletion's selection copies alone: each keeping exactly the mean number of
+perturbed tokens (`generate(selection="equal-length")`, the default: one batch at every decoding step)
+against independent deletions like the estimation copies (`selection="noise"`: one batch per copy length
+at every step, the library before), at the same small n0, sequential estimation, with the fixed-n
+certificate's prefix (n0 = 100, n = 1 000, the default selection) as the reference.
+
 Each timing is the best of `--repeats` runs. The record keeps the certified prefixes at r = 1, the copies
 drawn and the time ratios to plain generation; `report` prints the RESULTS.md table.
 
     python benchmarks/generation_cost.py run --prompts 27 --out benchmarks/generation_cost.jsonl
     python benchmarks/generation_cost.py report benchmarks/generation_cost.jsonl
+    python benchmarks/generation_cost.py selection --prompts 27 --out benchmarks/generation_cost_selection.jsonl
+    python benchmarks/generation_cost.py report benchmarks/generation_cost_selection.jsonl
 """
 from __future__ import annotations
 
@@ -94,6 +102,61 @@ def run(args: argparse.Namespace) -> None:
                   file=sys.stderr)
 
 
+def selection(args: argparse.Namespace) -> None:
+    from smoothgen.deletion import TokenDeletion
+    from smoothgen.generative import SmoothedLM
+    from smoothgen.models import load_lm
+
+    torch.set_num_threads(args.threads)
+    prompts = line_prompts(heldout_slices(), 64, args.prompts)
+    model_name = SETTINGS["deletion"][0]
+    model = load_lm(model_name)
+    mask = [i < 64 - 16 for i in range(64)]
+    noise = TokenDeletion(0.9, empty_token_id=0)
+    lm = SmoothedLM(model, noise, mask=mask, batch_size=args.batch_size)
+    table = model.get_input_embeddings().weight
+    variants = (("equal", "equal-length"), ("independent", "noise"))  # generate's selection=
+    for _, selection in variants:  # warm up: the first calls of a process are slower
+        lm.generate(prompts[0], args.tokens, n0=args.small_n0s[0], n=args.n, seed=1, sequential=True, selection=selection)
+    for index, prompt in enumerate(prompts):
+        plain_s, _ = _best(lambda: lm._greedy(table[prompt][None].detach(), args.tokens)[0], args.repeats)
+        common = dict(n=args.n, alpha=args.alpha, seed=0, radius=1)
+        reference = lm.generate(prompt, args.tokens, n0=args.n0, **common)
+        record = {"setting": "deletion", "model": model_name, "prompt_index": index, "tokens": args.tokens,
+                  "n": args.n, "alpha": args.alpha, "check_every": args.check_every, "machine": machine(),
+                  "plain_seconds": plain_s, "reference_n0": args.n0, "reference_prefix_r1": reference.prefix_at(1)}
+        for n0 in args.small_n0s:
+            for label, selection in variants:
+                seconds, cert = _best(lambda: lm.generate(prompt, args.tokens, n0=n0, **common, sequential=True,
+                                                          check_every=args.check_every, selection=selection),
+                                      args.repeats)
+                record[f"{label}_{n0}"] = {"seconds": seconds, "prefix_r1": cert.prefix_at(1), "copies": cert.n,
+                                           "tokens": list(cert.tokens)}
+        append_record(Path(args.out), record)
+        print(f"deletion #{index}: plain {plain_s * 1e3:.1f} ms, " + ", ".join(
+            f"{key} {value['seconds'] / plain_s:.1f}x prefix {value['prefix_r1']}" for key, value in record.items()
+            if isinstance(value, dict)), file=sys.stderr)
+
+
+def selection_report(records: list[dict]) -> None:
+    print("| n0 | selection copies | time ÷ plain (median) | estimation copies (median) | mean prefix r = 1 | prompts with "
+          "the fixed-n prefix | paired time, equal ÷ independent (median / mean) |")
+    print("|---|---|---|---|---|---|---|")
+    for key in sorted({k for r in records for k, v in r.items() if isinstance(v, dict)}, key=lambda k: (int(k.split("_")[1]), k)):
+        label, n0 = key.split("_")
+        g = [r for r in records if key in r]
+        paired = [r[key]["seconds"] / r[f"independent_{n0}"]["seconds"] for r in g]
+        print(f"| {n0} | {'each keeps the mean number (one length)' if label == 'equal' else 'independent deletions'} | "
+              f"{statistics.median(r[key]['seconds'] / r['plain_seconds'] for r in g):.1f} | "
+              f"{statistics.median(r[key]['copies'] for r in g):g} | {statistics.fmean(r[key]['prefix_r1'] for r in g):.2f} | "
+              f"{sum(r[key]['prefix_r1'] == r['reference_prefix_r1'] for r in g)}/{len(g)} | "
+              f"{statistics.median(paired):.3f} / {statistics.fmean(paired):.3f} |")
+    r0 = records[0]
+    print(f"\n{r0['machine']}; {len(records)} prompts, deletion p = 0.9 ({r0['model']}), T = {r0['tokens']}, r = 1, "
+          f"sequential up to n = {r0['n']}, check every {r0['check_every']}, alpha = {r0['alpha']}; fixed-n reference: "
+          f"n0 = {r0['reference_n0']}, n = {r0['n']}, mean prefix {statistics.fmean(r['reference_prefix_r1'] for r in records):.2f}")
+
+
 def _by_setting(records: list[dict], field: str):
     """(setting, its records that have `field`, median over them of a timing field ÷ plain) per setting."""
     for name in SETTINGS:
@@ -104,6 +167,9 @@ def _by_setting(records: list[dict], field: str):
 
 def report(paths: list[str]) -> None:
     records = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
+    if all("reference_prefix_r1" in r for r in records):
+        selection_report(records)
+        return
     print("| setting | prompts | plain ms (median) | fixed n: time ÷ plain | sequential: time ÷ plain | estimation "
           "copies drawn (median) | copies per step, n0 + n drawn | same certified prefix at r = 1 | mean prefix at r = 1, "
           "fixed / sequential | tokens/s certified (sequential) | sequential, small n0: time ÷ plain, mean prefix |")
@@ -160,11 +226,26 @@ def main(argv=None) -> int:
     r.add_argument("--repeats", type=int, default=2, help="timings are the best of this many runs")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--out", default="benchmarks/generation_cost.jsonl")
+    c = sub.add_parser("selection", help="token deletion: selection copies of one length against independent "
+                                          "deletions; one JSON line per prompt")
+    c.add_argument("--prompts", type=int, default=27)
+    c.add_argument("--tokens", type=int, default=16, help="T, generated tokens")
+    c.add_argument("--n0", type=int, default=100, help="selection copies of the fixed-n reference certificate")
+    c.add_argument("--small-n0s", type=int, nargs="+", default=[10], help="selection copies of the sequential runs")
+    c.add_argument("--n", type=int, default=1000)
+    c.add_argument("--check-every", type=int, default=50)
+    c.add_argument("--alpha", type=float, default=0.001)
+    c.add_argument("--batch-size", type=int, default=250)
+    c.add_argument("--repeats", type=int, default=2, help="timings are the best of this many runs")
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--out", default="benchmarks/generation_cost_selection.jsonl")
     s = sub.add_parser("report", help="the RESULTS.md table")
     s.add_argument("paths", nargs="+")
     args = parser.parse_args(argv)
     if args.command == "run":
         run(args)
+    elif args.command == "selection":
+        selection(args)
     else:
         report(args.paths)
     return 0

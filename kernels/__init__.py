@@ -42,6 +42,7 @@ from smoothgen.kernels.reference import (
     noisy_embedding_reference,
     pairwise_distances_reference,
     philox_normal_reference,
+    philox_permutations,
     philox_uint64_reference,
 )
 
@@ -58,6 +59,7 @@ __all__ = [
     "pairwise_distances",
     "pairwise_distances_reference",
     "philox_normal_reference",
+    "philox_permutations",
     "philox_uint64_reference",
     "select_backend",
 ]

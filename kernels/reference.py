@@ -50,6 +50,7 @@ __all__ = [
     "noisy_embedding_reference",
     "pairwise_distances_reference",
     "philox_normal_reference",
+    "philox_permutations",
     "philox_uint64_reference",
 ]
 
@@ -254,6 +255,18 @@ def philox_uint64_reference(seed: int, row_offset: int, rows: int, cols: int) ->
     counters = r * np.uint64(cols) + np.arange(cols, dtype=np.uint64)[None, :]
     w0, w1, _, _ = _philox4x32_10(seed, counters)
     return (w0 << np.uint64(32)) | w1
+
+
+def philox_permutations(seed: int, row_offset: int, rows: int, cols: int) -> np.ndarray:
+    """Each row a random permutation of 0 .. cols − 1: the columns in increasing order of their
+    `philox_uint64_reference` words (stable: equal words keep column order). Its first k entries are a
+    uniformly random k-subset (equal words aside), which is how token ablation and the selection copies of
+    token deletion choose the positions they keep.
+
+    Shapes:
+        -> [rows, cols] int64 (NumPy)
+    """
+    return np.argsort(philox_uint64_reference(seed, row_offset, rows, cols), axis=1, kind="stable").astype(np.int64)
 
 
 def counter_normal(seed: int, row_offset: int, rows: int, cols: int, device=None) -> torch.Tensor:

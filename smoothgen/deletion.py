@@ -149,6 +149,29 @@ class TokenDeletion:
             out[:, perturbed] = words >= np.uint64(self.threshold)
         return out
 
+    def selection_size(self, perturbed: int) -> int:
+        """k = ⌊(1 − p)·P + 1/2⌉: how many of the P perturbed positions a selection copy keeps (the mean number a
+        deletion copy keeps, rounded)."""
+        return max(0, min(perturbed, math.floor((1.0 - self.delete_prob) * perturbed + 0.5)))
+
+    def selection_kept(self, mask: torch.Tensor, key: NoiseKey, start: int, count: int) -> np.ndarray:
+        """Which positions selection copies start .. start + count − 1 keep: bool [count, L]. Each keeps exactly
+        k = `selection_size`(P) of the P perturbed positions, a uniformly random k-subset (those with the k
+        smallest of its P Philox words), and every unperturbed position.
+
+        Selection copies only guess the tokens, and the certificate asks of the guess only that it not depend
+        on the estimation copies (docs/theory.md §4c), so they need not follow the deletion distribution; at
+        one length they run as ONE batch, where copies of independent deletions (a dozen lengths) would run
+        as a dozen small ones at every decoding step. Estimation copies always follow it (`kept`)."""
+        perturbed = torch.nonzero(mask.cpu(), as_tuple=False)[:, 0].numpy()
+        out = np.ones((count, mask.numel()), dtype=bool)
+        if perturbed.size:
+            order = kernels.philox_permutations(key.key, start, count, perturbed.size)
+            chosen = np.zeros((count, perturbed.size), dtype=bool)
+            np.put_along_axis(chosen, order[:, :self.selection_size(perturbed.size)], True, axis=1)
+            out[:, perturbed] = chosen
+        return out
+
     def by_length(self, ids: torch.Tensor, kept: np.ndarray) -> list[tuple[np.ndarray, torch.Tensor]]:
         """The copies of `kept` [c, L] grouped by length, ascending: (their row indices, their token ids
         [c_g, L_g] int64) per length. A copy with nothing kept is [empty_token_id]. `ids` is the prompt [L]
@@ -204,6 +227,13 @@ class TokenDeletion:
             raise InvalidParameterError("delta is an embedding perturbation: it applies to Gaussian noise, not to token deletion")
         ids = ids.to(table.device)
         return [table[g] for g in self.groups(ids, self.kept(mask, key, start, count))]
+
+    def selection_groups(self, table, ids, mask, key: NoiseKey, start: int, count: int, delta=None) -> list[torch.Tensor]:
+        """The embedded selection copies start .. start + count − 1 (`selection_kept`): one batch [c, L_k, D]."""
+        if delta is not None:
+            raise InvalidParameterError("delta is an embedding perturbation: it applies to Gaussian noise, not to token deletion")
+        ids = ids.to(table.device)
+        return [table[g] for g in self.groups(ids, self.selection_kept(mask, key, start, count))]
 
     def all_patterns(self, perturbed: int, max_patterns: int) -> tuple[np.ndarray, np.ndarray]:
         """Every deletion pattern of P perturbed positions and its exact probability:

@@ -29,7 +29,9 @@ CERTIFY(prompt, T, n0, n, α):
 1. Selection: n0 noisy copies of the prompt, each with its own KV cache. Prefill once; at step t the
    decoder picks a_t = argmax of the mean softmax of the n0 copies and feeds the clean embedding of a_t
    to every copy (the prompt is never recomputed). With n0 = 0 the clean prompt is the one row: the base
-   model's own greedy decoding picks a_t (plain generation; a guess that depends on x alone).
+   model's own greedy decoding picks a_t (plain generation; a guess that depends on x alone). Under token
+   deletion each selection copy keeps exactly the mean number of perturbed tokens: one length, one batch
+   (docs/theory.md §4j; the guess need only be independent of step 2's copies).
 2. Estimation: n FRESH noisy copies (an independent random stream), run on the decoded sequence
    y = (a_0, ..., a_{T−1}) (teacher forcing: prefill + y, in one pass when it fits the logits budget,
    else in windows through the KV cache). Per step t the per-copy scores s_i,t = softmax_i,t(a_t) ∈ [0, 1].
@@ -121,6 +123,11 @@ from smoothgen.generation.substitutions import (  # noqa: F401 - the public name
 SEQUENTIAL_CHECK_EVERY = 50
 #: When a sequential estimation looks first (`SmoothedLM.generate`'s first_check).
 FIRST_CHECKS = ("earliest", "check_every")
+#: How a certified generation's n0 selection copies are drawn under token deletion (`generate`'s selection):
+#: "equal-length", each keeps exactly the mean number of perturbed tokens (one batch per chunk); "noise", like
+#: the estimation copies (independent deletions, one batch per length: the tokens are the Monte Carlo
+#: smoothed decoder's, as `decode` gives them). Other noise spaces draw selection copies like "noise" always.
+SELECTIONS = ("equal-length", "noise")
 
 
 def sequential_looks(check_every: int, max_samples: int, certify_above: float, alpha_step: float,
@@ -335,16 +342,11 @@ class SmoothedLM(PromptSmoother):
     # ---------------------------------------------------------------------------------- decoding
 
     def _select(
-        self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, count: int, steps: int,
-        delta: torch.Tensor | None, use_cache: bool, progress: Progress | None = None,
+        self, batches: list[torch.Tensor], steps: int, use_cache: bool, progress: Progress | None = None,
     ) -> tuple[list[int], list[float]]:
-        """Smoothed greedy decoding from `count` copies: (tokens, mean score of each chosen token).
-
-        Each chunk of copies is one or more batches of equal length (`noisy_groups`), each with its own
-        KV cache. count = 0: the base model's own greedy decoding of the clean prompt (one row, no noise;
-        `delta` added to its perturbed rows) chooses, and each score is that row's."""
-        batches = self._selection_batches(ids, mask, key, count, delta)
-        count = max(count, 1)
+        """Greedy decoding on the summed scores of the prompt copies in `batches` (each [c_g, L_g, D], with
+        its own KV cache): (tokens, mean score of each chosen token over the copies)."""
+        count = sum(noisy.shape[0] for noisy in batches)
         tokens: list[int] = []
         top: list[float] = []
         if use_cache:
@@ -388,20 +390,36 @@ class SmoothedLM(PromptSmoother):
                 break
         return tokens, top
 
-    def _selection_batches(
+    def _copy_batches(
         self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, count: int, delta: torch.Tensor | None
     ) -> list[torch.Tensor]:
-        """The prompts that choose the tokens: `count` noisy copies in batches of equal length, or, for
-        count = 0, the clean prompt itself ([1, L, D]; `delta` on its perturbed rows). The clean prompt is
-        a function of the input alone, so a guess made from it is as independent of the estimation copies
-        as one made from selection copies (docs/theory.md §4c)."""
+        """Copies 0 .. count − 1 of the noisy prompt in batches of equal length (`noisy_groups`): the smoothed
+        decoder's own distribution (`decode`)."""
+        return [noisy for start, c in self._chunks(count, ids.numel())
+                for noisy in self.noisy_groups(ids, mask, key, start, c, delta)]
+
+    def _selection_batches(
+        self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, count: int, delta: torch.Tensor | None,
+        selection: str = "equal-length",
+    ) -> list[torch.Tensor]:
+        """The prompts that choose a certified generation's tokens. The certificate asks of them only that
+        they not depend on the estimation copies (docs/theory.md §4c), so:
+
+        * count = 0: the clean prompt itself ([1, L, D]; `delta` on its perturbed rows), a function of the
+          input alone: the base model's own greedy decoding chooses;
+        * token deletion with selection "equal-length": `count` copies that each keep exactly the mean number
+          of perturbed tokens (`TokenDeletion.selection_groups`), so that they decode as one batch instead of
+          one per length;
+        * otherwise `count` noisy copies, as `decode` draws them."""
         if count == 0:
             clean = self.table[ids.to(self.table.device)]
             if delta is not None:
                 clean = clean + delta * mask[:, None].to(delta.dtype)
             return [clean[None]]
-        return [noisy for start, c in self._chunks(count, ids.numel())
-                for noisy in self.noisy_groups(ids, mask, key, start, c, delta)]
+        if selection == "equal-length" and isinstance(self.noise, TokenDeletion):
+            return [noisy for start, c in self._chunks(count, ids.numel())
+                    for noisy in self.noise.selection_groups(self.table, ids, mask, key, start, c, delta)]
+        return self._copy_batches(ids, mask, key, count, delta)
 
     def _estimate(
         self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, count: int, tokens: list[int],
@@ -497,7 +515,7 @@ class SmoothedLM(PromptSmoother):
         ids, max_new_tokens, m, delta = self._decode_args(prompt, max_new_tokens, mask, delta)
         n = check_count(n, "n")
         key = RandomStream(seed, request_id).key(Purpose.PREDICT)
-        return tuple(self._select(ids, m, key, n, max_new_tokens, delta, use_cache)[0])
+        return tuple(self._select(self._copy_batches(ids, m, key, n, delta), max_new_tokens, use_cache)[0])
 
     @torch.no_grad()
     def generate(
@@ -518,13 +536,15 @@ class SmoothedLM(PromptSmoother):
         sequential: bool = False,
         check_every: int = SEQUENTIAL_CHECK_EVERY,
         first_check: str = "earliest",
+        selection: str = "equal-length",
     ) -> GenerationCertificate:
         """Certified smoothed greedy decoding (docs/theory.md §4c; the algorithm is in the module docstring).
 
         Args:
             prompt: token ids [L] (or a string, with a tokenizer).
             max_new_tokens: T, tokens to generate (fixed in advance: α is split across T steps).
-            n0: selection copies (choose the tokens). 0: the base model's greedy decoding of the clean prompt
+            n0: selection copies (choose the tokens; under token deletion each keeps exactly the mean number of
+                perturbed tokens, so that they decode as one batch). 0: the base model's greedy decoding of the clean prompt
                 chooses them (no noise: the plain generation's cost); a step certifies only where that token
                 is also the smoothed decoder's, proved by the estimation copies as always, and the tokens
                 after the certified prefix are the base model's, not the smoothed decoder's.
@@ -550,6 +570,10 @@ class SmoothedLM(PromptSmoother):
                 `radius` (all of them agreeing; `stats.betting_first_decision`) when that is fewer than
                 check_every, before the looks every check_every copies; "check_every" makes only those
                 (`sequential_looks`). Both are as sound: the confidence sequence holds at every look.
+            selection: token deletion's selection copies (`SELECTIONS`): "equal-length" (each keeps the mean
+                number of perturbed tokens: one batch, docs/theory.md §4j) or "noise" (independent deletions,
+                like the estimation copies). As sound either way; the record says which (None for other noise
+                and for n0 = 0, where it changes nothing).
 
         Returns:
             A `GenerationCertificate`.
@@ -572,9 +596,12 @@ class SmoothedLM(PromptSmoother):
             check_every = check_count(check_every, "check_every")
             if first_check not in FIRST_CHECKS:
                 raise InvalidParameterError(f"first_check must be one of {FIRST_CHECKS}, got {first_check!r}")
+        if selection not in SELECTIONS:
+            raise InvalidParameterError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         stream = RandomStream(seed, request_id)
         selection_key, estimation_key = stream.key(Purpose.SELECTION), stream.key(Purpose.ESTIMATION)
-        tokens, p_selection = self._select(ids, m, selection_key, n0, max_new_tokens, delta, use_cache, progress)
+        tokens, p_selection = self._select(self._selection_batches(ids, m, selection_key, n0, delta, selection),
+                                           max_new_tokens, use_cache, progress)
         alpha_step = alpha / max_new_tokens  # Bonferroni over the T steps fixed in advance
         perturbed = int(m.sum())
         tau = self.noise.noise_tv(len(ids), self.dim, perturbed)
@@ -629,6 +656,7 @@ class SmoothedLM(PromptSmoother):
             max_samples=max_samples,
             check_every=check_every if sequential else None,
             first_check=first_check if sequential else None,
+            selection=selection if n0 and isinstance(self.noise, TokenDeletion) else None,
         )
         return dataclasses.replace(cert, certified_prefix=cert.prefix_at(radius))
 
@@ -871,6 +899,7 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DistributionBound",
     "GenerationCertificate",
+    "SELECTIONS",
     "SmoothedLM",
     "forward_lm",
     "model_context_length",

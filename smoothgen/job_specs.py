@@ -148,6 +148,7 @@ class GenerateJob:
     sequential: bool = False
     check_every: int | None = None
     first_check: str | None = None
+    selection: str | None = None
     batch_size: int = 250
 
     def kwargs(self) -> dict[str, Any]:

@@ -198,7 +198,9 @@ def served_generate(lm, tokenizer, name: str, prompt: str, params: dict[str, Any
     if p["noise"] == "ablate":
         options = {"keep": p["keep"], "mask_token": p["mask_token"], "edits": p["edits"]}
     elif p["noise"] == "delete":
-        options = {"delete_prob": p["delete_prob"], "mask_token": p["mask_token"], "edits": p["edits"]}
+        # Documents from before equal-length selection copies have no selection: theirs were deletion copies.
+        options = {"delete_prob": p["delete_prob"], "mask_token": p["mask_token"], "edits": p["edits"],
+                   "selection": p.get("selection", "noise")}
     else:
         options = {"sigma": p["sigma"], "radius": p["radius"]}
     if p.get("sequential"):  # documents from before sequential estimation have no such field

@@ -821,6 +821,7 @@ class CertificationService:
                 from smoothgen.text_generation import DEFAULT_DELETE_PROB
 
                 params["delete_prob"] = check_delete_prob(body.number("delete_prob", DEFAULT_DELETE_PROB), "delete_prob")
+                params["selection"] = "equal-length"  # recorded: verify --recompute draws the selection the same way
             sequential = body.get("sequential", False)
             if not isinstance(sequential, bool):
                 raise InvalidParameterError(f"sequential must be true or false, got {short(sequential)}")

@@ -89,6 +89,7 @@ def certified_generation(
     sequential: bool = False,
     check_every: int | None = None,
     first_check: str | None = None,
+    selection: str | None = None,
     batch_size: int = 250,
     progress: Any = None,
     check: Any = None,
@@ -134,6 +135,8 @@ def certified_generation(
         extra["check_every"] = check_every
     if sequential and first_check is not None:  # else SmoothedLM.generate's default ("earliest")
         extra["first_check"] = first_check
+    if selection is not None:  # else SmoothedLM.generate's default ("equal-length")
+        extra["selection"] = selection
     cert = smoothed.generate(ids, max_new_tokens, n0=n0, n=n, alpha=alpha, seed=seed, request_id=request_id,
                              radius=float(edits) if ablate else radius, progress=progress, **extra)
     seconds = time.perf_counter() - start

@@ -266,6 +266,7 @@ LM_ARGS = {
     "mask": (st.none(), LM_MASKS),
     "delta": (st.none(), LM_DELTAS),
     "use_cache": (st.booleans(), st.booleans()),
+    "selection": (st.sampled_from(["equal-length", "noise"]), st.sampled_from(["x", None, 1, "Noise", ["noise"]])),
 }
 
 
@@ -300,7 +301,7 @@ def _smoothed_lm(tiny_lm, args):
 #: The arguments every method takes (through the constructor), and those of each method.
 LM_COMMON = ["sigma", "keep", "mask_token_id", "wrapper_mask", "batch_size", "bound", "eos_token_id", "score",
              "prompt", "n", "seed", "request_id", "mask", "delta"]
-LM_GENERATE = LM_COMMON + ["max_new_tokens", "n0", "alpha", "radius"]
+LM_GENERATE = LM_COMMON + ["max_new_tokens", "n0", "alpha", "radius", "selection"]
 LM_DECODE = LM_COMMON + ["max_new_tokens"]
 
 
@@ -355,12 +356,13 @@ def test_lm_generate_takes_garbage(tiny_lm, bad, data):
             lm = _smoothed_lm(tiny_lm, args)
             cert = lm.generate(args("prompt"), args("max_new_tokens"), args("n0"), args("n"), args("alpha"), args("seed"),
                                args("radius"), request_id=args("request_id"), mask=args("mask"),
-                               use_cache=args("use_cache"), delta=args("delta"))
+                               use_cache=args("use_cache"), delta=args("delta"), selection=args("selection"))
         except SmoothgenError as exc:
             return _refused(exc)
     event("a result")
     # A certificate came back: then every argument was valid.
     v = args.values
+    assert v["selection"] in ("equal-length", "noise")
     assert _valid_ids(v["prompt"]) and all(_valid_count(v[k]) for k in ("max_new_tokens", "n"))
     assert _valid_count(v["n0"], minimum=0)  # 0: the model's own greedy decoding chooses the tokens
     assert isinstance(v["alpha"], (int, float)) and not isinstance(v["alpha"], bool) and 0 < v["alpha"] < 1

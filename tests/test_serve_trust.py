@@ -336,6 +336,36 @@ def test_verify_recomputes_a_sequential_deletion_generation(keys, tmp_path, caps
     assert "recomputed generate record: identical" in capsys.readouterr().out
 
 
+def test_verify_recomputes_a_deletion_generation_signed_before_equal_length_selection(keys, tmp_path, capsys):
+    """Documents signed before token deletion's selection copies kept the mean number of tokens have no
+    params.selection: their copies were independent deletions, and verify --recompute draws them that way."""
+    from smoothgen.jobs import served_generate
+    from smoothgen.text_generation import load_lm_spec
+
+    body = {"prompt": "for i in range(10):\n    print(", "max_new_tokens": 3, "n0": 30, "n": 200, "noise": "delete"}
+    svc = CertificationService(ServiceConfig(backend="eager", endpoints=("generate",), keys=keys))
+    try:
+        document = svc.call("generate", body)
+    finally:
+        svc.close()
+    assert document["params"]["selection"] == "equal-length" == document["record"]["selection"]
+    params = {k: v for k, v in document["params"].items() if k != "selection"}
+    lm, tokenizer, name = load_lm_spec(document["model"]["name"], "cpu", "delete")
+    old = served_generate(lm, tokenizer, name, body["prompt"], params, seed=document["seed"],
+                          request_id=document["request_id"], batch_size=250)
+    assert old["selection"] == "noise"
+    old = {k: v for k, v in old.items() if k not in ("selection", "seconds")}  # the previous release's record
+    new = document["record"]
+    assert old["tokens"] != new["tokens"] or old["p_selection"] != new["p_selection"]  # the check can tell them apart
+    document = Signer(keys).sign({**document, "params": params, "record": {**old, "seconds": new["seconds"]}})
+    (tmp_path / "prompt.txt").write_text(body["prompt"])
+    assert main(["verify", _save(tmp_path, "old.json", document), "--input", str(tmp_path / "prompt.txt"), "--recompute"]) == 0
+    assert "recomputed generate record: identical" in capsys.readouterr().out
+    # The same record claimed under equal-length selection does not recompute.
+    claimed = Signer(keys).sign({**document, "params": {**params, "selection": "equal-length"}})
+    assert main(["verify", _save(tmp_path, "claimed.json", claimed), "--input", str(tmp_path / "prompt.txt"), "--recompute"]) == 1
+
+
 def test_verify_usage_errors_are_one_line_exit_2(tmp_path, capsys, service):
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "broken.json").write_text("{")

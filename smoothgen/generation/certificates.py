@@ -38,7 +38,8 @@ class GenerationCertificate:
         p_lower: L_t, the lower confidence bound on p̄_t of the chosen token (level alpha_step).
         p_mean, p_variance: the estimation copies' mean and unbiased variance of that token's score.
         p_selection: the chosen token's mean score (probability or vote share) among the selection copies
-            (n0 = 0: its score on the clean prompt).
+            (n0 = 0: its score on the clean prompt; token deletion: copies that each keep the mean number of
+            perturbed tokens, `TokenDeletion.selection_kept`).
         mask: which prompt positions carry noise (and may be perturbed).
         alpha_step: alpha / max_new_tokens (Bonferroni over the steps).
         bound: the confidence bound ("best": the larger of empirical Bernstein and Hoeffding, each at
@@ -51,6 +52,9 @@ class GenerationCertificate:
             that could certify the radius, `stats.betting_first_decision`, when fewer than check_every) or
             "check_every" (every check_every copies only, as before that choice existed); None when not
             sequential.
+        selection: how token deletion's n0 selection copies were drawn ("equal-length": each kept the mean
+            number of perturbed tokens; "noise": independent deletions, like the estimation copies); None for
+            other noise and for n0 = 0.
         stopped: why decoding stopped: "max_new_tokens" or "eos".
         noise_tv: τ, the per-copy total variation between the sampled prompt noise and N(0, σ²I)
             (token ablation: the chance of a tie between the random words that pick the kept subset);
@@ -95,6 +99,7 @@ class GenerationCertificate:
     max_samples: int | None = None
     check_every: int | None = None
     first_check: str | None = None
+    selection: str | None = None
 
     @property
     def token_noise(self) -> bool:

@@ -8,7 +8,6 @@ from fractions import Fraction
 from numbers import Integral
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from smoothgen import kernels, stats
@@ -125,8 +124,7 @@ class TokenAblation:
         perturbed = torch.nonzero(mask, as_tuple=False)[:, 0].to(ids.device)
         keep = min(self.keep, perturbed.numel())
         if keep < perturbed.numel():
-            words = kernels.philox_uint64_reference(key.key, start, count, perturbed.numel())
-            order = torch.from_numpy(np.argsort(words, axis=1, kind="stable").astype(np.int64)).to(ids.device)
+            order = torch.from_numpy(kernels.philox_permutations(key.key, start, count, perturbed.numel())).to(ids.device)
             dropped = perturbed[order[:, keep:]]  # [count, L − k] positions to mask
             tokens.scatter_(1, dropped, self.mask_token_id)
         return tokens

@@ -143,7 +143,8 @@ def add_parser(sub: Any) -> None:
                       "pieces) (default: the embedded byte-level LM; with --noise "
                       f"ablate its fine-tune {ABLATION_LM}, with --noise delete {DELETION_LM})")
     text.add_argument("--selection-samples", type=int, default=GenerateJob.n0,
-                      help="noisy copies n0 that choose each token (disjoint from the --samples that certify it); for "
+                      help="noisy copies n0 that choose each token (disjoint from the --samples that certify it; with "
+                           "--noise delete each keeps the mean number of perturbed tokens, so they run as one batch); for "
                            "a text LM, 0 lets the model's own greedy decoding of the clean prompt choose (the cost of "
                            "plain generation: the certified prefix is the part of the model's own output that the "
                            "smoothed decoder also gives, up to the first token the noisy copies do not back)")
@@ -461,7 +462,15 @@ def _print_ablated(record: dict[str, Any], cert: Any, tokenizer: Any) -> None:
 
 def _selection(cert: Any) -> str:
     """Who chose the tokens, in words."""
-    return f"n0={cert.n0}" if cert.n0 else "n0=0 (the model's own greedy decoding chose the tokens)"
+    if not cert.n0:
+        return "n0=0 (the model's own greedy decoding chose the tokens)"
+    if cert.selection == "equal-length":
+        from smoothgen.deletion import TokenDeletion
+
+        perturbed = sum(cert.mask)
+        kept = TokenDeletion(cert.delete_prob).selection_size(perturbed)
+        return f"n0={cert.n0} (selection copies keeping {kept} of the {perturbed} positions each)"
+    return f"n0={cert.n0}"
 
 
 def _where(record: dict[str, Any], cert: Any) -> str:

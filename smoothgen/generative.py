@@ -544,10 +544,10 @@ class SmoothedLM(PromptSmoother):
             prompt: token ids [L] (or a string, with a tokenizer).
             max_new_tokens: T, tokens to generate (fixed in advance: α is split across T steps).
             n0: selection copies (choose the tokens; under token deletion each keeps exactly the mean number of
-                perturbed tokens, so that they decode as one batch). 0: the base model's greedy decoding of the clean prompt
-                chooses them (no noise: the plain generation's cost); a step certifies only where that token
-                is also the smoothed decoder's, proved by the estimation copies as always, and the tokens
-                after the certified prefix are the base model's, not the smoothed decoder's.
+                perturbed tokens, so that they decode as one batch). 0: the base model's greedy decoding of the
+                clean prompt chooses them (no noise: the plain generation's cost); a step certifies only where
+                that token is also the smoothed decoder's, proved by the estimation copies as always, and the
+                tokens after the certified prefix are the base model's, not the smoothed decoder's.
             n: estimation copies (fresh noise; bound p̄ of the chosen tokens).
             alpha: total error probability of the certificate.
             seed, request_id: the request's random stream (None: fresh entropy, not reproducible).
@@ -596,7 +596,7 @@ class SmoothedLM(PromptSmoother):
             check_every = check_count(check_every, "check_every")
             if first_check not in FIRST_CHECKS:
                 raise InvalidParameterError(f"first_check must be one of {FIRST_CHECKS}, got {first_check!r}")
-        if selection not in SELECTIONS:
+        if not isinstance(selection, str) or selection not in SELECTIONS:
             raise InvalidParameterError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         stream = RandomStream(seed, request_id)
         selection_key, estimation_key = stream.key(Purpose.SELECTION), stream.key(Purpose.ESTIMATION)

@@ -151,6 +151,8 @@ def test_deletion_prints_edit_distance_in_plain_words(tmp_path, capsys):
     assert ("robust to any 1 inserted, deleted or substituted token in the lines before the last one" in printed
             or "not certified against 1 inserted, deleted or substituted token" in printed)
     assert "every prompt with the same last line is covered" in printed
+    # 10 perturbed bytes: each selection copy keeps round(0.1 * 10) = 1 of them (docs/theory.md §4j)
+    assert record["selection"] == "equal-length" and "selection copies keeping 1 of the 10 positions each" in printed
     k = record["certified_prefix"]
     assert all(r >= 1 for r in record["step_radius"][:k]) and (k == 6 or record["step_radius"][k] < 1)
 

@@ -4,6 +4,10 @@
     python -m smoothgen.models.train_code_bpe delete      # code_bpe_delete0.9 from the shipped code_bpe
     python -m smoothgen.models.train_code_bpe all         # both
 
+The deletion fine-tune deletes tokens of each training prompt's lines before its last only (the line being
+completed stays whole: `smoothgen generate --noise delete`'s default `--perturb context`); `--whole-prompt`
+deletes from every prompt token instead, as the shipped model was trained before 2026-12-07 (late).
+
 The tokenizer (`smoothgen.models.bpe`) is a byte-level BPE of `BPE_VOCAB_SIZE` ids trained on the training
 files of the LM corpus (`smoothgen.models.train_code_lm.lm_corpus_files`: the standard library's sources, the same
 split as the byte-level ``code_lm``, so held-out files are held out from both). The model is a `CodeLM`
@@ -76,7 +80,8 @@ def _build_parser() -> argparse.ArgumentParser:
             "Train the embedded BPE code LM deterministically: a byte-level BPE tokenizer "
             f"({BPE_VOCAB_SIZE} ids, line breaks kept as tokens of their own) on the standard library's training "
             f"files, then a CodeLM over its ids ({BPE_LM_KWARGS}); 'delete' fine-tunes it for token deletion "
-            "(each prompt token deleted with probability p). Weights, the tokenizer and records go to --out."
+            "(each token of a training prompt's lines before its last deleted with probability p). Weights, the "
+            "tokenizer and records go to --out."
         ),
     )
     parser.add_argument("what", choices=["base", "delete", "all"],
@@ -86,6 +91,10 @@ def _build_parser() -> argparse.ArgumentParser:
                              "for delete)")
     parser.add_argument("--delete-prob", type=float, default=DEFAULT_BPE_DELETE_PROB, metavar="P",
                         help=f"deletion probability of the fine-tuned model, in (0, 1) (default: {DEFAULT_BPE_DELETE_PROB})")
+    parser.add_argument("--whole-prompt", action="store_true",
+                        help="delete: delete from every token of each training prompt (--perturb all), instead of only "
+                             "up to its last line break, keeping the line being completed whole (the default: the "
+                             "distribution of smoothgen generate --noise delete with its default --perturb context)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="N", help="training seed (default: 0)")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, metavar="DIR",
                         help="output folder for the weights, the tokenizer and models.json (default: the package's)")
@@ -123,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
     if args.what in ("delete", "all"):
         model, record = finetune_lm("delete", args.delete_prob, args.steps or DEFAULT_BPE_FINETUNE_STEPS, args.seed,
-                                    base=base, progress=True, tokenizer=tokenizer, stored_dtype=BPE_STORED_DTYPE)
+                                    base=base, progress=True, tokenizer=tokenizer, stored_dtype=BPE_STORED_DTYPE,
+                                    keep_last_line=not args.whole_prompt)
         if not isinstance(base, str):
             record.update(base_model=BPE_LM_NAME, base_sha256=records[BPE_LM_NAME]["sha256"])
         name = finetuned_lm_name("delete", args.delete_prob, BPE_LM_NAME)

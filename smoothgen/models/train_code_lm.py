@@ -589,13 +589,24 @@ def _check_noise(noise: str, level: float) -> tuple[str, float]:
     return noise, level
 
 
+def line_break_ids(vocab_size: int, tokenizer: Any = None) -> torch.Tensor:
+    """bool [vocab_size]: the tokens whose text holds a line break (byte 10 for the byte-level LMs), as
+    `smoothgen.text_generation.perturbed_positions` finds the last line of a prompt."""
+    if tokenizer is None:
+        return torch.arange(vocab_size) == ord("\n")
+    return torch.tensor(["\n" in tokenizer.decode([i]) for i in range(vocab_size)])
+
+
 def _delete_prompts(
     windows: torch.Tensor, prompt_lengths: torch.Tensor, level: float, pad_token_id: int, generator: torch.Generator,
+    line_breaks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows whose first prompt_lengths[b] bytes lose each byte independently with probability `level`
     (token deletion, as the smoothed LM perturbs a prompt); the rest closes up and the row is padded at the
     end with pad_token_id. A row that lost its whole prompt starts with pad_token_id alone (the token a
-    smoothed LM feeds an empty copy).
+    smoothed LM feeds an empty copy). With `line_breaks` (bool [V], `line_break_ids`), a prompt that holds a
+    line break before its last token loses tokens only up to and including its last one: the line being
+    completed stays whole, as `smoothgen generate --perturb context` (its default) perturbs a prompt.
 
     Returns:
         (ids [B, T], kept prompt lengths [B]) for windows [B, T] (T = context + 1); a causal model's
@@ -603,7 +614,13 @@ def _delete_prompts(
     """
     rows, kept_lengths = [], []
     for row, length in zip(windows, prompt_lengths.tolist()):
-        keep = torch.rand(length, generator=generator) >= level
+        perturbed = length
+        if line_breaks is not None:
+            breaks = torch.nonzero(line_breaks[row[:length - 1]], as_tuple=False)
+            if breaks.numel():
+                perturbed = int(breaks[-1, 0]) + 1
+        keep = torch.cat([torch.rand(perturbed, generator=generator) >= level,
+                          torch.ones(length - perturbed, dtype=torch.bool)])
         prompt = row[:length][keep]
         if prompt.numel() == 0:
             prompt = torch.tensor([pad_token_id], dtype=row.dtype)
@@ -664,6 +681,7 @@ def finetune_lm(
     progress: bool = False,
     tokenizer: Any = None,
     stored_dtype: torch.dtype = torch.float32,
+    keep_last_line: bool = False,
 ) -> tuple[CodeLM, dict[str, Any]]:
     """Fine-tune the code LM for a smoothing distribution of `smoothgen.generative.SmoothedLM`.
 
@@ -681,7 +699,9 @@ def finetune_lm(
     - ``noise="delete"``, level = deletion probability p: each prompt byte is deleted independently with
       probability p and the window closes up (padded at its end with mask_token_id; a prompt that lost every
       byte is mask_token_id alone, what `smoothgen.deletion.TokenDeletion` feeds an empty copy); the loss
-      is on the continuation's real bytes only.
+      is on the continuation's real bytes only. With `keep_last_line`, a prompt that holds a line break
+      loses tokens only up to its last one: the line being completed stays whole, the distribution of
+      `smoothgen generate --noise delete` with its default `--perturb context`.
 
     The loss is the next-byte cross-entropy of the predictions at positions ≥ P − 1 (the continuation, what
     smoothed decoding uses). Optimizer and schedule as `train_lm` (shared loop), with a smaller peak
@@ -708,6 +728,7 @@ def finetune_lm(
         tokenizer: The base model's tokenizer when it is not byte-level (default: the embedded base's own,
             `smoothgen.models.load_tokenizer`, e.g. the BPE code LM's); windows, prompts and P count its tokens.
         stored_dtype: The precision the weights are saved in (as `train_lm`).
+        keep_last_line: Deletion only: keep every prompt's last line whole (see above).
 
     Returns:
         The fine-tuned model in eval mode, and its metadata record: base model, noise kind and level, mask
@@ -737,6 +758,9 @@ def finetune_lm(
         raise InvalidParameterError(
             f"prompt_lengths must satisfy 1 <= min <= max <= context_length ({context}), got {tuple(prompt_lengths)}"
         )
+    if keep_last_line and noise != "delete":
+        raise InvalidParameterError(f"keep_last_line applies to token deletion, not to {noise!r}")
+    line_breaks = line_break_ids(model.vocab_size, tokenizer) if keep_last_line else None
     base_model = copy.deepcopy(model).eval() if evaluate else None
     kwargs = {"d_model": model.d_model, "n_layers": model.n_layers, "n_heads": model.n_heads,
               "context_length": context}
@@ -753,7 +777,7 @@ def finetune_lm(
         def window_loss(windows: torch.Tensor) -> torch.Tensor:
             lengths = torch.randint(min_prompt, max_prompt + 1, (len(windows),), generator=generator)
             if noise == "delete":  # shorter rows, padded at the end: score only their real continuation
-                deleted, kept = _delete_prompts(windows, lengths, level, mask_token_id, generator)
+                deleted, kept = _delete_prompts(windows, lengths, level, mask_token_id, generator, line_breaks)
                 logits = model(inputs_embeds=model.get_input_embeddings().weight[deleted[:, :-1]]).logits
                 real = positions[None] < (kept + windows.shape[1] - 1 - lengths)[:, None]
                 targets = deleted[:, 1:].masked_fill((positions[None] < kept[:, None] - 1) | ~real, -100)
@@ -787,6 +811,8 @@ def finetune_lm(
         "mask_token_id": mask_token_id if noise in ("ablate", "delete") else None,
         "frozen": ["token_embedding (tied output head)"] if noise == "gauss" else [],
         "prompt_lengths": [min_prompt, max_prompt],
+        **({"perturbed": "every prompt token up to the last line break (the last line kept whole), or every one "
+                         "of a one-line prompt"} if keep_last_line else {}),
         "loss": f"next-{'byte' if tokenizer is None else 'token'} cross-entropy of the predictions at positions >= P - 1 (clean continuation)",
         "corpus": _lm_corpus_record(train_files, heldout_files, stream, heldout_data, train_data),
         **_lm_run_record(model, seed, steps, batch_size, context, learning_rate, warmup_steps, weight_decay,

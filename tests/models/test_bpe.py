@@ -114,6 +114,24 @@ def test_sub_word_codelm_refuses_string_prompts_without_its_tokenizer() -> None:
     assert len(cert.tokens) == 1
 
 
+@pytest.mark.parametrize(("argv", "keep_last_line"), [([], True), (["--whole-prompt"], False)])
+def test_the_deletion_fine_tune_keeps_the_last_line_unless_told(monkeypatch, tmp_path, argv, keep_last_line) -> None:
+    """`delete` fine-tunes on smoothgen generate's default threat model (the last line whole); --whole-prompt
+    deletes from the whole prompt. (The fine-tune itself is stopped at its call: it takes ten minutes.)"""
+    import smoothgen.models.train_code_bpe as train_code_bpe
+
+    class Called(Exception):
+        pass
+
+    def finetune(*args, **kwargs):
+        raise Called(kwargs)
+
+    monkeypatch.setattr(train_code_bpe, "finetune_lm", finetune)
+    with pytest.raises(Called) as info:
+        main(["delete", "--out", str(tmp_path), *argv])
+    assert info.value.args[0]["keep_last_line"] is keep_last_line
+
+
 def test_train_command_usage_errors() -> None:
     for argv in (["base", "--steps", "0"], ["delete", "--delete-prob", "1"], ["nothing"]):
         with pytest.raises(SystemExit) as info:
@@ -135,6 +153,8 @@ def test_shipped_bpe_lms_load_with_their_tokenizer(name: str) -> None:
     assert model.vocab_size == BPE_VOCAB_SIZE and record["stored_dtype"] == "float16"
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert tok.piece(0) == "" and tok._tokenizer.id_to_token(0) == MASK_TOKEN  # noqa: SLF001
+    if record.get("noise") == "delete":  # trained on generate's default threat model: the last line kept whole
+        assert "last line kept whole" in record["perturbed"]
     assert load_tokenizer("code_lm") is None
 
 

@@ -21,6 +21,7 @@ from smoothgen.models.train_code_lm import (
     ablation_keep,
     finetune_lm,
     finetuned_lm_name,
+    line_break_ids,
     lm_heldout_slice,
     lm_smoothed_metrics,
 )
@@ -159,6 +160,40 @@ def test_training_perturbations_follow_the_smoothing_distribution() -> None:
         assert all(any(b == a for a in source) for b in prompt)  # a subsequence of the prompt, in order
     empty, kept = _delete_prompts(windows[:3], torch.full((3,), 2), 0.999999, 0, torch.Generator().manual_seed(0))
     assert kept.tolist() == [1, 1, 1] and (empty[:, 0] == 0).all()
+
+
+def test_deletion_keeping_the_last_line_perturbs_only_the_lines_before_it() -> None:
+    """keep_last_line: a prompt holding a line break before its last token loses tokens only up to and
+    including its last such break (smoothgen generate's --perturb context); the last line, the continuation
+    and a one-line prompt's treatment (all of it perturbed) are as `perturbed_positions` has them."""
+    from smoothgen.text_generation import perturbed_positions
+
+    breaks = line_break_ids(256)
+    assert breaks.tolist() == [i == 10 for i in range(256)]
+    rng = torch.Generator().manual_seed(5)
+    windows = torch.randint(32, 127, (300, 41), generator=rng)  # printable bytes: no line break yet
+    windows[:200, 6] = 10
+    windows[:100, 13] = 10  # rows 0-99: the last break at 13; rows 100-199: at 6; rows 200-299: none
+    windows[:, 19] = 10  # the last prompt byte is a break too: it does not start a line of the prompt
+    lengths = torch.full((300,), 20)
+    deleted, kept = _delete_prompts(windows, lengths, 0.75, 0, torch.Generator().manual_seed(3), breaks)
+    for row in range(300):
+        mask, _ = perturbed_positions(windows[row, :20], None, "delete", None)
+        fixed = windows[row, :20][~torch.tensor(mask)]
+        k = int(kept[row])
+        assert fixed.numel() == (6 if row < 100 else 13 if row < 200 else 0)
+        assert torch.equal(deleted[row, k - fixed.numel():k], fixed)  # the last line, whole
+        assert torch.equal(deleted[row, k:k + 21], windows[row, 20:])  # the continuation, whole
+        source = iter(windows[row, :20 - fixed.numel()].tolist())
+        assert all(any(b == a for a in source) for b in deleted[row, :k - fixed.numel()].tolist())
+    perturbed = (kept - torch.tensor([6] * 100 + [13] * 100 + [0] * 100)).double()
+    assert abs(float(perturbed[:100].mean()) - 14 * 0.25) < 0.5 and abs(float(perturbed[200:].mean()) - 5) < 0.6
+    with pytest.raises(InvalidParameterError, match="keep_last_line"):
+        finetune_lm("ablate", 0.25, base=_tiny(), keep_last_line=True, **TINY_RUN)
+    _, record = finetune_lm("delete", 0.75, seed=0, base=_tiny(), keep_last_line=True, **TINY_RUN)
+    _, plain = finetune_lm("delete", 0.75, seed=0, base=_tiny(), **TINY_RUN)
+    assert "last line kept whole" in record["perturbed"] and "perturbed" not in plain
+    assert record["final_train_loss_ema"] != plain["final_train_loss_ema"]
 
 
 def test_finetune_is_deterministic_and_freezes_the_gauss_embedding() -> None:

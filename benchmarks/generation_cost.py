@@ -139,16 +139,20 @@ def selection(args: argparse.Namespace) -> None:
 
 
 def selection_report(records: list[dict]) -> None:
-    print("| n0 | selection copies | time ÷ plain (median) | estimation copies (median) | mean prefix r = 1 | prompts with "
-          "the fixed-n prefix | paired time, equal ÷ independent (median / mean) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| n0 | selection copies | time ÷ plain (median) | estimation copies (median) | copies per step, n0 + mean n "
+          "drawn | tokens/s certified | mean prefix r = 1 | prompts with the fixed-n prefix | paired time, equal ÷ "
+          "independent (median / mean) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for key in sorted({k for r in records for k, v in r.items() if isinstance(v, dict)}, key=lambda k: (int(k.split("_")[1]), k)):
         label, n0 = key.split("_")
         g = [r for r in records if key in r]
         paired = [r[key]["seconds"] / r[f"independent_{n0}"]["seconds"] for r in g]
         print(f"| {n0} | {'each keeps the mean number (one length)' if label == 'equal' else 'independent deletions'} | "
               f"{statistics.median(r[key]['seconds'] / r['plain_seconds'] for r in g):.1f} | "
-              f"{statistics.median(r[key]['copies'] for r in g):g} | {statistics.fmean(r[key]['prefix_r1'] for r in g):.2f} | "
+              f"{statistics.median(r[key]['copies'] for r in g):g} | "
+              f"{n0} + {statistics.fmean(r[key]['copies'] for r in g):.0f} | "
+              f"{sum(len(r[key]['tokens']) for r in g) / sum(r[key]['seconds'] for r in g):.1f} | "
+              f"{statistics.fmean(r[key]['prefix_r1'] for r in g):.2f} | "
               f"{sum(r[key]['prefix_r1'] == r['reference_prefix_r1'] for r in g)}/{len(g)} | "
               f"{statistics.median(paired):.3f} / {statistics.fmean(paired):.3f} |")
     r0 = records[0]

@@ -351,13 +351,17 @@ def test_verify_recomputes_a_deletion_generation_signed_before_equal_length_sele
     assert document["params"]["selection"] == "equal-length" == document["record"]["selection"]
     params = {k: v for k, v in document["params"].items() if k != "selection"}
     lm, tokenizer, name = load_lm_spec(document["model"]["name"], "cpu", "delete")
-    old = served_generate(lm, tokenizer, name, body["prompt"], params, seed=document["seed"],
-                          request_id=document["request_id"], batch_size=250)
-    assert old["selection"] == "noise"
-    old = {k: v for k, v in old.items() if k not in ("selection", "seconds")}  # the previous release's record
-    new = document["record"]
+    # The previous release's record, at a seed where the two draws give different records (the server's
+    # seed depends on its random keys: at some seeds both draws vote the same, and the check would be moot).
+    seed, request_id = 5, 0
+    old = served_generate(lm, tokenizer, name, body["prompt"], params, seed=seed, request_id=request_id, batch_size=250)
+    new = served_generate(lm, tokenizer, name, body["prompt"], document["params"], seed=seed, request_id=request_id,
+                          batch_size=250)
+    assert old["selection"] == "noise" and new["selection"] == "equal-length"
+    old = {k: v for k, v in old.items() if k not in ("selection", "seconds")}  # as the previous release recorded it
     assert old["tokens"] != new["tokens"] or old["p_selection"] != new["p_selection"]  # the check can tell them apart
-    document = Signer(keys).sign({**document, "params": params, "record": {**old, "seconds": new["seconds"]}})
+    document = Signer(keys).sign({**document, "seed": seed, "request_id": request_id, "params": params,
+                                  "record": {**old, "seconds": new["seconds"]}})
     (tmp_path / "prompt.txt").write_text(body["prompt"])
     assert main(["verify", _save(tmp_path, "old.json", document), "--input", str(tmp_path / "prompt.txt"), "--recompute"]) == 0
     assert "recomputed generate record: identical" in capsys.readouterr().out

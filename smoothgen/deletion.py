@@ -223,17 +223,19 @@ class TokenDeletion:
 
     def prompt_groups(self, table, ids, mask, key: NoiseKey, start: int, count: int, delta=None) -> list[torch.Tensor]:
         """The embedded copies start .. start + count − 1, grouped by length: [c_g, L_g, D] each."""
-        if delta is not None:
-            raise InvalidParameterError("delta is an embedding perturbation: it applies to Gaussian noise, not to token deletion")
-        ids = ids.to(table.device)
-        return [table[g] for g in self.groups(ids, self.kept(mask, key, start, count))]
+        return self._embedded_groups(table, ids, self.kept, mask, key, start, count, delta)
 
     def selection_groups(self, table, ids, mask, key: NoiseKey, start: int, count: int, delta=None) -> list[torch.Tensor]:
         """The embedded selection copies start .. start + count − 1 (`selection_kept`): one batch [c, L_k, D]."""
+        return self._embedded_groups(table, ids, self.selection_kept, mask, key, start, count, delta)
+
+    def _embedded_groups(self, table, ids, kept: Callable, mask, key: NoiseKey, start: int, count: int,
+                         delta) -> list[torch.Tensor]:
+        """table rows of the copies whose kept positions `kept`(mask, key, start, count) gives, grouped by length."""
         if delta is not None:
             raise InvalidParameterError("delta is an embedding perturbation: it applies to Gaussian noise, not to token deletion")
         ids = ids.to(table.device)
-        return [table[g] for g in self.groups(ids, self.selection_kept(mask, key, start, count))]
+        return [table[g] for g in self.groups(ids, kept(mask, key, start, count))]
 
     def all_patterns(self, perturbed: int, max_patterns: int) -> tuple[np.ndarray, np.ndarray]:
         """Every deletion pattern of P perturbed positions and its exact probability:

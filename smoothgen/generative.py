@@ -71,6 +71,7 @@ alike. Each chunk of ``batch_size`` copies keeps its own cache.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from typing import Any, Callable, Sequence
@@ -391,12 +392,15 @@ class SmoothedLM(PromptSmoother):
         return tokens, top
 
     def _copy_batches(
-        self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, count: int, delta: torch.Tensor | None
+        self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, count: int, delta: torch.Tensor | None,
+        groups: Callable[..., list[torch.Tensor]] | None = None,
     ) -> list[torch.Tensor]:
-        """Copies 0 .. count − 1 of the noisy prompt in batches of equal length (`noisy_groups`): the smoothed
-        decoder's own distribution (`decode`)."""
+        """Copies 0 .. count − 1 of the noisy prompt in batches of equal length, chunk by chunk: `groups`(ids,
+        mask, key, start, count, delta) of each chunk, by default `noisy_groups` (the smoothed decoder's own
+        distribution, as `decode` draws it)."""
+        groups = self.noisy_groups if groups is None else groups
         return [noisy for start, c in self._chunks(count, ids.numel())
-                for noisy in self.noisy_groups(ids, mask, key, start, c, delta)]
+                for noisy in groups(ids, mask, key, start, c, delta)]
 
     def _selection_batches(
         self, ids: torch.Tensor, mask: torch.Tensor, key: NoiseKey, count: int, delta: torch.Tensor | None,
@@ -417,8 +421,8 @@ class SmoothedLM(PromptSmoother):
                 clean = clean + delta * mask[:, None].to(delta.dtype)
             return [clean[None]]
         if selection == "equal-length" and isinstance(self.noise, TokenDeletion):
-            return [noisy for start, c in self._chunks(count, ids.numel())
-                    for noisy in self.noise.selection_groups(self.table, ids, mask, key, start, c, delta)]
+            equal_length = functools.partial(self.noise.selection_groups, self.table)
+            return self._copy_batches(ids, mask, key, count, delta, equal_length)
         return self._copy_batches(ids, mask, key, count, delta)
 
     def _estimate(

@@ -11,6 +11,7 @@ Usage::
     python -m smoothgen.models.train lm-ablate --keep-fraction 0.25   # code LM fine-tuned for token ablation
     python -m smoothgen.models.train lm-gauss --sigma 0.5     # code LM fine-tuned for Gaussian embedding noise
     python -m smoothgen.models.train lm-delete --delete-prob 0.9   # code LM fine-tuned for token deletion
+    python -m smoothgen.models.train lm-delete --keep-last-line   # ... deleting only before the last line
     python -m smoothgen.models.train encoder-ablate           # LoRA adapter: all-MiniLM-L6-v2 for token ablation
 
 Training is deterministic: the seed fixes the initial weights, the shuffling and every noise draw, and
@@ -149,6 +150,16 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--keep-last-line",
+        action="store_true",
+        help=(
+            "lm-delete only: delete bytes of each training prompt only up to its last line break, keeping the line "
+            "being completed whole (the distribution of smoothgen generate --noise delete with its default "
+            "--perturb context); by default every prompt byte may be deleted, as the shipped code_lm_delete0.9 "
+            "was trained"
+        ),
+    )
+    parser.add_argument(
         "--epochs",
         type=int,
         default=None,
@@ -212,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--keep-fraction applies to lm-ablate only")
     if args.delete_prob is not None and args.what != "lm-delete":
         parser.error("--delete-prob applies to lm-delete only")
+    if args.keep_last_line and args.what != "lm-delete":
+        parser.error("--keep-last-line applies to lm-delete only")
     delete_probs = DEFAULT_LM_DELETE_PROBS if args.delete_prob is None else tuple(args.delete_prob)
     if not all(0 < p < 1 for p in delete_probs):
         parser.error(f"--delete-prob must lie in (0, 1), got {list(delete_probs)}")
@@ -295,7 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finetunes += [("delete", p) for p in delete_probs if args.what in ("lm-delete", "all")]
     for noise, level in finetunes:
         steps = DEFAULT_FINETUNE_STEPS if args.steps is None else args.steps
-        model, record = finetune_lm(noise, level, steps, args.seed, base=base, progress=True)
+        model, record = finetune_lm(noise, level, steps, args.seed, base=base, progress=True,
+                                    keep_last_line=args.keep_last_line)
         if isinstance(base, CodeLM):
             record.update(base_model=LM_NAME, base_sha256=records[LM_NAME]["sha256"])
         name = finetuned_lm_name(noise, level)

@@ -257,7 +257,28 @@ def test_train_command_finetune_usage_errors() -> None:
     for argv in (["lm-ablate", "--sigma", "0.5"], ["lm-gauss", "--keep-fraction", "0.5"],
                  ["lm", "--keep-fraction", "0.2"],
                  ["lm-ablate", "--keep-fraction", "1.5"], ["lm-ablate", "--keep-fraction", "0"],
-                 ["lm-gauss", "--sigma", "0"], ["lm-gauss", "--epochs", "3"], ["lm-ablate", "--steps", "0"]):
+                 ["lm-gauss", "--sigma", "0"], ["lm-gauss", "--epochs", "3"], ["lm-ablate", "--steps", "0"],
+                 ["lm-ablate", "--keep-last-line"], ["all", "--keep-last-line"]):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2, argv
+
+
+@pytest.mark.parametrize(("argv", "keep_last_line"), [([], False), (["--keep-last-line"], True)])
+def test_lm_delete_keeps_the_last_line_only_when_told(monkeypatch, tmp_path, argv, keep_last_line) -> None:
+    """`lm-delete` fine-tunes on whole-prompt deletion, as the shipped code_lm_delete0.9 was trained;
+    --keep-last-line deletes only from the lines before the last (smoothgen generate's --perturb context).
+    (The fine-tune itself is stopped at its call: it takes minutes.)"""
+    import smoothgen.models.train as train
+
+    class Called(Exception):
+        pass
+
+    def finetune(*args, **kwargs):
+        raise Called(args, kwargs)
+
+    monkeypatch.setattr(train, "finetune_lm", finetune)
+    with pytest.raises(Called) as info:
+        main(["lm-delete", "--out", str(tmp_path), *argv])
+    args, kwargs = info.value.args
+    assert args[:2] == ("delete", 0.9) and kwargs["keep_last_line"] is keep_last_line

@@ -5,6 +5,8 @@
     python benchmarks/certified_code.py report                # the Markdown table of benchmarks/RESULTS.md
     python benchmarks/certified_code.py run --source numeric --out benchmarks/certified_code_numeric.jsonl
                                                               # the same on numpy's and scipy's code (then clean, report)
+    python benchmarks/certified_code.py run --settings code_bpe_delete0.9 --level 0.8
+                                                              # the same model at another noise level
 
 Windows: real code nobody here wrote for these models, cut the same way for every model. From each held-out
 standard-library file (`smoothgen.models.train_code_lm.heldout_texts`: files no model or tokenizer trained on), lines
@@ -30,7 +32,7 @@ import re
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -64,6 +66,17 @@ SETTINGS = (
     Setting("code_bpe", "delete", 0.9, 600),
     Setting("code_bpe_delete0.9", "delete", 0.9, 600),
 )
+
+
+def all_settings(records: Sequence[dict[str, Any]]) -> list[Setting]:
+    """`SETTINGS` and, after them, every other setting the records hold (a model run at another `--level`)."""
+    out = list(SETTINGS)
+    for r in records:
+        if r.get("type") != "clean" and "kind" in r:
+            setting = Setting(r["model"], r["kind"], r["level"], r["context_bytes"])
+            if setting not in out:
+                out.append(setting)
+    return out
 
 
 def code_lines(text: str) -> list[int]:
@@ -199,7 +212,7 @@ def cmd_clean(args: argparse.Namespace) -> None:
 
     records = read_records(args.out)
     done = {(r["setting"], r["window"]) for r in records if r.get("type") == "clean"}
-    for setting in SETTINGS:
+    for setting in all_settings(records):
         model, tokenizer = load_lm(setting.model), load_tokenizer(setting.model)
         for r in records:
             if r.get("type") == "clean" or r["setting"] != setting.name or (setting.name, r["window"]) in done:
@@ -247,6 +260,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     done = {(r["setting"], r["window"]) for r in read_records(args.out)
             if r.get("type") != "clean" and all(r.get(k, "stdlib" if k == "source" else None) == v for k, v in common.items())}
     chosen = [s for s in SETTINGS if args.settings is None or s.model in args.settings]
+    if args.level is not None:
+        chosen = [replace(s, level=args.level) for s in chosen]
     for setting in chosen:
         for index, window in enumerate(windows(args.windows, setting.context_bytes, args.source)):
             if (setting.name, index) in done:
@@ -264,7 +279,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    for setting, n0 in ((s, n0) for s in SETTINGS for n0 in sorted({r["n0"] for r in records if "n0" in r}, reverse=True)):
+    for setting, n0 in ((s, n0) for s in all_settings(records) for n0 in sorted({r["n0"] for r in records if "n0" in r}, reverse=True)):
         rs = [r for r in records if r["setting"] == setting.name and r.get("type") != "clean" and r["n0"] == n0]
         if not rs:
             continue
@@ -317,6 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the held-out files windows are cut from: the standard library's held-out files, or "
                              "numpy's and scipy's function bodies (NUMERIC_FILES)")
     parser.add_argument("--settings", nargs="+", default=None, metavar="MODEL", help="only these models")
+    parser.add_argument("--level", type=float, default=None, metavar="L",
+                        help="run: the chosen settings at this noise level instead of their own (deletion "
+                             "probability, or ablation keep fraction), in (0, 1)")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--n0", type=int, default=100)
     parser.add_argument("--n", type=int, default=1000)
@@ -327,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
+    if args.level is not None and not 0 < args.level < 1:
+        parser.error(f"--level must lie in (0, 1), got {args.level}")
     torch.set_num_threads(args.threads)
     {"run": cmd_run, "clean": cmd_clean, "report": cmd_report}[args.command](args)
     return 0

